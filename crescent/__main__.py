@@ -1,0 +1,42 @@
+"""Command line: `crescent <hydra overrides>` (same as `python -m crescent`) runs the pipeline."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from crescent.config import register_configs
+from crescent.io import CrescentError
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+register_configs()
+
+
+@hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    # Heavy modules load here, after Hydra has handled --help and --cfg.
+    from crescent.pipeline import run_pipeline
+    from crescent.tracking import make_tracker
+
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    group = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode.name == "MULTIRUN" else cfg.name
+    tracker = None
+    try:
+        tracker = make_tracker(cfg, run_dir, group)
+        run_pipeline(cfg, run_dir, tracker)
+    except CrescentError as e:
+        print(f"crescent: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+    finally:
+        if tracker is not None:
+            tracker.finish()
+
+
+if __name__ == "__main__":
+    main()

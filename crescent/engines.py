@@ -1,0 +1,205 @@
+"""Generation engines behind one interface: chat conversations in, `n` sampled completions out.
+
+Seed policy: every `chat` call gets a seed that the caller derives from the run seed and
+where the call sits in the stage (`derive_seed`). vLLM gives each request its own seed
+derived from it, because the same seed on identical prompts returns identical samples; the
+hf engine seeds torch once per batch, and rows of one batch draw independent samples. The
+same run seed therefore reproduces the same samples on the same engine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from typing import Protocol, Sequence
+
+from crescent.config import EngineConfig, ModelConfig, SamplingConfig
+from crescent.io import CrescentError
+from crescent.models import resolve_model
+
+Conversation = list[dict]  # [{"role": "user", "content": "..."}, ...]
+
+
+@dataclass
+class Generation:
+    """The `n` completions of one conversation."""
+
+    texts: list[str]
+    completion_tokens: list[int]  # new tokens per completion
+    prompt_tokens: int  # tokens of the templated prompt
+
+    @property
+    def total_tokens(self) -> int:
+        return sum(self.completion_tokens)
+
+
+class Engine(Protocol):
+    model_path: str
+
+    def chat(
+        self, conversations: Sequence[Conversation], sampling: SamplingConfig, n: int, seed: int
+    ) -> list[Generation]: ...
+
+
+def derive_seed(*parts: object) -> int:
+    """A stable seed from any parts (run seed, stage, round, index), never Python's hash().
+
+    62 bits: vLLM seeds the j-th of `n` parallel samples with `seed + j`, so requests with
+    nearby seeds would share samples; a wide space makes such overlaps vanishingly rare.
+    """
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 2
+
+
+def resolve_dtype(dtype: str) -> str:
+    """`auto`: bfloat16 on GPUs; float32 on CPUs, where bfloat16 matmuls without AVX512-BF16
+    ran several times slower here."""
+    if dtype != "auto":
+        return dtype
+    import torch
+
+    return "bfloat16" if torch.cuda.is_available() else "float32"
+
+
+def make_engine(engine: EngineConfig, model: ModelConfig) -> Engine:
+    if engine.name == "vllm":
+        return VLLMEngine(engine, model)
+    if engine.name == "hf":
+        return HFEngine(engine, model)
+    raise CrescentError(f"engine.name={engine.name!r}: expected vllm or hf")
+
+
+class VLLMEngine:
+    """Offline vLLM: all conversations of a call are handed to `LLM.chat` at once."""
+
+    def __init__(self, engine: EngineConfig, model: ModelConfig):
+        import torch
+
+        self.model_path = resolve_model(model.name)
+        on_cpu = not torch.cuda.is_available()
+        if on_cpu:
+            # Read when vllm is imported. Without it vLLM reserves most of NUMA node 0 for its
+            # KV cache and fails to start beside anything else.
+            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(engine.cpu_kvcache_gib))
+            # One CPU process: starts in ~20 s instead of ~75 s and exits cleanly, where the
+            # engine-core subprocess left a busy worker behind at shutdown.
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        from vllm import LLM
+
+        self.llm = LLM(
+            model=self.model_path,
+            revision=model.revision,
+            dtype=resolve_dtype(model.dtype),
+            max_model_len=engine.max_model_len,
+            enforce_eager=engine.enforce_eager,
+            tensor_parallel_size=engine.tensor_parallel_size,
+            gpu_memory_utilization=engine.gpu_memory_utilization,
+            distributed_executor_backend="uni" if on_cpu else None,
+            seed=0,  # engine-level default only: every request carries its own seed
+        )
+        self.batch_size = engine.batch_size
+
+    def chat(self, conversations, sampling, n, seed):
+        from vllm import SamplingParams
+
+        params = [
+            SamplingParams(
+                n=n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens,
+                seed=derive_seed(seed, i),
+            )
+            for i in range(len(conversations))
+        ]
+        outputs = self.llm.chat(list(conversations), params, use_tqdm=len(conversations) > 1)
+        return [
+            Generation(
+                texts=[c.text for c in out.outputs],
+                completion_tokens=[len(c.token_ids) for c in out.outputs],
+                prompt_tokens=len(out.prompt_token_ids),
+            )
+            for out in outputs
+        ]
+
+
+class HFEngine:
+    """transformers `generate`, batched with left padding, stopping at the chat EOS token."""
+
+    def __init__(self, engine: EngineConfig, model: ModelConfig):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model_path = resolve_model(model.name)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                self.model_path, revision=model.revision, padding_side="left"
+            )
+            self.model = AutoModelForCausalLM.from_pretrained(
+                self.model_path, revision=model.revision, dtype=getattr(torch, resolve_dtype(model.dtype))
+            ).eval()
+        except OSError as e:
+            raise CrescentError(f"model {model.name!r}: cannot load ({e})") from None
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.batch_size = engine.batch_size
+        self.max_model_len = engine.max_model_len
+
+    def chat(self, conversations, sampling, n, seed):
+        import torch
+        from tqdm import tqdm
+
+        prompts = [
+            self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
+            for c in conversations
+        ]
+        per_batch = max(1, self.batch_size // n)  # batch_size counts sequences, n per prompt
+        results: list[Generation] = []
+        starts = range(0, len(prompts), per_batch)
+        for b, start in enumerate(tqdm(starts, desc="hf generate", disable=len(starts) < 2)):
+            batch = prompts[start : start + per_batch]
+            # The chat template already holds the special tokens.
+            enc = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+            width = enc["input_ids"].shape[1]
+            max_new = min(sampling.max_tokens, self.max_model_len - width)
+            if max_new <= 0:
+                raise CrescentError(
+                    f"prompt of {width} tokens leaves no room under engine.max_model_len="
+                    f"{self.max_model_len}"
+                )
+            torch.manual_seed(derive_seed(seed, b))
+            greedy = sampling.temperature == 0
+            with torch.inference_mode():
+                out = self.model.generate(
+                    **enc,
+                    do_sample=not greedy,
+                    temperature=None if greedy else sampling.temperature,
+                    top_p=None if greedy else sampling.top_p,
+                    top_k=None,
+                    max_new_tokens=max_new,
+                    num_return_sequences=n,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                    eos_token_id=self.tokenizer.eos_token_id,
+                )
+            new = out[:, width:]
+            for i in range(len(batch)):
+                rows = new[i * n : (i + 1) * n]
+                # Tokens up to and including the first EOS are the completion; pads follow it.
+                lengths = [_length_to_eos(row, self.tokenizer.eos_token_id) for row in rows]
+                results.append(
+                    Generation(
+                        texts=[
+                            self.tokenizer.decode(row[:k], skip_special_tokens=True)
+                            for row, k in zip(rows, lengths)
+                        ],
+                        completion_tokens=lengths,
+                        prompt_tokens=int(enc["attention_mask"][i].sum()),
+                    )
+                )
+        return results
+
+
+def _length_to_eos(row, eos_id: int) -> int:
+    hits = (row == eos_id).nonzero()
+    return int(hits[0]) + 1 if len(hits) else len(row)

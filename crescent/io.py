@@ -1,0 +1,100 @@
+"""Crash-safe file I/O: atomic whole-file writes and append-only JSON Lines that survive a kill."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+
+class CrescentError(Exception):
+    """An error the user can fix: printed as one line, exit code 1, no traceback."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `text` to a temp file beside `path`, fsync it, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def read_json(path: Path) -> Any:
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise CrescentError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+
+
+def read_jsonl(path: Path) -> Iterator[dict]:
+    """Yield one object per line; a bad line is an error naming `file:line`."""
+    path = Path(path)
+    if not path.is_file():
+        raise CrescentError(f"{path}: no such file")
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise CrescentError(f"{path}:{lineno}: not a JSON line ({e.msg})") from None
+            if not isinstance(obj, dict):
+                raise CrescentError(f"{path}:{lineno}: expected a JSON object")
+            yield obj
+
+
+class JsonlAppender:
+    """Append-and-flush JSON Lines writer for progress that must survive a kill.
+
+    Opening repairs the file first: a kill can leave a last line without its newline, which
+    is cut off so that a resumed run re-does that record instead of trusting half of it.
+    """
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._drop_partial_tail()
+        self._file = self.path.open("a", encoding="utf-8")
+
+    def _drop_partial_tail(self) -> None:
+        if not self.path.exists():
+            return
+        data = self.path.read_bytes()
+        keep = data.rfind(b"\n") + 1
+        if keep != len(data):
+            with self.path.open("r+b") as f:
+                f.truncate(keep)
+
+    def write(self, obj: dict) -> None:
+        self.write_many([obj])
+
+    def write_many(self, objs: Iterable[dict]) -> None:
+        lines = "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in objs)
+        if lines:
+            self._file.write(lines)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "JsonlAppender":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

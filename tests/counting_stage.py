@@ -1,0 +1,25 @@
+"""A tiny resumable stage for testing the runner: appends ids 0..N-1, can crash at a given id."""
+
+from __future__ import annotations
+
+import os
+
+from crescent.io import JsonlAppender, read_jsonl, write_json
+
+N = 10
+
+
+def run(cfg, run_dir):
+    out = run_dir / "counting"
+    path = out / "items.jsonl"
+    have = {r["id"] for r in read_jsonl(path)} if path.exists() else set()
+    crash_at = int(os.environ.get("COUNTING_CRASH_AT", -1))
+    with JsonlAppender(path) as items:
+        for i in range(N):
+            if i in have:
+                continue
+            if i == crash_at:
+                raise RuntimeError(f"crash at {i}")
+            items.write({"id": i})
+    write_json(out / "stats.json", {"items": N, "resumed_from": len(have)})
+    return out
