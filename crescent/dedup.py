@@ -75,6 +75,13 @@ class VectorIndex:
         sims, rows = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)
         return sims[:, 0], rows[:, 0]
 
+    def nearest_other(self) -> np.ndarray:
+        """Each indexed vector's similarity to its nearest other indexed vector."""
+        own = self.index.reconstruct_n(0, len(self))
+        sims, rows = self.index.search(own, 2)
+        # Column 0 is normally the vector itself; an exact twin may come first instead.
+        return np.where(rows[:, 0] == np.arange(len(self)), sims[:, 1], sims[:, 0])
+
 
 @dataclass
 class Decision:

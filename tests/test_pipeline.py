@@ -20,7 +20,7 @@ class RecordingTracker(Tracker):
 
 @pytest.fixture
 def counting(monkeypatch):
-    monkeypatch.setitem(pipeline.STAGES, "counting", "counting_stage")
+    monkeypatch.setitem(pipeline.STAGES, "counting", "tests.counting_stage")
     return OmegaConf.create({"stages": ["counting"]})
 
 

