@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ class WandbTracker(Tracker):
         # The id is kept in the run dir so that re-running the same command resumes the
         # same W&B run instead of starting a second one.
         id_file = run_dir / "wandb_id"
-        run_id = id_file.read_text().strip() if id_file.exists() else wandb.util.generate_id()
+        run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
         atomic_write_text(id_file, run_id + "\n")
         self.run = wandb.init(
             project=cfg.logger.project,

@@ -67,3 +67,32 @@ def test_hf_same_seed_same_samples():
     first = _sample("hf", 32, seed=7)
     assert _sample("hf", 32, seed=7) == first
     assert _sample("hf", 32, seed=8) != first
+
+
+_CONVERT = (
+    "import sys; from crescent.models import resolve_model; "
+    "print('PATH', resolve_model('smollm2-135m-instruct'))"
+)
+
+
+@pytest.mark.slow
+def test_concurrent_conversions_publish_one_whole_model(tmp_path):
+    env = dict(__import__("os").environ, CRESCENT_CACHE=str(tmp_path))
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _CONVERT], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=600) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [err[-2000:] for _, err in outs]
+    paths = {line.split()[1] for out, _ in outs for line in out.splitlines() if line.startswith("PATH")}
+    assert paths == {str(tmp_path / "models" / "smollm2-135m-instruct")}
+    # Exactly one conversion ran; no temp dir is left behind.
+    assert sum("converting" in out for out, _ in outs) == 1
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == [
+        "smollm2-135m-instruct", "smollm2-135m-instruct.lock"]
+    from transformers import AutoConfig, AutoTokenizer
+
+    model_dir = tmp_path / "models" / "smollm2-135m-instruct"
+    assert AutoConfig.from_pretrained(model_dir).model_type == "llama"
+    assert AutoTokenizer.from_pretrained(model_dir).chat_template
