@@ -54,12 +54,20 @@ def make_embedder(cfg: DedupConfig) -> Optional[Embedder]:
 
 
 class VectorIndex:
-    """Inner-product index over accepted questions (faiss exact search)."""
+    """Inner-product index over accepted questions.
 
-    def __init__(self, dim: int):
+    Exact search (faiss `IndexFlatIP`) up to `exact_until` vectors, whose cost grows with the
+    square of the set; past that an IVF index is trained once on everything accepted so far
+    and each query scans only the `nprobe` nearest of its cells. Row numbers stay those of
+    insertion order in both.
+    """
+
+    def __init__(self, dim: int, exact_until: int = 20_000, nprobe: int = 16):
         import faiss
 
+        self.dim, self.exact_until, self.nprobe = dim, exact_until, nprobe
         self.index = faiss.IndexFlatIP(dim)
+        self.approximate = False
 
     def __len__(self) -> int:
         return self.index.ntotal
@@ -67,16 +75,35 @@ class VectorIndex:
     def add(self, vectors: np.ndarray) -> None:
         if len(vectors):
             self.index.add(np.ascontiguousarray(vectors, dtype=np.float32))
+        if not self.approximate and len(self) >= self.exact_until:
+            self._switch_to_ivf()
+
+    def _switch_to_ivf(self) -> None:
+        import faiss
+
+        own = self.index.reconstruct_n(0, len(self))
+        # 4 sqrt(n) cells as faiss advises, capped so that k-means has 39 points per cell.
+        nlist = max(1, min(int(4 * np.sqrt(len(own))), len(own) // 39))
+        quantizer = faiss.IndexFlatIP(self.dim)
+        ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf.cp.niter = 10  # k-means converges enough for routing; training stays a few seconds
+        ivf.train(own)
+        ivf.add(own)
+        ivf.nprobe = self.nprobe
+        self.index, self.approximate = ivf, True
 
     def nearest(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Similarity and row of each vector's nearest neighbour; (-inf, -1) when empty."""
         if len(self) == 0:
             return np.full(len(vectors), -np.inf, dtype=np.float32), np.full(len(vectors), -1)
         sims, rows = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)
+        sims[rows == -1] = -np.inf  # IVF: nothing in the probed cells
         return sims[:, 0], rows[:, 0]
 
     def nearest_other(self) -> np.ndarray:
         """Each indexed vector's similarity to its nearest other indexed vector."""
+        if self.approximate:
+            self.index.make_direct_map()
         own = self.index.reconstruct_n(0, len(self))
         sims, rows = self.index.search(own, 2)
         # Column 0 is normally the vector itself; an exact twin may come first instead.

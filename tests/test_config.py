@@ -27,7 +27,8 @@ def test_defaults_run_on_the_embedded_model_with_vllm():
 
 @pytest.mark.parametrize(
     "override, key",
-    [("engine=hf", "engine.name"), ("dedup=none", "dedup.method"), ("logger=none", "logger.name")],
+    [("engine=hf", "engine.name"), ("dedup=none", "dedup.method"), ("logger=none", "logger.name"),
+     ("domain=logic", "domain.name")],
 )
 def test_group_swap_is_one_override(override, key):
     cfg = _compose(override)

@@ -68,3 +68,18 @@ def test_nearest_other_skips_self():
     index = VectorIndex(4)
     index.add(np.stack([E1, at_similarity(E1, E2, 0.6), E3]))
     np.testing.assert_allclose(index.nearest_other(), [0.6, 0.6, 0.0], atol=1e-5)
+
+
+def test_index_switches_to_ivf_and_keeps_rows():
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(600, 16)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    index = VectorIndex(16, exact_until=500)
+    index.add(vectors[:400])
+    assert not index.approximate
+    index.add(vectors[400:])
+    assert index.approximate and len(index) == 600
+    queries = vectors[[3, 450, 599]] + 0.01 * rng.normal(size=(3, 16)).astype(np.float32)
+    sims, rows = index.nearest(queries / np.linalg.norm(queries, axis=1, keepdims=True))
+    assert list(rows) == [3, 450, 599] and (sims > 0.99).all()
+    assert len(index.nearest_other()) == 600
