@@ -97,8 +97,6 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
                     acc_out.write(record)
                     accepted.append(record)
                     ids_in_batch[i] = record["id"]
-                    if index is not None:
-                        index.add(vectors[i : i + 1])
                     bar.update(1)
                     continue
                 reason = "over_target" if d is None or d.accepted else "duplicate"
@@ -107,6 +105,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
                 rejected.append({"reason": reason, "round": rnd})
                 if reason == "duplicate" and rnd < qcfg.max_rewrites and nearest_id is not None:
                     pending.append((text, accepted[nearest_id]["question"], rnd + 1))
+            if index is not None:  # rows stay equal to ids: accepted in batch order
+                index.add(vectors[list(ids_in_batch)])
     bar.close()
 
     stop = "target" if len(accepted) >= qcfg.target else "max_candidates"
