@@ -46,6 +46,8 @@ class DomainConfig:
     bait_prompt: str = MISSING  # user turn that elicits one new question, no seed data
     diversify_prompt: str = MISSING  # "make it different" turn; {question} and {nearest} are filled in
     answer_prompt: str = MISSING  # user turn for answering; {question} is filled in
+    answer_type: str = "math"  # how final answers are read and compared: math (numbers, LaTeX) or text
+    final_answer_line: str = "The answer is: {answer}"  # last line of every training response
     max_question_chars: int = 1000  # cleaned questions longer than this are rejected
 
 
@@ -54,6 +56,9 @@ class DedupConfig:
     method: str = "minilm"  # embedder: minilm, self, minhash or none
     threshold: float = 0.85  # similarity at or above which a candidate is a duplicate
     batch_size: int = 64  # texts embedded per forward pass
+    num_perm: int = 128  # minhash: permutations per signature (Jaccard resolution 1/num_perm)
+    shingle: int = 3  # minhash: words per shingle (numbers count as one word, `#`)
+    depth: float = 1.0  # self: share of the generator's layers run before pooling (rest not loaded)
 
 
 @dataclass
@@ -62,6 +67,7 @@ class VotingConfig:
     min_agreement: float = 0.5  # share of the k samples the winning answer needs
     min_votes: int = 2  # absolute count the winning answer needs
     tie_break: str = "drop"  # drop: discard tied questions; seeded: pick one of the tied answers
+    representative: str = "first"  # which response of the winning group becomes the training target: first, shortest, canonical
 
 
 @dataclass
@@ -78,6 +84,12 @@ class QuestionsConfig:
 @dataclass
 class AnswersConfig:
     input: Optional[str] = None  # questions.jsonl to answer; default: this run's questions stage
+    chunk_size: int = 32  # questions per engine call; answered questions are flushed after each
+    decontaminate: list[str] = field(  # benchmark test sets (JSON Lines under eval.data_dir)
+        default_factory=lambda: ["gsm8k/test.jsonl", "math500/test.jsonl"]
+    )
+    ngram: int = 13  # word n-gram length of the contamination check
+    max_overlap: float = 0.0  # share of a question's n-grams found in a benchmark above which it is dropped
     sampling: SamplingConfig = field(
         default_factory=lambda: SamplingConfig(temperature=0.7, top_p=0.95, max_tokens=512)
     )
@@ -85,17 +97,57 @@ class AnswersConfig:
 
 @dataclass
 class FinetuneConfig:
-    input: Optional[str] = None  # sft.jsonl to train on; default: this run's answers stage
-    max_steps: int = 1000  # optimiser steps
+    input: Optional[str] = None  # sft.jsonl or a `datasets` save_to_disk dir; default: answers/sft.jsonl
+    max_steps: int = 1000  # optimiser steps; -1: max_epochs alone decides
+    max_epochs: int = -1  # passes over the training split; -1: max_steps alone decides
     lr: float = 1e-5  # peak learning rate
-    batch_size: int = 8  # examples per optimiser step (before accumulation)
+    batch_size: int = 8  # examples per micro-batch per device (before accumulation)
+    accumulate_grad_batches: int = 1  # micro-batches per optimiser step
+    max_length: int = 2048  # tokens per example (or packed row); longer ones are cut from the right
+    packing: bool = False  # pack several examples into one row of max_length (position ids restart)
+    val_fraction: float = 0.05  # share of examples held out for validation; 0: none
+    val_every_n_steps: int = 0  # validate every N optimiser steps; 0: at epoch ends only
+    shuffle: bool = True  # reshuffle the training split every epoch (seeded by the run seed)
+    mode: str = "full"  # full: every weight; lora: low-rank adapters, merged into the saved model
+    lora_r: int = 16  # LoRA rank
+    lora_alpha: int = 32  # LoRA scaling numerator (scale = alpha / r)
+    lora_dropout: float = 0.05  # dropout on the LoRA branch
+    lora_target_modules: list[str] = field(  # module names that get adapters; ["all-linear"] works too
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                 "down_proj"]
+    )
+    weight_decay: float = 0.0  # AdamW decoupled weight decay (not on biases and norms)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
+    warmup_steps: int = 0  # linear warm-up steps; 0: warmup_ratio decides
+    warmup_ratio: float = 0.03  # warm-up as a share of all optimiser steps, when warmup_steps is 0
+    scheduler: str = "cosine"  # after warm-up: cosine, linear (both decay to min_lr_ratio) or constant
+    min_lr_ratio: float = 0.0  # final learning rate as a share of lr
+    gradient_clip_val: float = 1.0  # clip the gradient norm to this; 0: no clipping
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    precision: str = "auto"  # Lightning precision; auto: bf16-mixed on GPU, 32-true on CPU
+    accelerator: str = "auto"  # Lightning accelerator: auto, cpu, gpu
+    devices: str = "auto"  # Lightning devices: auto, a count ("4") or a list ("0,1")
+    strategy: str = "auto"  # Lightning strategy: auto, ddp, fsdp, deepspeed_stage_2, ...
+    num_nodes: int = 1  # machines; devices x num_nodes processes in all
+    checkpoint_every_n_steps: int = 100  # write checkpoints/last.ckpt every N steps (resume point)
+    keep_checkpoints: bool = False  # keep checkpoints/ once the model is saved
+    log_every_n_steps: int = 10  # logger cadence in optimiser steps
+    num_workers: int = 0  # DataLoader worker processes
+    progress_bar: bool = True  # Lightning's progress bar
 
 
 @dataclass
 class EvalConfig:
-    tasks: list[str] = field(default_factory=lambda: ["crescent_gsm8k_gold_bpb"])  # lm-eval tasks
+    # lm-eval tasks: the offline crescent_* ones (crescent/tasks/) or stock ones (need the hub)
+    tasks: list[str] = field(default_factory=lambda: ["crescent_gsm8k_gold_bpb"])
     limit: Optional[int] = None  # examples per task; None means all
-    data_dir: str = "../shared/data"  # folder with gsm8k/ and math500/ for the offline tasks
+    num_fewshot: Optional[int] = None  # few-shot examples for every task; None: each task's own
+    data_dir: str = "../shared/data"  # gsm8k/ and math500/ for the offline tasks; cwd-relative
+    # label -> model (built-in name, hub id or local dir) to score instead of the default pair:
+    # `base` (the student) and `finetuned` (this run's finetune/model, when it exists)
+    models: dict[str, str] = field(default_factory=dict)
+    apply_chat_template: bool = True  # prompts and few-shot turns in each model's chat template
+    fewshot_as_multiturn: bool = True  # few-shot examples as user/assistant turns (with template)
 
 
 @dataclass

@@ -1,0 +1,223 @@
+"""Answers stage: k chain-of-thought samples per question, majority-vote consensus, SFT data.
+
+Every question ends in `samples.jsonl` exactly once (dropped as contaminated, dropped by the
+vote, or kept), appended and flushed after each engine call, so a re-run answers only the
+rest. `qa.jsonl`, `sft.jsonl`, the `datasets` copy in `dataset/` and the card `DATASET.md`
+are rebuilt from that log at the end, each written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections import Counter
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from crescent.io import CrescentError, JsonlAppender, atomic_write_text, read_jsonl, write_json
+
+SAMPLES = "samples.jsonl"
+
+
+def run(cfg: DictConfig, run_dir: Path) -> Path:
+    from tqdm import tqdm
+
+    from crescent.decontamination import Benchmarks
+    from crescent.engines import derive_seed, make_engine
+    from crescent.extraction import extract_answer
+    from crescent.voting import vote
+
+    out = Path(run_dir) / "answers"
+    acfg, domain, k = cfg.answers, cfg.domain, cfg.voting.k
+    questions = load_questions(Path(acfg.input) if acfg.input else
+                               Path(run_dir) / "questions" / "questions.jsonl")
+    done = {r["id"] for r in read_jsonl(out / SAMPLES)} if (out / SAMPLES).exists() else set()
+    if done - {q["id"] for q in questions}:
+        raise CrescentError(f"{out / SAMPLES} holds answers to questions that are not in the "
+                            f"input: it was started from another questions file")
+    todo = [q for q in questions if q["id"] not in done]
+    benchmarks = Benchmarks([Path(cfg.eval.data_dir) / p for p in acfg.decontaminate], acfg.ngram)
+
+    tokens, started, engine = Counter(), time.time(), None
+    bar = tqdm(total=len(questions), initial=len(questions) - len(todo), desc="answers",
+               unit="q", dynamic_ncols=True)
+    with JsonlAppender(out / SAMPLES) as log:
+        clean = []
+        for q in todo:
+            share, bench = benchmarks.worst(q["question"])
+            if share > acfg.max_overlap:
+                log.write({"id": q["id"], "question": q["question"], "reason": "contaminated",
+                           "overlap": round(share, 4), "benchmark": bench})
+                bar.update(1)
+            else:
+                clean.append(q)
+        for start in range(0, len(clean), acfg.chunk_size):
+            chunk = clean[start : start + acfg.chunk_size]
+            engine = engine or make_engine(cfg.engine, cfg.model)
+            conversations = [[{"role": "user",
+                               "content": domain.answer_prompt.format(question=q["question"])}]
+                             for q in chunk]
+            # Seeded by the first question's id, not by position: a resumed run draws the
+            # chunk it starts with independently of how much came before.
+            gens = engine.chat(conversations, acfg.sampling, n=k,
+                               seed=derive_seed(cfg.seed, "answers", chunk[0]["id"]))
+            for q, gen in zip(chunk, gens):
+                extracted = [extract_answer(t, domain.answer_type) for t in gen.texts]
+                result = vote(extracted, gen.texts, cfg.voting,
+                              seed=derive_seed(cfg.seed, "vote", q["id"]))
+                log.write({"id": q["id"], "question": q["question"], "reason": result.reason,
+                           "answer": result.answer, "votes": result.votes,
+                           "agreement": round(result.agreement, 4),
+                           "representative": result.representative,
+                           "samples": gen.texts, "extracted": extracted,
+                           "completion_tokens": gen.completion_tokens})
+                tokens["prompt"] += gen.prompt_tokens
+                tokens["completion"] += gen.total_tokens
+            bar.update(len(chunk))
+    bar.close()
+
+    records = list(read_jsonl(out / SAMPLES))
+    position = {q["id"]: i for i, q in enumerate(questions)}
+    records.sort(key=lambda r: position[r["id"]])
+    kept = write_datasets(out, records, domain)
+    wall = time.time() - started
+    answered = [r for r in records if r["reason"] != "contaminated"]
+    new_samples = k * len(clean)
+    stats = {
+        "questions_in": len(questions),
+        "contaminated": sum(r["reason"] == "contaminated" for r in records),
+        "answered": len(answered),
+        "samples": sum(len(r["samples"]) for r in answered),
+        "abstentions": sum(x is None for r in answered for x in r["extracted"]),
+        "dropped": dict(Counter(r["reason"] for r in answered if r["reason"])),
+        "kept": len(kept),
+        "yield": round(len(kept) / len(questions), 4) if questions else None,
+        "mean_agreement_kept": _mean([r["agreement"] for r in kept]),
+        "mean_agreement_answered": _mean([r["agreement"] for r in answered]),
+        "agreement_histogram": agreement_histogram(answered, k),
+        "tokens": dict(tokens),  # this invocation's only; resumed_with says how much came before
+        "resumed_with": len(questions) - len(todo),
+        "answers_per_s": round(new_samples / wall, 3) if new_samples else None,
+    }
+    write_card(out, cfg, stats)
+    write_json(out / "stats.json", stats)
+    return out
+
+
+def load_questions(path: Path) -> list[dict]:
+    """Questions with unique ids; rows without an `id` take their line number."""
+    if not path.exists():
+        raise CrescentError(f"answers.input: {path} does not exist (run the questions stage "
+                            f"or point answers.input at a questions.jsonl)")
+    questions, seen = [], set()
+    for line, row in enumerate(read_jsonl(path), 1):
+        if not isinstance(row.get("question"), str) or not row["question"].strip():
+            raise CrescentError(f"{path}:{line}: no 'question' text")
+        qid = row.get("id", line - 1)
+        if qid in seen:
+            raise CrescentError(f"{path}:{line}: duplicate id {qid!r}")
+        seen.add(qid)
+        questions.append({"id": qid, "question": row["question"]})
+    return questions
+
+
+def training_response(record: dict, domain: DictConfig) -> str:
+    """The representative chain of thought, ending in exactly one clean final-answer line."""
+    from crescent.extraction import strip_final_answer
+
+    body = strip_final_answer(record["samples"][record["representative"]]).rstrip()
+    return f"{body}\n{domain.final_answer_line.format(answer=record['answer'])}".lstrip()
+
+
+def write_datasets(out: Path, records: list[dict], domain: DictConfig) -> list[dict]:
+    """qa.jsonl, sft.jsonl and the `datasets` copy of the kept questions, in input order;
+    returns the qa rows.
+
+    The SFT user turn is the bare question, so the tuned model answers questions step by step
+    without being given the answer instruction.
+    """
+    import datasets
+
+    qa = []
+    for r in (r for r in records if r["reason"] is None):
+        qa.append({"id": r["id"], "question": r["question"], "answer": r["answer"],
+                   "response": training_response(r, domain), "votes": r["votes"],
+                   "agreement": r["agreement"], "n_samples": len(r["samples"])})
+    sft = [{"messages": [{"role": "user", "content": q["question"]},
+                         {"role": "assistant", "content": q["response"]}]} for q in qa]
+    _write_jsonl(out / "qa.jsonl", qa)
+    _write_jsonl(out / "sft.jsonl", sft)
+
+    rows = [{"id": str(q["id"]), "question": q["question"], "answer": q["answer"],
+             "agreement": q["agreement"], "messages": s["messages"]} for q, s in zip(qa, sft)]
+    tmp, final = out / "dataset.tmp", out / "dataset"
+    shutil.rmtree(tmp, ignore_errors=True)
+    datasets.disable_progress_bars()  # one bar per stage is enough
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp))
+    shutil.rmtree(final, ignore_errors=True)
+    tmp.rename(final)
+    return qa
+
+
+def agreement_histogram(answered: list[dict], k: int) -> dict[str, int]:
+    """Questions by how many of the k samples agreed with the plurality answer."""
+    counts = Counter(max(r["votes"].values(), default=0) for r in answered)
+    return {f"{v}/{k}": counts.get(v, 0) for v in range(k + 1)}
+
+
+def write_card(out: Path, cfg: DictConfig, stats: dict) -> None:
+    """DATASET.md: where the data came from, how it was filtered, and how sure the votes were."""
+    source = Path(cfg.model.name)
+    widest = max(stats["agreement_histogram"].values(), default=0) or 1
+    bars = "\n".join(f"{key:>6}  {'#' * round(30 * n / widest):<30}  {n}"
+                     for key, n in stats["agreement_histogram"].items())
+    settings = {"model": cfg.model, "domain": {"name": cfg.domain.name,
+                                               "answer_prompt": cfg.domain.answer_prompt},
+                "voting": cfg.voting, "answers": cfg.answers, "seed": cfg.seed}
+    card = f"""# {cfg.name}: self-generated {cfg.domain.name} question-answer pairs
+
+Generated with no external supervision by `{source.name or cfg.model.name}`: the model wrote
+the questions, answered each {cfg.voting.k} times, and a question was kept only when its
+majority answer won at least {cfg.voting.min_agreement:.0%} of the samples and
+{cfg.voting.min_votes} votes. Answers were never checked against any ground truth.
+
+Files: `sft.jsonl` (chat `messages`, ready for fine-tuning), `qa.jsonl` (question, answer,
+chosen response, votes, agreement), `samples.jsonl` (every sample of every question),
+`dataset/` (the same rows as a Hugging Face `datasets` dataset: `datasets.load_from_disk`,
+then `push_to_hub` to share it).
+
+## Funnel
+
+| step | questions |
+| --- | ---: |
+| questions in | {stats['questions_in']} |
+| dropped: 13-gram overlap with a benchmark test set | {stats['contaminated']} |
+| answered ({cfg.voting.k} samples each) | {stats['answered']} |
+| dropped: every sample abstained | {stats['dropped'].get('abstained', 0)} |
+| dropped: no consensus | {stats['dropped'].get('no_consensus', 0)} |
+| dropped: tie | {stats['dropped'].get('tie', 0)} |
+| kept | {stats['kept']} |
+
+## Agreement (samples agreeing with the plurality answer, answered questions)
+
+```
+{bars}
+```
+
+## Settings
+
+```yaml
+{OmegaConf.to_yaml(OmegaConf.create(settings)).rstrip()}
+```
+"""
+    atomic_write_text(out / "DATASET.md", card)
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def _mean(values: list[float]):
+    return round(sum(values) / len(values), 4) if values else None

@@ -1,0 +1,51 @@
+"""Benchmark decontamination: word 13-gram overlap of generated questions with test sets.
+
+Text is lowercased and split into runs of letters and digits (punctuation, LaTeX markup and
+spacing do not hide a copy), the same normalisation for both sides. A question's overlap with
+a benchmark is the share of its n-grams that occur anywhere in that benchmark's questions; a
+question shorter than n words has no n-grams and is never flagged.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Optional, Sequence
+
+from crescent.io import CrescentError, read_jsonl
+
+_WORD = re.compile(r"[a-z0-9]+")
+_QUESTION_FIELDS = ("question", "problem")  # GSM8K and MATH name the question differently
+
+
+def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    words = _WORD.findall(text.lower())
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+class Benchmarks:
+    """The n-grams of every question of some benchmark test sets, by set name."""
+
+    def __init__(self, paths: Sequence[Path], n: int = 13):
+        self.n = n
+        self.grams: dict[str, set[tuple[str, ...]]] = {}
+        for path in paths:
+            if not path.exists():
+                raise CrescentError(f"answers.decontaminate: {path} does not exist")
+            grams: set[tuple[str, ...]] = set()
+            for row in read_jsonl(path):
+                text = next((row[f] for f in _QUESTION_FIELDS if f in row), None)
+                if text is None:
+                    raise CrescentError(f"{path}: a row has none of the fields {_QUESTION_FIELDS}")
+                grams |= ngrams(text, n)
+            self.grams[str(path.parent.name + "/" + path.name)] = grams
+
+    def worst(self, question: str) -> tuple[float, Optional[str]]:
+        """The highest overlap share with any benchmark, and that benchmark's name."""
+        own = ngrams(question, self.n)
+        best, name = 0.0, None
+        for bench, grams in self.grams.items():
+            share = len(own & grams) / len(own) if own else 0.0
+            if share > best:
+                best, name = share, bench
+        return best, name

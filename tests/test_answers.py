@@ -1,0 +1,160 @@
+"""Answers stage: decontamination, the vote funnel and resume on a scripted engine (pure logic),
+and end to end on the embedded model from 20 questions, killed in the middle (slow)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import datasets
+import pytest
+from hydra import compose, initialize_config_dir
+
+from crescent import engines
+from crescent.__main__ import CONF_DIR
+from crescent.decontamination import Benchmarks
+from crescent.engines import Generation
+from crescent.io import CrescentError, read_json, read_jsonl
+from tests.conftest import DATA, ROOT
+
+GSM8K_TEST = DATA / "gsm8k" / "test.jsonl"
+LEAKED = json.loads(GSM8K_TEST.open().readline())["question"]
+
+# question -> the k=4 responses the scripted engine gives it
+SCRIPT = {
+    "How many legs do 2 dogs have?":
+        ["Each dog has 4 legs, 2 * 4 = 8.\nThe answer is: 8"] * 4,
+    "What is 1 divided by 2?":
+        ["1/2 = 0.5\nThe answer is: 0.5", "The answer is: 1/2", "So \\boxed{\\frac{1}{2}}",
+         "The answer is: 3"],
+    "Is this question answerable?": ["I cannot say.", "No idea.", "Hmm.", "Unclear."],
+    "Pick a number from 1 to 3.":
+        ["The answer is: 1", "The answer is: 2", "The answer is: 3", "I will not."],
+    "Toss a coin: 1 or 2?":
+        ["The answer is: 1", "The answer is: 1", "The answer is: 2", "The answer is: 2"],
+    LEAKED: ["The answer is: 18"] * 4,
+}
+
+
+class ScriptedEngine:
+    def __init__(self):
+        self.asked = []
+
+    def chat(self, conversations, sampling, n, seed):
+        out = []
+        for conversation in conversations:
+            question = next(q for q in SCRIPT if q in conversation[-1]["content"])
+            self.asked.append(question)
+            out.append(Generation(SCRIPT[question][:n], [7] * n, 20))
+        return out
+
+
+def _cfg(*overrides):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=[
+            "logger=none", "voting.k=4", f"eval.data_dir={DATA}", *overrides])
+
+
+def _questions(tmp_path):
+    path = tmp_path / "questions.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "question": q}) + "\n"
+                            for i, q in enumerate(SCRIPT)))
+    return path
+
+
+def test_benchmark_overlap_flags_copies_not_new_questions():
+    bench = Benchmarks([GSM8K_TEST, DATA / "math500" / "test.jsonl"], n=13)
+    share, name = bench.worst("Here is a problem: " + LEAKED.upper().replace(".", " ."))
+    assert share > 0.9 and name == "gsm8k/test.jsonl"
+    assert bench.worst("A farmer plants 14 rows of beans with 9 beans in every row, then "
+                       "gives away a third of them. How many beans are left for him?")[0] == 0
+    assert bench.worst("Too short to have any thirteen word n-gram.") == (0.0, None)
+
+
+def test_vote_funnel_outputs_and_resume(tmp_path, monkeypatch):
+    scripted = ScriptedEngine()
+    monkeypatch.setattr(engines, "make_engine", lambda *a: scripted)
+    from crescent import answers
+
+    cfg = _cfg(f"answers.input={_questions(tmp_path)}", "answers.chunk_size=2")
+    out = answers.run(cfg, tmp_path)
+
+    stats = read_json(out / "stats.json")
+    assert stats["questions_in"] == 6 and stats["contaminated"] == 1 and stats["answered"] == 5
+    assert stats["dropped"] == {"abstained": 1, "no_consensus": 1, "tie": 1}
+    assert stats["kept"] == 2 and stats["abstentions"] == 4 + 1
+    assert LEAKED not in scripted.asked  # dropped before any sampling
+    qa = list(read_jsonl(out / "qa.jsonl"))
+    assert [q["id"] for q in qa] == [0, 1]
+    assert qa[0]["agreement"] == 1.0 and qa[1]["agreement"] == 0.75
+    assert sum(qa[1]["votes"].values()) == 4 and max(qa[1]["votes"].values()) == 3
+    sft = list(read_jsonl(out / "sft.jsonl"))
+    assert sft[0]["messages"][0] == {"role": "user", "content": "How many legs do 2 dogs have?"}
+    reply = sft[0]["messages"][1]["content"]
+    assert reply.endswith("The answer is: 8") and reply.count("The answer is") == 1
+    assert sft[1]["messages"][1]["content"].splitlines()[-1].startswith("The answer is: ")
+    dataset = datasets.load_from_disk(str(out / "dataset"))
+    assert len(dataset) == 2 and dataset[0]["messages"] == sft[0]["messages"]
+    card = (out / "DATASET.md").read_text()
+    assert "| kept | 2 |" in card and "| dropped: tie | 1 |" in card
+
+    # Resume: drop the last two answered questions from the log; only they are asked again.
+    log = (out / answers.SAMPLES).read_text().splitlines(keepends=True)
+    (out / answers.SAMPLES).write_text("".join(log[:-2]))
+    lost = [json.loads(line)["question"] for line in log[-2:]]
+    scripted.asked.clear()
+    answers.run(cfg, tmp_path)
+    assert scripted.asked == lost
+    assert [json.loads(line)["id"] for line in (out / answers.SAMPLES).open()] == \
+        [json.loads(line)["id"] for line in log]
+    assert list(read_jsonl(out / "qa.jsonl")) == qa
+
+
+def test_bad_input_is_named(tmp_path, monkeypatch):
+    monkeypatch.setattr(engines, "make_engine", lambda *a: ScriptedEngine())
+    from crescent import answers
+
+    with pytest.raises(CrescentError, match="does not exist"):
+        answers.run(_cfg(f"answers.input={tmp_path / 'nope.jsonl'}"), tmp_path)
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "What is 2 + 2?"}\n{"text": "no question field"}\n')
+    with pytest.raises(CrescentError, match=r"bad.jsonl:2: no 'question'"):
+        answers.run(_cfg(f"answers.input={bad}"), tmp_path)
+
+
+@pytest.mark.slow
+def test_embedded_model_answers_20_questions_killed_and_resumed(tmp_path):
+    """vLLM on the embedded model; killed once the first chunk is flushed, then re-run."""
+    questions = ROOT / "tests" / "assets" / "questions20.jsonl"
+    args = [sys.executable, "-m", "crescent", "stages=[answers]", f"answers.input={questions}",
+            "voting.k=3", "answers.chunk_size=5", "answers.sampling.max_tokens=192",
+            "logger=none", f"eval.data_dir={DATA}", "hydra.run.dir=run"]
+    log = tmp_path / "run" / "answers" / "samples.jsonl"
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.time() + 600
+    while time.time() < deadline and proc.poll() is None:
+        if log.exists() and log.read_text().count("\n") >= 5:
+            proc.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.5)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (tmp_path / "run" / "answers" / "DONE").exists()
+
+    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = tmp_path / "run" / "answers"
+    ids = [r["id"] for r in read_jsonl(out / "samples.jsonl")]
+    assert sorted(ids) == list(range(20))  # nothing lost, nothing answered twice
+    stats = read_json(out / "stats.json")
+    assert stats["resumed_with"] >= 5 and stats["answered"] == 20 and stats["contaminated"] == 0
+    assert stats["samples"] == 60
+    qa = list(read_jsonl(out / "qa.jsonl"))
+    assert len(qa) == stats["kept"] == len(list(read_jsonl(out / "sft.jsonl")))
+    for row in qa:  # every kept answer really won its vote
+        assert max(row["votes"].values()) == round(row["agreement"] * 3)
+        assert row["response"].splitlines()[-1] == f"The answer is: {row['answer']}"
+    assert len(datasets.load_from_disk(str(out / "dataset"))) == len(qa)
