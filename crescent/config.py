@@ -164,6 +164,7 @@ class Config:
     name: str = "default"  # run name: the run dir is outputs/<name>/<overrides>
     seed: int = 0  # run seed: every sampling call derives its own seed from it
     stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES))  # stages to run, in order
+    cache_dir: Optional[str] = "outputs/cache"  # stage outputs shared by config hash; null: none
     model: ModelConfig = field(default_factory=ModelConfig)  # the generator
     student: ModelConfig = field(default_factory=ModelConfig)  # the model fine-tuned
     engine: EngineConfig = field(default_factory=EngineConfig)

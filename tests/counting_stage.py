@@ -1,8 +1,10 @@
-"""A tiny resumable stage for testing the runner: appends ids 0..N-1, can crash at a given id."""
+"""A tiny resumable stage for testing the runner: appends ids 0..n-1, can crash at a given id."""
 
 from __future__ import annotations
 
 import os
+
+from omegaconf import OmegaConf
 
 from crescent.io import JsonlAppender, read_jsonl, write_json
 
@@ -14,12 +16,13 @@ def run(cfg, run_dir):
     path = out / "items.jsonl"
     have = {r["id"] for r in read_jsonl(path)} if path.exists() else set()
     crash_at = int(os.environ.get("COUNTING_CRASH_AT", -1))
+    n = OmegaConf.select(cfg, "n", default=N)
     with JsonlAppender(path) as items:
-        for i in range(N):
+        for i in range(n):
             if i in have:
                 continue
             if i == crash_at:
                 raise RuntimeError(f"crash at {i}")
             items.write({"id": i})
-    write_json(out / "stats.json", {"items": N, "resumed_from": len(have)})
+    write_json(out / "stats.json", {"items": n, "resumed_from": len(have)})
     return out

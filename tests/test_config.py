@@ -70,7 +70,9 @@ def test_cfg_job_prints_composed_config(cli):
 def test_help_lists_the_config_groups(cli):
     result = cli("--help")
     assert result.returncode == 0, result.stderr
-    assert "dedup: minilm" in result.stdout.replace(", ", " ").replace("none ", "")
+    groups = dict(line.strip().split(": ", 1) for line in result.stdout.splitlines()
+                  if line.startswith("dedup: ") or line.startswith("engine: "))
+    assert "minilm" in groups["dedup"].split(", ") and "hf" in groups["engine"].split(", ")
 
 
 @pytest.mark.parametrize("flag", ["--help", "--cfg"])

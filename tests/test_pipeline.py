@@ -20,7 +20,7 @@ class RecordingTracker(Tracker):
 
 @pytest.fixture
 def counting(monkeypatch):
-    monkeypatch.setitem(pipeline.STAGES, "counting", "tests.counting_stage")
+    monkeypatch.setitem(pipeline.STAGES, "counting", pipeline.Stage("tests.counting_stage"))
     return OmegaConf.create({"stages": ["counting"]})
 
 
@@ -31,7 +31,7 @@ def test_stage_writes_stats_then_done(counting, tmp_path):
     assert (out / "DONE").is_file()
     stats = read_json(out / "stats.json")
     assert stats["items"] == 10 and stats["wall_time_s"] >= 0
-    assert tracker.logged == [("counting", stats)]
+    assert tracker.logged == [("counting", {**stats, "reused": 0})]
 
 
 def test_crash_leaves_no_done_and_rerun_resumes_without_duplicates(
@@ -57,7 +57,9 @@ def test_done_stage_is_skipped(counting, tmp_path, monkeypatch):
     monkeypatch.setenv("COUNTING_CRASH_AT", "0")  # and would crash
     tracker = RecordingTracker()
     pipeline.run_pipeline(counting, tmp_path, tracker)
-    assert items.read_text() == "" and tracker.logged == []
+    assert items.read_text() == ""
+    assert tracker.logged == [("counting", {**read_json(tmp_path / "counting" / "stats.json"),
+                                            "reused": 1})]
 
 
 def test_unknown_stage_fails_before_any_stage_runs(counting, tmp_path):
@@ -68,7 +70,7 @@ def test_unknown_stage_fails_before_any_stage_runs(counting, tmp_path):
 
 
 def test_unimplemented_stage_says_so(monkeypatch, tmp_path):
-    monkeypatch.setitem(pipeline.STAGES, "later", "crescent.not_written_yet")
+    monkeypatch.setitem(pipeline.STAGES, "later", pipeline.Stage("crescent.not_written_yet"))
     with pytest.raises(CrescentError, match="stage 'later' is not implemented yet"):
         pipeline.run_pipeline(OmegaConf.create({"stages": ["later"]}), tmp_path, Tracker())
 
@@ -80,3 +82,60 @@ def test_cli_error_is_one_line_and_nonzero(cli):
         "crescent: error: stages: unknown stage 'questoins' "
         "(known: questions, answers, finetune, evaluate)"
     )
+
+
+@pytest.fixture
+def two_stages(monkeypatch):
+    monkeypatch.setitem(pipeline.STAGES, "counting", pipeline.Stage("tests.counting_stage", ("n",)))
+    monkeypatch.setitem(pipeline.STAGES, "summing",
+                        pipeline.Stage("tests.summing_stage", ("factor",), upstream="counting"))
+
+
+def _run(tmp_path, run, **cfg):
+    cfg = OmegaConf.create({"stages": ["counting", "summing"], "n": 10, "factor": 1,
+                            "cache_dir": str(tmp_path / "cache"), **cfg})
+    pipeline.run_pipeline(cfg, tmp_path / run, Tracker())
+    return read_json(tmp_path / run / "pipeline.json")
+
+
+def test_cache_shares_upstream_outputs_between_configs(two_stages, tmp_path):
+    first = _run(tmp_path, "a")
+    assert not first["counting"]["reused"] and not first["summing"]["reused"]
+
+    second = _run(tmp_path, "b", factor=2)  # a downstream-only change
+    assert second["counting"]["reused"] and not second["summing"]["reused"]
+    assert second["counting"]["cache"] == first["counting"]["cache"]
+    assert (tmp_path / "b" / "counting").resolve() == (tmp_path / "a" / "counting").resolve()
+    assert read_json(tmp_path / "b" / "summing" / "stats.json")["sum"] == 2 * 45
+
+    third = _run(tmp_path, "c", n=5, factor=2)  # an upstream change re-keys both stages
+    assert not third["counting"]["reused"] and not third["summing"]["reused"]
+    assert read_json(tmp_path / "c" / "summing" / "stats.json")["sum"] == 2 * 10
+    assert read_json(tmp_path / "a" / "summing" / "stats.json")["sum"] == 45  # untouched
+
+
+def test_downstream_stage_alone_finds_cached_upstream(two_stages, tmp_path):
+    _run(tmp_path, "a")
+    alone = _run(tmp_path, "d", stages=["summing"], factor=3)
+    assert list(alone) == ["summing"] and not alone["summing"]["reused"]
+    assert (tmp_path / "d" / "counting").is_symlink()
+    assert read_json(tmp_path / "d" / "summing" / "stats.json")["sum"] == 3 * 45
+
+
+def test_explicit_input_is_keyed_by_content(tmp_path):
+    from crescent.config import Config
+
+    cfg = OmegaConf.structured(Config)
+    one, two = tmp_path / "one.jsonl", tmp_path / "two.jsonl"
+    one.write_text('{"question": "q"}\n')
+    two.write_text('{"question": "q"}\n')
+    keys = []
+    for path in (one, two):
+        cfg.answers.input = str(path)
+        keys.append(pipeline.stage_key(cfg, "answers")[0])
+    assert keys[0] == keys[1]  # same content elsewhere: same key
+    two.write_text('{"question": "another q"}\n')
+    assert pipeline.stage_key(cfg, "answers")[0] != keys[0]
+    cfg.answers.input = str(tmp_path / "missing.jsonl")
+    with pytest.raises(CrescentError, match="answers.input: .*missing.jsonl does not exist"):
+        pipeline.stage_key(cfg, "answers")
