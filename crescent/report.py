@@ -216,3 +216,7 @@ def main(argv: list[str] | None = None) -> None:
     (out / "report.json").write_text(json.dumps(studies, indent=2) + "\n")
     print("\n".join(md))
     print(f"crescent-report: {len(runs)} runs -> {out}/report.md, report.tex, report.json")
+
+
+if __name__ == "__main__":
+    main()
