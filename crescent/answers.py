@@ -101,6 +101,10 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         "resumed_with": len(questions) - len(todo),
         "answers_per_s": round(new_samples / wall, 3) if new_samples else None,
     }
+    if not kept:
+        print(f"crescent: answers: none of {len(questions)} questions kept "
+              f"(dropped: {stats['dropped'] or 'none'}, contaminated: {stats['contaminated']}); "
+              f"sft.jsonl is empty", flush=True)
     write_card(out, cfg, stats)
     write_json(out / "stats.json", stats)
     return out
@@ -120,6 +124,8 @@ def load_questions(path: Path) -> list[dict]:
             raise CrescentError(f"{path}:{line}: duplicate id {qid!r}")
         seen.add(qid)
         questions.append({"id": qid, "question": row["question"]})
+    if not questions:
+        raise CrescentError(f"{path}: no questions to answer (the file is empty)")
     return questions
 
 

@@ -119,6 +119,10 @@ def test_bad_input_is_named(tmp_path, monkeypatch):
 
     with pytest.raises(CrescentError, match="does not exist"):
         answers.run(_cfg(f"answers.input={tmp_path / 'nope.jsonl'}"), tmp_path)
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    with pytest.raises(CrescentError, match="empty.jsonl: no questions to answer"):
+        answers.run(_cfg(f"answers.input={empty}"), tmp_path)
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "What is 2 + 2?"}\n{"text": "no question field"}\n')
     with pytest.raises(CrescentError, match=r"bad.jsonl:2: no 'question'"):
@@ -158,3 +162,19 @@ def test_embedded_model_answers_20_questions_killed_and_resumed(tmp_path):
         assert max(row["votes"].values()) == round(row["agreement"] * 3)
         assert row["response"].splitlines()[-1] == f"The answer is: {row['answer']}"
     assert len(datasets.load_from_disk(str(out / "dataset"))) == len(qa)
+
+
+def test_model_that_never_answers_keeps_nothing_and_says_so(tmp_path, monkeypatch, capsys):
+    class Mute:
+        def chat(self, conversations, sampling, n, seed):
+            return [Generation(["I am not sure how to do this."] * n, [9] * n, 20)
+                    for _ in conversations]
+
+    monkeypatch.setattr(engines, "make_engine", lambda *a: Mute())
+    from crescent import answers
+
+    out = answers.run(_cfg(f"answers.input={_questions(tmp_path)}"), tmp_path)
+    stats = read_json(out / "stats.json")
+    assert stats["kept"] == 0 and stats["dropped"] == {"abstained": 5}
+    assert (out / "sft.jsonl").read_text() == ""
+    assert "none of 6 questions kept" in capsys.readouterr().out
