@@ -27,6 +27,7 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 
 from crescent.io import CrescentError, atomic_write_text, read_json, write_json
+from crescent.provenance import provenance
 from crescent.tracking import Tracker
 
 
@@ -143,6 +144,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> None:
         if target is not None and (target / DONE).exists():
             link(stage_dir(run_dir, name), target)
 
+    info = provenance(cfg) if OmegaConf.select(cfg, "model.name") else {}
+    tracker.record_provenance(info)
     summary = {}
     for name, module in modules.items():
         out, target = stage_dir(run_dir, name), cache_target(cfg, run_dir, name)
@@ -159,7 +162,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> None:
                       flush=True)
                 lock.acquire()
         try:
-            summary[name] = _run_stage(name, module, cfg, run_dir, tracker)
+            summary[name] = _run_stage(name, module, cfg, run_dir, tracker, info)
         finally:
             if lock is not None:
                 lock.release()
@@ -168,13 +171,13 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> None:
 
 
 def _run_stage(name: str, module: ModuleType, cfg: DictConfig, run_dir: Path,
-               tracker: Tracker) -> dict:
+               tracker: Tracker, info: dict) -> dict:
     """Run one stage unless it is done; returns whether it ran and how long it took."""
     out = stage_dir(run_dir, name)
     if is_done(run_dir, name):
         print(f"crescent: {name}: already done in {out}, skipped", flush=True)
         stats = read_json(out / STATS)
-        tracker.log_stats(name, {**stats, "reused": 1})
+        tracker.log_stats(name, {**_metrics(stats), "reused": 1})
         return {"reused": True, "wall_time_s": stats.get("wall_time_s")}
     out.mkdir(parents=True, exist_ok=True)
     print(f"crescent: {name}: running in {out}", flush=True)
@@ -185,8 +188,14 @@ def _run_stage(name: str, module: ModuleType, cfg: DictConfig, run_dir: Path,
         raise CrescentError(f"stage {name!r} finished without writing {stats_path}")
     stats = read_json(stats_path)
     stats.setdefault("wall_time_s", round(time.time() - started, 2))
+    stats["provenance"] = info
     write_json(stats_path, stats)
-    tracker.log_stats(name, {**stats, "reused": 0})
+    tracker.log_stats(name, {**_metrics(stats), "reused": 0})
     atomic_write_text(out / DONE, time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
     print(f"crescent: {name}: done in {stats['wall_time_s']:.1f} s", flush=True)
     return {"reused": False, "wall_time_s": stats["wall_time_s"]}
+
+
+def _metrics(stats: dict) -> dict:
+    """Stats as W&B metrics; provenance goes to the W&B config instead."""
+    return {k: v for k, v in stats.items() if k != "provenance"}

@@ -18,6 +18,9 @@ class Tracker:
     def log_stats(self, stage: str, stats: dict) -> None:
         pass
 
+    def record_provenance(self, info: dict) -> None:
+        pass
+
     def finish(self) -> None:
         pass
 
@@ -48,6 +51,9 @@ class WandbTracker(Tracker):
         flat = _numbers(stats, prefix=f"{stage}/")
         self.run.summary.update(flat)
         self.run.log(flat)
+
+    def record_provenance(self, info: dict) -> None:
+        self.run.config.update({"provenance": info}, allow_val_change=True)
 
     def finish(self) -> None:
         self.run.finish()

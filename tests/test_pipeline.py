@@ -31,7 +31,9 @@ def test_stage_writes_stats_then_done(counting, tmp_path):
     assert (out / "DONE").is_file()
     stats = read_json(out / "stats.json")
     assert stats["items"] == 10 and stats["wall_time_s"] >= 0
-    assert tracker.logged == [("counting", {**stats, "reused": 0})]
+    assert stats["provenance"] == {}  # this config names no model
+    assert tracker.logged == [("counting", {"items": 10, "resumed_from": 0,
+                                            "wall_time_s": stats["wall_time_s"], "reused": 0})]
 
 
 def test_crash_leaves_no_done_and_rerun_resumes_without_duplicates(
@@ -58,8 +60,7 @@ def test_done_stage_is_skipped(counting, tmp_path, monkeypatch):
     tracker = RecordingTracker()
     pipeline.run_pipeline(counting, tmp_path, tracker)
     assert items.read_text() == ""
-    assert tracker.logged == [("counting", {**read_json(tmp_path / "counting" / "stats.json"),
-                                            "reused": 1})]
+    assert [(stage, stats["reused"]) for stage, stats in tracker.logged] == [("counting", 1)]
 
 
 def test_unknown_stage_fails_before_any_stage_runs(counting, tmp_path):
@@ -139,3 +140,23 @@ def test_explicit_input_is_keyed_by_content(tmp_path):
     cfg.answers.input = str(tmp_path / "missing.jsonl")
     with pytest.raises(CrescentError, match="answers.input: .*missing.jsonl does not exist"):
         pipeline.stage_key(cfg, "answers")
+
+
+def test_provenance_names_versions_model_files_and_template(tmp_path):
+    from crescent.config import Config
+    from crescent.provenance import provenance
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text('{"model_type": "llama"}')
+    (model / "model.safetensors").write_bytes(b"0" * 123)
+    (model / "tokenizer_config.json").write_text('{"chat_template": "{{ messages }}"}')
+    cfg = OmegaConf.structured(Config)
+    cfg.model.name = cfg.student.name = str(model)
+    cfg.seed = 7
+    info = provenance(cfg)
+    assert info["seed"] == 7 and info["packages"]["torch"].startswith("2.13.0")
+    assert info["model"]["weights"] == {"model.safetensors": 123}
+    assert len(info["model"]["chat_template_sha256"]) == 64 and "student" not in info
+    (model / "tokenizer_config.json").write_text('{"chat_template": "{{ other }}"}')
+    assert provenance(cfg)["model"]["chat_template_sha256"] != info["model"]["chat_template_sha256"]
