@@ -1,0 +1,52 @@
+"""Studies: every experiment file composes; the smoke loop as a two-point learning-rate sweep
+shares its questions and answers through the artefact cache and reports two rows (slow)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from crescent.__main__ import CONF_DIR
+from crescent.io import read_json
+from tests.conftest import DATA, ROOT
+
+STUDIES = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("study", STUDIES)
+def test_study_composes_and_is_documented(study):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=[f"experiment={study}"],
+                      return_hydra_config=True)
+    assert cfg.name == study
+    family = study.split("_threshold")[0]  # ablate_dedup_threshold is documented with ablate_dedup
+    assert f"experiment={study}" in (ROOT / "experiments" / family / "README.md").read_text() \
+        or study == "iterate"
+
+
+@pytest.mark.slow
+def test_smoke_lr_sweep_shares_upstream_stages_and_reports(cli, tmp_path):
+    result = cli("-m", "experiment=smoke", "finetune.lr=1e-5,1e-4", "logger=none",
+                 f"eval.data_dir={DATA}", timeout=2400)
+    assert result.returncode == 0, result.stderr[-4000:]
+    runs = sorted((tmp_path / "multirun" / "smoke").glob("finetune.lr=*"))
+    assert len(runs) == 2
+    summaries = [read_json(run / "pipeline.json") for run in runs]
+    assert [s["questions"]["reused"] for s in summaries] == [False, True]
+    assert [s["answers"]["reused"] for s in summaries] == [False, True]
+    assert [s["finetune"]["reused"] for s in summaries] == [False, False]
+    assert (runs[0] / "answers").resolve() == (runs[1] / "answers").resolve()
+    metrics = read_json(runs[0] / "evaluate" / "metrics.json")
+    assert {"base", "finetuned"} <= set(metrics)
+
+    from crescent import report
+
+    report.main([str(tmp_path / "multirun" / "smoke")])
+    md = (tmp_path / "multirun" / "smoke" / "report" / "report.md").read_text()
+    assert len([line for line in md.splitlines() if line.startswith("| finetune.lr=")]) == 2
+    assert (tmp_path / "multirun" / "smoke" / "report" / "smoke_funnel.png").exists()
+    print(md)
+    for run in runs:
+        print(run.name, {k: v["wall_time_s"] for k, v in read_json(run / "pipeline.json").items()})
