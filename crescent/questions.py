@@ -25,7 +25,7 @@ REJECTED = "rejected.jsonl"
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     from tqdm import tqdm
 
-    from crescent.dedup import VectorIndex, decide, make_embedder
+    from crescent.dedup import decide, make_embedder
     from crescent.engines import derive_seed, make_engine
 
     out = Path(run_dir) / "questions"
@@ -35,13 +35,12 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     spent = len(accepted) + len(rejected)  # every candidate ends in exactly one of the files
     resumed_with = len(accepted)
 
-    embedder = make_embedder(cfg.dedup)
+    embedder = make_embedder(cfg.dedup, cfg.model)
     index = None
     if embedder is not None:
-        vectors = embedder.embed([q["question"] for q in accepted]) if accepted else None
-        index = VectorIndex(vectors.shape[1] if vectors is not None else _dim(embedder))
-        if vectors is not None:
-            index.add(vectors)
+        index = embedder.make_index()
+        if accepted:
+            index.add(embedder.embed([q["question"] for q in accepted]))
 
     engine = make_engine(cfg.engine, cfg.model)
     pending: list[tuple[str, str, int]] = []  # (candidate, its nearest question, next round)
@@ -131,10 +130,6 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     }
     write_json(out / "stats.json", stats)
     return out
-
-
-def _dim(embedder) -> int:
-    return embedder.embed(["probe"]).shape[1]
 
 
 def _acceptance_by_round(accepted: list[dict], rejected: list[dict]) -> dict[str, float]:

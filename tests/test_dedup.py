@@ -1,11 +1,16 @@
-"""The dedup decision on hand-made unit vectors: within the batch, against history, at the edge."""
+"""Dedup: the decision on hand-made unit vectors (within the batch, against history, at the
+edge), MinHash on real strings, and the generator's own pooled states."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import yaml
 
-from crescent.dedup import VectorIndex, decide
+from crescent.config import DedupConfig, ModelConfig
+from crescent.dedup import SignatureIndex, VectorIndex, decide, make_embedder, shingles
+from crescent.io import CrescentError, read_jsonl
+from tests.conftest import ROOT
 
 
 def unit(*xs: float) -> np.ndarray:
@@ -83,3 +88,149 @@ def test_index_switches_to_ivf_and_keeps_rows():
     sims, rows = index.nearest(queries / np.linalg.norm(queries, axis=1, keepdims=True))
     assert list(rows) == [3, 450, 599] and (sims > 0.99).all()
     assert len(index.nearest_other()) == 600
+
+
+# --- minhash: real strings ------------------------------------------------------------------
+
+ORIGINAL = ("Janet's ducks lay 16 eggs per day. She eats three for breakfast every morning and "
+            "bakes muffins for her friends every day with four. She sells the remainder at the "
+            "farmers' market daily for $2 per fresh duck egg. How much in dollars does she make "
+            "every day at the farmers' market?")
+LIGHT_EDIT = ("Maria's ducks lay 21 eggs per day. She bakes muffins for her friends every day with "
+              "four and eats three for breakfast every morning. She sells the remainder at the "
+              "farmers' market daily for $3 per fresh duck egg. How much in dollars does she make "
+              "every day at the farmers' market?")
+DISTINCT = [
+    "A train travels 240 km in 3 hours. At the same speed, how far does it travel in 5 hours?",
+    "The sum of two consecutive odd numbers is 56. What is the larger number?",
+    "A shirt costs $25 after a 20% discount. What was its original price?",
+]
+
+
+def _default(name: str) -> DedupConfig:
+    """The shipped conf/dedup/<name>.yaml as a DedupConfig, threshold included."""
+    return DedupConfig(**yaml.safe_load((ROOT / "conf" / "dedup" / f"{name}.yaml").read_text()))
+
+
+def test_shingles_mask_numbers_and_keep_short_texts_whole():
+    assert shingles("Tom has 3.5 apples, and 1,200 pears.", 3)[:2] == [b"tom has #", b"has # apples"]
+    assert shingles("How many?", 3) == [b"how many"]
+    assert shingles("x = 4", 2, mask_numbers=False) == [b"x 4"]
+
+
+def test_minhash_rejects_a_light_edit_and_accepts_different_problems():
+    cfg = _default("minhash")
+    embedder = make_embedder(cfg)
+    history = embedder.make_index()
+    history.add(embedder.embed([DISTINCT[0], ORIGINAL]))
+    decisions = decide(embedder.embed([LIGHT_EDIT, *DISTINCT[1:]]), history, cfg.threshold)
+    assert [d.accepted for d in decisions] == [False, True, True]
+    assert decisions[0].nearest_row == 1 and decisions[0].similarity >= cfg.threshold
+    assert all(d.similarity < cfg.threshold for d in decisions[1:])
+    # ... and within one batch: the edit points at its original's position.
+    within = decide(embedder.embed([ORIGINAL, DISTINCT[1], LIGHT_EDIT]),
+                    embedder.make_index(), cfg.threshold)
+    assert [d.accepted for d in within] == [True, True, False]
+    assert within[2].nearest_in_batch == 0
+
+
+def test_minhash_similarity_estimates_jaccard():
+    embedder = make_embedder(DedupConfig(method="minhash", num_perm=256, shingle=1))
+    a, b = set(shingles(ORIGINAL, 1)), set(shingles(LIGHT_EDIT, 1))
+    jaccard = len(a & b) / len(a | b)
+    sigs = embedder.embed([ORIGINAL, LIGHT_EDIT])
+    estimate = embedder.make_index().pairwise(sigs[:1], sigs[1:])[0, 0]
+    assert abs(estimate - jaccard) < 3 * 0.5 / np.sqrt(256)  # 3 standard errors at most
+
+
+def test_signature_index_matches_brute_force_and_grows():
+    rng = np.random.default_rng(0)
+    stored = rng.integers(0, 6, size=(2500, 32), dtype=np.uint32)  # past the first capacity
+    index = SignatureIndex(32)
+    for start in range(0, 2500, 700):
+        index.add(stored[start : start + 700])
+    queries = rng.integers(0, 6, size=(7, 32), dtype=np.uint32)
+    brute = (queries[:, None, :] == stored[None, :, :]).mean(-1)
+    sims, rows = index.nearest(queries)
+    assert len(index) == 2500
+    np.testing.assert_allclose(sims, brute.max(1))
+    np.testing.assert_allclose(brute[np.arange(7), rows], brute.max(1))
+    own = (stored[:, None, :] == stored[None, :, :]).mean(-1)
+    np.fill_diagonal(own, -1)
+    np.testing.assert_allclose(index.nearest_other(), own.max(1), atol=1e-6)
+    empty = SignatureIndex(32).nearest(queries)
+    assert np.isneginf(empty[0]).all() and (empty[1] == -1).all()
+
+
+def test_questions_stage_runs_on_minhash(tmp_path, monkeypatch):
+    from crescent import engines, questions
+    from tests.test_questions import SAME, ScriptedEngine, _cfg
+
+    monkeypatch.setattr(engines, "make_engine", lambda *a: ScriptedEngine())
+    cfg = _cfg("dedup=minhash", "questions.target=3", "questions.max_candidates=8",
+               "questions.batch_size=4")
+    out = questions.run(cfg, tmp_path)
+    assert [q["question"] for q in read_jsonl(out / "questions.jsonl")] == [SAME]
+    rejected = list(read_jsonl(out / "rejected.jsonl"))
+    assert len(rejected) == 7 and {(r["nearest_id"], r["similarity"]) for r in rejected} == {(0, 1.0)}
+
+
+def test_embedder_errors_are_clear():
+    with pytest.raises(CrescentError, match="needs the generator's model config"):
+        make_embedder(DedupConfig(method="self"))
+    with pytest.raises(CrescentError, match="dedup.method='bert'"):
+        make_embedder(DedupConfig(method="bert"))
+    with pytest.raises(CrescentError, match="dedup.depth=0"):
+        make_embedder(DedupConfig(method="self", depth=0), ModelConfig())
+
+
+# --- self: the generator's own states -------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory) -> str:
+    """A 2-layer random Llama with the embedded model's tokenizer, saved like a checkpoint."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from crescent.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    path = tmp_path_factory.mktemp("tiny")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_self_embedder_on_a_tiny_model(tiny_model):
+    cfg = DedupConfig(method="self", depth=0.5, batch_size=2)
+    embedder = make_embedder(cfg, ModelConfig(name=tiny_model))
+    assert embedder.layers == 1 and len(embedder.model.layers) == 1  # layer 2 not loaded
+    texts = [ORIGINAL, DISTINCT[0], "Short.", DISTINCT[1], ORIGINAL]
+    vectors = embedder.embed(texts)
+    assert vectors.shape == (5, 32) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1, atol=1e-5)
+    np.testing.assert_allclose(vectors[0], vectors[4], atol=1e-5)  # same text, same vector
+    # A second instance (a resumed run) has the same mean and gives the same vectors.
+    again = make_embedder(cfg, ModelConfig(name=tiny_model))
+    np.testing.assert_allclose(again.mean, embedder.mean, atol=1e-6)
+    np.testing.assert_allclose(again.embed(texts[:2]), vectors[:2], atol=1e-5)
+    decisions = decide(vectors, embedder.make_index(), threshold=0.999)
+    assert [d.accepted for d in decisions] == [True, True, True, True, False]
+    assert decisions[4].nearest_in_batch == 0
+
+
+def test_centring_removes_the_common_direction_of_the_embedded_model():
+    """Raw mean-pooled states of unrelated texts look alike; centred ones must not."""
+    embedder = make_embedder(_default("self"), ModelConfig())
+    texts = [ORIGINAL, *DISTINCT, "Alice is older than Bob. Who is younger?",
+             "Write a function that reverses a string."]
+    pooled = embedder._pool(texts)
+    raw = pooled / np.linalg.norm(pooled, axis=1, keepdims=True)
+    centred = embedder.embed(texts)
+    off = ~np.eye(len(texts), dtype=bool)
+    raw_mean, centred_mean = (raw @ raw.T)[off].mean(), (centred @ centred.T)[off].mean()
+    assert raw_mean > 0.5, raw_mean  # anisotropic: any two texts at a high cosine
+    assert centred_mean < raw_mean - 0.4, (raw_mean, centred_mean)
+    assert abs(centred_mean) < 0.3, centred_mean

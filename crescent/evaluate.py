@@ -1,0 +1,475 @@
+"""Evaluate stage: lm-evaluation-harness scores the base and the fine-tuned model -> metrics.json.
+
+`<run dir>/evaluate/` holds
+  tasks/                        Crescent's task YAMLs, data_files pointing into `eval.data_dir`
+  <label>/spec.json             what the child process was asked to score
+  <label>/command.txt           the same evaluation as an `lm_eval` command line
+  <label>/samples_<task>.jsonl  lm-eval's per-sample log
+  <label>/results.json          lm-eval's raw results, written last: its presence means "scored"
+  metrics.json                  {label: {task: {metric: value}}}
+  table.md                      the comparison printed at the end, with deltas against `base`
+
+Each model is scored in its own process (`python -m crescent.evaluate <spec.json>`): vLLM does
+not reliably free memory in-process, and a label already scored survives a crash of the next.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from crescent.io import CrescentError, atomic_write_text, read_json, write_json
+
+TASKS_SRC = Path(__file__).resolve().parent / "tasks"
+SHIPPED_DATA_DIR = "../shared/data"  # where the shipped YAMLs' data_files point
+RESULTS = "results.json"
+SPEC = "spec.json"
+ERROR = "error.txt"
+BASE, FINETUNED = "base", "finetuned"
+
+_DATA_FILE = re.compile(r'"' + re.escape(SHIPPED_DATA_DIR) + r'/([^"]+)"')
+_TASK_NAME = re.compile(r"^task:\s*(\S+)\s*$", re.MULTILINE)
+
+
+def run(cfg: DictConfig, run_dir: Path) -> Path:
+    out = Path(run_dir) / "evaluate"
+    tasks = list(cfg.eval.tasks)
+    if not tasks:
+        raise CrescentError("eval.tasks: no tasks given")
+    tasks_dir, needs = render_tasks(cfg.eval.data_dir, out / "tasks")
+    check_data(tasks, needs, cfg.eval.data_dir)
+    models = models_to_score(cfg, Path(run_dir))
+
+    seconds = {}
+    for label, model in models.items():
+        label_dir = out / label
+        if _scored(label_dir, tasks):
+            print(f"crescent: evaluate: {label} already scored in {label_dir}, skipped", flush=True)
+            continue
+        (label_dir / RESULTS).unlink(missing_ok=True)  # scored on other tasks: redo it whole
+        spec = lm_eval_spec(cfg, label, model, tasks, tasks_dir, label_dir)
+        write_json(label_dir / SPEC, spec)
+        atomic_write_text(label_dir / "command.txt", lm_eval_command(spec) + "\n")
+        print(f"crescent: evaluate: scoring {label} ({model}) on {', '.join(tasks)}", flush=True)
+        started = time.time()
+        _score_in_subprocess(label, label_dir)
+        seconds[label] = round(time.time() - started, 2)
+
+    raw = {label: read_json(out / label / RESULTS) for label in models}
+    metrics = {label: metrics_of(results) for label, results in raw.items()}
+    write_json(out / "metrics.json", metrics)
+    lower = lower_is_better(raw)
+    table = delta_table(metrics, tasks, lower)
+    print(table, flush=True)
+    atomic_write_text(out / "table.md", table)
+    write_json(out / "stats.json", headline_stats(metrics, tasks, raw, models, seconds))
+    return out
+
+
+# ------------------------------------------------------------------ tasks and data
+
+
+def render_tasks(data_dir: str | Path, dest: Path) -> tuple[Path, dict[str, list[Path]]]:
+    """Copy the shipped task YAMLs (and their utils.py) to `dest`, data_files rewritten to
+    absolute paths under `data_dir`. Returns `dest` and the data files each task reads."""
+    data_dir = Path(data_dir).expanduser().absolute()
+    dest.mkdir(parents=True, exist_ok=True)
+    needs: dict[str, list[Path]] = {}
+    for src in sorted(TASKS_SRC.glob("*.yaml")):
+        text = src.read_text(encoding="utf-8")
+        files = [data_dir / rel for rel in _DATA_FILE.findall(text)]
+        # A JSON string is a valid YAML double-quoted scalar, whatever the path holds.
+        text = _DATA_FILE.sub(lambda m: json.dumps(str(data_dir / m.group(1))), text)
+        name = _TASK_NAME.search(text)
+        if name:
+            needs[name.group(1)] = files
+        atomic_write_text(dest / src.name, text)
+    shutil.copyfile(TASKS_SRC / "utils.py", dest / "utils.py")
+    return dest, needs
+
+
+def check_data(tasks: list[str], needs: dict[str, list[Path]], data_dir: str) -> None:
+    for task in tasks:
+        for path in needs.get(task, []):
+            if not path.is_file():
+                raise CrescentError(
+                    f"eval.data_dir={data_dir}: {path} not found (read by the task {task})"
+                )
+
+
+def uses_stock_tasks(tasks: list[str], tasks_dir: Path) -> bool:
+    """Whether lm-eval's own task index is needed (indexing it costs ~20 s on a small CPU)."""
+    ours = set()
+    for path in tasks_dir.glob("*.yaml"):
+        if match := _TASK_NAME.search(path.read_text(encoding="utf-8")):
+            ours.add(match.group(1))
+    return not set(tasks) <= ours
+
+
+# ------------------------------------------------------------------ models
+
+
+def models_to_score(cfg: DictConfig, run_dir: Path) -> dict[str, str]:
+    """label -> loadable model path: `eval.models` if given, else `base` (the student, the
+    model that fine-tuning starts from) and `finetuned` (this run's finetune/model, if any)."""
+    from crescent.models import resolve_model
+
+    if cfg.eval.models:
+        models = {}
+        for label, name in cfg.eval.models.items():
+            try:
+                models[str(label)] = resolve_model(str(name))
+            except CrescentError as e:
+                raise CrescentError(f"eval.models.{label}: {e}") from None
+        return models
+    models = {BASE: resolve_model(cfg.student.name)}
+    finetuned = run_dir / "finetune" / "model"
+    if (finetuned / "config.json").is_file():
+        models[FINETUNED] = str(finetuned.resolve())
+    else:
+        print(f"crescent: evaluate: no model in {finetuned}: scoring base only", flush=True)
+    return models
+
+
+def lm_eval_spec(
+    cfg: DictConfig, label: str, model: str, tasks: list[str], tasks_dir: Path, label_dir: Path
+) -> dict:
+    """Everything the child process passes to `lm_eval.simple_evaluate`, from the engine config."""
+    from crescent.engines import resolve_dtype
+
+    engine = cfg.engine
+    # A base model loaded by name keeps the student's revision; local dirs have none.
+    revision = cfg.student.revision if label == BASE and not cfg.eval.models else None
+    dtype = resolve_dtype(cfg.student.dtype)
+    env: dict[str, str] = {}
+    device = None
+    if engine.name == "hf":
+        import torch
+
+        # lm-eval's hf model type assumes CUDA unless told otherwise.
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        model_type, batch_size = "hf", engine.batch_size
+        model_args = {"pretrained": model, "dtype": dtype, "max_length": engine.max_model_len}
+    elif engine.name == "vllm":
+        import torch
+
+        # vLLM schedules every request itself; lm-eval's "auto" hands them all over at once.
+        model_type, batch_size = "vllm", "auto"
+        model_args = {
+            "pretrained": model,
+            "dtype": dtype,
+            "max_model_len": engine.max_model_len,
+            "enforce_eager": engine.enforce_eager,
+            "tensor_parallel_size": engine.tensor_parallel_size,
+            "gpu_memory_utilization": engine.gpu_memory_utilization,
+        }
+        if not torch.cuda.is_available():
+            # The same CPU settings as crescent.engines.VLLMEngine (see the reasons there):
+            # a bounded KV cache, one process, the single-process executor.
+            env = {
+                "VLLM_CPU_KVCACHE_SPACE": str(engine.cpu_kvcache_gib),
+                "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+            }
+            model_args["distributed_executor_backend"] = "uni"
+    else:  # served engines generate elsewhere; lm-eval here loads each model itself
+        raise CrescentError(
+            f"engine.name={engine.name!r}: the evaluate stage runs lm-eval's vllm or hf model "
+            "type; run it with engine=vllm or engine=hf"
+        )
+    if revision:
+        model_args["revision"] = revision
+    return {
+        "label": label,
+        "model": model_type,
+        "model_args": model_args,
+        "tasks": tasks,
+        "include_path": str(tasks_dir),
+        "include_defaults": uses_stock_tasks(tasks, tasks_dir),
+        "num_fewshot": cfg.eval.num_fewshot,
+        "limit": cfg.eval.limit,
+        "batch_size": batch_size,
+        "device": device,
+        "apply_chat_template": cfg.eval.apply_chat_template,
+        "fewshot_as_multiturn": cfg.eval.fewshot_as_multiturn and cfg.eval.apply_chat_template,
+        "env": env,
+        "out_dir": str(label_dir),
+    }
+
+
+def lm_eval_command(spec: dict) -> str:
+    """The `lm_eval` command line that runs the same evaluation (written beside the results)."""
+    args = ",".join(f"{k}={v}" for k, v in spec["model_args"].items())
+    parts = [
+        *(f"{k}={v}" for k, v in spec["env"].items()),
+        "lm_eval", "--model", spec["model"], "--model_args", args,
+        "--tasks", ",".join(spec["tasks"]), "--include_path", spec["include_path"],
+        "--batch_size", str(spec["batch_size"]),
+    ]
+    if spec["device"]:
+        parts += ["--device", spec["device"]]
+    if spec["num_fewshot"] is not None:
+        parts += ["--num_fewshot", str(spec["num_fewshot"])]
+    if spec["limit"] is not None:
+        parts += ["--limit", str(spec["limit"])]
+    if spec["apply_chat_template"]:
+        parts.append("--apply_chat_template")
+        if not spec["fewshot_as_multiturn"]:
+            parts += ["--fewshot_as_multiturn", "false"]
+    parts += ["--log_samples", "--output_path", spec["out_dir"]]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _scored(label_dir: Path, tasks: list[str]) -> bool:
+    path = label_dir / RESULTS
+    if not path.is_file():
+        return False
+    results = read_json(path)
+    return set(tasks) <= set(results.get("results", {})) | set(results.get("groups", {}))
+
+
+def _score_in_subprocess(label: str, label_dir: Path) -> None:
+    (label_dir / ERROR).unlink(missing_ok=True)
+    env = dict(os.environ)
+    # The child imports this package from where the parent did, installed or not.
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    proc = subprocess.run(
+        [sys.executable, "-m", "crescent.evaluate", str(label_dir / SPEC)],
+        env=env,
+        check=False,
+    )
+    if proc.returncode != 0:
+        error = label_dir / ERROR
+        if error.is_file():
+            raise CrescentError(error.read_text(encoding="utf-8").strip())
+        raise CrescentError(
+            f"evaluate: scoring {label!r} failed with exit code {proc.returncode} (log above)"
+        )
+    if not (label_dir / RESULTS).is_file():
+        raise CrescentError(f"evaluate: scoring {label!r} wrote no {label_dir / RESULTS}")
+
+
+# ------------------------------------------------------------------ the child process
+
+
+def score(spec: dict) -> None:
+    """Run lm-eval for one model; write per-sample logs, then the raw results (last)."""
+    for key, value in spec["env"].items():
+        os.environ.setdefault(key, value)
+    if spec["model"] == "vllm":
+        _answer_vllm_version_lookup()
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import handle_non_serializable
+
+    manager = TaskManager(
+        include_path=spec["include_path"], include_defaults=spec["include_defaults"]
+    )
+    unknown = [t for t in spec["tasks"] if t not in manager.all_tasks]
+    if unknown:
+        raise CrescentError(f"eval.tasks: unknown lm-eval task(s): {', '.join(unknown)}")
+    results = lm_eval.simple_evaluate(
+        model=spec["model"],
+        model_args=spec["model_args"],
+        tasks=spec["tasks"],
+        num_fewshot=spec["num_fewshot"],
+        batch_size=spec["batch_size"],
+        device=spec["device"],
+        limit=spec["limit"],
+        log_samples=True,
+        apply_chat_template=spec["apply_chat_template"],
+        fewshot_as_multiturn=spec["fewshot_as_multiturn"],
+        task_manager=manager,
+    )
+    out = Path(spec["out_dir"])
+
+    def dumps(obj) -> str:
+        return json.dumps(obj, ensure_ascii=False, default=handle_non_serializable)
+
+    for task, rows in results.pop("samples", {}).items():
+        atomic_write_text(out / f"samples_{task}.jsonl", "".join(dumps(r) + "\n" for r in rows))
+    atomic_write_text(out / RESULTS, json.dumps(
+        json.loads(dumps(results)), indent=2, ensure_ascii=False) + "\n")
+
+
+def _answer_vllm_version_lookup() -> None:
+    """lm-eval's vllm backend reads `importlib.metadata.version("vllm")` when imported. The
+    vllm-cpu distribution installs the `vllm` module under another name, so that lookup
+    raises PackageNotFoundError; answer it with vllm-cpu's version plus `+cpu` (vLLM itself
+    picks its CPU platform from a version containing "cpu"). Must run before lm_eval's vllm
+    model module is imported, since that module binds `version` at import."""
+    from importlib import metadata
+
+    try:
+        metadata.version("vllm")
+        return  # a real vllm distribution (the GPU build): nothing to answer
+    except metadata.PackageNotFoundError:
+        pass
+    try:
+        cpu_version = metadata.version("vllm-cpu")
+    except metadata.PackageNotFoundError:
+        return  # no vLLM at all: lm-eval's own error says so
+    answer = cpu_version if "cpu" in cpu_version else f"{cpu_version}+cpu"
+    original = metadata.version
+
+    def version(name: str) -> str:
+        return answer if name == "vllm" else original(name)
+
+    metadata.version = version
+
+
+def _die_with_parent() -> None:
+    """A killed stage must not leave its scoring process (holding a model, maybe a GPU)
+    running: on Linux the kernel sends this process SIGTERM when its parent dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        sys.exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m crescent.evaluate <spec.json>", file=sys.stderr)
+        sys.exit(2)
+    _die_with_parent()
+    spec_path = Path(argv[0])
+    spec = read_json(spec_path)
+    try:
+        score(spec)
+    except CrescentError as e:
+        atomic_write_text(spec_path.parent / ERROR, f"{e}\n")
+        print(f"crescent: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+# ------------------------------------------------------------------ metrics and the table
+
+
+def metrics_of(results: dict) -> dict[str, dict[str, float]]:
+    """lm-eval's raw results -> {task: {metric: value}}: the `metric,filter` numbers, stderrs
+    kept, the `,none` filter suffix dropped (`bits_per_byte,none` -> `bits_per_byte`)."""
+    out: dict[str, dict[str, float]] = {}
+    for task, values in {**results.get("results", {}), **results.get("groups", {})}.items():
+        metrics = {}
+        for key, value in values.items():
+            if "," not in key or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue  # name, alias, sample_len; "N/A" stderrs
+            if isinstance(value, float) and math.isnan(value):
+                continue
+            metrics[key.removesuffix(",none")] = value
+        if metrics:
+            out[task] = metrics
+    return out
+
+
+def lower_is_better(raw: dict[str, dict]) -> set[tuple[str, str]]:
+    """(task, metric) pairs whose `higher_is_better` is false in any model's results."""
+    lower = set()
+    for results in raw.values():
+        for task, flags in results.get("higher_is_better", {}).items():
+            lower |= {(task, m) for m, higher in flags.items() if higher is False}
+    return lower
+
+
+def _base_metric(name: str) -> str:
+    return name.split(",", 1)[0]
+
+
+def headline_pairs(metrics: dict, tasks: list[str]) -> list[tuple[str, str]]:
+    """(task, metric) rows of the table: the requested tasks' metrics, no stderrs, in order."""
+    rows: list[tuple[str, str]] = []
+    for task in tasks:
+        names: list[str] = []
+        for per_task in metrics.values():
+            for name in per_task.get(task, {}):
+                if "_stderr" not in name and name not in names:
+                    names.append(name)
+        rows += [(task, name) for name in names]
+    return rows
+
+
+def reference_label(metrics: dict) -> str:
+    return BASE if BASE in metrics else next(iter(metrics))
+
+
+def deltas(metrics: dict, tasks: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """{label: {task: {metric: label's value - reference's value}}} for every other label."""
+    ref = reference_label(metrics)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for label, per_task in metrics.items():
+        if label == ref:
+            continue
+        for task, name in headline_pairs(metrics, tasks):
+            a = per_task.get(task, {}).get(name)
+            b = metrics[ref].get(task, {}).get(name)
+            if a is not None and b is not None:
+                out.setdefault(label, {}).setdefault(task, {})[name] = a - b
+    return out
+
+
+def delta_table(metrics: dict, tasks: list[str], lower: set[tuple[str, str]] = frozenset()) -> str:
+    """A Markdown table: one row per (task, metric), one column per model, then the deltas
+    against the reference model (`base`); arrows say which direction is better."""
+    labels = list(metrics)
+    ref = reference_label(metrics)
+    others = [label for label in labels if label != ref]
+    diff = {label: {} for label in others} | deltas(metrics, tasks)
+    header = ["task", "metric", *labels, *(f"{label} - {ref}" for label in others)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for task, name in headline_pairs(metrics, tasks):
+        arrow = "↓" if (task, _base_metric(name)) in lower else "↑"
+        cells = [task, f"{name} {arrow}"]
+        cells += [_fmt(metrics[label].get(task, {}).get(name)) for label in labels]
+        cells += [_fmt(diff[label].get(task, {}).get(name), signed=True) for label in others]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def headline_stats(metrics, tasks, raw, models, seconds) -> dict:
+    """stats.json: the requested tasks' metrics per model and the deltas (logged to W&B as
+    `evaluate/<label>/<task>/<metric>`), sample counts, model paths and scoring times."""
+    pairs = headline_pairs(metrics, tasks)
+    stats: dict = {}
+    for label, per_task in metrics.items():
+        for task, name in pairs:
+            if name in per_task.get(task, {}):
+                stats.setdefault(label, {}).setdefault(task, {})[name] = per_task[task][name]
+    stats["delta"] = deltas(metrics, tasks)
+    stats["n_samples"] = {
+        task: n.get("effective")
+        for results in raw.values()
+        for task, n in results.get("n-samples", {}).items()
+        if task in tasks
+    }
+    stats["models"] = models
+    stats["score_seconds"] = seconds
+    return stats
+
+
+if __name__ == "__main__":
+    main()

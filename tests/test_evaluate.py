@@ -1,0 +1,385 @@
+"""Evaluate stage: task YAML rendering, metrics shaping, the delta table and resume (fast);
+against the `lm_eval` command line, and bits per byte after fine-tuning on gold (slow)."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from crescent import evaluate
+from crescent.__main__ import CONF_DIR
+from crescent.io import CrescentError, read_json, write_json
+from crescent.tasks import utils as task_utils
+from tests.conftest import DATA, ROOT
+
+LM_EVAL = Path(sys.executable).with_name("lm_eval")
+STOCK_TASKS = {"crescent_gsm8k": "gsm8k/gsm8k.yaml",
+               "crescent_gsm8k_cot_zeroshot": "gsm8k/gsm8k-cot-zeroshot.yaml"}
+
+
+def _cfg(*overrides):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose(config_name="config", overrides=["logger=none", *overrides])
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+
+
+def _tiny_data_dir(root: Path) -> Path:
+    """Three lines of each benchmark, laid out like ../shared/data."""
+    for name in ("gsm8k/train.jsonl", "gsm8k/test.jsonl", "math500/test.jsonl"):
+        with open(DATA / name, encoding="utf-8") as f:
+            rows = [json.loads(next(f)) for _ in range(3)]
+        _write_jsonl(root / name, rows)
+    return root
+
+
+# ------------------------------------------------------------------ tasks
+
+
+@pytest.mark.parametrize("ours, stock", STOCK_TASKS.items())
+def test_gsm8k_twins_are_the_stock_tasks_on_local_files(ours, stock):
+    import lm_eval
+    from lm_eval.tasks._yaml_loader import load_yaml
+
+    data_keys = {"task", "tag", "dataset_path", "dataset_name", "dataset_kwargs"}
+    mine = load_yaml(evaluate.TASKS_SRC / f"{ours}.yaml", resolve_func=False)
+    theirs = load_yaml(Path(lm_eval.__file__).parent / "tasks" / stock, resolve_func=False)
+    assert {k: v for k, v in mine.items() if k not in data_keys} == {
+        k: v for k, v in theirs.items() if k not in data_keys
+    }
+    assert mine["dataset_path"] == "json" and mine["task"] == ours
+
+
+def test_rendered_tasks_read_the_configured_data_dir(tmp_path):
+    from lm_eval.tasks import TaskManager
+
+    data = _tiny_data_dir(tmp_path / 'odd "dir", with: yaml chars')
+    dest, needs = evaluate.render_tasks(data, tmp_path / "tasks")
+    assert needs["crescent_math500"] == [data / "math500/test.jsonl"]
+    assert set(needs["crescent_gsm8k"]) == {data / "gsm8k/train.jsonl", data / "gsm8k/test.jsonl"}
+    assert (dest / "utils.py").is_file()
+
+    manager = TaskManager(include_path=str(dest), include_defaults=False)
+    loaded = manager.load(["crescent_gsm8k", "crescent_math500", "crescent_gsm8k_gold_bpb"])
+    tasks = loaded["tasks"]
+    assert {name: len(list(t.test_docs())) for name, t in tasks.items()} == {
+        "crescent_gsm8k": 3, "crescent_math500": 3, "crescent_gsm8k_gold_bpb": 3
+    }
+    bpb_doc = next(iter(tasks["crescent_gsm8k_gold_bpb"].test_docs()))
+    assert tasks["crescent_gsm8k_gold_bpb"].doc_to_target(bpb_doc).endswith("The answer is: 18")
+    math_doc = next(iter(tasks["crescent_math500"].test_docs()))
+    assert math_doc["answer"] == "\\left( 3, \\frac{\\pi}{2} \\right)"
+    assert "\\boxed" in math_doc["solution"] and "The answer is" not in math_doc["solution"]
+
+
+def test_missing_data_file_is_one_clear_error(tmp_path):
+    _, needs = evaluate.render_tasks(tmp_path / "nowhere", tmp_path / "tasks")
+    evaluate.check_data(["mmlu"], needs, "nowhere")  # stock tasks read no data_dir
+    with pytest.raises(CrescentError, match=r"eval.data_dir=nowhere: .*gsm8k/test.jsonl not found"):
+        evaluate.check_data(["crescent_gsm8k_gold_bpb"], needs, "nowhere")
+
+
+def test_gold_solution_takes_the_training_form():
+    answer = "She has 3*4=<<3*4=12>>12 eggs.\nSo 12+1=<<12+1=13>>13\n#### 13"
+    assert task_utils.gold_solution(answer) == "She has 3*4=12 eggs.\nSo 12+1=13\nThe answer is: 13"
+    results = task_utils.gold_bpb_results({"solution": "ab€"}, [(-2.0, False)])
+    assert results == {"bits_per_byte": (-2.0, 5), "logprob": -2.0}  # bytes, not characters
+
+
+def test_math500_scoring_reads_boxed_and_final_lines():
+    solution, final = task_utils.split_math500("So $x=\\boxed{\\frac12}$.The answer is: \\frac12")
+    doc = {"solution": solution, "answer": final}
+    score = task_utils.math500_results
+    assert score(doc, ["Thus x = 1/2.\nThe answer is: 0.5"]) == {"math_verify": 1}
+    assert score(doc, ["Final Answer: The final answer is $\\frac{1}{2}$. I hope it is correct."]) == {
+        "math_verify": 1}
+    assert score(doc, ["The answer is: 3"]) == {"math_verify": 0}
+    assert score(doc, ["I do not know."]) == {"math_verify": 0}
+
+
+# ------------------------------------------------------------------ engine settings
+
+
+def test_hf_spec_and_its_command_line(tmp_path):
+    cfg = _cfg("engine=hf", "eval.limit=10", "eval.num_fewshot=5")
+    tasks_dir = evaluate.TASKS_SRC
+    spec = evaluate.lm_eval_spec(cfg, "base", "/m", ["crescent_gsm8k"], tasks_dir, tmp_path / "b")
+    assert spec["model"] == "hf" and spec["device"] == "cpu" and spec["env"] == {}
+    assert spec["model_args"] == {"pretrained": "/m", "dtype": "float32", "max_length": 2048}
+    assert spec["include_defaults"] is False  # only our tasks: lm-eval's index is not built
+    assert evaluate.lm_eval_command(spec) == (
+        f"lm_eval --model hf --model_args pretrained=/m,dtype=float32,max_length=2048 "
+        f"--tasks crescent_gsm8k --include_path {tasks_dir} --batch_size 32 --device cpu "
+        f"--num_fewshot 5 --limit 10 --apply_chat_template --log_samples --output_path {tmp_path}/b"
+    )
+
+
+def test_vllm_spec_on_cpu_uses_the_engine_settings(tmp_path):
+    cfg = _cfg("engine.cpu_kvcache_gib=3", "eval.apply_chat_template=false")
+    tasks = ["crescent_gsm8k", "mmlu"]
+    spec = evaluate.lm_eval_spec(cfg, "base", "/m", tasks, evaluate.TASKS_SRC, tmp_path)
+    assert spec["model"] == "vllm" and spec["batch_size"] == "auto"
+    assert spec["env"] == {"VLLM_CPU_KVCACHE_SPACE": "3", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    assert spec["model_args"]["distributed_executor_backend"] == "uni"
+    assert spec["model_args"]["max_model_len"] == 2048 and spec["model_args"]["enforce_eager"]
+    assert spec["include_defaults"] is True  # mmlu is a stock task
+    assert spec["fewshot_as_multiturn"] is False  # meaningless without the chat template
+    with pytest.raises(CrescentError, match="engine.name='openai'.*engine=vllm or engine=hf"):
+        evaluate.lm_eval_spec(_cfg("engine=openai"), "base", "/m", tasks, tmp_path, tmp_path)
+
+
+def test_vllm_version_lookup_is_answered_for_vllm_cpu(monkeypatch):
+    from importlib import metadata
+
+    monkeypatch.setattr(metadata, "version", metadata.version)  # restored after the test
+    try:
+        cpu = metadata.version("vllm-cpu")
+    except metadata.PackageNotFoundError:
+        pytest.skip("vllm-cpu is not installed")
+    evaluate._answer_vllm_version_lookup()
+    assert metadata.version("vllm") == f"{cpu}+cpu"
+    assert metadata.version("torch") == metadata.distribution("torch").version
+
+
+def test_models_default_to_base_and_this_runs_finetuned(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr("crescent.models.resolve_model", lambda name: f"/resolved/{name}")
+    cfg = _cfg("student=smollm2")
+    assert evaluate.models_to_score(cfg, tmp_path) == {"base": "/resolved/smollm2-135m-instruct"}
+    assert "scoring base only" in capsys.readouterr().out
+    write_json(tmp_path / "finetune/model/config.json", {})
+    assert evaluate.models_to_score(cfg, tmp_path)["finetuned"] == str(tmp_path / "finetune/model")
+    cfg = _cfg("+eval.models={a:x,b:y}")
+    assert evaluate.models_to_score(cfg, tmp_path) == {"a": "/resolved/x", "b": "/resolved/y"}
+
+
+# ------------------------------------------------------------------ metrics and the table
+
+
+def _raw(bpb: float, em: float) -> dict:
+    return {
+        "results": {
+            "crescent_gsm8k_gold_bpb": {"alias": "crescent_gsm8k_gold_bpb", "sample_len": 4,
+                                        "bits_per_byte,none": bpb,
+                                        "bits_per_byte_stderr,none": "N/A"},
+            "crescent_gsm8k": {"alias": "crescent_gsm8k",
+                               "exact_match,strict-match": em,
+                               "exact_match_stderr,strict-match": 0.1,
+                               "exact_match,flexible-extract": em + 0.1},
+        },
+        "higher_is_better": {"crescent_gsm8k_gold_bpb": {"bits_per_byte": False},
+                             "crescent_gsm8k": {"exact_match": True}},
+        "n-samples": {"crescent_gsm8k_gold_bpb": {"original": 1319, "effective": 4},
+                      "crescent_gsm8k": {"original": 1319, "effective": 4}},
+    }
+
+
+def test_metrics_shape_and_delta_table():
+    raw = {"base": _raw(0.9, 0.0), "finetuned": _raw(0.75, 0.25)}
+    metrics = {label: evaluate.metrics_of(r) for label, r in raw.items()}
+    assert metrics["base"] == {
+        "crescent_gsm8k_gold_bpb": {"bits_per_byte": 0.9},
+        "crescent_gsm8k": {"exact_match,strict-match": 0.0,
+                           "exact_match_stderr,strict-match": 0.1,
+                           "exact_match,flexible-extract": 0.1},
+    }
+    tasks = ["crescent_gsm8k_gold_bpb", "crescent_gsm8k"]
+    delta = evaluate.deltas(metrics, tasks)["finetuned"]
+    assert delta["crescent_gsm8k_gold_bpb"]["bits_per_byte"] == pytest.approx(-0.15)
+    assert "exact_match_stderr,strict-match" not in delta["crescent_gsm8k"]
+    table = evaluate.delta_table(metrics, tasks, evaluate.lower_is_better(raw))
+    assert table.splitlines() == [
+        "| task | metric | base | finetuned | finetuned - base |",
+        "|---|---|---|---|---|",
+        "| crescent_gsm8k_gold_bpb | bits_per_byte ↓ | 0.9000 | 0.7500 | -0.1500 |",
+        "| crescent_gsm8k | exact_match,strict-match ↑ | 0.0000 | 0.2500 | +0.2500 |",
+        "| crescent_gsm8k | exact_match,flexible-extract ↑ | 0.1000 | 0.3500 | +0.2500 |",
+    ]
+    only = {"mine": metrics["base"]}  # no `base`: the first label is the reference, no deltas
+    assert evaluate.delta_table(only, tasks).splitlines()[0] == "| task | metric | mine |"
+
+
+def test_stage_scores_only_missing_labels_and_writes_metrics(tmp_path, monkeypatch):
+    monkeypatch.setattr("crescent.models.resolve_model", lambda name: f"/resolved/{name}")
+    scored = []
+
+    def fake_score(label, label_dir):
+        scored.append((label, read_json(label_dir / evaluate.SPEC)["model_args"]["pretrained"]))
+        write_json(label_dir / evaluate.RESULTS, _raw(0.7, 0.5))
+
+    monkeypatch.setattr(evaluate, "_score_in_subprocess", fake_score)
+    write_json(tmp_path / "finetune/model/config.json", {})
+    write_json(tmp_path / "evaluate/base/results.json", _raw(0.9, 0.0))  # scored before a kill
+    cfg = _cfg("engine=hf", f"eval.data_dir={DATA}",
+               "eval.tasks=[crescent_gsm8k_gold_bpb,crescent_gsm8k]")
+    out = evaluate.run(cfg, tmp_path)
+    assert scored == [("finetuned", str(tmp_path / "finetune/model"))]
+    metrics = read_json(out / "metrics.json")
+    assert set(metrics) == {"base", "finetuned"}
+    assert metrics["finetuned"]["crescent_gsm8k_gold_bpb"]["bits_per_byte"] == 0.7
+    stats = read_json(out / "stats.json")
+    assert stats["delta"]["finetuned"]["crescent_gsm8k_gold_bpb"]["bits_per_byte"] == (
+        pytest.approx(-0.2))
+    assert stats["n_samples"] == {"crescent_gsm8k_gold_bpb": 4, "crescent_gsm8k": 4}
+    assert (out / "table.md").read_text().count("\n") == 5
+    assert "--include_path" in (out / "finetuned/command.txt").read_text()
+
+    # Asked for a task the base results lack: base is scored again, finetuned is not.
+    scored.clear()
+    cfg = _cfg("engine=hf", f"eval.data_dir={DATA}", "eval.tasks=[crescent_gsm8k_gold_bpb,mmlu]")
+    write_json(tmp_path / "evaluate/finetuned/results.json",
+               {**_raw(0.7, 0.5), "groups": {"mmlu": {"acc,none": 0.3}}})
+    evaluate.run(cfg, tmp_path)
+    assert [label for label, _ in scored] == ["base"]
+
+
+def test_failed_child_error_reaches_the_user(tmp_path):
+    # A spec the child rejects before loading any model: its one-line error becomes ours.
+    spec = {"env": {}, "model": "hf", "tasks": ["no_such_task"], "include_defaults": False,
+            "include_path": str(evaluate.TASKS_SRC), "out_dir": str(tmp_path)}
+    write_json(tmp_path / evaluate.SPEC, spec)
+    with pytest.raises(CrescentError, match=r"^eval.tasks: unknown lm-eval task\(s\): no_such_task$"):
+        evaluate._score_in_subprocess("base", tmp_path)
+
+
+# ------------------------------------------------------------------ end to end (slow)
+
+
+def _lm_eval_outputs(output_path: Path, task: str) -> tuple[dict, list[dict]]:
+    results = read_json(next(output_path.rglob("results_*.json")))
+    samples_file = next(output_path.rglob(f"samples_{task}_*.jsonl"))
+    return results, [json.loads(line) for line in samples_file.read_text().splitlines()]
+
+
+def _by_doc(samples: list[dict]) -> dict[int, tuple]:
+    return {s["doc_id"]: (s["arguments"], s["resps"], s["filtered_resps"]) for s in samples}
+
+
+@pytest.mark.slow
+def test_stage_and_lm_eval_command_line_give_identical_scores(cli, tmp_path):
+    import torch
+
+    from crescent.engines import resolve_dtype
+    from crescent.models import resolve_model
+
+    base = resolve_model("smollm2-135m-instruct")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    task, limit, shots = "crescent_gsm8k", 10, 5
+    started = time.time()
+    run = cli("stages=[evaluate]", "engine=hf", f"eval.tasks=[{task}]", f"eval.limit={limit}",
+              f"eval.num_fewshot={shots}", f"eval.data_dir={DATA}", "hydra.run.dir=run",
+              timeout=1800)
+    assert run.returncode == 0, run.stderr[-3000:]
+    stage_s = time.time() - started
+    ours = tmp_path / "run" / "evaluate"
+
+    # The stock command line on the shipped YAMLs (data paths relative to the project root).
+    started = time.time()
+    subprocess.run(
+        [str(LM_EVAL), "--model", "hf",
+         "--model_args", f"pretrained={base},dtype={resolve_dtype('auto')},max_length=2048",
+         "--tasks", task, "--include_path", "crescent/tasks", "--num_fewshot", str(shots),
+         "--limit", str(limit), "--batch_size", "32", "--device", device,
+         "--apply_chat_template", "--fewshot_as_multiturn",
+         "--log_samples", "--output_path", str(tmp_path / "cli")],
+        cwd=ROOT, check=True, capture_output=True, text=True, timeout=1800,
+    )
+    cli_s = time.time() - started
+    theirs, their_samples = _lm_eval_outputs(tmp_path / "cli", task)
+    mine = read_json(ours / "base" / "results.json")
+    my_samples = [json.loads(line) for line in
+                  (ours / "base" / f"samples_{task}.jsonl").read_text().splitlines()]
+
+    assert mine["results"][task] == theirs["results"][task]
+    assert mine["n-shot"][task] == theirs["n-shot"][task] == shots
+    assert len(my_samples) == limit
+    assert _by_doc(my_samples) == _by_doc(their_samples)  # same prompts, same generations
+    metrics = read_json(ours / "metrics.json")["base"][task]
+    assert metrics["exact_match,strict-match"] == theirs["results"][task]["exact_match,strict-match"]
+    print(f"\nstage {stage_s:.0f} s, lm_eval {cli_s:.0f} s, {task} limit {limit}: {metrics}")
+
+
+def _finetune_on_gold(base: str, out: Path, steps: int, batch: int, lr: float) -> None:
+    """A few AdamW steps on GSM8K *train* gold solutions (the bpb task's chat format, loss on
+    the assistant turn only), saved like the finetune stage saves its model. The shortest of
+    the first 400 examples keep it under a minute on a 2-core CPU."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+    with open(DATA / "gsm8k" / "train.jsonl", encoding="utf-8") as f:
+        rows = [json.loads(next(f)) for _ in range(400)]
+    rows = sorted(rows, key=lambda r: len(r["question"]) + len(r["answer"]))[: steps * batch]
+
+    def encode(row):
+        prompt = tokenizer.apply_chat_template(
+            [{"role": "user", "content": row["question"]}], tokenize=False,
+            add_generation_prompt=True)
+        answer = task_utils.gold_solution(row["answer"]) + tokenizer.eos_token
+        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+        a = tokenizer(answer, add_special_tokens=False)["input_ids"]
+        return p + a, [-100] * len(p) + a
+
+    optimiser = torch.optim.AdamW(model.parameters(), lr=lr)
+    model.train()
+    for step in range(steps):
+        pairs = [encode(r) for r in rows[step * batch:(step + 1) * batch]]
+        width = max(len(ids) for ids, _ in pairs)
+        pad = tokenizer.pad_token_id
+        ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in pairs])
+        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in pairs])
+        mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in pairs])
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        loss.backward()
+        optimiser.step()
+        optimiser.zero_grad()
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+
+
+@pytest.mark.slow
+def test_finetuning_on_gold_solutions_lowers_bits_per_byte(cli, tmp_path):
+    from crescent.models import resolve_model
+
+    started = time.time()
+    _finetune_on_gold(resolve_model("smollm2-135m-instruct"),
+                      tmp_path / "run" / "finetune" / "model", steps=3, batch=2, lr=1e-4)
+    train_s = time.time() - started
+    overrides = ("stages=[evaluate]", "engine=hf", "eval.tasks=[crescent_gsm8k_gold_bpb]",
+                 "eval.limit=12", f"eval.data_dir={DATA}", "hydra.run.dir=run")
+    started = time.time()
+    run = cli(*overrides)
+    assert run.returncode == 0, run.stderr[-3000:]
+    eval_s = time.time() - started
+    out = tmp_path / "run" / "evaluate"
+    metrics = read_json(out / "metrics.json")
+    base = metrics["base"]["crescent_gsm8k_gold_bpb"]["bits_per_byte"]
+    tuned = metrics["finetuned"]["crescent_gsm8k_gold_bpb"]["bits_per_byte"]
+    assert math.isfinite(base) and 0 < tuned < base
+    stats = read_json(out / "stats.json")
+    assert stats["delta"]["finetuned"]["crescent_gsm8k_gold_bpb"]["bits_per_byte"] == (
+        pytest.approx(tuned - base))
+    assert stats["n_samples"] == {"crescent_gsm8k_gold_bpb": 12}
+    assert "| crescent_gsm8k_gold_bpb | bits_per_byte ↓ |" in run.stdout
+    for label in ("base", "finetuned"):
+        samples = (out / label / "samples_crescent_gsm8k_gold_bpb.jsonl").read_text().splitlines()
+        assert len(samples) == 12
+
+    # The same command again: the stage is done and is skipped, nothing is rescored.
+    (out / "DONE").unlink()
+    again = cli(*overrides)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("already scored") == 2
+    print(f"\ntrain {train_s:.0f} s, evaluate {eval_s:.0f} s: bits per byte base {base:.4f}, "
+          f"fine-tuned {tuned:.4f}")

@@ -1,0 +1,345 @@
+"""Finetune stage: the assistant-only label mask, batching, resumable sampling, and end to end
+on the embedded SmolLM2 (full, LoRA, kill-and-resume)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from crescent.__main__ import CONF_DIR
+from crescent.finetune import (
+    IGNORE_INDEX,
+    ResumableBatchSampler,
+    collate,
+    encode_conversation,
+    lightning_classes,
+    linear_cross_entropy,
+    load_conversations,
+    lr_factor,
+    pack,
+)
+from crescent.io import CrescentError, read_json, read_jsonl
+from tests.conftest import ROOT, run_cli
+
+ASSETS = Path(__file__).parent / "assets"
+SFT32 = ASSETS / "sft32.jsonl"
+ONE_TURN = [{"role": "user", "content": "What is 14 + 15?"},
+            {"role": "assistant", "content": "14 + 15 = 29. The answer is 29."}]
+TWO_TURNS = [{"role": "system", "content": "Be brief."},
+             {"role": "user", "content": "What is 2 + 2?"},
+             {"role": "assistant", "content": "4"},
+             {"role": "user", "content": "And 3 * 3?"},
+             {"role": "assistant", "content": "3 * 3 = 9"}]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    from crescent.models import resolve_model
+
+    return AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
+
+
+def _ids(tokenizer, messages, **kw) -> list[int]:
+    out = tokenizer.apply_chat_template(messages, tokenize=True, **kw)
+    return list(out["input_ids"] if hasattr(out, "keys") else out)
+
+
+# --- label mask ------------------------------------------------------------------------------
+
+
+def test_label_mask_is_exactly_the_prompt_for_the_embedded_template(tokenizer):
+    enc = encode_conversation(tokenizer, ONE_TURN, max_length=2048)
+    ids, labels = enc["input_ids"], enc["labels"]
+    prompt = _ids(tokenizer, ONE_TURN[:1], add_generation_prompt=True)
+    full = _ids(tokenizer, ONE_TURN)
+    assert ids == full  # the same tokens the template gives the whole conversation
+    assert ids[: len(prompt)] == prompt
+    end = ids.index(tokenizer.eos_token_id, len(prompt))  # the assistant's <|im_end|>
+    assert labels[: len(prompt)] == [IGNORE_INDEX] * len(prompt)
+    assert labels[len(prompt) : end + 1] == ids[len(prompt) : end + 1]
+    assert labels[end + 1 :] == [IGNORE_INDEX] * (len(ids) - end - 1)  # template's newline
+    trained = [t for t in labels if t != IGNORE_INDEX]
+    assert tokenizer.decode(trained) == ONE_TURN[1]["content"] + "<|im_end|>"
+
+
+def test_every_assistant_turn_is_trained_and_every_other_turn_masked(tokenizer):
+    enc = encode_conversation(tokenizer, TWO_TURNS, max_length=2048)
+    ids, labels = enc["input_ids"], enc["labels"]
+    trained_positions = [i for i, t in enumerate(labels) if t != IGNORE_INDEX]
+    expected = []
+    for i, m in enumerate(TWO_TURNS):
+        if m["role"] == "assistant":
+            start = len(_ids(tokenizer, TWO_TURNS[:i], add_generation_prompt=True))
+            expected += range(start, ids.index(tokenizer.eos_token_id, start) + 1)
+    assert trained_positions == expected
+    assert all(labels[i] == ids[i] for i in trained_positions)
+    assert tokenizer.decode([labels[i] for i in trained_positions]) == "4<|im_end|>3 * 3 = 9<|im_end|>"
+
+
+def test_truncation_keeps_the_start_and_drops_examples_without_assistant_tokens(tokenizer):
+    prompt_len = len(_ids(tokenizer, ONE_TURN[:1], add_generation_prompt=True))
+    cut = encode_conversation(tokenizer, ONE_TURN, max_length=prompt_len + 3)
+    assert len(cut["input_ids"]) == prompt_len + 3
+    assert sum(t != IGNORE_INDEX for t in cut["labels"]) == 3
+    assert encode_conversation(tokenizer, ONE_TURN, max_length=prompt_len) is None
+
+
+# --- batching, sampling, schedule ------------------------------------------------------------
+
+
+def test_collate_pads_and_masks():
+    a = {"input_ids": [5, 6, 7], "labels": [IGNORE_INDEX, 6, 7]}
+    b = {"input_ids": [8], "labels": [8]}
+    batch = collate([a, b], pad_id=0)
+    assert batch["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]]
+    assert batch["labels"].tolist() == [[IGNORE_INDEX, 6, 7], [8, IGNORE_INDEX, IGNORE_INDEX]]
+    assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert batch["num_tokens"] == 4 and batch["num_loss_tokens"] == 3
+
+
+def test_packing_restarts_positions_and_keeps_whole_examples():
+    exs = [{"input_ids": [1] * n, "labels": [2] * n} for n in (3, 4, 2, 6)]
+    rows = pack(exs, max_length=7)
+    assert [len(r["input_ids"]) for r in rows] == [7, 2, 6]
+    assert rows[0]["position_ids"] == [0, 1, 2, 0, 1, 2, 3]
+    batch = collate(rows[:2], pad_id=0)
+    assert "attention_mask" not in batch  # boundaries come from the position ids
+    # The padding after the second row's example is a document of its own.
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1, 2, 3], [0, 1, 0, 1, 2, 3, 4]]
+    assert batch["labels"][1].tolist() == [2, 2] + [IGNORE_INDEX] * 5
+
+
+def test_sampler_resumes_mid_epoch_and_reshuffles_per_epoch():
+    s = ResumableBatchSampler(10, 3, shuffle=True, seed=0)
+    s.set_epoch(1)
+    full = list(s)
+    assert sorted(i for b in full for i in b) == list(range(10)) and len(s) == len(full) == 4
+    it = iter(s)
+    next(it), next(it)
+    state = s.state_dict()
+    resumed = ResumableBatchSampler(10, 3, shuffle=True, seed=0)
+    resumed.load_state_dict(state)
+    assert list(resumed) == full[2:]  # exactly the batches not yet trained on
+    assert list(resumed) == full  # the skip applies once
+    resumed.set_epoch(2)
+    assert list(resumed) != full
+    shards = [list(ResumableBatchSampler(10, 2, True, 0, rank=r, world_size=2)) for r in (0, 1)]
+    assert len(shards[0]) == len(shards[1]) == 2
+    assert not {i for b in shards[0] for i in b} & {i for b in shards[1] for i in b}
+
+
+def test_schedule_matches_transformers_cosine_with_warmup():
+    import torch
+    from transformers import get_cosine_schedule_with_warmup
+
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    ref = get_cosine_schedule_with_warmup(opt, num_warmup_steps=3, num_training_steps=20)
+    for step in range(20):
+        assert lr_factor(step, 3, 20, "cosine") == pytest.approx(ref.lr_lambdas[0](step))
+    assert lr_factor(20, 3, 20, "linear", min_ratio=0.1) == pytest.approx(0.1)
+    assert lr_factor(7, 0, 20, "constant") == 1.0
+
+
+# --- the loss --------------------------------------------------------------------------------
+
+
+def test_chunked_linear_cross_entropy_matches_the_plain_loss_and_its_gradients():
+    import torch
+
+    torch.manual_seed(0)
+    hidden = torch.randn(37, 16, requires_grad=True)
+    weight = torch.randn(50, 16, requires_grad=True)
+    targets = torch.randint(0, 50, (37,))
+    ours = linear_cross_entropy(hidden, weight, targets, chunk_elements=50 * 8)  # 5 chunks
+    (2.0 * ours).backward()
+    grads = hidden.grad.clone(), weight.grad.clone()
+    hidden.grad = weight.grad = None
+    plain = torch.nn.functional.cross_entropy(hidden @ weight.T, targets, reduction="sum")
+    (2.0 * plain).backward()
+    assert torch.allclose(ours, plain, rtol=1e-5)
+    assert torch.allclose(grads[0], hidden.grad, atol=1e-5)
+    assert torch.allclose(grads[1], weight.grad, atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(linear_cross_entropy(hidden, weight, targets, 50 * 8), plain,
+                              rtol=1e-5)
+
+
+def _tiny_llama(path: Path) -> str:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=True)
+    LlamaForCausalLM(config).save_pretrained(path)
+    return str(path)
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_module_loss_is_the_same_with_and_without_the_fused_head(tmp_path, mode):
+    from omegaconf import OmegaConf
+
+    from crescent.config import FinetuneConfig
+
+    fcfg = OmegaConf.structured(FinetuneConfig(mode=mode, lora_dropout=0.0))
+    _, Module, _ = lightning_classes()
+    module = Module(fcfg, _tiny_llama(tmp_path / "m"), "float32", None)
+    module.configure_model()
+    assert module._fused_head
+    rows = [{"input_ids": [1, 5, 9, 13, 2, 7], "labels": [IGNORE_INDEX] * 3 + [13, 2, 7]},
+            {"input_ids": [1, 4, 4, 2], "labels": [IGNORE_INDEX, 4, 4, 2]}]
+    batch = collate(rows, pad_id=0)
+    results = []
+    for fused in (True, False):
+        module._fused_head = fused
+        module.model.zero_grad()
+        loss, n = module.loss(batch)
+        loss.backward()
+        results.append((loss.detach(), n, {k: p.grad.clone() for k, p in
+                                           module.model.named_parameters() if p.requires_grad}))
+    (a, n_a, grads_a), (b, n_b, grads_b) = results
+    assert int(n_a) == int(n_b) == 6 and abs(float(a) - float(b)) < 1e-5
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for k in grads_a:
+        assert (grads_a[k] - grads_b[k]).abs().max() < 1e-5, k
+
+
+# --- input and config errors -----------------------------------------------------------------
+
+
+def test_a_bad_line_names_file_and_line(tmp_path):
+    path = tmp_path / "sft.jsonl"
+    path.write_text(json.dumps({"messages": ONE_TURN}) + "\n"
+                    + json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
+    with pytest.raises(CrescentError, match=rf"{path}:2: no assistant message"):
+        load_conversations(path)
+    assert load_conversations(SFT32)[0][0]["role"] == "user"
+
+
+def test_missing_input_is_a_one_line_error(cli, tmp_path):
+    result = cli("stages=[finetune]", f"finetune.input={tmp_path}/nope.jsonl", "logger=none")
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("crescent: error: finetune.input: ") and f"{tmp_path}/nope.jsonl" in last
+
+
+def test_lora_is_one_override():
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        full = compose(config_name="config")
+        lora = compose(config_name="config", overrides=["finetune=lora"])
+    assert (full.finetune.mode, lora.finetune.mode) == ("full", "lora")
+    assert lora.finetune.lora_r == 16 and lora.finetune.lr > full.finetune.lr
+
+
+# --- end to end on the embedded model ---------------------------------------------------------
+
+TINY = ["stages=[finetune]", f"finetune.input={SFT32}", "logger=none", "finetune.batch_size=8",
+        "finetune.val_fraction=0.0625", "finetune.progress_bar=false", "seed=0"]
+
+
+def _reload_and_generate(model_dir: Path) -> str:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    assert tok.chat_template and "<|im_start|>" in tok.chat_template
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is 7 + 5?"}],
+                                     add_generation_prompt=True, return_tensors="pt",
+                                     return_dict=True)
+    with torch.no_grad():
+        out = model.generate(**prompt, max_new_tokens=12, do_sample=False)
+    new = out[0, prompt["input_ids"].shape[1]:]
+    assert len(new) > 0
+    return tok.decode(new, skip_special_tokens=True)
+
+
+@pytest.mark.slow
+def test_full_finetune_lowers_the_loss_and_saves_a_loadable_model(tmp_path):
+    # 30 training examples in batches of 8: the 4 steps are one epoch. Every answer has the
+    # same shape ("a + b = c. The answer is c."), which the model picks up within it.
+    result = run_cli(*TINY, "finetune.max_steps=4", "finetune.lr=1e-4", "hydra.run.dir=run",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "run" / "finetune"
+    assert (out / "DONE").exists() and not (out / "checkpoints").exists()
+    stats = read_json(out / "stats.json")
+    assert stats["examples"] == 30 and stats["val_examples"] == 2 and stats["steps"] == 4
+    assert stats["epochs"] == pytest.approx(1.067, abs=0.01)
+    assert stats["tokens"] == stats["train_tokens_per_epoch"]
+    assert stats["tokens_per_s"] > 0 and stats["peak_rss_mib"] > 0
+    assert stats["val_loss_final"] is not None
+    rows = list(read_jsonl(out / "metrics.jsonl"))
+    assert [r["step"] for r in rows] == [1, 2, 3, 4]
+    first, last = (rows[0]["loss"] + rows[1]["loss"]) / 2, (rows[2]["loss"] + rows[3]["loss"]) / 2
+    assert last < 0.6 * first, [r["loss"] for r in rows]
+    assert stats["val_loss_final"] < first
+    print("generated:", _reload_and_generate(out / "model"))
+
+
+@pytest.mark.slow
+def test_lora_merges_into_a_plain_model_that_reloads(tmp_path):
+    from safetensors.torch import load_file
+
+    from crescent.models import resolve_model
+
+    result = run_cli(*TINY, "finetune=lora", "finetune.max_steps=2", "finetune.lr=1e-3",
+                     "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "run" / "finetune"
+    stats = read_json(out / "stats.json")
+    assert stats["mode"] == "lora" and 0 < stats["trainable_params"] < stats["total_params"] / 10
+    model_dir = out / "model"
+    assert not (model_dir / "adapter_config.json").exists()
+    merged = load_file(model_dir / "model.safetensors")
+    base = load_file(Path(resolve_model("smollm2-135m-instruct")) / "model.safetensors")
+    assert set(merged) == set(base)  # plain weight names: no lora_A/lora_B left
+    key = "model.layers.0.self_attn.q_proj.weight"
+    assert (merged[key].float() - base[key].float()).abs().max() > 0  # the adapter was merged
+    _reload_and_generate(model_dir)
+
+
+@pytest.mark.slow
+def test_killed_after_a_checkpoint_resumes_from_its_step(tmp_path):
+    import torch
+
+    steps = 6
+    run_dir = tmp_path / "run"
+    args = [*TINY, "finetune=lora", f"finetune.max_steps={steps}", "finetune.batch_size=2",
+            "finetune.checkpoint_every_n_steps=2", f"hydra.run.dir={run_dir}"]
+    proc = subprocess.Popen([sys.executable, "-m", "crescent", *args], cwd=tmp_path,
+                            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    last = run_dir / "finetune" / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None and not last.exists():
+        time.sleep(0.1)
+    assert proc.poll() is None, f"finished or died before the kill: {proc.stderr.read()[-2000:]}"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "finetune" / "DONE").exists()
+    killed_at = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+    assert 2 <= killed_at < steps
+
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = run_dir / "finetune"
+    stats = read_json(out / "stats.json")
+    assert stats["resumed_from_step"] == killed_at and stats["steps"] == steps
+    assert stats["steps_this_run"] == steps - killed_at
+    rows = list(read_jsonl(out / "metrics.jsonl"))
+    assert [r["step"] for r in rows] == list(range(1, steps + 1))  # each step exactly once
+    assert [r["step"] for r in rows if r["attempt"] == 2] == list(range(killed_at + 1, steps + 1))
+    assert all(r["attempt"] == 1 for r in rows[:killed_at])
+    # The schedule went on from the checkpoint, not from step 0 (warm-up would restart at 0).
+    assert rows[killed_at]["lr"] < rows[0]["lr"]
