@@ -272,7 +272,7 @@ def score(spec: dict) -> None:
         answer_vllm_version_lookup()
     import lm_eval
     from lm_eval.tasks import TaskManager
-    from lm_eval.utils import handle_non_serializable
+    from lm_eval.utils import handle_non_serializable, sanitize_list
 
     manager = TaskManager(
         include_path=spec["include_path"], include_defaults=spec["include_defaults"]
@@ -298,10 +298,36 @@ def score(spec: dict) -> None:
     def dumps(obj) -> str:
         return json.dumps(obj, ensure_ascii=False, default=handle_non_serializable)
 
+    def as_logged(sample: dict) -> dict:
+        # The shape `lm_eval --log_samples` writes (EvaluationTracker.save_results_samples).
+        arguments = {f"gen_args_{i}": {f"arg_{j}": a for j, a in enumerate(arg)}
+                     for i, arg in enumerate(sample["arguments"])}
+        return {**sample, "arguments": arguments, "resps": sanitize_list(sample["resps"]),
+                "filtered_resps": sanitize_list(sample["filtered_resps"]),
+                "target": str(sample["target"])}
+
     for task, rows in results.pop("samples", {}).items():
-        atomic_write_text(out / f"samples_{task}.jsonl", "".join(dumps(r) + "\n" for r in rows))
+        text = "".join(dumps(as_logged(r)) + "\n" for r in rows)
+        atomic_write_text(out / f"samples_{task}.jsonl", text)
     atomic_write_text(out / RESULTS, json.dumps(
         json.loads(dumps(results)), indent=2, ensure_ascii=False) + "\n")
+
+
+def _die_with_parent() -> None:
+    """A killed stage must not leave its scoring process (holding a model, maybe a GPU)
+    running: on Linux the kernel sends this process SIGTERM when its parent dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        sys.exit(1)
 
 
 def main(argv: list[str] | None = None) -> None:
