@@ -2,7 +2,8 @@
 SFTTrainer, same model, data, batches and schedule, one run.
 
     python experiments/bench_finetune.py [--examples 64] [--steps 12] [--batch-size 4]
-        [--max-length 256] [--rounds 2] [--threads 0] [--out outputs/bench_finetune.json]
+        [--max-length 256] [--rounds 1] [--gradient-checkpointing both] [--threads 0]
+        [--out outputs/bench_finetune.json]
 
 Data: the first `--examples` GSM8K train problems (../shared/data) as chat SFT pairs, tokenised
 once with the stage's own `encode_conversation` (chat template, assistant-only labels); TRL
@@ -10,7 +11,8 @@ gets exactly those token ids with the assistant mask as `completion_mask`. Both 
 embedded SmolLM2-135M-Instruct in float32 (full fine-tuning), in the data's order (no
 shuffling), the same batches, AdamW (fused), lr 1e-5 with 2 warm-up steps and cosine decay,
 gradient clipping at 1.0, no checkpoints, no validation: the per-step losses of the two loops
-should then agree up to floating-point noise.
+should then agree up to floating-point noise. Gradient checkpointing (TRL's default, off in the
+stage) is set the same in both: off, on, or each in turn (`both`, the default).
 
 Each run is its own subprocess; peak memory is the process's peak RSS up to the end of the
 training loop (model load included, the stage's final save not). The two loops alternate for
@@ -63,6 +65,7 @@ def run_ours(sft: Path, work: Path, args) -> dict:
         "finetune.val_fraction=0", "finetune.shuffle=false", "finetune.checkpoint_every_n_steps=0",
         "finetune.progress_bar=false", "finetune.log_every_n_steps=1", "finetune.precision=32-true",
         "finetune.gradient_clip_val=1.0", "finetune.weight_decay=0.0", "finetune.accelerator=cpu",
+        f"finetune.gradient_checkpointing={args.gc == 'on'}",
     ]
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="config", overrides=overrides)
@@ -116,13 +119,15 @@ def run_trl(sft: Path, work: Path, args) -> dict:
         logging_steps=1, save_strategy="no", eval_strategy="no", report_to="none",
         train_sampling_strategy="sequential", max_length=args.max_length, packing=False,
         completion_only_loss=True, use_cpu=True, dataloader_num_workers=0,
-        dataloader_pin_memory=False, seed=0, bf16=False, fp16=False, disable_tqdm=True)
+        dataloader_pin_memory=False, seed=0, bf16=False, fp16=False, disable_tqdm=True,
+        gradient_checkpointing=args.gc == "on")
     trainer = SFTTrainer(model=model, args=config, train_dataset=data,
                          processing_class=tokenizer, callbacks=[clock])
     trainer.train()
     lengths = [len(e["input_ids"]) for e in examples]
-    step_tokens = [sum(lengths[(s * args.batch_size + i) % len(lengths)]
-                       for i in range(args.batch_size)) for s in range(args.steps)]
+    batches = [sum(lengths[i : i + args.batch_size]) for i in range(0, len(lengths),
+                                                                    args.batch_size)]
+    step_tokens = [batches[s % len(batches)] for s in range(args.steps)]  # sequential order
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     return {"tokens": sum(step_tokens), "train_s": round(clock.end - clock.start, 2),
             "peak_rss_mib": round(clock.peak, 1),
@@ -152,68 +157,85 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=12)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--max-length", type=int, default=256)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--gradient-checkpointing", choices=["off", "on", "both"], default="both",
+                        help="both loops with it off, on, or each in turn (TRL's default is on)")
     parser.add_argument("--threads", type=int, default=0,
                         help="torch threads in each run (OMP_NUM_THREADS); 0: torch's default")
     parser.add_argument("--out", default="outputs/bench_finetune.json")
     parser.add_argument("--child", choices=["ours", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--gc", choices=["off", "on"], default="off", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print("RESULT " + json.dumps(child(args.child, args)))
         return
 
+    settings = ["off", "on"] if args.gradient_checkpointing == "both" \
+        else [args.gradient_checkpointing]
     runs = []
     for r in range(args.rounds):
-        for loop in ("ours", "trl"):
-            cmd = [sys.executable, __file__, "--child", loop, "--examples", str(args.examples),
-                   "--steps", str(args.steps), "--batch-size", str(args.batch_size),
-                   "--max-length", str(args.max_length)]
-            env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="disabled")
-            if args.threads:
-                env["OMP_NUM_THREADS"] = str(args.threads)
-            out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-            if out.returncode != 0:
-                sys.exit(f"{loop} failed:\n{out.stderr[-3000:]}")
-            run = json.loads(out.stdout.split("RESULT ", 1)[1])
-            run["round"] = r
-            runs.append(run)
-            print(f"round {r} {loop}: {run['tokens_per_s']} tokens/s, "
-                  f"{run['peak_rss_mib']} MiB", flush=True)
+        for gc in settings:
+            for loop in ("ours", "trl"):
+                cmd = [sys.executable, __file__, "--child", loop, "--gc", gc,
+                       "--examples", str(args.examples), "--steps", str(args.steps),
+                       "--batch-size", str(args.batch_size), "--max-length", str(args.max_length)]
+                env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="disabled")
+                if args.threads:
+                    env["OMP_NUM_THREADS"] = str(args.threads)
+                out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
+                if out.returncode != 0:
+                    sys.exit(f"{loop} failed:\n{out.stderr[-3000:]}")
+                run = json.loads(out.stdout.split("RESULT ", 1)[1])
+                run.update(round=r, gradient_checkpointing=gc)
+                runs.append(run)
+                print(f"round {r}, gradient checkpointing {gc}, {loop}: {run['tokens_per_s']} "
+                      f"tokens/s, {run['peak_rss_mib']} MiB", flush=True)
 
-    def summary(loop: str) -> dict:
-        mine = [r for r in runs if r["loop"] == loop]
+    def summary(loop: str, gc: str) -> dict:
+        mine = [r for r in runs if r["loop"] == loop and r["gradient_checkpointing"] == gc]
         return {"tokens_per_s_mean": round(statistics.mean(r["tokens_per_s"] for r in mine), 1),
                 "tokens_per_s_after_step1_mean": round(statistics.mean(
                     r["tokens_per_s_after_step1"] for r in mine), 1),
                 "peak_rss_mib_max": max(r["peak_rss_mib"] for r in mine),
                 "tokens": mine[0]["tokens"], "losses": mine[0]["losses"]}
 
-    ours, trl = summary("ours"), summary("trl")
-    ratio = ours["tokens_per_s_mean"] / trl["tokens_per_s_mean"]
-    ratio_steady = ours["tokens_per_s_after_step1_mean"] / trl["tokens_per_s_after_step1_mean"]
-    diffs = [abs(a - b) for a, b in zip(ours["losses"], trl["losses"])]
-
     print(f"\nSmolLM2-135M full fine-tuning, float32, {args.steps} steps x batch "
-          f"{args.batch_size}, max_length {args.max_length}, {args.rounds} rounds, "
+          f"{args.batch_size}, max_length {args.max_length}, {args.rounds} round(s), "
           f"{runs[0]['torch_threads']} torch threads")
-    print(f"{'loop':<6}{'tokens':>8}{'tokens/s':>10}{'after step 1':>14}{'peak RSS MiB':>14}")
-    for name, s in (("ours", ours), ("trl", trl)):
-        print(f"{name:<6}{s['tokens']:>8}{s['tokens_per_s_mean']:>10}"
-              f"{s['tokens_per_s_after_step1_mean']:>14}{s['peak_rss_mib_max']:>14}")
-    print(f"ours/trl tokens/s: {ratio:.3f} (after step 1: {ratio_steady:.3f})")
-    print("step  ours loss  trl loss")
-    for i, (a, b) in enumerate(zip(ours["losses"], trl["losses"]), 1):
+    print(f"{'grad ckpt':<10}{'loop':<6}{'tokens':>8}{'tokens/s':>10}{'after step 1':>14}"
+          f"{'peak RSS MiB':>14}")
+    results = {}
+    for gc in settings:
+        ours, trl = summary("ours", gc), summary("trl", gc)
+        for name, s in (("ours", ours), ("trl", trl)):
+            print(f"{gc:<10}{name:<6}{s['tokens']:>8}{s['tokens_per_s_mean']:>10}"
+                  f"{s['tokens_per_s_after_step1_mean']:>14}{s['peak_rss_mib_max']:>14}")
+        diffs = [abs(a - b) for a, b in zip(ours["losses"], trl["losses"])]
+        results[f"gradient_checkpointing_{gc}"] = {
+            "ours": ours, "trl": trl,
+            "ours_over_trl_tokens_per_s": round(
+                ours["tokens_per_s_mean"] / trl["tokens_per_s_mean"], 3),
+            "ours_over_trl_after_step1": round(
+                ours["tokens_per_s_after_step1_mean"] / trl["tokens_per_s_after_step1_mean"], 3),
+            "ours_over_trl_peak_rss": round(ours["peak_rss_mib_max"] / trl["peak_rss_mib_max"], 3),
+            "max_abs_loss_diff": round(max(diffs), 5)}
+    for gc in settings:
+        res = results[f"gradient_checkpointing_{gc}"]
+        print(f"gradient checkpointing {gc}: ours/trl tokens/s "
+              f"{res['ours_over_trl_tokens_per_s']:.3f} (after step 1: "
+              f"{res['ours_over_trl_after_step1']:.3f}), peak RSS "
+              f"{res['ours_over_trl_peak_rss']:.3f}, max |loss difference| "
+              f"{res['max_abs_loss_diff']:.5f}")
+    first = results[f"gradient_checkpointing_{settings[0]}"]
+    print(f"step  ours loss  trl loss   (gradient checkpointing {settings[0]})")
+    for i, (a, b) in enumerate(zip(first["ours"]["losses"], first["trl"]["losses"]), 1):
         print(f"{i:>4}  {a:>9.4f}  {b:>8.4f}")
-    print(f"max |loss difference|: {max(diffs):.5f}")
 
     import trl as trl_pkg
 
     result = {"examples": args.examples, "steps": args.steps, "batch_size": args.batch_size,
               "max_length": args.max_length, "rounds": args.rounds,
-              "torch_threads": runs[0]["torch_threads"], "ours": ours, "trl": trl,
-              "ours_over_trl_tokens_per_s": round(ratio, 3),
-              "ours_over_trl_after_step1": round(ratio_steady, 3),
-              "max_abs_loss_diff": round(max(diffs), 5), "runs": runs,
+              "torch_threads": runs[0]["torch_threads"], **results, "runs": runs,
               "trl_version": trl_pkg.__version__,
               "machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
               "when": time.strftime("%Y-%m-%d %H:%M")}

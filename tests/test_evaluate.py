@@ -310,60 +310,34 @@ def test_stage_and_lm_eval_command_line_give_identical_scores(cli, tmp_path):
     print(f"\nstage {stage_s:.0f} s, lm_eval {cli_s:.0f} s, {task} limit {limit}: {metrics}")
 
 
-def _finetune_on_gold(base: str, out: Path, steps: int, batch: int, lr: float) -> None:
-    """A few AdamW steps on GSM8K *train* gold solutions (the bpb task's chat format, loss on
-    the assistant turn only), saved like the finetune stage saves its model. The shortest of
-    the first 400 examples keep it under a minute on a 2-core CPU."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    torch.manual_seed(0)
-    tokenizer = AutoTokenizer.from_pretrained(base)
-    model = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32)
+def _gold_sft(path: Path, n: int) -> None:
+    """GSM8K *train* gold solutions as an sft.jsonl in the bpb task's chat form (the bare
+    question, the solution ending "The answer is: N"): the shortest `n` of the first 400,
+    which keeps training under a minute on a 2-core CPU."""
     with open(DATA / "gsm8k" / "train.jsonl", encoding="utf-8") as f:
         rows = [json.loads(next(f)) for _ in range(400)]
-    rows = sorted(rows, key=lambda r: len(r["question"]) + len(r["answer"]))[: steps * batch]
-
-    def encode(row):
-        prompt = tokenizer.apply_chat_template(
-            [{"role": "user", "content": row["question"]}], tokenize=False,
-            add_generation_prompt=True)
-        answer = task_utils.gold_solution(row["answer"]) + tokenizer.eos_token
-        p = tokenizer(prompt, add_special_tokens=False)["input_ids"]
-        a = tokenizer(answer, add_special_tokens=False)["input_ids"]
-        return p + a, [-100] * len(p) + a
-
-    optimiser = torch.optim.AdamW(model.parameters(), lr=lr)
-    model.train()
-    for step in range(steps):
-        pairs = [encode(r) for r in rows[step * batch:(step + 1) * batch]]
-        width = max(len(ids) for ids, _ in pairs)
-        pad = tokenizer.pad_token_id
-        ids = torch.tensor([i + [pad] * (width - len(i)) for i, _ in pairs])
-        labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in pairs])
-        mask = torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i, _ in pairs])
-        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
-        loss.backward()
-        optimiser.step()
-        optimiser.zero_grad()
-    model.save_pretrained(out)
-    tokenizer.save_pretrained(out)
+    rows = sorted(rows, key=lambda r: len(r["question"]) + len(r["answer"]))[:n]
+    _write_jsonl(path, [{"messages": [
+        {"role": "user", "content": r["question"]},
+        {"role": "assistant", "content": task_utils.gold_solution(r["answer"])},
+    ]} for r in rows])
 
 
 @pytest.mark.slow
 def test_finetuning_on_gold_solutions_lowers_bits_per_byte(cli, tmp_path):
-    from crescent.models import resolve_model
-
-    started = time.time()
-    _finetune_on_gold(resolve_model("smollm2-135m-instruct"),
-                      tmp_path / "run" / "finetune" / "model", steps=3, batch=2, lr=1e-4)
-    train_s = time.time() - started
-    overrides = ("stages=[evaluate]", "engine=hf", "eval.tasks=[crescent_gsm8k_gold_bpb]",
-                 "eval.limit=12", f"eval.data_dir={DATA}", "hydra.run.dir=run", "logger=none")
+    _gold_sft(tmp_path / "sft.jsonl", 6)
+    # finetune then evaluate in one run: `base` and this run's `finetuned`, on the test set.
+    overrides = (
+        "stages=[finetune,evaluate]", f"finetune.input={tmp_path / 'sft.jsonl'}",
+        "finetune.max_steps=3", "finetune.batch_size=2", "finetune.lr=1e-4",
+        "finetune.val_fraction=0", "finetune.scheduler=constant", "finetune.warmup_ratio=0",
+        "engine=hf", "eval.tasks=[crescent_gsm8k_gold_bpb]", "eval.limit=12",
+        f"eval.data_dir={DATA}", "hydra.run.dir=run", "logger=none",
+    )
     started = time.time()
     run = cli(*overrides)
     assert run.returncode == 0, run.stderr[-3000:]
-    eval_s = time.time() - started
+    elapsed = time.time() - started
     out = tmp_path / "run" / "evaluate"
     metrics = read_json(out / "metrics.json")
     base = metrics["base"]["crescent_gsm8k_gold_bpb"]["bits_per_byte"]
@@ -378,10 +352,11 @@ def test_finetuning_on_gold_solutions_lowers_bits_per_byte(cli, tmp_path):
         samples = (out / label / "samples_crescent_gsm8k_gold_bpb.jsonl").read_text().splitlines()
         assert len(samples) == 12
 
-    # The same command again: the stage is done and is skipped, nothing is rescored.
+    # Killed after scoring both models, before DONE: the re-run scores nothing again.
     (out / "DONE").unlink()
     again = cli(*overrides)
     assert again.returncode == 0, again.stderr[-3000:]
     assert again.stdout.count("already scored") == 2
-    print(f"\ntrain {train_s:.0f} s, evaluate {eval_s:.0f} s: bits per byte base {base:.4f}, "
+    assert read_json(out / "metrics.json") == metrics
+    print(f"\nfinetune + evaluate {elapsed:.0f} s: bits per byte base {base:.4f}, "
           f"fine-tuned {tuned:.4f}")
