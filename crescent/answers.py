@@ -16,7 +16,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from crescent.io import CrescentError, JsonlAppender, atomic_write_text, read_jsonl, write_json
+from crescent.io import (CrescentError, JsonlAppender, atomic_write_text, numbered_jsonl,
+                         read_jsonl, write_json)
 
 SAMPLES = "samples.jsonl"
 
@@ -116,7 +117,7 @@ def load_questions(path: Path) -> list[dict]:
         raise CrescentError(f"answers.input: {path} does not exist (run the questions stage "
                             f"or point answers.input at a questions.jsonl)")
     questions, seen = [], set()
-    for line, row in enumerate(read_jsonl(path), 1):
+    for line, row in numbered_jsonl(path):
         if not isinstance(row.get("question"), str) or not row["question"].strip():
             raise CrescentError(f"{path}:{line}: no 'question' text")
         qid = row.get("id", line - 1)

@@ -64,7 +64,7 @@ class DedupConfig:
     batch_size: int = 64  # texts embedded per forward pass
     num_perm: int = 128  # minhash: permutations per signature (Jaccard resolution 1/num_perm)
     shingle: int = 1  # minhash: words per shingle (every number is the same word, `#`)
-    depth: float = 1.0  # self: share of the generator's layers run before pooling (rest not loaded)
+    depth: float = 0.5  # self: share of the generator's layers run before pooling (rest not loaded)
 
 
 @dataclass

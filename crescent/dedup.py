@@ -144,7 +144,7 @@ class SelfEmbedder:
 
     MAX_TOKENS = 512  # cleaned questions are at most domain.max_question_chars (1000) long
 
-    def __init__(self, model: ModelConfig, depth: float = 1.0, batch_size: int = 64,
+    def __init__(self, model: ModelConfig, depth: float = 0.5, batch_size: int = 64,
                  centre: bool = True):
         if not 0 < depth <= 1:
             raise CrescentError(f"dedup.depth={depth}: expected a share in (0, 1]")

@@ -36,7 +36,8 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from crescent.io import CrescentError, JsonlAppender, atomic_write_text, read_jsonl, write_json
+from crescent.io import (CrescentError, JsonlAppender, atomic_write_text, numbered_jsonl,
+                         read_jsonl, write_json)
 
 IGNORE_INDEX = -100  # label of tokens outside the loss (the value transformers ignores)
 MODEL_DIR = "model"
@@ -57,18 +58,11 @@ def load_conversations(path: Path) -> list[list[dict]]:
     if not path.is_file():
         raise CrescentError(f"finetune.input: {path}: no such file or directory")
     conversations = []
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise CrescentError(f"{path}:{lineno}: not a JSON line ({e.msg})") from None
-            problem = _check_messages(obj)
-            if problem:
-                raise CrescentError(f"{path}:{lineno}: {problem}")
-            conversations.append(obj["messages"])
+    for lineno, obj in numbered_jsonl(path):
+        problem = _check_messages(obj)
+        if problem:
+            raise CrescentError(f"{path}:{lineno}: {problem}")
+        conversations.append(obj["messages"])
     if not conversations:
         raise CrescentError(f"finetune.input: {path}: no conversations")
     return conversations

@@ -42,6 +42,11 @@ def read_json(path: Path) -> Any:
 
 def read_jsonl(path: Path) -> Iterator[dict]:
     """Yield one object per line; a bad line is an error naming `file:line`."""
+    return (obj for _, obj in numbered_jsonl(path))
+
+
+def numbered_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
+    """Yield (line number, object) per non-blank line, for errors that name `file:line`."""
     path = Path(path)
     if not path.is_file():
         raise CrescentError(f"{path}: no such file")
@@ -55,7 +60,7 @@ def read_jsonl(path: Path) -> Iterator[dict]:
                 raise CrescentError(f"{path}:{lineno}: not a JSON line ({e.msg})") from None
             if not isinstance(obj, dict):
                 raise CrescentError(f"{path}:{lineno}: expected a JSON object")
-            yield obj
+            yield lineno, obj
 
 
 class JsonlAppender:
