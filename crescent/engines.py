@@ -124,6 +124,10 @@ class VLLMEngine:
             tensor_parallel_size=engine.tensor_parallel_size,
             gpu_memory_utilization=engine.gpu_memory_utilization,
             distributed_executor_backend="uni" if on_cpu else None,
+            # On CPU a seeded request whose prompt is split over two steps crashes vLLM
+            # ("CPU Generator does not use offset": it rewinds the sampler's generator, which
+            # only CUDA generators allow), so prompts are prefilled whole there.
+            enable_chunked_prefill=not on_cpu,
             seed=0,  # engine-level default only: every request carries its own seed
         )
         self.batch_size = engine.batch_size

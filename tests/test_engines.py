@@ -69,6 +69,29 @@ def test_hf_same_seed_same_samples():
     assert _sample("hf", 32, seed=8) != first
 
 
+_OVER_BUDGET = """
+from crescent.config import EngineConfig, ModelConfig, SamplingConfig
+from crescent.engines import VLLMEngine
+engine = VLLMEngine(EngineConfig(), ModelConfig())
+budget = engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
+text = "Solve this problem step by step and explain every step carefully. " * 12
+conversations = [[{"role": "user", "content": f"{i}: {text}"}] for i in range(40)]
+gens = engine.chat(conversations, SamplingConfig(max_tokens=4), n=3, seed=1)
+print("RESULT", 3 * sum(g.prompt_tokens for g in gens), budget, sum(len(g.texts) for g in gens))
+"""
+
+
+@pytest.mark.slow
+def test_vllm_seeded_batch_larger_than_one_step():
+    # 120 seeded samples whose prompts overflow one scheduler step: on CPU vLLM crashed when
+    # it split a seeded prompt over two steps.
+    result = subprocess.run([sys.executable, "-c", _OVER_BUDGET], capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    prompt_tokens, budget, samples = map(int, result.stdout.split("RESULT ")[1].split())
+    assert prompt_tokens > budget
+    assert samples == 120
+
+
 _CONVERT = (
     "import sys; from crescent.models import resolve_model; "
     "print('PATH', resolve_model('smollm2-135m-instruct'))"
