@@ -25,10 +25,9 @@ def main(cfg: DictConfig) -> None:
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    group = Path(hydra_cfg.sweep.dir).name if hydra_cfg.mode.name == "MULTIRUN" else cfg.name
     tracker = None
     try:
-        tracker = make_tracker(cfg, run_dir, group)
+        tracker = make_tracker(cfg, run_dir, list(hydra_cfg.overrides.task))
         run_pipeline(cfg, run_dir, tracker)
     except CrescentError as e:
         print(f"crescent: error: {e}", file=sys.stderr, flush=True)

@@ -55,6 +55,8 @@ class DomainConfig:
     answer_type: str = "math"  # how final answers are read and compared: math (numbers, LaTeX) or text
     final_answer_line: str = "The answer is: {answer}"  # last line of every training response
     max_question_chars: int = 1000  # cleaned questions longer than this are rejected
+    seed_prompt: Optional[str] = None  # questions.source=seed_aug: user turn; {seed} is filled in
+    magpie_system: Optional[str] = None  # questions.source=magpie: system turn; None: the template's own
 
 
 @dataclass
@@ -81,6 +83,8 @@ class QuestionsConfig:
     target: int = 1000  # accepted questions wanted
     max_candidates: int = 5000  # budget of generated candidates (bait + rewrites)
     max_rewrites: int = 2  # "make it different" rounds per rejected candidate
+    source: str = "bait"  # fresh candidates: bait (domain.bait_prompt), magpie (bare pre-query chat template), seed_aug (rewrites of questions.seeds)
+    seeds: Optional[str] = None  # source=seed_aug: JSON Lines of seed questions (a `question` field each)
     batch_size: int = 64  # bait samples drawn per round
     sampling: SamplingConfig = field(
         default_factory=lambda: SamplingConfig(temperature=1.0, top_p=0.95, max_tokens=256)

@@ -1,4 +1,5 @@
-"""Generation engines behind one interface: chat conversations in, `n` sampled completions out.
+"""Generation engines behind one interface: chat conversations (or raw prompts) in, `n`
+sampled completions out.
 
 Seed policy: every `chat` call gets a seed that the caller derives from the run seed and
 where the call sits in the stage (`derive_seed`). vLLM gives each request its own seed
@@ -39,6 +40,12 @@ class Engine(Protocol):
 
     def chat(
         self, conversations: Sequence[Conversation], sampling: SamplingConfig, n: int, seed: int
+    ) -> list[Generation]: ...
+
+    # Raw text continued as it is, no chat template applied (the Magpie baseline's pre-query
+    # template); generation stops at the model's end-of-sequence token as in `chat`.
+    def complete(
+        self, prompts: Sequence[str], sampling: SamplingConfig, n: int, seed: int
     ) -> list[Generation]: ...
 
 
@@ -133,9 +140,22 @@ class VLLMEngine:
         self.batch_size = engine.batch_size
 
     def chat(self, conversations, sampling, n, seed):
+        params = self._params(len(conversations), sampling, n, seed)
+        return self._generations(
+            self.llm.chat(list(conversations), params, use_tqdm=len(conversations) > 1))
+
+    def complete(self, prompts, sampling, n, seed):
+        params = self._params(len(prompts), sampling, n, seed)
+        # The prompts hold their special tokens already, as templated chat prompts do.
+        outputs = self.llm.generate(list(prompts), params, use_tqdm=len(prompts) > 1,
+                                    tokenization_kwargs={"add_special_tokens": False})
+        return self._generations(outputs)
+
+    @staticmethod
+    def _params(count, sampling, n, seed):
         from vllm import SamplingParams
 
-        params = [
+        return [
             SamplingParams(
                 n=n,
                 temperature=sampling.temperature,
@@ -143,9 +163,11 @@ class VLLMEngine:
                 max_tokens=sampling.max_tokens,
                 seed=derive_seed(seed, i),
             )
-            for i in range(len(conversations))
+            for i in range(count)
         ]
-        outputs = self.llm.chat(list(conversations), params, use_tqdm=len(conversations) > 1)
+
+    @staticmethod
+    def _generations(outputs):
         return [
             Generation(
                 texts=[c.text for c in out.outputs],
@@ -179,19 +201,22 @@ class HFEngine:
         self.max_model_len = engine.max_model_len
 
     def chat(self, conversations, sampling, n, seed):
-        import torch
-        from tqdm import tqdm
-
         prompts = [
             self.tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True)
             for c in conversations
         ]
+        return self.complete(prompts, sampling, n, seed)
+
+    def complete(self, prompts, sampling, n, seed):
+        import torch
+        from tqdm import tqdm
+
         per_batch = max(1, self.batch_size // n)  # batch_size counts sequences, n per prompt
         results: list[Generation] = []
         starts = range(0, len(prompts), per_batch)
         for b, start in enumerate(tqdm(starts, desc="hf generate", disable=len(starts) < 2)):
             batch = prompts[start : start + per_batch]
-            # The chat template already holds the special tokens.
+            # Templated prompts already hold the special tokens; raw ones are taken as they are.
             enc = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
             width = enc["input_ids"].shape[1]
             max_new = min(sampling.max_tokens, self.max_model_len - width)
@@ -256,9 +281,14 @@ class OpenAIEngine:
     def chat(self, conversations, sampling, n, seed):
         import asyncio
 
-        return asyncio.run(self._chat_all(list(conversations), sampling, n, seed))
+        return asyncio.run(self._request_all(list(conversations), sampling, n, seed, chat=True))
 
-    async def _chat_all(self, conversations, sampling, n, seed):
+    def complete(self, prompts, sampling, n, seed):
+        import asyncio
+
+        return asyncio.run(self._request_all(list(prompts), sampling, n, seed, chat=False))
+
+    async def _request_all(self, inputs, sampling, n, seed, chat):
         import asyncio
 
         import openai
@@ -269,15 +299,20 @@ class OpenAIEngine:
         retryable = tuple(getattr(openai, name) for name in self._RETRYABLE)
         slots = asyncio.Semaphore(self.cfg.concurrency)
 
-        async def one(i: int, conversation) -> Generation:
+        async def one(i: int, given) -> Generation:
             async with slots:
                 for attempt in range(self.cfg.max_retries + 1):
                     client = clients[(i + attempt) % len(clients)]
+                    common = dict(model=self.model_path, n=n, temperature=sampling.temperature,
+                                  top_p=sampling.top_p, max_tokens=sampling.max_tokens,
+                                  seed=derive_seed(seed, i))
                     try:
-                        reply = await client.chat.completions.create(
-                            model=self.model_path, messages=conversation, n=n,
-                            temperature=sampling.temperature, top_p=sampling.top_p,
-                            max_tokens=sampling.max_tokens, seed=derive_seed(seed, i))
+                        if chat:
+                            reply = await client.chat.completions.create(messages=given, **common)
+                        else:
+                            # vLLM's extension: the prompt holds its special tokens already.
+                            reply = await client.completions.create(
+                                prompt=given, extra_body={"add_special_tokens": False}, **common)
                         return _generation(reply, n)
                     except retryable as e:
                         if attempt == self.cfg.max_retries:
@@ -288,7 +323,7 @@ class OpenAIEngine:
             raise AssertionError("unreachable")
 
         try:
-            return await asyncio.gather(*(one(i, c) for i, c in enumerate(conversations)))
+            return await asyncio.gather(*(one(i, x) for i, x in enumerate(inputs)))
         finally:
             for client in clients:
                 await client.close()
@@ -299,5 +334,6 @@ def _generation(reply, n: int) -> Generation:
     choices = sorted(reply.choices, key=lambda c: c.index)
     total = reply.usage.completion_tokens if reply.usage else 0
     per = [total // n + (1 if j < total % n else 0) for j in range(n)]
-    return Generation(texts=[c.message.content or "" for c in choices], completion_tokens=per,
+    texts = [(c.message.content if hasattr(c, "message") else c.text) or "" for c in choices]
+    return Generation(texts=texts, completion_tokens=per,
                       prompt_tokens=reply.usage.prompt_tokens if reply.usage else 0)

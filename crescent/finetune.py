@@ -27,7 +27,6 @@ import math
 import os
 import random
 import resource
-import secrets
 import shutil
 import time
 from collections.abc import Iterator
@@ -778,16 +777,8 @@ def _make_logger(cfg: DictConfig, run_dir: Path):
     os.environ.setdefault("WANDB_SILENT", "true")
     from lightning.pytorch.loggers import WandbLogger
 
-    id_file = run_dir / "wandb_id"
-    run_id = id_file.read_text().strip() if id_file.exists() else secrets.token_hex(4)
-    atomic_write_text(id_file, run_id + "\n")
-    group = cfg.logger.group
-    if group is None:
-        from hydra.core.hydra_config import HydraConfig
+    from crescent.tracking import run_group, run_id
 
-        group = cfg.name
-        if HydraConfig.initialized() and HydraConfig.get().mode.name == "MULTIRUN":
-            group = Path(HydraConfig.get().sweep.dir).name
-    return WandbLogger(project=cfg.logger.project, id=run_id, name=run_dir.name,
-                       save_dir=str(run_dir), mode=cfg.logger.mode, group=group,
+    return WandbLogger(project=cfg.logger.project, id=run_id(run_dir), name=run_dir.name,
+                       save_dir=str(run_dir), mode=cfg.logger.mode, group=run_group(cfg),
                        tags=list(cfg.logger.tags), resume="allow")

@@ -168,6 +168,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> None:
                 lock.release()
         summary[name]["cache"] = str(target) if target is not None else None
         write_json(Path(run_dir) / "pipeline.json", summary)
+    tracker.log_summary(Path(run_dir), summary)
 
 
 def _run_stage(name: str, module: ModuleType, cfg: DictConfig, run_dir: Path,

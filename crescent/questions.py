@@ -1,7 +1,10 @@
 """Questions stage: bait prompting and rejection-sampling self-deduplication.
 
-Each round fills one batch of conversations: pending "make it different" rewrites first,
-bait prompts for the rest. Every candidate ends in exactly one of `questions.jsonl`
+Each round fills one batch of requests: pending "make it different" rewrites first, fresh
+candidates for the rest. Fresh candidates come from `questions.source`: the domain's bait
+prompt (the method), or one of the two baselines it is compared with: Magpie (the model
+continues the bare pre-query chat template, so it writes a user turn with no instruction)
+and seed augmentation (the model rewrites seed questions, e.g. GSM8K train). Every candidate ends in exactly one of `questions.jsonl`
 (accepted) or `rejected.jsonl` (with its reason), appended and flushed as decided, so a
 re-run rebuilds the index from those files and continues to `target` without duplicates.
 """
@@ -16,7 +19,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from crescent.cleaning import clean_question
-from crescent.io import JsonlAppender, read_jsonl, write_json
+from crescent.io import CrescentError, JsonlAppender, numbered_jsonl, read_jsonl, write_json
 
 QUESTIONS = "questions.jsonl"
 REJECTED = "rejected.jsonl"
@@ -42,6 +45,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         if accepted:
             index.add(embedder.embed([q["question"] for q in accepted]))
 
+    fresh_requests = make_source(cfg)
     engine = make_engine(cfg.engine, cfg.model)
     pending: list[tuple[str, str, int]] = []  # (candidate, its nearest question, next round)
     tokens = Counter()
@@ -57,11 +61,18 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
                 [{"role": "user",
                   "content": domain.diversify_prompt.format(question=q, nearest=near)}]
                 for q, near, _ in rewrites
-            ] + [[{"role": "user", "content": domain.bait_prompt}]] * (size - len(rewrites))
+            ]
+            # Every fresh candidate ends in one of the files with round 0: that count says
+            # which seed question comes next after a resume.
+            fresh_drawn = sum(1 for r in accepted + rejected if r["round"] == 0)
+            fresh_chats, fresh_prompts = fresh_requests(size - len(rewrites), fresh_drawn)
             # The seed depends only on how many candidates came before: a resumed run
             # draws the same way a run that was never interrupted would.
             seed = derive_seed(cfg.seed, "questions", spent)
-            gens = engine.chat(conversations, qcfg.sampling, n=1, seed=seed)
+            gens = engine.chat(conversations + fresh_chats, qcfg.sampling, n=1, seed=seed)
+            if fresh_prompts:
+                gens += engine.complete(fresh_prompts, qcfg.sampling, n=1,
+                                        seed=derive_seed(seed, "raw"))
             spent += size
             tokens["prompt"] += sum(g.prompt_tokens for g in gens)
             tokens["completion"] += sum(g.total_tokens for g in gens)
@@ -114,6 +125,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
               f"{len(accepted)} of target={qcfg.target} accepted", flush=True)
     wall = time.time() - started
     stats = {
+        "source": qcfg.source,
         "stop_reason": stop,
         "target": qcfg.target,
         "accepted": len(accepted),
@@ -130,6 +142,61 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     }
     write_json(out / "stats.json", stats)
     return out
+
+
+def make_source(cfg: DictConfig):
+    """`questions.source` as a function (count, fresh drawn so far) -> (chats, raw prompts)."""
+    source, domain = cfg.questions.source, cfg.domain
+    if source == "bait":
+        bait = [{"role": "user", "content": domain.bait_prompt}]
+        return lambda count, drawn: ([bait] * count, [])
+    if source == "magpie":
+        from crescent.models import resolve_model
+
+        prompt = pre_query_prompt(resolve_model(cfg.model.name), domain.magpie_system)
+        return lambda count, drawn: ([], [prompt] * count)
+    if source == "seed_aug":
+        if not domain.seed_prompt:
+            raise CrescentError(f"questions.source=seed_aug: domain {domain.name!r} has no seed_prompt")
+        seeds = load_seeds(cfg.questions.seeds)
+        # One seeded order, walked through and wrapped around: each seed is used once per pass.
+        order = np.random.default_rng(cfg.seed).permutation(len(seeds))
+
+        def seed_chats(count, drawn):
+            picked = (seeds[order[(drawn + i) % len(seeds)]] for i in range(count))
+            return [[{"role": "user", "content": domain.seed_prompt.format(seed=q)}]
+                    for q in picked], []
+
+        return seed_chats
+    raise CrescentError(f"questions.source={source!r}: expected bait, magpie or seed_aug")
+
+
+def pre_query_prompt(model_path: str, system: str | None) -> str:
+    """The chat template rendered up to where the user's words would begin (Magpie)."""
+    from transformers import AutoTokenizer
+
+    marker = "\x00CRESCENT-USER-TURN\x00"
+    turns = ([{"role": "system", "content": system}] if system else []) + [
+        {"role": "user", "content": marker}]
+    text = AutoTokenizer.from_pretrained(model_path).apply_chat_template(turns, tokenize=False)
+    if marker not in text:
+        raise CrescentError(f"questions.source=magpie: the chat template of {model_path} "
+                            "does not render a user turn")
+    return text[: text.index(marker)]
+
+
+def load_seeds(path: str | None) -> list[str]:
+    if not path:
+        raise CrescentError("questions.source=seed_aug needs questions.seeds=<JSON Lines with "
+                            "a question field>")
+    seeds = []
+    for number, row in numbered_jsonl(path):
+        if not isinstance(row, dict) or not isinstance(row.get("question"), str):
+            raise CrescentError(f"{path}:{number}: no question field")
+        seeds.append(row["question"])
+    if not seeds:
+        raise CrescentError(f"questions.seeds={path}: no seed questions")
+    return seeds
 
 
 def _acceptance_by_round(accepted: list[dict], rejected: list[dict]) -> dict[str, float]:
