@@ -17,7 +17,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from crescent.io import (CrescentError, JsonlAppender, atomic_write_text, numbered_jsonl,
-                         read_jsonl, write_json)
+                         read_jsonl, resume_jsonl, write_json)
 
 SAMPLES = "samples.jsonl"
 
@@ -34,7 +34,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     acfg, domain, k = cfg.answers, cfg.domain, cfg.voting.k
     questions = load_questions(Path(acfg.input) if acfg.input else
                                Path(run_dir) / "questions" / "questions.jsonl")
-    done = {r["id"] for r in read_jsonl(out / SAMPLES)} if (out / SAMPLES).exists() else set()
+    done = {r["id"] for r in resume_jsonl(out / SAMPLES)}
     if done - {q["id"] for q in questions}:
         raise CrescentError(f"{out / SAMPLES} holds answers to questions that are not in the "
                             f"input: it was started from another questions file")

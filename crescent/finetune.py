@@ -36,7 +36,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from crescent.io import (CrescentError, JsonlAppender, atomic_write_text, numbered_jsonl,
-                         read_jsonl, write_json)
+                         read_jsonl, resume_jsonl, write_json)
 
 IGNORE_INDEX = -100  # label of tokens outside the loss (the value transformers ignores)
 MODEL_DIR = "model"
@@ -534,8 +534,7 @@ def lightning_classes():
         def on_train_start(self) -> None:
             self.resumed_from_step = self._logged_step = self.trainer.global_step
             if self.trainer.is_global_zero and self.metrics_path is not None:
-                rows = (list(read_jsonl(self.metrics_path)) if self.metrics_path.exists()
-                        else [])
+                rows = resume_jsonl(self.metrics_path)
                 kept = [r for r in rows if r["step"] <= self.resumed_from_step]
                 self.attempt = max((r["attempt"] for r in rows), default=0) + 1
                 atomic_write_text(self.metrics_path,

@@ -63,6 +63,25 @@ def numbered_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
             yield lineno, obj
 
 
+def resume_jsonl(path: Path) -> list[dict]:
+    """The records of a progress file that a killed run may have left: none if there is no
+    file, and a last line cut off mid-write is dropped (its record is redone), not an error."""
+    path = Path(path)
+    if not path.exists():
+        return []
+    drop_partial_tail(path)
+    return list(read_jsonl(path))
+
+
+def drop_partial_tail(path: Path) -> None:
+    """Cut a last line that has no newline: a write the kill interrupted."""
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    if keep != len(data):
+        with path.open("r+b") as f:
+            f.truncate(keep)
+
+
 class JsonlAppender:
     """Append-and-flush JSON Lines writer for progress that must survive a kill.
 
@@ -73,17 +92,9 @@ class JsonlAppender:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._drop_partial_tail()
+        if self.path.exists():
+            drop_partial_tail(self.path)
         self._file = self.path.open("a", encoding="utf-8")
-
-    def _drop_partial_tail(self) -> None:
-        if not self.path.exists():
-            return
-        data = self.path.read_bytes()
-        keep = data.rfind(b"\n") + 1
-        if keep != len(data):
-            with self.path.open("r+b") as f:
-                f.truncate(keep)
 
     def write(self, obj: dict) -> None:
         self.write_many([obj])

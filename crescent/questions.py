@@ -19,7 +19,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from crescent.cleaning import clean_question
-from crescent.io import CrescentError, JsonlAppender, numbered_jsonl, read_jsonl, write_json
+from crescent.io import CrescentError, JsonlAppender, numbered_jsonl, resume_jsonl, write_json
 
 QUESTIONS = "questions.jsonl"
 REJECTED = "rejected.jsonl"
@@ -33,8 +33,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
 
     out = Path(run_dir) / "questions"
     qcfg, domain = cfg.questions, cfg.domain
-    accepted = list(read_jsonl(out / QUESTIONS)) if (out / QUESTIONS).exists() else []
-    rejected = list(read_jsonl(out / REJECTED)) if (out / REJECTED).exists() else []
+    accepted, rejected = resume_jsonl(out / QUESTIONS), resume_jsonl(out / REJECTED)
     spent = len(accepted) + len(rejected)  # every candidate ends in exactly one of the files
     resumed_with = len(accepted)
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from crescent.io import CrescentError, JsonlAppender, atomic_write_text, read_jsonl
+from crescent.io import CrescentError, JsonlAppender, atomic_write_text, read_jsonl, resume_jsonl
 
 
 def test_appender_drops_a_torn_last_line_and_keeps_the_rest(tmp_path):
@@ -15,6 +15,17 @@ def test_appender_drops_a_torn_last_line_and_keeps_the_rest(tmp_path):
     with JsonlAppender(path) as out:
         out.write({"id": 2})
     assert [r["id"] for r in read_jsonl(path)] == [0, 1, 2]
+
+
+def test_resume_reads_what_a_kill_left_and_drops_the_torn_line(tmp_path):
+    path = tmp_path / "q.jsonl"
+    assert resume_jsonl(path) == [] and not path.exists()
+    path.write_text('{"id": 0}\n{"id": 1, "quest')
+    assert resume_jsonl(path) == [{"id": 0}]
+    assert path.read_text() == '{"id": 0}\n'
+    path.write_text('{"id": 0}\nnot json\n')  # a whole bad line is still an error
+    with pytest.raises(CrescentError, match=r"q\.jsonl:2:"):
+        resume_jsonl(path)
 
 
 def test_appender_flushes_each_record(tmp_path):

@@ -61,6 +61,22 @@ def test_rewrite_loop_is_bounded_and_shortfall_reported(tmp_path, monkeypatch):
     assert stats["rejected"] == {"duplicate": 11}
 
 
+def test_resume_redoes_a_line_torn_by_a_kill(tmp_path, monkeypatch):
+    monkeypatch.setattr(engines, "make_engine", lambda *a: ScriptedEngine())
+    from crescent import questions
+
+    out = tmp_path / "questions"
+    out.mkdir()
+    first = {"id": 0, "question": "A train leaves at 3 pm at 60 km/h. When does it arrive 150 km "
+             "away?", "round": 0, "nearest_id": None, "similarity": None}
+    (out / "questions.jsonl").write_text(json.dumps(first) + '\n{"id": 1, "question": "Tom h')
+    questions.run(_cfg("questions.target=2", "questions.batch_size=1"), tmp_path)
+    records = list(read_jsonl(out / "questions.jsonl"))
+    assert records[0] == first and [r["id"] for r in records] == [0, 1]
+    assert records[1]["question"] == SAME
+    assert read_json(out / "stats.json")["resumed_with"] == 1
+
+
 # --- end to end on the embedded model ----------------------------------------------------
 
 TARGET = 50
