@@ -32,6 +32,12 @@ def main(cfg: DictConfig) -> None:
     except CrescentError as e:
         print(f"crescent: error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)
+    except OSError as e:
+        if e.filename is None:  # not about a path the user gave: a bug, keep its traceback
+            raise
+        # An output or input path that cannot be used: not writable, not a directory, full.
+        print(f"crescent: error: {e.filename}: {e.strerror}", file=sys.stderr, flush=True)
+        sys.exit(1)
     finally:
         if tracker is not None:
             tracker.finish()

@@ -4,10 +4,6 @@ and end to end on the embedded model from 20 questions, killed in the middle (sl
 from __future__ import annotations
 
 import json
-import signal
-import subprocess
-import sys
-import time
 
 import datasets
 import pytest
@@ -19,6 +15,7 @@ from crescent.decontamination import Benchmarks
 from crescent.engines import Generation
 from crescent.io import CrescentError, read_json, read_jsonl
 from tests.conftest import DATA, ROOT
+from tests.killing import kill_points, kill_then_finish, lines, whole_records
 
 GSM8K_TEST = DATA / "gsm8k" / "test.jsonl"
 LEAKED = json.loads(GSM8K_TEST.open().readline())["question"]
@@ -131,37 +128,27 @@ def test_bad_input_is_named(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_embedded_model_answers_20_questions_killed_and_resumed(tmp_path):
-    """vLLM on the embedded model; killed once the first chunk is flushed, then re-run."""
+    """vLLM on the embedded model; SIGKILLed at 3 seeded points, then run to the end."""
     questions = ROOT / "tests" / "assets" / "questions20.jsonl"
-    args = [sys.executable, "-m", "crescent", "stages=[answers]", f"answers.input={questions}",
-            "voting.k=3", "answers.chunk_size=5", "answers.sampling.max_tokens=192",
-            "logger=none", f"eval.data_dir={DATA}", "hydra.run.dir=run"]
-    log = tmp_path / "run" / "answers" / "samples.jsonl"
-    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if log.exists() and log.read_text().count("\n") >= 5:
-            proc.send_signal(signal.SIGKILL)
-            break
-        time.sleep(0.5)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
-    assert not (tmp_path / "run" / "answers" / "DONE").exists()
-
-    done = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
+    overrides = ["stages=[answers]", f"answers.input={questions}", "voting.k=3",
+                 "answers.chunk_size=5", "answers.sampling.max_tokens=192", "logger=none",
+                 f"eval.data_dir={DATA}", "hydra.run.dir=run"]
     out = tmp_path / "run" / "answers"
-    ids = [r["id"] for r in read_jsonl(out / "samples.jsonl")]
+    seen = kill_then_finish(overrides, tmp_path, out, lambda: lines(out / "samples.jsonl"),
+                            kill_points(seed=1, low=1, high=16), seed=1)
+    ids = whole_records(out / "samples.jsonl", "id")
     assert sorted(ids) == list(range(20))  # nothing lost, nothing answered twice
     stats = read_json(out / "stats.json")
-    assert stats["resumed_with"] >= 5 and stats["answered"] == 20 and stats["contaminated"] == 0
-    assert stats["samples"] == 60
+    assert stats["resumed_with"] >= seen[-1] >= 5
+    assert stats["answered"] == 20 and stats["contaminated"] == 0 and stats["samples"] == 60
     qa = list(read_jsonl(out / "qa.jsonl"))
     assert len(qa) == stats["kept"] == len(list(read_jsonl(out / "sft.jsonl")))
+    assert len(set(whole_records(out / "qa.jsonl", "id"))) == len(qa)
     for row in qa:  # every kept answer really won its vote
         assert max(row["votes"].values()) == round(row["agreement"] * 3)
         assert row["response"].splitlines()[-1] == f"The answer is: {row['answer']}"
     assert len(datasets.load_from_disk(str(out / "dataset"))) == len(qa)
+    print(f"\nanswers killed at {seen} of 20 questions answered")
 
 
 def test_model_that_never_answers_keeps_nothing_and_says_so(tmp_path, monkeypatch, capsys):

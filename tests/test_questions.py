@@ -4,11 +4,6 @@ and end to end on the embedded model with a kill in the middle (slow)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +14,7 @@ from crescent import engines
 from crescent.__main__ import CONF_DIR
 from crescent.engines import Generation
 from crescent.io import read_json, read_jsonl
-from tests.conftest import ROOT
+from tests.killing import kill_points, kill_then_finish, lines, whole_records
 
 SAME = "Tom has 3 apples and buys 2 more. How many apples does he have now?"
 
@@ -84,49 +79,28 @@ E2E = ["stages=[questions]", f"questions.target={TARGET}", "questions.max_candid
        "questions.batch_size=16", "questions.sampling.max_tokens=96", "logger=none"]
 
 
-def _start(run_dir: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "crescent", *E2E, f"hydra.run.dir={run_dir}"],
-        cwd=run_dir.parent, env=dict(os.environ, PYTHONPATH=str(ROOT)),
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-    )
-
-
 @pytest.fixture(scope="module")
 def killed_and_rerun(tmp_path_factory):
-    """Run, SIGKILL once some questions are accepted, check no DONE, re-run to completion."""
+    """SIGKILL the stage at 3 seeded points between 5 and 40 accepted, then let it finish."""
     run_dir = tmp_path_factory.mktemp("questions") / "run"
-    run_dir.mkdir()
-    questions = run_dir / "questions" / "questions.jsonl"
-    proc = _start(run_dir)
-    deadline = time.time() + 600
-    while time.time() < deadline and proc.poll() is None:
-        if questions.exists() and sum(1 for _ in questions.open()) >= 10:
-            break
-        time.sleep(0.5)
-    assert proc.poll() is None, f"finished or died before the kill: {proc.stderr.read()[-2000:]}"
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = sum(1 for _ in questions.open())
-    assert not (run_dir / "questions" / "DONE").exists()
-
-    rerun = _start(run_dir)
-    _, err = rerun.communicate(timeout=900)
-    assert rerun.returncode == 0, err[-3000:]
-    return run_dir / "questions", killed_at
+    out = run_dir / "questions"
+    points = kill_points(seed=3, low=5, high=40)
+    seen = kill_then_finish([*E2E, f"hydra.run.dir={run_dir}"], run_dir.parent, out,
+                            lambda: lines(out / "questions.jsonl"), points, seed=3)
+    return out, seen
 
 
 @pytest.mark.slow
 def test_kill_and_rerun_loses_and_duplicates_nothing(killed_and_rerun):
-    out, killed_at = killed_and_rerun
-    assert (out / "DONE").exists()
+    out, seen = killed_and_rerun
+    assert whole_records(out / "questions.jsonl", "id") == list(range(TARGET))
     records = list(read_jsonl(out / "questions.jsonl"))
-    assert [r["id"] for r in records] == list(range(TARGET))
     assert len({r["question"] for r in records}) == TARGET
+    for line in (out / "rejected.jsonl").read_text().splitlines():
+        json.loads(line)  # no torn line survived the kills
     stats = read_json(out / "stats.json")
-    assert stats["accepted"] == TARGET and stats["resumed_with"] >= killed_at - 1 >= 9
-    for line in (out / "questions.jsonl").read_text().splitlines():
-        json.loads(line)  # no torn line survived the kill
+    assert stats["accepted"] == TARGET and stats["resumed_with"] >= seen[-1] >= 5
+    print(f"\nquestions killed at {seen} accepted, finished at {TARGET}")
 
 
 @pytest.mark.slow

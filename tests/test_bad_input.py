@@ -1,0 +1,37 @@
+"""Bad input through the command line: each ends in a clear error naming the key, path or
+`file:line`, a non-zero exit, and no stage marked DONE."""
+
+from __future__ import annotations
+
+import pytest
+
+BAD_LINES = '{"id": 0, "question": "What is 2 + 2?"}\n{"id": 1, "text": "no question"}\n'
+CASES = {
+    "unknown key": (["dedup.thresold=0.9"], "Could not override 'dedup.thresold'"),
+    "wrong type": (["voting.k=abc"], "Value 'abc' of type 'str' could not be converted"),
+    "unknown stage": (["stages=[questoins]"], "stages: unknown stage 'questoins'"),
+    "missing model": (["stages=[questions]", "engine=hf", "dedup=none",
+                       "model.name=/nonexistent/model"], "model '/nonexistent/model': no such directory"),
+    "unreadable line": (["stages=[answers]", "answers.input=bad.jsonl"],
+                        "bad.jsonl:2: no 'question'"),
+    "empty questions": (["stages=[answers]", "answers.input=empty.jsonl"],
+                        "empty.jsonl: no questions to answer"),
+    "missing sft file": (["stages=[finetune]", "finetune.input=nope.jsonl"], "nope.jsonl"),
+    "unwritable dir": (["stages=[questions]", "cache_dir=/proc/crescent-cache"],
+                       "crescent: error: /proc/crescent-cache"),
+    "unknown source": (["stages=[questions]", "questions.source=evol"],
+                       "questions.source='evol': expected bait, magpie or seed_aug"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_clear_error(cli, tmp_path, case):
+    (tmp_path / "bad.jsonl").write_text(BAD_LINES)
+    (tmp_path / "empty.jsonl").write_text("")
+    overrides, expected = CASES[case]
+    result = cli(*overrides, "logger=none", "hydra.run.dir=run")
+    assert result.returncode == 1, result.stderr[-2000:]
+    errors = [line for line in result.stderr.splitlines() if expected in line]
+    assert len(errors) == 1, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("run/*/DONE"))
