@@ -1,8 +1,10 @@
-"""A tiny resumable stage for testing the runner: appends ids 0..n-1, can crash at a given id."""
+"""A tiny resumable stage for testing the runner: appends ids 0..n-1, can crash at a given id
+or take its time over each (COUNTING_DELAY_S), so that two processes overlap."""
 
 from __future__ import annotations
 
 import os
+import time
 
 from omegaconf import OmegaConf
 
@@ -23,6 +25,7 @@ def run(cfg, run_dir):
                 continue
             if i == crash_at:
                 raise RuntimeError(f"crash at {i}")
+            time.sleep(float(os.environ.get("COUNTING_DELAY_S", 0)))
             items.write({"id": i})
     write_json(out / "stats.json", {"items": n, "resumed_from": len(have)})
     return out

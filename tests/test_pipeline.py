@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import pytest
 from omegaconf import OmegaConf
 
 from crescent import pipeline
 from crescent.io import CrescentError, read_json, read_jsonl
 from crescent.tracking import Tracker
+from tests.conftest import ROOT
 
 
 class RecordingTracker(Tracker):
@@ -113,6 +118,37 @@ def test_cache_shares_upstream_outputs_between_configs(two_stages, tmp_path):
     assert not third["counting"]["reused"] and not third["summing"]["reused"]
     assert read_json(tmp_path / "c" / "summing" / "stats.json")["sum"] == 2 * 10
     assert read_json(tmp_path / "a" / "summing" / "stats.json")["sum"] == 45  # untouched
+
+
+_ONE_JOB = """
+import sys
+from pathlib import Path
+from omegaconf import OmegaConf
+from crescent import pipeline
+from crescent.tracking import Tracker
+pipeline.STAGES["counting"] = pipeline.Stage("tests.counting_stage", ("n",))
+cfg = OmegaConf.create({"stages": ["counting"], "n": 20, "cache_dir": sys.argv[2]})
+pipeline.run_pipeline(cfg, Path(sys.argv[1]), Tracker())
+"""
+
+
+def test_two_processes_on_one_cache_entry_write_it_once(tmp_path):
+    # Two sweep points that share an upstream stage start together: one runs it, the other
+    # waits on the entry's lock and then reuses it; the entry holds every id exactly once.
+    env = dict(os.environ, PYTHONPATH=str(ROOT), COUNTING_DELAY_S="0.15")
+    jobs = [subprocess.Popen([sys.executable, "-c", _ONE_JOB, str(tmp_path / run),
+                              str(tmp_path / "cache")], env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for run in ("a", "b")]
+    outputs = [job.communicate(timeout=120) for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0], outputs
+    reused = sorted(read_json(tmp_path / run / "pipeline.json")["counting"]["reused"]
+                    for run in ("a", "b"))
+    assert reused == [False, True]
+    assert sum("another job is running it" in out for out, _ in outputs) == 1
+    entries = list((tmp_path / "cache" / "counting").iterdir())
+    entry = next(e for e in entries if e.is_dir())
+    assert [r["id"] for r in read_jsonl(entry / "items.jsonl")] == list(range(20))
+    assert (tmp_path / "a" / "counting").resolve() == (tmp_path / "b" / "counting").resolve()
 
 
 def test_downstream_stage_alone_finds_cached_upstream(two_stages, tmp_path):
