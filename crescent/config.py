@@ -24,11 +24,13 @@ class ModelConfig:
 
 @dataclass
 class EngineConfig:
-    name: str = "vllm"  # backend: vllm (offline LLM.chat), hf (transformers generate), openai (servers)
+    name: str = "vllm"  # backend: vllm (offline LLM.chat), ray_vllm (vLLM replicas on Ray), hf (transformers generate), openai (servers)
     batch_size: int = 64  # hf: conversations per generate call; vllm: requests handed over at once
     max_model_len: int = 2048  # context window given to the engine (prompt + completion tokens)
     enforce_eager: bool = True  # vllm: skip graph capture; starts far faster on CPU
     tensor_parallel_size: int = 1  # vllm: GPUs one model is split over
+    data_parallel_size: int = 1  # vllm, ray_vllm: model replicas (Ray actors), each on tensor_parallel_size GPUs
+    ray_address: Optional[str] = None  # ray_vllm: None starts Ray on this node; "auto" joins a running cluster
     gpu_memory_utilization: float = 0.9  # vllm: share of accelerator memory vLLM may reserve
     cpu_kvcache_gib: int = 4  # vllm on CPU: KV-cache GiB (VLLM_CPU_KVCACHE_SPACE), unless set in env
     endpoints: list[str] = field(default_factory=list)  # openai: base URLs, e.g. http://host:8000/v1

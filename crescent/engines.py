@@ -70,13 +70,15 @@ def resolve_dtype(dtype: str) -> str:
 
 
 def make_engine(engine: EngineConfig, model: ModelConfig) -> Engine:
+    if engine.name == "ray_vllm" or (engine.name == "vllm" and engine.data_parallel_size > 1):
+        return RayVLLMEngine(engine, model)
     if engine.name == "vllm":
         return VLLMEngine(engine, model)
     if engine.name == "hf":
         return HFEngine(engine, model)
     if engine.name == "openai":
         return OpenAIEngine(engine, model)
-    raise CrescentError(f"engine.name={engine.name!r}: expected vllm, hf or openai")
+    raise CrescentError(f"engine.name={engine.name!r}: expected vllm, ray_vllm, hf or openai")
 
 
 def answer_vllm_version_lookup() -> None:
@@ -108,7 +110,7 @@ def answer_vllm_version_lookup() -> None:
 class VLLMEngine:
     """Offline vLLM: all conversations of a call are handed to `LLM.chat` at once."""
 
-    def __init__(self, engine: EngineConfig, model: ModelConfig):
+    def __init__(self, engine: EngineConfig, model: ModelConfig, executor: str | None = None):
         import torch
 
         self.model_path = resolve_model(model.name)
@@ -130,7 +132,7 @@ class VLLMEngine:
             enforce_eager=engine.enforce_eager,
             tensor_parallel_size=engine.tensor_parallel_size,
             gpu_memory_utilization=engine.gpu_memory_utilization,
-            distributed_executor_backend="uni" if on_cpu else None,
+            distributed_executor_backend="uni" if on_cpu else executor,
             # On CPU a seeded request whose prompt is split over two steps crashes vLLM
             # ("CPU Generator does not use offset": it rewinds the sampler's generator, which
             # only CUDA generators allow), so prompts are prefilled whole there.
@@ -139,20 +141,22 @@ class VLLMEngine:
         )
         self.batch_size = engine.batch_size
 
-    def chat(self, conversations, sampling, n, seed):
-        params = self._params(len(conversations), sampling, n, seed)
+    # `positions`: where each request sits in the caller's whole list (default: in order), so
+    # that a replica given one shard seeds each request as a single engine would have.
+    def chat(self, conversations, sampling, n, seed, positions=None):
+        params = self._params(positions or range(len(conversations)), sampling, n, seed)
         return self._generations(
             self.llm.chat(list(conversations), params, use_tqdm=len(conversations) > 1))
 
-    def complete(self, prompts, sampling, n, seed):
-        params = self._params(len(prompts), sampling, n, seed)
+    def complete(self, prompts, sampling, n, seed, positions=None):
+        params = self._params(positions or range(len(prompts)), sampling, n, seed)
         # The prompts hold their special tokens already, as templated chat prompts do.
         outputs = self.llm.generate(list(prompts), params, use_tqdm=len(prompts) > 1,
                                     tokenization_kwargs={"add_special_tokens": False})
         return self._generations(outputs)
 
     @staticmethod
-    def _params(count, sampling, n, seed):
+    def _params(positions, sampling, n, seed):
         from vllm import SamplingParams
 
         return [
@@ -163,7 +167,7 @@ class VLLMEngine:
                 max_tokens=sampling.max_tokens,
                 seed=derive_seed(seed, i),
             )
-            for i in range(count)
+            for i in positions
         ]
 
     @staticmethod
@@ -176,6 +180,62 @@ class VLLMEngine:
             )
             for out in outputs
         ]
+
+
+class RayVLLMEngine:
+    """`engine.data_parallel_size` offline vLLM replicas as Ray actors, each on
+    `engine.tensor_parallel_size` GPUs (on CPU: one core each), on this node or on a running
+    Ray cluster (`engine.ray_address=auto`). Request i of a call goes to replica
+    i % data_parallel_size with the seed it would have had in one engine, and the results come
+    back in request order: a run's samples do not depend on how many replicas drew them."""
+
+    def __init__(self, engine: EngineConfig, model: ModelConfig):
+        import ray
+        import torch
+
+        # Converted once here, so that the replicas find the built-in model in the cache.
+        self.model_path = resolve_model(model.name)
+        if not ray.is_initialized():
+            # None starts a Ray instance for this process; "auto" joins the running cluster.
+            ray.init(address=engine.ray_address, include_dashboard=False, log_to_driver=False)
+        gpus = engine.tensor_parallel_size if torch.cuda.is_available() else 0
+        # Inside an actor that already holds its GPUs, tensor parallelism uses processes:
+        # vLLM's Ray executor would ask the cluster for GPUs a second time and wait forever.
+        replica = ray.remote(num_cpus=1, num_gpus=gpus)(VLLMEngine)
+        executor = "mp" if gpus > 1 else None
+        count = engine.data_parallel_size
+        cores = sorted(os.sched_getaffinity(0))
+        self.replicas = []
+        for r in range(count):
+            env = {}
+            if not gpus:
+                # Each CPU replica binds its threads to its own cores: bound to all of them,
+                # two replicas spin against each other many times slower than one.
+                mine = cores[r::count] or [cores[r % len(cores)]]
+                env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, mine))
+            self.replicas.append(replica.options(runtime_env={"env_vars": env})
+                                 .remote(engine, model, executor))
+
+    def chat(self, conversations, sampling, n, seed):
+        return self._spread("chat", list(conversations), sampling, n, seed)
+
+    def complete(self, prompts, sampling, n, seed):
+        return self._spread("complete", list(prompts), sampling, n, seed)
+
+    def _spread(self, method, inputs, sampling, n, seed):
+        import ray
+
+        count = len(self.replicas)
+        shards = [list(range(r, len(inputs), count)) for r in range(count)]
+        shards = [(replica, shard) for replica, shard in zip(self.replicas, shards) if shard]
+        futures = [getattr(replica, method).remote([inputs[i] for i in shard], sampling, n, seed,
+                                                   shard)
+                   for replica, shard in shards]
+        results: list[Generation] = [None] * len(inputs)  # type: ignore[list-item]
+        for (_, shard), generations in zip(shards, ray.get(futures)):
+            for i, generation in zip(shard, generations):
+                results[i] = generation
+        return results
 
 
 class HFEngine:

@@ -5,57 +5,24 @@ and a clean resume (slow)."""
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from crescent.io import read_json, read_jsonl
 from crescent.models import resolve_model
+from crescent.serve import LocalServer
 from tests.conftest import DATA, ROOT
 
 pytestmark = pytest.mark.slow
 QUESTIONS = ROOT / "tests" / "assets" / "questions20.jsonl"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """`vllm serve` in its own process group, up when /v1/models answers."""
-
-    def __init__(self, log: Path, port: int | None = None):
-        self.port = port or _free_port()
-        self.url = f"http://127.0.0.1:{self.port}/v1"
-        env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE="2", PYTHONPATH=str(ROOT))
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "crescent.serve",
-             resolve_model("smollm2-135m-instruct"), "--host", "127.0.0.1",
-             "--port", str(self.port), "--dtype", "float32", "--max-model-len", "2048",
-             "--enforce-eager"],
-            stdout=log.open("ab"), stderr=subprocess.STDOUT, env=env, start_new_session=True)
-        deadline = time.time() + 400
-        while time.time() < deadline:
-            assert self.proc.poll() is None, log.read_text()[-3000:]
-            try:
-                urllib.request.urlopen(f"{self.url}/models", timeout=2)
-                return
-            except OSError:
-                time.sleep(1)
-        self.kill()
-        raise AssertionError("vllm serve did not come up in 400 s")
-
-    def kill(self):
-        os.killpg(self.proc.pid, signal.SIGKILL)
-        self.proc.wait()
+def _server(log: Path, port: int | None = None) -> LocalServer:
+    return LocalServer(resolve_model("smollm2-135m-instruct"), log, port)
 
 
 def _crescent(tmp_path, *overrides, **kw):
@@ -69,7 +36,7 @@ def test_stages_through_served_engine_match_offline_counts(tmp_path):
     common = ["stages=[questions,answers]", "questions.target=8", "questions.batch_size=8",
               "questions.max_candidates=32", "questions.sampling.max_tokens=128", "voting.k=2",
               "answers.sampling.max_tokens=128", "cache_dir=null"]
-    server = Server(tmp_path / "server.log")
+    server = _server(tmp_path / "server.log")
     try:
         served = _crescent(tmp_path, *common, "engine=openai", f"engine.endpoints=[{server.url}]",
                            "engine.concurrency=2", "hydra.run.dir=served")
@@ -86,7 +53,7 @@ def test_stages_through_served_engine_match_offline_counts(tmp_path):
 
 
 def test_server_killed_mid_stage_fails_clearly_then_resumes(tmp_path):
-    server = Server(tmp_path / "server.log")
+    server = _server(tmp_path / "server.log")
     args = ["stages=[answers]", f"answers.input={QUESTIONS}", "answers.chunk_size=2",
             "voting.k=2", "answers.sampling.max_tokens=192", "engine=openai",
             f"engine.endpoints=[{server.url}]", "engine.max_retries=2",
@@ -105,7 +72,7 @@ def test_server_killed_mid_stage_fails_clearly_then_resumes(tmp_path):
     before = [r["id"] for r in read_jsonl(log)]
     assert 2 <= len(before) < 20 and not (tmp_path / "run" / "answers" / "DONE").exists()
 
-    server = Server(tmp_path / "server.log", port=server.port)
+    server = _server(tmp_path / "server.log", port=server.port)
     try:
         done = _crescent(tmp_path, *args)
     finally:
