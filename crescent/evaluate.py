@@ -160,7 +160,7 @@ def lm_eval_spec(
         device = "cuda" if torch.cuda.is_available() else "cpu"
         model_type, batch_size = "hf", engine.batch_size
         model_args = {"pretrained": model, "dtype": dtype, "max_length": engine.max_model_len}
-    elif engine.name == "vllm":
+    elif engine.name in ("vllm", "ray_vllm"):
         import torch
 
         # vLLM schedules every request itself; lm-eval's "auto" hands them all over at once.
@@ -173,6 +173,8 @@ def lm_eval_spec(
             "tensor_parallel_size": engine.tensor_parallel_size,
             "gpu_memory_utilization": engine.gpu_memory_utilization,
         }
+        if engine.data_parallel_size > 1:  # lm-eval runs the replicas on Ray itself
+            model_args["data_parallel_size"] = engine.data_parallel_size
         if not torch.cuda.is_available():
             # The same CPU settings as crescent.engines.VLLMEngine (see the reasons there):
             # a bounded KV cache, one process, the single-process executor.
@@ -184,7 +186,7 @@ def lm_eval_spec(
     else:  # served engines generate elsewhere; lm-eval here loads each model itself
         raise CrescentError(
             f"engine.name={engine.name!r}: the evaluate stage runs lm-eval's vllm or hf model "
-            "type; run it with engine=vllm or engine=hf"
+            "type; run it with engine=vllm, ray_vllm or hf"
         )
     if revision:
         model_args["revision"] = revision
