@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, OmegaConf
 
 DEFAULT_STAGES = ["questions", "answers", "finetune", "evaluate"]
 
@@ -193,5 +193,9 @@ class Config:
 
 
 def register_configs() -> None:
-    """Register the schema that `conf/config.yaml` puts first in its defaults list."""
+    """Register the schema that `conf/config.yaml` puts first in its defaults list, and the
+    `path_safe` resolver that keeps run-dir names one directory deep."""
     ConfigStore.instance().store(name="crescent_schema", node=Config)
+    # `model.name=/data/llama3` in a run-dir name would otherwise nest directories.
+    OmegaConf.register_new_resolver("path_safe", lambda text: text.replace("/", "_"),
+                                    replace=True)

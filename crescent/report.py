@@ -103,9 +103,12 @@ def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
         metric = next(r["scores"][task]["metric"] for r in rows if task in r["scores"])
         if values:
             best[task] = min(values) if lower_is_better(metric) else max(values)
+    # A row is labelled by what sets it apart: overrides every row shares are left out.
+    shared = set.intersection(*(set(r["point"].split(" ")) for r in rows)) if len(rows) > 1 else set()
     cells = []
     for r in rows:
-        line = [r["point"], _fmt(r["funnel"]["questions"]), _fmt(r["funnel"]["kept"])]
+        point = " ".join(o for o in r["point"].split(" ") if o not in shared) or r["point"]
+        line = [point, _fmt(r["funnel"]["questions"]), _fmt(r["funnel"]["kept"])]
         for task in tasks:
             score = r["scores"].get(task, {})
             base, tuned = score.get("base"), score.get("finetuned")

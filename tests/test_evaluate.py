@@ -134,7 +134,7 @@ def test_vllm_spec_on_cpu_uses_the_engine_settings(tmp_path):
     assert spec["model_args"]["max_model_len"] == 2048 and spec["model_args"]["enforce_eager"]
     assert spec["include_defaults"] is True  # mmlu is a stock task
     assert spec["fewshot_as_multiturn"] is False  # meaningless without the chat template
-    with pytest.raises(CrescentError, match="engine.name='openai'.*engine=vllm or engine=hf"):
+    with pytest.raises(CrescentError, match="engine.name='openai'.*engine=vllm, ray_vllm or hf"):
         evaluate.lm_eval_spec(_cfg("engine=openai"), "base", "/m", tasks, tmp_path, tmp_path)
 
 

@@ -31,11 +31,12 @@ def test_smoke_lr_sweep_shares_upstream_stages_and_reports(cli, tmp_path):
     result = cli("-m", "experiment=smoke", "finetune.lr=1e-5,1e-4", "logger=none",
                  f"eval.data_dir={DATA}", timeout=2400)
     assert result.returncode == 0, result.stderr[-4000:]
-    runs = sorted((tmp_path / "multirun" / "smoke").glob("finetune.lr=*"))
+    # One directory per point, the data path flattened into its name.
+    runs = sorted((tmp_path / "multirun" / "smoke").glob("eval.data_dir=*,finetune.lr=*"))
     assert len(runs) == 2
     summaries = [read_json(run / "pipeline.json") for run in runs]
-    assert [s["questions"]["reused"] for s in summaries] == [False, True]
-    assert [s["answers"]["reused"] for s in summaries] == [False, True]
+    assert sorted(s["questions"]["reused"] for s in summaries) == [False, True]
+    assert sorted(s["answers"]["reused"] for s in summaries) == [False, True]
     assert [s["finetune"]["reused"] for s in summaries] == [False, False]
     assert (runs[0] / "answers").resolve() == (runs[1] / "answers").resolve()
     metrics = read_json(runs[0] / "evaluate" / "metrics.json")
