@@ -32,17 +32,23 @@ def _crescent(tmp_path, *overrides, **kw):
         env=dict(os.environ, PYTHONPATH=str(ROOT)), **kw)
 
 
-def test_stages_through_served_engine_match_offline_counts(tmp_path):
+def test_stages_through_two_served_workers_match_offline_counts(tmp_path):
     common = ["stages=[questions,answers]", "questions.target=8", "questions.batch_size=8",
               "questions.max_candidates=32", "questions.sampling.max_tokens=128", "voting.k=2",
               "answers.sampling.max_tokens=128", "cache_dir=null"]
-    server = _server(tmp_path / "server.log")
+    servers = [_server(tmp_path / f"server{i}.log") for i in range(2)]
     try:
-        served = _crescent(tmp_path, *common, "engine=openai", f"engine.endpoints=[{server.url}]",
+        endpoints = ",".join(server.url for server in servers)
+        served = _crescent(tmp_path, *common, "engine=openai", f"engine.endpoints=[{endpoints}]",
                            "engine.concurrency=2", "hydra.run.dir=served")
     finally:
-        server.kill()
+        for server in servers:
+            server.kill()
     assert served.returncode == 0, served.stderr[-3000:]
+    # Both workers served requests: the load was spread over the endpoints.
+    handled = [server.log.read_text().count('"POST /v1/chat/completions HTTP/1.1" 200')
+               for server in servers]
+    assert min(handled) > 0, handled
     offline = _crescent(tmp_path, *common, "engine=vllm", "hydra.run.dir=offline")
     assert offline.returncode == 0, offline.stderr[-3000:]
     for run in ("served", "offline"):

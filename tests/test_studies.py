@@ -51,3 +51,18 @@ def test_smoke_lr_sweep_shares_upstream_stages_and_reports(cli, tmp_path):
     print(md)
     for run in runs:
         print(run.name, {k: v["wall_time_s"] for k, v in read_json(run / "pipeline.json").items()})
+
+
+def test_local_parallel_launcher_runs_the_points_in_joblib_processes(cli, tmp_path):
+    result = cli("-m", "hydra/launcher=local_parallel", "stages=[]", "logger=none", "seed=1,2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr
+    for seed in (1, 2):
+        assert (tmp_path / "multirun" / "default" / f"seed={seed}" / ".hydra").is_dir()
+
+
+def test_slurm_launcher_config_asks_for_one_gpu_node_per_point(cli):
+    result = cli("hydra/launcher=slurm_gpu", "hydra.launcher.partition=gpu", "--cfg", "hydra")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in result.stdout
+    assert "gpus_per_node: 8" in result.stdout and "partition: gpu" in result.stdout
