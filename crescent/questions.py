@@ -4,9 +4,10 @@ Each round fills one batch of requests: pending "make it different" rewrites fir
 candidates for the rest. Fresh candidates come from `questions.source`: the domain's bait
 prompt (the method), or one of the two baselines it is compared with: Magpie (the model
 continues the bare pre-query chat template, so it writes a user turn with no instruction)
-and seed augmentation (the model rewrites seed questions, e.g. GSM8K train). Every candidate ends in exactly one of `questions.jsonl`
-(accepted) or `rejected.jsonl` (with its reason), appended and flushed as decided, so a
-re-run rebuilds the index from those files and continues to `target` without duplicates.
+and seed augmentation (the model rewrites seed questions, e.g. GSM8K train). Every candidate
+ends in exactly one of `questions.jsonl` (accepted) or `rejected.jsonl` (with its reason),
+appended and flushed as decided, so a re-run rebuilds the index from those files and continues
+to `target` without duplicates.
 """
 
 from __future__ import annotations
@@ -35,6 +36,9 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     qcfg, domain = cfg.questions, cfg.domain
     accepted, rejected = resume_jsonl(out / QUESTIONS), resume_jsonl(out / REJECTED)
     spent = len(accepted) + len(rejected)  # every candidate ends in exactly one of the files
+    # Fresh candidates end there with round 0: their count says which seed question comes
+    # next after a resume.
+    fresh_drawn = sum(1 for r in accepted + rejected if r["round"] == 0)
     resumed_with = len(accepted)
 
     embedder = make_embedder(cfg.dedup, cfg.model)
@@ -61,10 +65,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
                   "content": domain.diversify_prompt.format(question=q, nearest=near)}]
                 for q, near, _ in rewrites
             ]
-            # Every fresh candidate ends in one of the files with round 0: that count says
-            # which seed question comes next after a resume.
-            fresh_drawn = sum(1 for r in accepted + rejected if r["round"] == 0)
             fresh_chats, fresh_prompts = fresh_requests(size - len(rewrites), fresh_drawn)
+            fresh_drawn += size - len(rewrites)
             # The seed depends only on how many candidates came before: a resumed run
             # draws the same way a run that was never interrupted would.
             seed = derive_seed(cfg.seed, "questions", spent)
@@ -156,7 +158,8 @@ def make_source(cfg: DictConfig):
         return lambda count, drawn: ([], [prompt] * count)
     if source == "seed_aug":
         if not domain.seed_prompt:
-            raise CrescentError(f"questions.source=seed_aug: domain {domain.name!r} has no seed_prompt")
+            raise CrescentError(
+                f"questions.source=seed_aug: domain {domain.name!r} has no seed_prompt")
         seeds = load_seeds(cfg.questions.seeds)
         # One seeded order, walked through and wrapped around: each seed is used once per pass.
         order = np.random.default_rng(cfg.seed).permutation(len(seeds))

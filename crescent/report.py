@@ -104,7 +104,8 @@ def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
         if values:
             best[task] = min(values) if lower_is_better(metric) else max(values)
     # A row is labelled by what sets it apart: overrides every row shares are left out.
-    shared = set.intersection(*(set(r["point"].split(" ")) for r in rows)) if len(rows) > 1 else set()
+    shared = (set.intersection(*(set(r["point"].split(" ")) for r in rows)) if len(rows) > 1
+              else set())
     cells = []
     for r in rows:
         point = " ".join(o for o in r["point"].split(" ") if o not in shared) or r["point"]
