@@ -20,6 +20,12 @@ from pathlib import Path
 ENGINES = ["vllm", "hf"]
 
 
+def bench_conversations(prompts: int) -> list[list[dict]]:
+    """Distinct chat prompts, the same in every engine benchmark (also bench_scale.py)."""
+    return [[{"role": "user", "content": f"Write math word problem number {i} about a new topic."}]
+            for i in range(prompts)]
+
+
 def measure(engine_name: str, prompts: int, max_tokens: int) -> dict:
     from crescent.config import EngineConfig, ModelConfig, SamplingConfig
     from crescent.engines import make_engine
@@ -27,10 +33,7 @@ def measure(engine_name: str, prompts: int, max_tokens: int) -> dict:
     started = time.perf_counter()
     engine = make_engine(EngineConfig(name=engine_name, batch_size=prompts), ModelConfig())
     start_s = time.perf_counter() - started
-    conversations = [
-        [{"role": "user", "content": f"Write math word problem number {i} about a new topic."}]
-        for i in range(prompts)
-    ]
+    conversations = bench_conversations(prompts)
     sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=max_tokens)
     started = time.perf_counter()
     generations = engine.chat(conversations, sampling, n=1, seed=0)

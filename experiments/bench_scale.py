@@ -31,12 +31,14 @@ DEVICES = (1, 8, 64)
 
 
 def served(prompts: int, max_tokens: int, log: Path) -> list[dict]:
+    from bench_engines import bench_conversations  # beside this script
+
     from crescent.config import EngineConfig, ModelConfig, SamplingConfig
     from crescent.engines import make_engine
     from crescent.models import resolve_model
     from crescent.serve import LocalServer
 
-    conversations = _conversations(prompts)
+    conversations = bench_conversations(prompts)
     sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=max_tokens)
     started = time.perf_counter()
     server = LocalServer(resolve_model(ModelConfig().name), log)
@@ -60,16 +62,10 @@ def served(prompts: int, max_tokens: int, log: Path) -> list[dict]:
     return rows
 
 
-def _conversations(prompts: int) -> list[list[dict]]:
-    # The prompts of bench_engines.py, so that both benchmarks measure the same work.
-    return [[{"role": "user", "content": f"Write math word problem number {i} about a new topic."}]
-            for i in range(prompts)]
-
-
 def offline(prompts: int, max_tokens: int) -> dict:
     cmd = [sys.executable, str(HERE / "bench_engines.py"), "--child", "vllm", "--prompts",
            str(prompts), "--max-tokens", str(max_tokens)]
-    out = subprocess.run(cmd, capture_output=True, text=True)
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         sys.exit(f"offline vllm failed:\n{out.stderr[-3000:]}")
     row = json.loads(out.stdout.split("RESULT ", 1)[1])
