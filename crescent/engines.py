@@ -363,9 +363,9 @@ class OpenAIEngine:
             async with slots:
                 for attempt in range(self.cfg.max_retries + 1):
                     client = clients[(i + attempt) % len(clients)]
-                    common = dict(model=self.model_path, n=n, temperature=sampling.temperature,
-                                  top_p=sampling.top_p, max_tokens=sampling.max_tokens,
-                                  seed=derive_seed(seed, i))
+                    common = {"model": self.model_path, "n": n,
+                              "temperature": sampling.temperature, "top_p": sampling.top_p,
+                              "max_tokens": sampling.max_tokens, "seed": derive_seed(seed, i)}
                     try:
                         if chat:
                             reply = await client.chat.completions.create(messages=given, **common)

@@ -25,7 +25,7 @@ def run(cfg, run_dir):
                 continue
             if i == crash_at:
                 raise RuntimeError(f"crash at {i}")
-            time.sleep(float(os.environ.get("COUNTING_DELAY_S", 0)))
+            time.sleep(float(os.environ.get("COUNTING_DELAY_S", "0")))
             items.write({"id": i})
     write_json(out / "stats.json", {"items": n, "resumed_from": len(have)})
     return out

@@ -85,7 +85,8 @@ print("RESULT", 3 * sum(g.prompt_tokens for g in gens), budget, sum(len(g.texts)
 def test_vllm_seeded_batch_larger_than_one_step():
     # 120 seeded samples whose prompts overflow one scheduler step: on CPU vLLM crashed when
     # it split a seeded prompt over two steps.
-    result = subprocess.run([sys.executable, "-c", _OVER_BUDGET], capture_output=True, text=True, timeout=900)
+    result = subprocess.run([sys.executable, "-c", _OVER_BUDGET], capture_output=True, text=True,
+                            timeout=900, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     prompt_tokens, budget, samples = map(int, result.stdout.split("RESULT ")[1].split())
     assert prompt_tokens > budget
