@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from crescent.config import register_configs
-from crescent.io import CrescentError
+from crescent.infra.io import CrescentError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -21,7 +21,7 @@ register_configs()
 def main(cfg: DictConfig) -> None:
     # Heavy modules load here, after Hydra has handled --help and --cfg.
     from crescent.pipeline import run_pipeline
-    from crescent.tracking import make_tracker
+    from crescent.infra.tracking import make_tracker
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)

@@ -26,9 +26,9 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from crescent.io import CrescentError, atomic_write_text, read_json, write_json
-from crescent.provenance import provenance
-from crescent.tracking import Tracker
+from crescent.infra.io import CrescentError, atomic_write_text, read_json, write_json
+from crescent.infra.provenance import provenance
+from crescent.infra.tracking import Tracker
 
 
 @dataclass(frozen=True)
@@ -41,14 +41,14 @@ class Stage:
 
 # The one stage table, in data-flow order.
 STAGES = {
-    "questions": Stage("crescent.questions",
+    "questions": Stage("crescent.stages.questions",
                        ("seed", "model", "engine", "domain", "dedup", "questions")),
-    "answers": Stage("crescent.answers",
+    "answers": Stage("crescent.stages.answers",
                      ("seed", "model", "engine", "domain", "voting", "answers", "eval.data_dir"),
                      upstream="questions", input_key="answers.input"),
-    "finetune": Stage("crescent.finetune", ("seed", "student", "finetune"),
+    "finetune": Stage("crescent.stages.finetune", ("seed", "student", "finetune"),
                       upstream="answers", input_key="finetune.input"),
-    "evaluate": Stage("crescent.evaluate", ("model", "engine", "eval"), upstream="finetune"),
+    "evaluate": Stage("crescent.stages.evaluate", ("model", "engine", "eval"), upstream="finetune"),
 }
 DONE = "DONE"
 STATS = "stats.json"

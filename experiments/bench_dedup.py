@@ -27,7 +27,7 @@ DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "gsm8
 
 
 def embed_questions(limit: int, path: Path) -> None:
-    from crescent.dedup import MiniLMEmbedder
+    from crescent.methods.dedup import MiniLMEmbedder
 
     texts = []
     for name in ("train.jsonl", "test.jsonl"):
@@ -86,7 +86,7 @@ def main() -> None:
 
     import faiss
 
-    from crescent.dedup import VectorIndex, decide
+    from crescent.methods.dedup import VectorIndex, decide
 
     faiss.omp_set_num_threads(args.threads)
     cache = Path(args.out).with_suffix(f".base{args.texts}.npy")

@@ -28,7 +28,7 @@ def bench_conversations(prompts: int) -> list[list[dict]]:
 
 def measure(engine_name: str, prompts: int, max_tokens: int) -> dict:
     from crescent.config import EngineConfig, ModelConfig, SamplingConfig
-    from crescent.engines import make_engine
+    from crescent.infra.engines import make_engine
 
     started = time.perf_counter()
     engine = make_engine(EngineConfig(name=engine_name, batch_size=prompts), ModelConfig())

@@ -34,9 +34,9 @@ def served(prompts: int, max_tokens: int, log: Path) -> list[dict]:
     from bench_engines import bench_conversations  # beside this script
 
     from crescent.config import EngineConfig, ModelConfig, SamplingConfig
-    from crescent.engines import make_engine
-    from crescent.models import resolve_model
-    from crescent.serve import LocalServer
+    from crescent.infra.engines import make_engine
+    from crescent.infra.models import resolve_model
+    from crescent.infra.serve import LocalServer
 
     conversations = bench_conversations(prompts)
     sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=max_tokens)

@@ -134,7 +134,7 @@ def variants(which: list[str], texts: list[str]):
     measured; `config` is the dedup config it corresponds to, if any. `self` pools each depth
     once, and its centred and uncentred rows both come from that."""
     from crescent.config import ModelConfig
-    from crescent.dedup import MinHashEmbedder, MiniLMEmbedder, SelfEmbedder
+    from crescent.methods.dedup import MinHashEmbedder, MiniLMEmbedder, SelfEmbedder
 
     if "minilm" in which:
         e = MiniLMEmbedder()

@@ -8,7 +8,7 @@ import time
 
 from omegaconf import OmegaConf
 
-from crescent.io import JsonlAppender, read_jsonl, write_json
+from crescent.infra.io import JsonlAppender, read_jsonl, write_json
 
 N = 10
 

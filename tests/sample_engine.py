@@ -7,7 +7,7 @@ import json
 import sys
 
 from crescent.config import EngineConfig, ModelConfig, SamplingConfig
-from crescent.engines import make_engine
+from crescent.infra.engines import make_engine
 
 if __name__ == "__main__":
     engine_name, count, seed = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])

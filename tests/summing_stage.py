@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from crescent.io import read_jsonl, write_json
+from crescent.infra.io import read_jsonl, write_json
 
 
 def run(cfg, run_dir):

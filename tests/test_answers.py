@@ -9,11 +9,11 @@ import datasets
 import pytest
 from hydra import compose, initialize_config_dir
 
-from crescent import engines
+from crescent.infra import engines
 from crescent.__main__ import CONF_DIR
-from crescent.decontamination import Benchmarks
-from crescent.engines import Generation
-from crescent.io import CrescentError, read_json, read_jsonl
+from crescent.methods.decontamination import Benchmarks
+from crescent.infra.engines import Generation
+from crescent.infra.io import CrescentError, read_json, read_jsonl
 from tests.conftest import DATA, ROOT
 from tests.killing import kill_points, kill_then_finish, lines, whole_records
 
@@ -74,7 +74,7 @@ def test_benchmark_overlap_flags_copies_not_new_questions():
 def test_vote_funnel_outputs_and_resume(tmp_path, monkeypatch):
     scripted = ScriptedEngine()
     monkeypatch.setattr(engines, "make_engine", lambda *a: scripted)
-    from crescent import answers
+    from crescent.stages import answers
 
     cfg = _cfg(f"answers.input={_questions(tmp_path)}", "answers.chunk_size=2")
     out = answers.run(cfg, tmp_path)
@@ -112,7 +112,7 @@ def test_vote_funnel_outputs_and_resume(tmp_path, monkeypatch):
 
 def test_bad_input_is_named(tmp_path, monkeypatch):
     monkeypatch.setattr(engines, "make_engine", lambda *a: ScriptedEngine())
-    from crescent import answers
+    from crescent.stages import answers
 
     with pytest.raises(CrescentError, match="does not exist"):
         answers.run(_cfg(f"answers.input={tmp_path / 'nope.jsonl'}"), tmp_path)
@@ -158,7 +158,7 @@ def test_model_that_never_answers_keeps_nothing_and_says_so(tmp_path, monkeypatc
                     for _ in conversations]
 
     monkeypatch.setattr(engines, "make_engine", lambda *a: Mute())
-    from crescent import answers
+    from crescent.stages import answers
 
     out = answers.run(_cfg(f"answers.input={_questions(tmp_path)}"), tmp_path)
     stats = read_json(out / "stats.json")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from crescent.cleaning import clean_question
+from crescent.methods.cleaning import clean_question
 
 KEPT = [
     (

@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from crescent.config import DedupConfig, ModelConfig
-from crescent.dedup import SignatureIndex, VectorIndex, decide, make_embedder, shingles
-from crescent.io import CrescentError, read_jsonl
+from crescent.methods.dedup import SignatureIndex, VectorIndex, decide, make_embedder, shingles
+from crescent.infra.io import CrescentError, read_jsonl
 from tests.conftest import ROOT
 
 
@@ -163,7 +163,8 @@ def test_signature_index_matches_brute_force_and_grows():
 
 
 def test_questions_stage_runs_on_minhash(tmp_path, monkeypatch):
-    from crescent import engines, questions
+    from crescent.infra import engines
+    from crescent.stages import questions
     from tests.test_questions import SAME, ScriptedEngine, _cfg
 
     monkeypatch.setattr(engines, "make_engine", lambda *a: ScriptedEngine())
@@ -192,7 +193,7 @@ def tiny_model(tmp_path_factory) -> str:
     """A 2-layer random Llama with the embedded model's tokenizer, saved like a checkpoint."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from crescent.models import resolve_model
+    from crescent.infra.models import resolve_model
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,

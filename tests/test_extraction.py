@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from crescent.extraction import answers_equal, canonicality, extract_answer, strip_final_answer
-from crescent.io import CrescentError
+from crescent.methods.extraction import answers_equal, canonicality, extract_answer, strip_final_answer
+from crescent.infra.io import CrescentError
 
 MATH = [
     # explicit final-answer markers

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from crescent.extraction import answers_equal, extract_answer
+from crescent.methods.extraction import answers_equal, extract_answer
 from tests.conftest import DATA
 
 

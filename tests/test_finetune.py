@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from crescent.__main__ import CONF_DIR
-from crescent.finetune import (
+from crescent.stages.finetune import (
     IGNORE_INDEX,
     ResumableBatchSampler,
     collate,
@@ -21,7 +21,7 @@ from crescent.finetune import (
     lr_factor,
     pack,
 )
-from crescent.io import CrescentError, read_json, read_jsonl
+from crescent.infra.io import CrescentError, read_json, read_jsonl
 from tests.conftest import run_cli
 from tests.killing import kill_points, kill_then_finish, lines, whole_records
 
@@ -40,7 +40,7 @@ TWO_TURNS = [{"role": "system", "content": "Be brief."},
 def tokenizer():
     from transformers import AutoTokenizer
 
-    from crescent.models import resolve_model
+    from crescent.infra.models import resolve_model
 
     return AutoTokenizer.from_pretrained(resolve_model("smollm2-135m-instruct"))
 
@@ -287,7 +287,7 @@ def test_full_finetune_lowers_the_loss_and_saves_a_loadable_model(tmp_path):
 def test_lora_merges_into_a_plain_model_that_reloads(tmp_path):
     from safetensors.torch import load_file
 
-    from crescent.models import resolve_model
+    from crescent.infra.models import resolve_model
 
     result = run_cli(*TINY, "finetune=lora", "finetune.max_steps=2", "finetune.lr=1e-3",
                      "hydra.run.dir=run", cwd=tmp_path)

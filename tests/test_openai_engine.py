@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from crescent.io import read_json, read_jsonl
-from crescent.models import resolve_model
-from crescent.serve import LocalServer
+from crescent.infra.io import read_json, read_jsonl
+from crescent.infra.models import resolve_model
+from crescent.infra.serve import LocalServer
 from tests.conftest import DATA, ROOT
 
 pytestmark = pytest.mark.slow

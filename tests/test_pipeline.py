@@ -10,8 +10,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from crescent import pipeline
-from crescent.io import CrescentError, read_json, read_jsonl
-from crescent.tracking import Tracker
+from crescent.infra.io import CrescentError, read_json, read_jsonl
+from crescent.infra.tracking import Tracker
 from tests.conftest import ROOT
 
 
@@ -125,7 +125,7 @@ import sys
 from pathlib import Path
 from omegaconf import OmegaConf
 from crescent import pipeline
-from crescent.tracking import Tracker
+from crescent.infra.tracking import Tracker
 pipeline.STAGES["counting"] = pipeline.Stage("tests.counting_stage", ("n",))
 cfg = OmegaConf.create({"stages": ["counting"], "n": 20, "cache_dir": sys.argv[2]})
 pipeline.run_pipeline(cfg, Path(sys.argv[1]), Tracker())
@@ -180,7 +180,7 @@ def test_explicit_input_is_keyed_by_content(tmp_path):
 
 def test_provenance_names_versions_model_files_and_template(tmp_path):
     from crescent.config import Config
-    from crescent.provenance import provenance
+    from crescent.infra.provenance import provenance
 
     model = tmp_path / "model"
     model.mkdir()

@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from crescent import engines
+from crescent.infra import engines
 from crescent.__main__ import CONF_DIR
-from crescent.engines import Generation
-from crescent.io import read_json, read_jsonl
+from crescent.infra.engines import Generation
+from crescent.infra.io import read_json, read_jsonl
 from tests.killing import kill_points, kill_then_finish, lines, whole_records
 
 SAME = "Tom has 3 apples and buys 2 more. How many apples does he have now?"
@@ -38,7 +38,7 @@ def _cfg(*overrides):
 def test_rewrite_loop_is_bounded_and_shortfall_reported(tmp_path, monkeypatch):
     scripted = ScriptedEngine()
     monkeypatch.setattr(engines, "make_engine", lambda *a: scripted)
-    from crescent import questions
+    from crescent.stages import questions
 
     cfg = _cfg("questions.target=5", "questions.max_candidates=12", "questions.batch_size=4",
                "questions.max_rewrites=2")
@@ -58,7 +58,7 @@ def test_rewrite_loop_is_bounded_and_shortfall_reported(tmp_path, monkeypatch):
 
 def test_resume_redoes_a_line_torn_by_a_kill(tmp_path, monkeypatch):
     monkeypatch.setattr(engines, "make_engine", lambda *a: ScriptedEngine())
-    from crescent import questions
+    from crescent.stages import questions
 
     out = tmp_path / "questions"
     out.mkdir()
@@ -105,7 +105,7 @@ def test_kill_and_rerun_loses_and_duplicates_nothing(killed_and_rerun):
 
 @pytest.mark.slow
 def test_every_accepted_pair_is_below_threshold(killed_and_rerun):
-    # Recomputed independently of crescent.dedup: the packaged model, plain cosine.
+    # Recomputed independently of crescent.methods.dedup: the packaged model, plain cosine.
     import importlib.util
 
     from sentence_transformers import SentenceTransformer

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from crescent.io import read_json
+from crescent.infra.io import read_json
 
 COMMON = ["stages=[questions]", "questions.target=8", "questions.batch_size=12",
           "questions.max_candidates=48", "questions.sampling.max_tokens=64", "cache_dir=null",

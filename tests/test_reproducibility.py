@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from crescent.io import read_json
+from crescent.infra.io import read_json
 from tests.conftest import DATA
 
 SMALL = ["engine=hf", "questions.target=5", "questions.max_candidates=24", "questions.batch_size=8",

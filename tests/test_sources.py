@@ -9,9 +9,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from crescent.__main__ import CONF_DIR
-from crescent.io import CrescentError, read_json, read_jsonl
-from crescent.models import resolve_model
-from crescent.questions import make_source, pre_query_prompt
+from crescent.infra.io import CrescentError, read_json, read_jsonl
+from crescent.infra.models import resolve_model
+from crescent.stages.questions import make_source, pre_query_prompt
 from tests.conftest import DATA
 
 

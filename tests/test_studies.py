@@ -9,7 +9,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from crescent.__main__ import CONF_DIR
-from crescent.io import read_json
+from crescent.infra.io import read_json
 from tests.conftest import DATA, ROOT
 
 STUDIES = sorted(p.stem for p in (Path(CONF_DIR) / "experiment").glob("*.yaml"))

@@ -6,8 +6,8 @@ from __future__ import annotations
 from omegaconf import OmegaConf
 
 from crescent.config import Config
-from crescent.io import write_json
-from crescent.tracking import Tracker, make_tracker
+from crescent.infra.io import write_json
+from crescent.infra.tracking import Tracker, make_tracker
 
 
 def _cfg(logger: str, group: str = "sweep"):

@@ -7,8 +7,8 @@ from dataclasses import replace
 import pytest
 
 from crescent.config import VotingConfig
-from crescent.io import CrescentError
-from crescent.voting import group_answers, vote
+from crescent.infra.io import CrescentError
+from crescent.methods.voting import group_answers, vote
 
 CFG = VotingConfig(k=4, min_agreement=0.5, min_votes=2, tie_break="drop", representative="first")
 

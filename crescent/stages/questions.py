@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from crescent.cleaning import clean_question
-from crescent.io import CrescentError, JsonlAppender, numbered_jsonl, resume_jsonl, write_json
+from crescent.methods.cleaning import clean_question
+from crescent.infra.io import CrescentError, JsonlAppender, numbered_jsonl, resume_jsonl, write_json
 
 QUESTIONS = "questions.jsonl"
 REJECTED = "rejected.jsonl"
@@ -29,8 +29,8 @@ REJECTED = "rejected.jsonl"
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     from tqdm import tqdm
 
-    from crescent.dedup import decide, make_embedder
-    from crescent.engines import derive_seed, make_engine
+    from crescent.methods.dedup import decide, make_embedder
+    from crescent.infra.engines import derive_seed, make_engine
 
     out = Path(run_dir) / "questions"
     qcfg, domain = cfg.questions, cfg.domain
@@ -152,7 +152,7 @@ def make_source(cfg: DictConfig):
         bait = [{"role": "user", "content": domain.bait_prompt}]
         return lambda count, drawn: ([bait] * count, [])
     if source == "magpie":
-        from crescent.models import resolve_model
+        from crescent.infra.models import resolve_model
 
         prompt = pre_query_prompt(resolve_model(cfg.model.name), domain.magpie_system)
         return lambda count, drawn: ([], [prompt] * count)

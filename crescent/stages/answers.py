@@ -16,7 +16,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from crescent.io import (CrescentError, JsonlAppender, atomic_write_text, numbered_jsonl,
+from crescent.infra.io import (CrescentError, JsonlAppender, atomic_write_text, numbered_jsonl,
                          read_jsonl, resume_jsonl, write_json)
 
 SAMPLES = "samples.jsonl"
@@ -25,10 +25,10 @@ SAMPLES = "samples.jsonl"
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     from tqdm import tqdm
 
-    from crescent.decontamination import Benchmarks
-    from crescent.engines import derive_seed, make_engine
-    from crescent.extraction import extract_answer
-    from crescent.voting import vote
+    from crescent.methods.decontamination import Benchmarks
+    from crescent.infra.engines import derive_seed, make_engine
+    from crescent.methods.extraction import extract_answer
+    from crescent.methods.voting import vote
 
     out = Path(run_dir) / "answers"
     acfg, domain, k = cfg.answers, cfg.domain, cfg.voting.k
@@ -132,7 +132,7 @@ def load_questions(path: Path) -> list[dict]:
 
 def training_response(record: dict, domain: DictConfig) -> str:
     """The representative chain of thought, ending in exactly one clean final-answer line."""
-    from crescent.extraction import strip_final_answer
+    from crescent.methods.extraction import strip_final_answer
 
     body = strip_final_answer(record["samples"][record["representative"]]).rstrip()
     return f"{body}\n{domain.final_answer_line.format(answer=record['answer'])}".lstrip()

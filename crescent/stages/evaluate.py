@@ -9,7 +9,7 @@
   metrics.json                  {label: {task: {metric: value}}}
   table.md                      the comparison printed at the end, with deltas against `base`
 
-Each model is scored in its own process (`python -m crescent.evaluate <spec.json>`): vLLM does
+Each model is scored in its own process (`python -m crescent.stages.evaluate <spec.json>`): vLLM does
 not reliably free memory in-process, and a label already scored survives a crash of the next.
 """
 
@@ -28,9 +28,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from crescent.io import CrescentError, atomic_write_text, read_json, write_json
+from crescent.infra.io import CrescentError, atomic_write_text, read_json, write_json
 
-TASKS_SRC = Path(__file__).resolve().parent / "tasks"
+TASKS_SRC = Path(__file__).resolve().parents[1] / "tasks"
 SHIPPED_DATA_DIR = "../shared/data"  # where the shipped YAMLs' data_files point
 RESULTS = "results.json"
 SPEC = "spec.json"
@@ -122,7 +122,7 @@ def uses_stock_tasks(tasks: list[str], tasks_dir: Path) -> bool:
 def models_to_score(cfg: DictConfig, run_dir: Path) -> dict[str, str]:
     """label -> loadable model path: `eval.models` if given, else `base` (the student, the
     model that fine-tuning starts from) and `finetuned` (this run's finetune/model, if any)."""
-    from crescent.models import resolve_model
+    from crescent.infra.models import resolve_model
 
     if cfg.eval.models:
         models = {}
@@ -145,7 +145,7 @@ def lm_eval_spec(
     cfg: DictConfig, label: str, model: str, tasks: list[str], tasks_dir: Path, label_dir: Path
 ) -> dict:
     """Everything the child process passes to `lm_eval.simple_evaluate`, from the engine config."""
-    from crescent.engines import resolve_dtype
+    from crescent.infra.engines import resolve_dtype
 
     engine = cfg.engine
     # A base model loaded by name keeps the student's revision; local dirs have none.
@@ -176,7 +176,7 @@ def lm_eval_spec(
         if engine.data_parallel_size > 1:  # lm-eval runs the replicas on Ray itself
             model_args["data_parallel_size"] = engine.data_parallel_size
         if not torch.cuda.is_available():
-            # The same CPU settings as crescent.engines.VLLMEngine (see the reasons there):
+            # The same CPU settings as crescent.infra.engines.VLLMEngine (see the reasons there):
             # a bounded KV cache, one process, the single-process executor.
             env = {
                 "VLLM_CPU_KVCACHE_SPACE": str(engine.cpu_kvcache_gib),
@@ -243,10 +243,10 @@ def _score_in_subprocess(label: str, label_dir: Path) -> None:
     (label_dir / ERROR).unlink(missing_ok=True)
     env = dict(os.environ)
     # The child imports this package from where the parent did, installed or not.
-    package_root = str(Path(__file__).resolve().parent.parent)
+    package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     proc = subprocess.run(
-        [sys.executable, "-m", "crescent.evaluate", str(label_dir / SPEC)],
+        [sys.executable, "-m", "crescent.stages.evaluate", str(label_dir / SPEC)],
         env=env,
         check=False,
     )
@@ -269,7 +269,7 @@ def score(spec: dict) -> None:
     for key, value in spec["env"].items():
         os.environ.setdefault(key, value)
     if spec["model"] == "vllm":
-        from crescent.engines import answer_vllm_version_lookup
+        from crescent.infra.engines import answer_vllm_version_lookup
 
         answer_vllm_version_lookup()
     import lm_eval
@@ -335,7 +335,7 @@ def _die_with_parent() -> None:
 def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m crescent.evaluate <spec.json>", file=sys.stderr)
+        print("usage: python -m crescent.stages.evaluate <spec.json>", file=sys.stderr)
         sys.exit(2)
     _die_with_parent()
     spec_path = Path(argv[0])

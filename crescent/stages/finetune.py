@@ -35,7 +35,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from crescent.io import (CrescentError, JsonlAppender, atomic_write_text, numbered_jsonl,
+from crescent.infra.io import (CrescentError, JsonlAppender, atomic_write_text, numbered_jsonl,
                          read_jsonl, resume_jsonl, write_json)
 
 IGNORE_INDEX = -100  # label of tokens outside the loss (the value transformers ignores)
@@ -644,8 +644,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     from lightning.pytorch.callbacks import ModelCheckpoint
     from transformers import AutoTokenizer
 
-    from crescent.engines import resolve_dtype
-    from crescent.models import resolve_model
+    from crescent.infra.engines import resolve_dtype
+    from crescent.infra.models import resolve_model
 
     conversations = load_conversations(input_path)
     if f.max_examples is not None:
@@ -770,13 +770,13 @@ def save_model(model, tokenizer, target: Path, mode: str, dtype) -> None:
 
 def _make_logger(cfg: DictConfig, run_dir: Path):
     """Lightning's WandbLogger on the job's W&B run (same id file, project and group as
-    crescent.tracking), so the training curves land beside the stage stats."""
+    crescent.infra.tracking), so the training curves land beside the stage stats."""
     if cfg.logger.name != "wandb":
         return None
     os.environ.setdefault("WANDB_SILENT", "true")
     from lightning.pytorch.loggers import WandbLogger
 
-    from crescent.tracking import run_group, run_id
+    from crescent.infra.tracking import run_group, run_id
 
     return WandbLogger(project=cfg.logger.project, id=run_id(run_dir), name=run_dir.name,
                        save_dir=str(run_dir), mode=cfg.logger.mode, group=run_group(cfg),

@@ -9,7 +9,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from crescent.io import atomic_write_text, read_json
+from crescent.infra.io import atomic_write_text, read_json
 
 
 class Tracker:
