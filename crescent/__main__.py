@@ -20,8 +20,8 @@ register_configs()
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     # Heavy modules load here, after Hydra has handled --help and --cfg.
-    from crescent.pipeline import run_pipeline
     from crescent.infra.tracking import make_tracker
+    from crescent.pipeline import run_pipeline
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)

@@ -54,8 +54,8 @@ def run_ours(sft: Path, work: Path, args) -> dict:
     from hydra import compose, initialize_config_dir
 
     from crescent.__main__ import CONF_DIR
-    from crescent.stages.finetune import run
     from crescent.infra.io import read_json, read_jsonl
+    from crescent.stages.finetune import run
 
     overrides = [
         "stages=[finetune]", f"finetune.input={sft}", "logger=none", "seed=0",
@@ -84,8 +84,8 @@ def run_trl(sft: Path, work: Path, args) -> dict:
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import SFTConfig, SFTTrainer
 
-    from crescent.stages.finetune import IGNORE_INDEX, encode_conversation, load_conversations
     from crescent.infra.models import resolve_model
+    from crescent.stages.finetune import IGNORE_INDEX, encode_conversation, load_conversations
 
     path = resolve_model("smollm2-135m-instruct")
     tokenizer = AutoTokenizer.from_pretrained(path)

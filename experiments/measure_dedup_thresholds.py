@@ -38,6 +38,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from crescent.config import DedupConfig  # noqa: E402
+
 DATA = ROOT.parent / "shared" / "data" / "gsm8k"
 
 NOT_NAMES = {  # always capitalised in GSM8K, but not people

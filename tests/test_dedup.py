@@ -8,8 +8,8 @@ import pytest
 import yaml
 
 from crescent.config import DedupConfig, ModelConfig
-from crescent.methods.dedup import SignatureIndex, VectorIndex, decide, make_embedder, shingles
 from crescent.infra.io import CrescentError, read_jsonl
+from crescent.methods.dedup import SignatureIndex, VectorIndex, decide, make_embedder, shingles
 from tests.conftest import ROOT
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from crescent.stages import evaluate
 from crescent.__main__ import CONF_DIR
 from crescent.infra.io import CrescentError, read_json, write_json
+from crescent.stages import evaluate
 from crescent.tasks import utils as task_utils
 from tests.conftest import DATA, ROOT
 

@@ -4,8 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from crescent.methods.extraction import answers_equal, canonicality, extract_answer, strip_final_answer
 from crescent.infra.io import CrescentError
+from crescent.methods.extraction import (
+    answers_equal,
+    canonicality,
+    extract_answer,
+    strip_final_answer,
+)
 
 MATH = [
     # explicit final-answer markers

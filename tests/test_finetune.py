@@ -10,6 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from crescent.__main__ import CONF_DIR
+from crescent.infra.io import CrescentError, read_json, read_jsonl
 from crescent.stages.finetune import (
     IGNORE_INDEX,
     ResumableBatchSampler,
@@ -21,7 +22,6 @@ from crescent.stages.finetune import (
     lr_factor,
     pack,
 )
-from crescent.infra.io import CrescentError, read_json, read_jsonl
 from tests.conftest import run_cli
 from tests.killing import kill_points, kill_then_finish, lines, whole_records
 

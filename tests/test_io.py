@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from crescent.infra.io import CrescentError, JsonlAppender, atomic_write_text, read_jsonl, resume_jsonl
+from crescent.infra.io import (
+    CrescentError,
+    JsonlAppender,
+    atomic_write_text,
+    read_jsonl,
+    resume_jsonl,
+)
 
 
 def test_appender_drops_a_torn_last_line_and_keeps_the_rest(tmp_path):

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from crescent.infra import engines
 from crescent.__main__ import CONF_DIR
+from crescent.infra import engines
 from crescent.infra.engines import Generation
 from crescent.infra.io import read_json, read_jsonl
 from tests.killing import kill_points, kill_then_finish, lines, whole_records

@@ -13,8 +13,8 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from crescent.methods.extraction import answers_equal, canonicality
 from crescent.infra.io import CrescentError
+from crescent.methods.extraction import answers_equal, canonicality
 
 TIE_BREAKS = ("drop", "seeded")
 REPRESENTATIVES = ("first", "shortest", "canonical")

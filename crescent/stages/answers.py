@@ -16,8 +16,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from crescent.infra.io import (CrescentError, JsonlAppender, atomic_write_text, numbered_jsonl,
-                         read_jsonl, resume_jsonl, write_json)
+from crescent.infra.io import (
+    CrescentError,
+    JsonlAppender,
+    atomic_write_text,
+    numbered_jsonl,
+    read_jsonl,
+    resume_jsonl,
+    write_json,
+)
 
 SAMPLES = "samples.jsonl"
 
@@ -25,8 +32,8 @@ SAMPLES = "samples.jsonl"
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     from tqdm import tqdm
 
-    from crescent.methods.decontamination import Benchmarks
     from crescent.infra.engines import derive_seed, make_engine
+    from crescent.methods.decontamination import Benchmarks
     from crescent.methods.extraction import extract_answer
     from crescent.methods.voting import vote
 

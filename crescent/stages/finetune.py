@@ -35,8 +35,15 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from crescent.infra.io import (CrescentError, JsonlAppender, atomic_write_text, numbered_jsonl,
-                         read_jsonl, resume_jsonl, write_json)
+from crescent.infra.io import (
+    CrescentError,
+    JsonlAppender,
+    atomic_write_text,
+    numbered_jsonl,
+    read_jsonl,
+    resume_jsonl,
+    write_json,
+)
 
 IGNORE_INDEX = -100  # label of tokens outside the loss (the value transformers ignores)
 MODEL_DIR = "model"

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from crescent.methods.cleaning import clean_question
 from crescent.infra.io import CrescentError, JsonlAppender, numbered_jsonl, resume_jsonl, write_json
+from crescent.methods.cleaning import clean_question
 
 QUESTIONS = "questions.jsonl"
 REJECTED = "rejected.jsonl"
@@ -29,8 +29,8 @@ REJECTED = "rejected.jsonl"
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     from tqdm import tqdm
 
-    from crescent.methods.dedup import decide, make_embedder
     from crescent.infra.engines import derive_seed, make_engine
+    from crescent.methods.dedup import decide, make_embedder
 
     out = Path(run_dir) / "questions"
     qcfg, domain = cfg.questions, cfg.domain
