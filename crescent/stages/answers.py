@@ -30,70 +30,104 @@ SAMPLES = "samples.jsonl"
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
-    from tqdm import tqdm
-
-    from crescent.infra.engines import derive_seed, make_engine
     from crescent.methods.decontamination import Benchmarks
-    from crescent.methods.extraction import extract_answer
-    from crescent.methods.voting import vote
 
     out = Path(run_dir) / "answers"
-    acfg, domain, k = cfg.answers, cfg.domain, cfg.voting.k
+    acfg = cfg.answers
     questions = load_questions(Path(acfg.input) if acfg.input else
                                Path(run_dir) / "questions" / "questions.jsonl")
+    todo = _unanswered(out, questions)
+    benchmarks = Benchmarks([Path(cfg.eval.data_dir) / p for p in acfg.decontaminate], acfg.ngram)
+    started = time.time()
+    with JsonlAppender(out / SAMPLES) as log, _progress(questions, todo) as bar:
+        clean = _screen(todo, benchmarks, acfg.max_overlap, log, bar)
+        tokens = _answer_and_vote(cfg, clean, log, bar)
+    records = _in_input_order(read_jsonl(out / SAMPLES), questions)
+    kept = write_datasets(out, records, cfg.domain)
+    stats = _stats(cfg, questions, records, kept, tokens, len(questions) - len(todo),
+                   new_samples=cfg.voting.k * len(clean), wall=time.time() - started)
+    if not kept:
+        print(f"crescent: answers: none of {len(questions)} questions kept "
+              f"(dropped: {stats['dropped'] or 'none'}, contaminated: {stats['contaminated']}); "
+              f"sft.jsonl is empty", flush=True)
+    write_card(out, cfg, stats)
+    write_json(out / "stats.json", stats)
+    return out
+
+
+def _unanswered(out: Path, questions: list[dict]) -> list[dict]:
+    """The questions the sample log does not hold yet."""
     done = {r["id"] for r in resume_jsonl(out / SAMPLES)}
     if done - {q["id"] for q in questions}:
         raise CrescentError(f"{out / SAMPLES} holds answers to questions that are not in the "
                             f"input: it was started from another questions file")
-    todo = [q for q in questions if q["id"] not in done]
-    benchmarks = Benchmarks([Path(cfg.eval.data_dir) / p for p in acfg.decontaminate], acfg.ngram)
+    return [q for q in questions if q["id"] not in done]
 
-    tokens, started, engine = Counter(), time.time(), None
-    bar = tqdm(total=len(questions), initial=len(questions) - len(todo), desc="answers",
-               unit="q", dynamic_ncols=True)
-    with JsonlAppender(out / SAMPLES) as log:
-        clean = []
-        for q in todo:
-            share, bench = benchmarks.worst(q["question"])
-            if share > acfg.max_overlap:
-                log.write({"id": q["id"], "question": q["question"], "reason": "contaminated",
-                           "overlap": round(share, 4), "benchmark": bench})
-                bar.update(1)
-            else:
-                clean.append(q)
-        for start in range(0, len(clean), acfg.chunk_size):
-            chunk = clean[start : start + acfg.chunk_size]
-            engine = engine or make_engine(cfg.engine, cfg.model)
-            conversations = [[{"role": "user",
-                               "content": domain.answer_prompt.format(question=q["question"])}]
-                             for q in chunk]
-            # Seeded by the first question's id, not by position: a resumed run draws the
-            # chunk it starts with independently of how much came before.
-            gens = engine.chat(conversations, acfg.sampling, n=k,
-                               seed=derive_seed(cfg.seed, "answers", chunk[0]["id"]))
-            for q, gen in zip(chunk, gens):
-                extracted = [extract_answer(t, domain.answer_type) for t in gen.texts]
-                result = vote(extracted, gen.texts, cfg.voting,
-                              seed=derive_seed(cfg.seed, "vote", q["id"]))
-                log.write({"id": q["id"], "question": q["question"], "reason": result.reason,
-                           "answer": result.answer, "votes": result.votes,
-                           "agreement": round(result.agreement, 4),
-                           "representative": result.representative,
-                           "samples": gen.texts, "extracted": extracted,
-                           "completion_tokens": gen.completion_tokens})
-                tokens["prompt"] += gen.prompt_tokens
-                tokens["completion"] += gen.total_tokens
-            bar.update(len(chunk))
-    bar.close()
 
-    records = list(read_jsonl(out / SAMPLES))
+def _progress(questions: list[dict], todo: list[dict]):
+    from tqdm import tqdm
+
+    return tqdm(total=len(questions), initial=len(questions) - len(todo), desc="answers",
+                unit="q", dynamic_ncols=True)
+
+
+def _screen(todo: list[dict], benchmarks, max_overlap: float, log: JsonlAppender,
+            bar) -> list[dict]:
+    """The questions that do not overlap a benchmark test set; the others logged as dropped."""
+    clean = []
+    for q in todo:
+        share, bench = benchmarks.worst(q["question"])
+        if share > max_overlap:
+            log.write({"id": q["id"], "question": q["question"], "reason": "contaminated",
+                       "overlap": round(share, 4), "benchmark": bench})
+            bar.update(1)
+        else:
+            clean.append(q)
+    return clean
+
+
+def _answer_and_vote(cfg: DictConfig, clean: list[dict], log: JsonlAppender, bar) -> Counter:
+    """k samples per question, chunk by chunk, each question's vote logged as it comes back."""
+    from crescent.infra.engines import derive_seed, make_engine
+    from crescent.methods.extraction import extract_answer
+    from crescent.methods.voting import vote
+
+    acfg, domain, tokens, engine = cfg.answers, cfg.domain, Counter(), None
+    for start in range(0, len(clean), acfg.chunk_size):
+        chunk = clean[start : start + acfg.chunk_size]
+        engine = engine or make_engine(cfg.engine, cfg.model)  # none when nothing is left
+        conversations = [[{"role": "user",
+                           "content": domain.answer_prompt.format(question=q["question"])}]
+                         for q in chunk]
+        # Seeded by the first question's id, not by position: a resumed run draws the chunk
+        # it starts with independently of how much came before.
+        gens = engine.chat(conversations, acfg.sampling, n=cfg.voting.k,
+                           seed=derive_seed(cfg.seed, "answers", chunk[0]["id"]))
+        for q, gen in zip(chunk, gens):
+            extracted = [extract_answer(t, domain.answer_type) for t in gen.texts]
+            result = vote(extracted, gen.texts, cfg.voting,
+                          seed=derive_seed(cfg.seed, "vote", q["id"]))
+            log.write({"id": q["id"], "question": q["question"], "reason": result.reason,
+                       "answer": result.answer, "votes": result.votes,
+                       "agreement": round(result.agreement, 4),
+                       "representative": result.representative,
+                       "samples": gen.texts, "extracted": extracted,
+                       "completion_tokens": gen.completion_tokens})
+            tokens["prompt"] += gen.prompt_tokens
+            tokens["completion"] += gen.total_tokens
+        bar.update(len(chunk))
+    return tokens
+
+
+def _in_input_order(records, questions: list[dict]) -> list[dict]:
     position = {q["id"]: i for i, q in enumerate(questions)}
-    records.sort(key=lambda r: position[r["id"]])
-    kept = write_datasets(out, records, domain)
-    wall = time.time() - started
+    return sorted(records, key=lambda r: position[r["id"]])
+
+
+def _stats(cfg: DictConfig, questions: list[dict], records: list[dict], kept: list[dict],
+           tokens: Counter, resumed_with: int, new_samples: int, wall: float) -> dict:
     answered = [r for r in records if r["reason"] != "contaminated"]
-    new_samples = k * len(clean)
-    stats = {
+    return {
         "questions_in": len(questions),
         "contaminated": sum(r["reason"] == "contaminated" for r in records),
         "answered": len(answered),
@@ -104,18 +138,11 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         "yield": round(len(kept) / len(questions), 4) if questions else None,
         "mean_agreement_kept": _mean([r["agreement"] for r in kept]),
         "mean_agreement_answered": _mean([r["agreement"] for r in answered]),
-        "agreement_histogram": agreement_histogram(answered, k),
+        "agreement_histogram": agreement_histogram(answered, cfg.voting.k),
         "tokens": dict(tokens),  # this invocation's only; resumed_with says how much came before
-        "resumed_with": len(questions) - len(todo),
+        "resumed_with": resumed_with,
         "answers_per_s": round(new_samples / wall, 3) if new_samples else None,
     }
-    if not kept:
-        print(f"crescent: answers: none of {len(questions)} questions kept "
-              f"(dropped: {stats['dropped'] or 'none'}, contaminated: {stats['contaminated']}); "
-              f"sft.jsonl is empty", flush=True)
-    write_card(out, cfg, stats)
-    write_json(out / "stats.json", stats)
-    return out
 
 
 def load_questions(path: Path) -> list[dict]:

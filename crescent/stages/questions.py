@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter, defaultdict
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -26,123 +27,167 @@ QUESTIONS = "questions.jsonl"
 REJECTED = "rejected.jsonl"
 
 
-def run(cfg: DictConfig, run_dir: Path) -> Path:
-    from tqdm import tqdm
+@dataclass
+class _State:
+    """What the stage has decided so far; rebuilt from its two files on resume."""
 
-    from crescent.infra.engines import derive_seed, make_engine
-    from crescent.methods.dedup import decide, make_embedder
+    accepted: list[dict]
+    rejected: list[dict]
+    spent: int  # candidates generated: each ends in exactly one of the files
+    fresh_drawn: int  # candidates with round 0: which seed question comes next
+    resumed_with: int  # accepted before this invocation
+    pending: list[tuple[str, str, int]] = field(default_factory=list)  # (text, nearest, round)
+    tokens: Counter = field(default_factory=Counter)
+
+
+def run(cfg: DictConfig, run_dir: Path) -> Path:
+    from crescent.infra.engines import make_engine
+    from crescent.methods.dedup import make_embedder
 
     out = Path(run_dir) / "questions"
-    qcfg, domain = cfg.questions, cfg.domain
-    accepted, rejected = resume_jsonl(out / QUESTIONS), resume_jsonl(out / REJECTED)
-    spent = len(accepted) + len(rejected)  # every candidate ends in exactly one of the files
-    # Fresh candidates end there with round 0: their count says which seed question comes
-    # next after a resume.
-    fresh_drawn = sum(1 for r in accepted + rejected if r["round"] == 0)
-    resumed_with = len(accepted)
-
+    state = _resume(out)
     embedder = make_embedder(cfg.dedup, cfg.model)
-    index = None
-    if embedder is not None:
-        index = embedder.make_index()
-        if accepted:
-            index.add(embedder.embed([q["question"] for q in accepted]))
-
-    fresh_requests = make_source(cfg)
+    index = _rebuild_index(embedder, state.accepted)
     engine = make_engine(cfg.engine, cfg.model)
-    pending: list[tuple[str, str, int]] = []  # (candidate, its nearest question, next round)
-    tokens = Counter()
     started = time.time()
-    bar = tqdm(total=qcfg.target, initial=min(len(accepted), qcfg.target), desc="questions",
-               unit="q", dynamic_ncols=True)
+    _generate_until_done(cfg, out, state, engine, embedder, index)
+    stats = _stats(cfg.questions, state, index, time.time() - started)
+    if stats["stop_reason"] == "max_candidates":
+        print(f"crescent: questions: max_candidates={cfg.questions.max_candidates} spent with "
+              f"{stats['accepted']} of target={cfg.questions.target} accepted", flush=True)
+    write_json(out / "stats.json", stats)
+    return out
+
+
+def _resume(out: Path) -> _State:
+    accepted, rejected = resume_jsonl(out / QUESTIONS), resume_jsonl(out / REJECTED)
+    return _State(accepted, rejected, spent=len(accepted) + len(rejected),
+                  fresh_drawn=sum(1 for r in accepted + rejected if r["round"] == 0),
+                  resumed_with=len(accepted))
+
+
+def _rebuild_index(embedder, accepted: list[dict]):
+    if embedder is None:
+        return None
+    index = embedder.make_index()
+    if accepted:
+        index.add(embedder.embed([q["question"] for q in accepted]))
+    return index
+
+
+def _generate_until_done(cfg, out: Path, state: _State, engine, embedder, index) -> None:
+    """Rounds of one batch each until `target` questions are accepted or the budget is spent."""
+    from tqdm import tqdm
+
+    qcfg = cfg.questions
+    fresh_requests = make_source(cfg)
+    bar = tqdm(total=qcfg.target, initial=min(len(state.accepted), qcfg.target),
+               desc="questions", unit="q", dynamic_ncols=True)
     with JsonlAppender(out / QUESTIONS) as acc_out, JsonlAppender(out / REJECTED) as rej_out:
-        while len(accepted) < qcfg.target and spent < qcfg.max_candidates:
-            size = min(qcfg.batch_size, qcfg.max_candidates - spent)
-            rewrites, pending = pending[:size], pending[size:]
-            rounds = [r for _, _, r in rewrites] + [0] * (size - len(rewrites))
-            conversations = [
-                [{"role": "user",
-                  "content": domain.diversify_prompt.format(question=q, nearest=near)}]
-                for q, near, _ in rewrites
-            ]
-            fresh_chats, fresh_prompts = fresh_requests(size - len(rewrites), fresh_drawn)
-            fresh_drawn += size - len(rewrites)
-            # The seed depends only on how many candidates came before: a resumed run
-            # draws the same way a run that was never interrupted would.
-            seed = derive_seed(cfg.seed, "questions", spent)
-            gens = engine.chat(conversations + fresh_chats, qcfg.sampling, n=1, seed=seed)
-            if fresh_prompts:
-                gens += engine.complete(fresh_prompts, qcfg.sampling, n=1,
-                                        seed=derive_seed(seed, "raw"))
-            spent += size
-            tokens["prompt"] += sum(g.prompt_tokens for g in gens)
-            tokens["completion"] += sum(g.total_tokens for g in gens)
-
-            batch = []  # (candidate, raw, round)
-            for gen, rnd in zip(gens, rounds):
-                text, reason = clean_question(gen.texts[0], domain.max_question_chars)
-                if reason:
-                    rej_out.write({"question": text, "raw": gen.texts[0], "round": rnd,
-                                   "reason": reason, "nearest_id": None, "similarity": None})
-                    rejected.append({"reason": reason, "round": rnd})
-                else:
-                    batch.append((text, gen.texts[0], rnd))
-            if not batch:
-                continue
-
-            if index is None:
-                decisions = [None] * len(batch)
-                vectors = None
-            else:
-                vectors = embedder.embed([t for t, _, _ in batch])
-                decisions = decide(vectors, index, cfg.dedup.threshold)
-            ids_in_batch: dict[int, int] = {}
-            for i, ((text, raw, rnd), d) in enumerate(zip(batch, decisions)):
-                nearest_id = None if d is None else (
-                    ids_in_batch.get(d.nearest_in_batch) if d.nearest_in_batch is not None
-                    else d.nearest_row)
-                similarity = None if d is None or d.similarity is None else round(d.similarity, 4)
-                if (d is None or d.accepted) and len(accepted) < qcfg.target:
-                    record = {"id": len(accepted), "question": text, "round": rnd,
-                              "nearest_id": nearest_id, "similarity": similarity}
-                    acc_out.write(record)
-                    accepted.append(record)
-                    ids_in_batch[i] = record["id"]
-                    bar.update(1)
-                    continue
-                reason = "over_target" if d is None or d.accepted else "duplicate"
-                rej_out.write({"question": text, "raw": raw, "round": rnd, "reason": reason,
-                               "nearest_id": nearest_id, "similarity": similarity})
-                rejected.append({"reason": reason, "round": rnd})
-                if reason == "duplicate" and rnd < qcfg.max_rewrites and nearest_id is not None:
-                    pending.append((text, accepted[nearest_id]["question"], rnd + 1))
-            if index is not None:  # rows stay equal to ids: accepted in batch order
-                index.add(vectors[list(ids_in_batch)])
+        while len(state.accepted) < qcfg.target and state.spent < qcfg.max_candidates:
+            texts, rounds = _generate_round(cfg, state, engine, fresh_requests)
+            batch = _clean(texts, rounds, cfg.domain.max_question_chars, state, rej_out)
+            if batch:
+                bar.update(_decide(cfg, batch, state, embedder, index, acc_out, rej_out))
     bar.close()
 
-    stop = "target" if len(accepted) >= qcfg.target else "max_candidates"
-    if stop == "max_candidates":
-        print(f"crescent: questions: max_candidates={qcfg.max_candidates} spent with "
-              f"{len(accepted)} of target={qcfg.target} accepted", flush=True)
-    wall = time.time() - started
-    stats = {
+
+def _generate_round(cfg, state: _State, engine, fresh_requests) -> tuple[list[str], list[int]]:
+    """One batch: pending rewrites first, fresh candidates for the rest; raw texts, rounds."""
+    from crescent.infra.engines import derive_seed
+
+    qcfg = cfg.questions
+    size = min(qcfg.batch_size, qcfg.max_candidates - state.spent)
+    rewrites, state.pending = state.pending[:size], state.pending[size:]
+    rounds = [r for _, _, r in rewrites] + [0] * (size - len(rewrites))
+    conversations = [
+        [{"role": "user",
+          "content": cfg.domain.diversify_prompt.format(question=q, nearest=near)}]
+        for q, near, _ in rewrites
+    ]
+    fresh_chats, fresh_prompts = fresh_requests(size - len(rewrites), state.fresh_drawn)
+    state.fresh_drawn += size - len(rewrites)
+    # The seed depends only on how many candidates came before: a resumed run draws the same
+    # way a run that was never interrupted would.
+    seed = derive_seed(cfg.seed, "questions", state.spent)
+    gens = engine.chat(conversations + fresh_chats, qcfg.sampling, n=1, seed=seed)
+    if fresh_prompts:
+        gens += engine.complete(fresh_prompts, qcfg.sampling, n=1, seed=derive_seed(seed, "raw"))
+    state.spent += size
+    state.tokens["prompt"] += sum(g.prompt_tokens for g in gens)
+    state.tokens["completion"] += sum(g.total_tokens for g in gens)
+    return [g.texts[0] for g in gens], rounds
+
+
+def _clean(texts: list[str], rounds: list[int], max_chars: int, state: _State,
+           rej_out: JsonlAppender) -> list[tuple[str, str, int]]:
+    """(candidate, raw, round) of the texts that clean into a question; the rest rejected."""
+    batch = []
+    for raw, rnd in zip(texts, rounds):
+        text, reason = clean_question(raw, max_chars)
+        if reason:
+            rej_out.write({"question": text, "raw": raw, "round": rnd, "reason": reason,
+                           "nearest_id": None, "similarity": None})
+            state.rejected.append({"reason": reason, "round": rnd})
+        else:
+            batch.append((text, raw, rnd))
+    return batch
+
+
+def _decide(cfg, batch: list[tuple[str, str, int]], state: _State, embedder, index,
+            acc_out: JsonlAppender, rej_out: JsonlAppender) -> int:
+    """Accept or reject each candidate against the index and the batch, in batch order;
+    queue a rewrite for each duplicate. Returns how many were accepted."""
+    from crescent.methods.dedup import decide
+
+    qcfg = cfg.questions
+    if index is None:
+        decisions, vectors = [None] * len(batch), None
+    else:
+        vectors = embedder.embed([t for t, _, _ in batch])
+        decisions = decide(vectors, index, cfg.dedup.threshold)
+    ids_in_batch: dict[int, int] = {}
+    for i, ((text, raw, rnd), d) in enumerate(zip(batch, decisions)):
+        nearest_id = None if d is None else (
+            ids_in_batch.get(d.nearest_in_batch) if d.nearest_in_batch is not None
+            else d.nearest_row)
+        similarity = None if d is None or d.similarity is None else round(d.similarity, 4)
+        if (d is None or d.accepted) and len(state.accepted) < qcfg.target:
+            record = {"id": len(state.accepted), "question": text, "round": rnd,
+                      "nearest_id": nearest_id, "similarity": similarity}
+            acc_out.write(record)
+            state.accepted.append(record)
+            ids_in_batch[i] = record["id"]
+            continue
+        reason = "over_target" if d is None or d.accepted else "duplicate"
+        rej_out.write({"question": text, "raw": raw, "round": rnd, "reason": reason,
+                       "nearest_id": nearest_id, "similarity": similarity})
+        state.rejected.append({"reason": reason, "round": rnd})
+        if reason == "duplicate" and rnd < qcfg.max_rewrites and nearest_id is not None:
+            state.pending.append((text, state.accepted[nearest_id]["question"], rnd + 1))
+    if index is not None:  # rows stay equal to ids: accepted in batch order
+        index.add(vectors[list(ids_in_batch)])
+    return len(ids_in_batch)
+
+
+def _stats(qcfg, state: _State, index, wall: float) -> dict:
+    accepted, rejected = state.accepted, state.rejected
+    return {
         "source": qcfg.source,
-        "stop_reason": stop,
+        "stop_reason": "target" if len(accepted) >= qcfg.target else "max_candidates",
         "target": qcfg.target,
         "accepted": len(accepted),
         "shortfall": max(0, qcfg.target - len(accepted)),
-        "candidates": spent,
+        "candidates": state.spent,
         "rejected": dict(Counter(r["reason"] for r in rejected)),
         "rewrites_generated": sum(1 for r in rejected + accepted if r["round"] > 0),
         "rewrites_accepted": sum(1 for r in accepted if r["round"] > 0),
         "acceptance_rate_by_round": _acceptance_by_round(accepted, rejected),
-        "tokens": dict(tokens),
-        "resumed_with": resumed_with,  # accepted before this invocation; tokens count only its own
-        "questions_per_s": round((len(accepted) - resumed_with) / wall, 3),
+        "tokens": dict(state.tokens),  # this invocation's only
+        "resumed_with": state.resumed_with,
+        "questions_per_s": round((len(accepted) - state.resumed_with) / wall, 3),
         "diversity": diversity([q["question"] for q in accepted], index),
     }
-    write_json(out / "stats.json", stats)
-    return out
 
 
 def make_source(cfg: DictConfig):
