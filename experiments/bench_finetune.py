@@ -85,7 +85,7 @@ def run_trl(sft: Path, work: Path, args) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from crescent.infra.models import resolve_model
-    from crescent.stages.finetune import IGNORE_INDEX, encode_conversation, load_conversations
+    from crescent.methods.sft_data import IGNORE_INDEX, encode_conversation, load_conversations
 
     path = resolve_model("smollm2-135m-instruct")
     tokenizer = AutoTokenizer.from_pretrained(path)

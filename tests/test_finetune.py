@@ -11,15 +11,12 @@ from hydra import compose, initialize_config_dir
 
 from crescent.__main__ import CONF_DIR
 from crescent.infra.io import CrescentError, read_json, read_jsonl
-from crescent.stages.finetune import (
+from crescent.methods.sft_data import (
     IGNORE_INDEX,
     ResumableBatchSampler,
     collate,
     encode_conversation,
-    lightning_classes,
-    linear_cross_entropy,
     load_conversations,
-    lr_factor,
     pack,
 )
 from tests.conftest import run_cli
@@ -138,6 +135,8 @@ def test_schedule_matches_transformers_cosine_with_warmup():
     import torch
     from transformers import get_cosine_schedule_with_warmup
 
+    from crescent.methods.training import lr_factor
+
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
     ref = get_cosine_schedule_with_warmup(opt, num_warmup_steps=3, num_training_steps=20)
     for step in range(20):
@@ -151,6 +150,8 @@ def test_schedule_matches_transformers_cosine_with_warmup():
 
 def test_chunked_linear_cross_entropy_matches_the_plain_loss_and_its_gradients():
     import torch
+
+    from crescent.methods.training import linear_cross_entropy
 
     torch.manual_seed(0)
     hidden = torch.randn(37, 16, requires_grad=True)
@@ -186,10 +187,10 @@ def test_module_loss_is_the_same_with_and_without_the_fused_head(tmp_path, mode)
     from omegaconf import OmegaConf
 
     from crescent.config import FinetuneConfig
+    from crescent.methods.training import SFTModule
 
     fcfg = OmegaConf.structured(FinetuneConfig(mode=mode, lora_dropout=0.0))
-    _, Module, _ = lightning_classes()
-    module = Module(fcfg, _tiny_llama(tmp_path / "m"), "float32", None)
+    module = SFTModule(fcfg, _tiny_llama(tmp_path / "m"), "float32", None)
     module.configure_model()
     assert module._fused_head
     rows = [{"input_ids": [1, 5, 9, 13, 2, 7], "labels": [IGNORE_INDEX] * 3 + [13, 2, 7]},

@@ -1,16 +1,13 @@
 """Finetune stage: Lightning SFT of the student on chat data, saved as a merged Hugging Face model.
 
-Data: every conversation is rendered with the student's own chat template and tokenised once;
-the loss is on assistant tokens only (each assistant turn's content and its end-of-turn token),
-found from the character spans the template gives each turn, so the mask is exact for any
-template that renders a conversation prefix by prefix. Batches are padded to their longest row;
-`packing` instead fills rows of `max_length` with several examples whose position ids restart,
-which transformers turns into a block-diagonal attention mask.
+Data (crescent.methods.sft_data): every conversation is rendered with the student's own chat
+template and tokenised once, with the loss on assistant tokens only; batches are padded to their
+longest row, or `packing` fills rows of `max_length` with several examples.
 
-Training: full fine-tuning or LoRA (peft, merged before saving), AdamW with warm-up and a
-cosine/linear decay, clipping, accumulation, optional gradient checkpointing. Precision,
-accelerator, devices, strategy and nodes are Lightning's, from the config, so the same
-experiment runs on this CPU and on a GPU cluster.
+Training (crescent.methods.training): full fine-tuning or LoRA (merged before saving), AdamW
+with warm-up and a cosine/linear decay; precision, accelerator, devices, strategy and nodes are
+Lightning's, from the config, so the same experiment runs on this CPU and on a GPU cluster.
+Lightning and torch are imported only once training starts.
 
 Resume: `checkpoints/last.ckpt` (trained weights, optimiser, scheduler, loop counters and the
 sampler's place in the epoch) is written atomically every `checkpoint_every_n_steps`; a re-run
@@ -20,680 +17,98 @@ are dropped on resume, so every step appears once) with the attempt that trained
 
 from __future__ import annotations
 
-import functools
-import gc
-import json
-import math
 import os
-import random
-import resource
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig
 
-from crescent.infra.io import (
-    CrescentError,
-    JsonlAppender,
-    atomic_write_text,
-    numbered_jsonl,
-    read_jsonl,
-    resume_jsonl,
-    write_json,
-)
+from crescent.infra.io import CrescentError, read_jsonl, write_json
+from crescent.methods.sft_data import load_conversations
 
-IGNORE_INDEX = -100  # label of tokens outside the loss (the value transformers ignores)
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
 LAST_CKPT = "last.ckpt"
 METRICS = "metrics.jsonl"
-ROLES = ("system", "user", "assistant")
-
-
-# --------------------------------------------------------------------------------------- data
-
-
-def load_conversations(path: Path) -> list[list[dict]]:
-    """Conversations from an sft.jsonl file or a `datasets` save_to_disk dir, checked."""
-    path = Path(path)
-    if path.is_dir():
-        return _from_datasets_dir(path)
-    if not path.is_file():
-        raise CrescentError(f"finetune.input: {path}: no such file or directory")
-    conversations = []
-    for lineno, obj in numbered_jsonl(path):
-        problem = _check_messages(obj)
-        if problem:
-            raise CrescentError(f"{path}:{lineno}: {problem}")
-        conversations.append(obj["messages"])
-    if not conversations:
-        raise CrescentError(f"finetune.input: {path}: no conversations")
-    return conversations
-
-
-def _from_datasets_dir(path: Path) -> list[list[dict]]:
-    from datasets import DatasetDict, load_from_disk
-
-    try:
-        ds = load_from_disk(str(path))
-    except FileNotFoundError:
-        raise CrescentError(f"finetune.input: {path}: not a datasets save_to_disk dir") from None
-    if isinstance(ds, DatasetDict):
-        if "train" not in ds:
-            raise CrescentError(f"finetune.input: {path}: DatasetDict without a 'train' split")
-        ds = ds["train"]
-    if "messages" not in ds.column_names:
-        raise CrescentError(f"finetune.input: {path}: no 'messages' column ({ds.column_names})")
-    conversations = []
-    for i, row in enumerate(ds):
-        problem = _check_messages(row)
-        if problem:
-            raise CrescentError(f"{path}: row {i}: {problem}")
-        conversations.append([{"role": m["role"], "content": m["content"]}
-                              for m in row["messages"]])
-    return conversations
-
-
-def _check_messages(obj: Any) -> str | None:
-    messages = obj.get("messages") if isinstance(obj, dict) else None
-    if not isinstance(messages, list) or not messages:
-        return "expected {\"messages\": [{\"role\": ..., \"content\": ...}, ...]}"
-    for m in messages:
-        if not isinstance(m, dict) or m.get("role") not in ROLES or not isinstance(
-            m.get("content"), str
-        ):
-            return f"bad message {json.dumps(m)[:80]} (role one of {ROLES}, content a string)"
-    if not any(m["role"] == "assistant" for m in messages):
-        return "no assistant message to train on"
-    return None
-
-
-def encode_conversation(tokenizer, messages: list[dict], max_length: int) -> dict | None:
-    """Token ids and labels of one conversation: labels are the ids on assistant tokens and
-    IGNORE_INDEX elsewhere. None when truncation to `max_length` leaves no assistant token.
-
-    Each assistant turn spans from the end of the prompt that asks for it (the template's
-    generation prompt) to the end of the conversation rendered through it; the template's text
-    after the end-of-turn token (SmolLM2's newline) is not the model's to predict.
-    """
-    text = tokenizer.apply_chat_template(messages, tokenize=False)
-    spans = []
-    for i, m in enumerate(messages):
-        if m["role"] != "assistant":
-            continue
-        before = (tokenizer.apply_chat_template(messages[:i], tokenize=False,
-                                                add_generation_prompt=True) if i else "")
-        through = tokenizer.apply_chat_template(messages[: i + 1], tokenize=False)
-        if not (text.startswith(through) and through.startswith(before)):
-            raise CrescentError(
-                "the student's chat template does not render a conversation prefix by prefix, "
-                "so the assistant tokens cannot be located"
-            )
-        spans.append((len(before), len(through)))
-    try:
-        enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    except NotImplementedError:
-        raise CrescentError("finetune needs a fast tokenizer (offset mapping)") from None
-    ids, offsets = list(enc["input_ids"]), enc["offset_mapping"]
-    labels = [IGNORE_INDEX] * len(ids)
-    eos = tokenizer.eos_token_id
-    for start, end in spans:
-        positions = [j for j, (s, _) in enumerate(offsets) if start <= s < end]
-        last_eos = max((k for k, j in enumerate(positions) if ids[j] == eos), default=None)
-        if last_eos is not None:
-            positions = positions[: last_eos + 1]
-        for j in positions:
-            labels[j] = ids[j]
-    ids, labels = ids[:max_length], labels[:max_length]
-    if all(label == IGNORE_INDEX for label in labels):
-        return None
-    return {"input_ids": ids, "labels": labels}
-
-
-def pack(examples: list[dict], max_length: int) -> list[dict]:
-    """Next-fit packing in the given order: rows of at most `max_length` tokens holding
-    whole examples, each with its own position ids from 0."""
-    rows: list[dict] = []
-    row = None
-    for ex in examples:
-        n = len(ex["input_ids"])
-        if row is None or len(row["input_ids"]) + n > max_length:
-            row = {"input_ids": [], "labels": [], "position_ids": []}
-            rows.append(row)
-        row["input_ids"] += ex["input_ids"]
-        row["labels"] += ex["labels"]
-        row["position_ids"] += list(range(n))
-    return rows
-
-
-def collate(features: list[dict], pad_id: int) -> dict:
-    """Pad a batch to its longest row. Packed rows (with position ids) get no attention mask:
-    transformers reads document boundaries from the position ids, and the padding forms a
-    document of its own after the real ones."""
-    import torch
-
-    width = max(len(f["input_ids"]) for f in features)
-    input_ids = torch.full((len(features), width), pad_id, dtype=torch.long)
-    labels = torch.full((len(features), width), IGNORE_INDEX, dtype=torch.long)
-    packed = "position_ids" in features[0]
-    extra = torch.zeros((len(features), width), dtype=torch.long)
-    for i, f in enumerate(features):
-        n = len(f["input_ids"])
-        input_ids[i, :n] = torch.tensor(f["input_ids"])
-        labels[i, :n] = torch.tensor(f["labels"])
-        if packed:
-            extra[i, :n] = torch.tensor(f["position_ids"])
-            extra[i, n:] = torch.arange(width - n)
-        else:
-            extra[i, :n] = 1
-    batch = {"input_ids": input_ids, "labels": labels,
-             "num_tokens": sum(len(f["input_ids"]) for f in features),
-             "num_loss_tokens": int((labels != IGNORE_INDEX).sum())}
-    batch["position_ids" if packed else "attention_mask"] = extra
-    return batch
-
-
-class ResumableBatchSampler:
-    """Batches of row indices, reshuffled every epoch from (seed, epoch) and sharded over ranks.
-
-    It remembers how many batches of the epoch it has handed out; Lightning stores that in the
-    checkpoint (`state_dict`) and a resumed run skips exactly those batches of that epoch.
-    """
-
-    def __init__(self, n: int, batch_size: int, shuffle: bool, seed: int,
-                 rank: int = 0, world_size: int = 1):
-        self.n, self.batch_size, self.shuffle, self.seed = n, batch_size, shuffle, seed
-        self.rank, self.world_size = rank, world_size
-        self.epoch = 0
-        self.consumed = 0
-        self._skip: tuple[int, int] = (0, 0)  # (epoch, batches) to skip once, after a resume
-
-    def _batches(self) -> list[list[int]]:
-        order = list(range(self.n))
-        if self.shuffle:
-            random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
-        batches = [order[i : i + self.batch_size] for i in range(0, self.n, self.batch_size)]
-        per_rank = len(batches) // self.world_size  # equal counts keep DDP ranks in step
-        return batches[self.rank :: self.world_size][:per_rank]
-
-    def __len__(self) -> int:
-        return math.ceil(self.n / self.batch_size) // self.world_size
-
-    def __iter__(self) -> Iterator[list[int]]:
-        batches = self._batches()
-        skip_epoch, skip = self._skip
-        start = skip if skip_epoch == self.epoch else 0
-        self._skip = (0, 0)
-        self.consumed = start
-        for batch in batches[start:]:
-            self.consumed += 1
-            yield batch
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "consumed": self.consumed}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.epoch = state["epoch"]
-        self._skip = (state["epoch"], state["consumed"])
-
-
-def lr_factor(step: int, warmup: int, total: int, kind: str, min_ratio: float = 0.0) -> float:
-    """Learning-rate multiplier at optimiser step `step` (0-based), as transformers' schedules:
-    linear warm-up from 0, then cosine or linear decay to `min_ratio` at `total`, or constant."""
-    if step < warmup:
-        return step / max(1, warmup)
-    if kind == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if kind == "cosine":
-        decay = 0.5 * (1.0 + math.cos(math.pi * progress))
-    elif kind == "linear":
-        decay = 1.0 - progress
-    else:
-        raise CrescentError(f"finetune.scheduler={kind!r}: expected cosine, linear or constant")
-    return min_ratio + (1.0 - min_ratio) * decay
-
-
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """`auto`: bf16-mixed on a GPU (16-mixed where bf16 is missing), 32-true on CPU."""
-    if precision != "auto":
-        return precision
-    import torch
-
-    if accelerator != "cpu" and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
-
-
-def load_dtype(precision: str) -> str:
-    """Weights are loaded in the dtype a `*-true` precision trains in; mixed precision keeps
-    float32 master weights."""
-    if precision.startswith("bf16-true"):
-        return "bfloat16"
-    if precision.startswith("16-true"):
-        return "float16"
-    return "float32"
-
-
-def fusable_head(model) -> bool:
-    """Whether the loss may run the LM head itself on the trained positions: a plain bias-free
-    linear head on a backbone, and no logit scaling or soft-capping between them."""
-    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") \
-        else model.config
-    for attr in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier",
-                 "lm_head_multiplier"):
-        if getattr(config, attr, None) not in (None, 1, 1.0):
-            return False
-    import torch
-
-    head = model.get_output_embeddings()
-    backbone = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    return (type(head) is torch.nn.Linear and head.bias is None
-            and isinstance(backbone, torch.nn.Module) and backbone is not model)
-
-
-def linear_cross_entropy(hidden, weight, targets, chunk_elements: int = 1 << 24):
-    """Sum over rows of cross-entropy(hidden @ weight.T, targets), never holding more than
-    `chunk_elements` logits: the gradients are computed chunk by chunk in the forward pass
-    (as TRL's and Liger's fused heads do), so the (tokens x vocab) logits of the whole batch,
-    their log-softmax and its gradient are never all in memory."""
-    import torch
-
-    chunk = max(1, chunk_elements // weight.shape[0])
-    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
-        return _linear_ce_function().apply(hidden, weight, targets, chunk)
-    total = hidden.new_zeros((), dtype=torch.float32)
-    for s in range(0, hidden.shape[0], chunk):
-        logits = (hidden[s : s + chunk] @ weight.T).float()
-        total += torch.nn.functional.cross_entropy(logits, targets[s : s + chunk],
-                                                   reduction="sum")
-    return total
-
-
-@functools.cache
-def _linear_ce_function():
-    import torch
-
-    class LinearCrossEntropy(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, hidden, weight, targets, chunk):
-            device = hidden.device.type
-            mm_dtype = (torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device)
-                        else weight.dtype)
-            with torch.autocast(device, enabled=False):
-                w = weight.to(mm_dtype)
-                grad_h = torch.empty_like(hidden) if hidden.requires_grad else None
-                grad_w = (torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
-                          if weight.requires_grad else None)
-                total = torch.zeros((), dtype=torch.float32, device=hidden.device)
-                for s in range(0, hidden.shape[0], chunk):
-                    h, t = hidden[s : s + chunk].to(mm_dtype), targets[s : s + chunk]
-                    logits = (h @ w.T).float()
-                    lse = torch.logsumexp(logits, dim=-1)
-                    total += (lse - logits.gather(1, t[:, None]).squeeze(1)).sum()
-                    g = logits.sub_(lse[:, None]).exp_()  # softmax, in place
-                    g[torch.arange(len(t), device=g.device), t] -= 1.0  # d(sum CE)/d(logits)
-                    g = g.to(mm_dtype)
-                    if grad_h is not None:
-                        grad_h[s : s + chunk] = g @ w
-                    if grad_w is not None:
-                        if g.dtype == torch.float32:
-                            grad_w.addmm_(g.T, h)
-                        else:
-                            grad_w += (g.T @ h).float()
-            ctx.save_for_backward(grad_h, grad_w)
-            ctx.weight_dtype = weight.dtype
-            return total
-
-        @staticmethod
-        def backward(ctx, grad_out):
-            grad_h, grad_w = ctx.saved_tensors
-            return (None if grad_h is None else grad_h * grad_out,
-                    None if grad_w is None else (grad_w * grad_out).to(ctx.weight_dtype),
-                    None, None)
-
-    return LinearCrossEntropy
-
-
-# --------------------------------------------------------------------------------- lightning
-
-
-@functools.cache
-def lightning_classes():
-    """The Lightning classes, built on first use so that importing this module stays light."""
-    import lightning as L
-    import torch
-    from lightning.pytorch.plugins.io import TorchCheckpointIO
-    from torch.utils.data import DataLoader
-
-    class ResumableLoader(DataLoader):
-        """A DataLoader whose place in the epoch Lightning saves and restores."""
-
-        def state_dict(self) -> dict:
-            return self.batch_sampler.state_dict()
-
-        def load_state_dict(self, state: dict) -> None:
-            self.batch_sampler.load_state_dict(state)
-
-    class AtomicCheckpointIO(TorchCheckpointIO):
-        """Write a checkpoint beside its path and rename it over: a kill mid-write leaves the
-        previous `last.ckpt` whole."""
-
-        def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
-            tmp = f"{path}.tmp"
-            super().save_checkpoint(checkpoint, tmp, storage_options)
-            os.replace(tmp, path)
-
-    class SFTDataModule(L.LightningDataModule):
-        def __init__(self, conversations: list[list[dict]], tokenizer, fcfg, seed: int):
-            super().__init__()
-            self.conversations, self.tokenizer, self.fcfg, self.seed = (
-                conversations, tokenizer, fcfg, seed)
-            self.pad_id = tokenizer.pad_token_id
-            if self.pad_id is None:
-                self.pad_id = tokenizer.eos_token_id
-            self.train: list[dict] | None = None
-            self.val: list[dict] = []
-            self.counts: dict = {}
-
-        def setup(self, stage: str) -> None:
-            if self.train is not None:
-                return
-            f = self.fcfg
-            examples = [encode_conversation(self.tokenizer, c, f.max_length)
-                        for c in self.conversations]
-            kept = [e for e in examples if e is not None]
-            if not kept:
-                raise CrescentError(
-                    f"finetune: no example keeps an assistant token within "
-                    f"max_length={f.max_length}")
-            order = list(range(len(kept)))
-            random.Random(self.seed).shuffle(order)
-            n_val = 0
-            if f.val_fraction > 0 and len(kept) >= 2:
-                n_val = min(len(kept) - 1, max(1, round(f.val_fraction * len(kept))))
-            val = [kept[i] for i in order[:n_val]]
-            train = [kept[i] for i in sorted(order[n_val:])]
-            self.counts = {
-                "conversations": len(self.conversations),
-                "dropped_no_assistant_token": len(examples) - len(kept),
-                "examples": len(train),
-                "val_examples": len(val),
-                "train_tokens_per_epoch": sum(len(e["input_ids"]) for e in train),
-                "train_loss_tokens_per_epoch": sum(
-                    sum(1 for x in e["labels"] if x != IGNORE_INDEX) for e in train),
-            }
-            if f.packing:
-                train, val = pack(train, f.max_length), pack(val, f.max_length)
-                self.counts["packed_rows"] = len(train)
-            self.train, self.val = train, val
-
-        def _collate(self, features):
-            return collate(features, self.pad_id)
-
-        def train_dataloader(self):
-            sampler = ResumableBatchSampler(
-                len(self.train), self.fcfg.batch_size, self.fcfg.shuffle, self.seed,
-                self.trainer.global_rank, self.trainer.world_size)
-            return ResumableLoader(self.train, batch_sampler=sampler, collate_fn=self._collate,
-                                   num_workers=self.fcfg.num_workers)
-
-        def val_dataloader(self):
-            return DataLoader(self.val, batch_size=self.fcfg.batch_size, shuffle=False,
-                              collate_fn=self._collate, num_workers=self.fcfg.num_workers)
-
-    class SFTModule(L.LightningModule):
-        """A causal LM (full or LoRA) trained on the assistant tokens."""
-
-        def __init__(self, fcfg, model_path: str, dtype: str, metrics_path: Path | None):
-            super().__init__()
-            self.fcfg, self.model_path, self.dtype_name = fcfg, model_path, dtype
-            self.metrics_path = metrics_path
-            self.model = None
-            # Checkpoints hold only the trained weights; frozen ones come from the student.
-            self.strict_loading = False
-            self.resumed_from_step = 0
-            self._logged_step = 0
-            self.attempt = 1
-            self.tokens_this_run = 0
-            self.train_seconds = 0.0
-            self.peak_rss_mib = 0.0
-            self._appender: JsonlAppender | None = None
-            self._reset_step()
-
-        # ---- model
-        def configure_model(self) -> None:
-            if self.model is not None:
-                return
-            from transformers import AutoModelForCausalLM
-
-            f = self.fcfg
-            model = AutoModelForCausalLM.from_pretrained(
-                self.model_path, dtype=getattr(torch, self.dtype_name))
-            model.config.use_cache = False
-            if f.gradient_checkpointing:
-                model.gradient_checkpointing_enable(
-                    gradient_checkpointing_kwargs={"use_reentrant": False})
-            if f.mode == "lora":
-                from peft import LoraConfig, get_peft_model
-
-                targets = list(f.lora_target_modules)
-                model = get_peft_model(model, LoraConfig(
-                    r=f.lora_r, lora_alpha=f.lora_alpha, lora_dropout=f.lora_dropout,
-                    target_modules="all-linear" if targets == ["all-linear"] else targets,
-                    task_type="CAUSAL_LM"))
-            elif f.mode != "full":
-                raise CrescentError(f"finetune.mode={f.mode!r}: expected full or lora")
-            model.train()  # from_pretrained returns eval mode: LoRA dropout would be off
-            self.model = model
-            base = model.get_base_model() if f.mode == "lora" else model
-            import inspect
-
-            self._base = base
-            # Sharded strategies split the head's weight: they take the logits path.
-            self._fused_head = (f.fused_loss and fusable_head(base)
-                                and (f.strategy == "auto" or f.strategy.startswith("ddp")))
-            self._slice_logits = "logits_to_keep" in inspect.signature(base.forward).parameters
-
-        def loss(self, batch: dict):
-            """Mean cross-entropy over the batch's assistant tokens. The LM head (a large
-            matmul) runs only on the positions that predict a trained token, in chunks
-            (`linear_cross_entropy`); models it cannot take get the logits of the span from
-            the first to the last such position from their own forward."""
-            labels = batch["labels"]
-            targets = labels[:, 1:]
-            inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")
-                      if k in batch}
-            mask = targets != IGNORE_INDEX
-            n = mask.sum()
-            if self._fused_head:
-                backbone = getattr(self._base, self._base.base_model_prefix)
-                hidden = backbone(**inputs, use_cache=False).last_hidden_state[:, :-1]
-                head = self._base.get_output_embeddings()
-                loss = linear_cross_entropy(hidden[mask], head.weight, targets[mask])
-                return loss / n.clamp(min=1), n
-            cols = mask.any(0).nonzero().flatten()
-            if self._slice_logits and cols.numel():
-                keep = torch.arange(int(cols[0]), int(cols[-1]) + 1, device=labels.device)
-                logits = self.model(**inputs, logits_to_keep=keep).logits
-                targets = targets[:, keep]
-            else:
-                logits = self.model(**inputs).logits[:, :-1]
-            loss = torch.nn.functional.cross_entropy(
-                logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
-                reduction="sum")
-            return loss / n.clamp(min=1), n
-
-        # ---- training
-        def _reset_step(self) -> None:
-            self._loss_sum = 0.0
-            self._micro = 0
-            self._tokens = 0
-            self._loss_tokens = 0
-            self._lr = None
-
-        def on_train_start(self) -> None:
-            self.resumed_from_step = self._logged_step = self.trainer.global_step
-            if self.trainer.is_global_zero and self.metrics_path is not None:
-                rows = resume_jsonl(self.metrics_path)
-                kept = [r for r in rows if r["step"] <= self.resumed_from_step]
-                self.attempt = max((r["attempt"] for r in rows), default=0) + 1
-                atomic_write_text(self.metrics_path,
-                                  "".join(json.dumps(r) + "\n" for r in kept))
-                self._appender = JsonlAppender(self.metrics_path)
-            self._started = self._last = time.perf_counter()
-
-        def on_train_end(self) -> None:
-            self.train_seconds = time.perf_counter() - self._started
-            self.peak_rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            if self._appender is not None:
-                self._appender.close()
-                self._appender = None
-
-        def training_step(self, batch, batch_idx):
-            if self._lr is None:
-                self._lr = self.trainer.optimizers[0].param_groups[0]["lr"]
-            loss, _ = self.loss(batch)
-            self._loss_sum = self._loss_sum + loss.detach()
-            self._micro += 1
-            self._tokens += batch["num_tokens"]
-            self._loss_tokens += batch["num_loss_tokens"]
-            return loss
-
-        def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
-            step = self.trainer.global_step
-            if self._micro == 0 or step == self._logged_step:
-                return  # still accumulating towards this optimiser step
-            self._logged_step = step
-            now = time.perf_counter()
-            seconds, self._last = now - self._last, now
-            loss = float(self._loss_sum / self._micro)
-            tokens, loss_tokens = self._tokens, self._loss_tokens
-            if self.trainer.world_size > 1:
-                total = self.trainer.strategy.reduce(
-                    torch.tensor([tokens, loss_tokens], device=self.device), reduce_op="sum")
-                tokens, loss_tokens = (int(x) for x in total.tolist())
-            self.tokens_this_run += tokens
-            self.log_dict({"train/loss": loss, "train/lr": self._lr,
-                           "train/tokens_per_s": tokens / max(seconds, 1e-9)},
-                          on_step=True, on_epoch=False, prog_bar=True, batch_size=1)
-            if self._appender is not None:
-                self._appender.write({
-                    "step": step, "epoch": self.trainer.current_epoch, "loss": round(loss, 6),
-                    "lr": self._lr, "tokens": tokens, "loss_tokens": loss_tokens,
-                    "seconds": round(seconds, 4), "attempt": self.attempt})
-            self._reset_step()
-
-        def on_validation_end(self) -> None:
-            self._last = time.perf_counter()  # validation is not training time per step
-
-        def validation_step(self, batch, batch_idx):
-            loss, n = self.loss(batch)
-            # Weighted by assistant tokens: the epoch value is the token-level mean.
-            self.log("val/loss", loss, on_epoch=True, prog_bar=True, sync_dist=True,
-                     batch_size=max(int(n), 1))
-
-        def configure_optimizers(self):
-            f = self.fcfg
-            named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
-            groups = [
-                {"params": [p for _, p in named if p.ndim >= 2], "weight_decay": f.weight_decay},
-                {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0},
-            ]
-            # The fused kernel (transformers' default optimiser too) is one pass over all
-            # weights; sharded strategies keep the per-parameter loop.
-            fused = (f.strategy == "auto" or f.strategy.startswith("ddp")) and all(
-                p.device.type in ("cpu", "cuda") and p.is_floating_point() for _, p in named)
-            optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=f.lr,
-                                          betas=tuple(f.betas), fused=fused)
-            total = int(self.trainer.estimated_stepping_batches)
-            warmup = f.warmup_steps or round(f.warmup_ratio * total)
-            schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, functools.partial(
-                lr_factor, warmup=warmup, total=total, kind=f.scheduler,
-                min_ratio=f.min_lr_ratio))
-            return {"optimizer": optimizer,
-                    "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
-
-        def on_save_checkpoint(self, checkpoint: dict) -> None:
-            trained = {n for n, p in self.named_parameters() if p.requires_grad}
-            checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
-                                        if k in trained}
-
-    return SFTDataModule, SFTModule, AtomicCheckpointIO
-
-
-# ------------------------------------------------------------------------------------- stage
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
+    """Train the student on the SFT conversations and save it into finetune/model, resuming
+    from the last checkpoint; a model already saved is kept as it is."""
     run_dir = Path(run_dir)
     out = run_dir / "finetune"
     f = cfg.finetune
+    input_path = _check_input(f, run_dir)
+    if (out / MODEL_DIR / "config.json").is_file() and (out / "stats.json").is_file():
+        return out  # trained and saved; only the DONE marker was missing
+    _check_limits(f)
+    started = time.time()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from crescent.methods import training  # Lightning and torch: only now that training starts
+
+    conversations = _read_conversations(f, input_path)
+    model_path, tokenizer = _load_student(cfg.student.name)
+    precision = training.resolve_precision(f.precision, f.accelerator)
+    training.seed_everything(cfg.seed)
+    data = training.SFTDataModule(conversations, tokenizer, f, cfg.seed)
+    module = training.SFTModule(f, model_path, training.load_dtype(precision), out / METRICS)
+    trainer = training.build_trainer(f, out, out / CHECKPOINT_DIR, precision,
+                                     _make_logger(cfg, run_dir))
+    _fit(trainer, module, data, out / CHECKPOINT_DIR / LAST_CKPT)
+    val_loss = _validate(trainer, module, data, f)
+    training.release_optimizer(trainer)
+    if trainer.is_global_zero:
+        stats = _stats(cfg, input_path, trainer, data, module, precision, val_loss)
+        training.save_model(module.model, tokenizer, out / MODEL_DIR, f.mode, cfg.student.dtype)
+        _write_stats(out, stats, started)
+    # Other ranks (DDP) return only once the model and stats are on disk.
+    trainer.strategy.barrier("finetune-saved")
+    if trainer.is_global_zero and not f.keep_checkpoints:
+        shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
+    return out
+
+
+# ------------------------------------------------------------------------------------- steps
+
+
+def _check_input(f: DictConfig, run_dir: Path) -> Path:
+    """`finetune.input`, or the answers stage's sft.jsonl of this run; it must exist."""
     input_path = Path(f.input) if f.input else run_dir / "answers" / "sft.jsonl"
     if not input_path.exists():
         raise CrescentError(f"finetune.input: {input_path}: no such file or directory")
-    if (out / MODEL_DIR / "config.json").is_file() and (out / "stats.json").is_file():
-        return out  # trained and saved; only the DONE marker was missing
+    return input_path
+
+
+def _check_limits(f: DictConfig) -> None:
     if f.max_steps < 0 and f.max_epochs < 0:
         raise CrescentError("finetune.max_steps and finetune.max_epochs are both -1: "
                             "set one of them")
-    started = time.time()
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-    import lightning as L
-    import torch
-    from lightning.pytorch.callbacks import ModelCheckpoint
-    from transformers import AutoTokenizer
 
-    from crescent.infra.engines import resolve_dtype
-    from crescent.infra.models import resolve_model
-
+def _read_conversations(f: DictConfig, input_path: Path) -> list[list[dict]]:
     conversations = load_conversations(input_path)
     if f.max_examples is not None:
         # The first N, in the answers stage's order: a data-volume sweep's sets are nested.
         conversations = conversations[: f.max_examples]
-    model_path = resolve_model(cfg.student.name)
+    return conversations
+
+
+def _load_student(name: str):
+    """The student's local path and its tokenizer, which must have a chat template."""
+    from transformers import AutoTokenizer
+
+    from crescent.infra.models import resolve_model
+
+    model_path = resolve_model(name)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     if not tokenizer.chat_template:
-        raise CrescentError(f"student {cfg.student.name!r}: tokenizer has no chat template")
-    precision = resolve_precision(f.precision, f.accelerator)
+        raise CrescentError(f"student {name!r}: tokenizer has no chat template")
+    return model_path, tokenizer
 
-    L.seed_everything(cfg.seed, workers=True, verbose=False)
-    DataModule, Module, AtomicCheckpointIO = lightning_classes()
-    data = DataModule(conversations, tokenizer, f, cfg.seed)
-    module = Module(f, model_path, load_dtype(precision), out / METRICS)
 
-    ckpt_dir = out / CHECKPOINT_DIR
-    callbacks, plugins = [], []
-    if f.checkpoint_every_n_steps > 0:
-        callbacks.append(ModelCheckpoint(
-            dirpath=str(ckpt_dir), every_n_train_steps=f.checkpoint_every_n_steps,
-            save_top_k=0, save_last=True, enable_version_counter=False))
-        if f.strategy == "auto" or f.strategy.startswith("ddp"):
-            plugins.append(AtomicCheckpointIO())  # sharded strategies write their own dirs
-    validate = f.val_fraction > 0
-    val_args = ({"val_check_interval": f.val_every_n_steps * f.accumulate_grad_batches,
-                 "check_val_every_n_epoch": None} if validate and f.val_every_n_steps > 0
-                else {"limit_val_batches": 1.0 if validate else 0})
-    devices = int(f.devices) if f.devices.lstrip("-").isdigit() else f.devices
-    trainer = L.Trainer(
-        accelerator=f.accelerator, devices=devices, strategy=f.strategy,
-        num_nodes=f.num_nodes, precision=precision, max_steps=f.max_steps,
-        max_epochs=f.max_epochs, accumulate_grad_batches=f.accumulate_grad_batches,
-        gradient_clip_val=f.gradient_clip_val or None, callbacks=callbacks,
-        enable_checkpointing=bool(callbacks), plugins=plugins or None,
-        logger=_make_logger(cfg, run_dir) or False, log_every_n_steps=f.log_every_n_steps,
-        num_sanity_val_steps=0, enable_progress_bar=f.progress_bar,
-        enable_model_summary=False, use_distributed_sampler=False,
-        default_root_dir=str(out), **val_args,
-    )
-    last = ckpt_dir / LAST_CKPT
+def _fit(trainer, module, data, last: Path) -> None:
+    """Train, from `last` when an earlier attempt left it."""
     resume = last if last.is_file() else None
     if resume is not None:
         print(f"crescent: finetune: resuming from {resume}", flush=True)
@@ -701,31 +116,18 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     if trainer.interrupted:
         raise CrescentError("finetune: training was interrupted; re-run to resume")
 
-    val_loss = None
-    if validate and data.val:
-        result = trainer.validate(module, datamodule=data, verbose=False)
-        val_loss = result[0].get("val/loss") if result else None
 
-    # The optimiser state (twice the trained weights) is not needed to save the model.
-    trainer.strategy.optimizers, trainer.strategy.lr_scheduler_configs = [], []
-    gc.collect()
-    if trainer.is_global_zero:
-        stats = _stats(cfg, input_path, trainer, data, module, precision, val_loss)
-        save_model(module.model, tokenizer, out / MODEL_DIR, f.mode,
-                   getattr(torch, resolve_dtype(cfg.student.dtype)))
-        stats["wall_time_s"] = round(time.time() - started, 2)
-        write_json(out / "stats.json", stats)
-        print(f"crescent: finetune: {stats['steps']} steps, train loss "
-              f"{stats['train_loss_first']} -> {stats['train_loss_final']}, val loss "
-              f"{stats['val_loss_final']}, {stats['tokens_per_s']} tokens/s", flush=True)
-    # Other ranks (DDP) return only once the model and stats are on disk.
-    trainer.strategy.barrier("finetune-saved")
-    if trainer.is_global_zero and not f.keep_checkpoints:
-        shutil.rmtree(ckpt_dir, ignore_errors=True)
-    return out
+def _validate(trainer, module, data, f: DictConfig) -> float | None:
+    """The final validation loss, when there is a validation set."""
+    if not (f.val_fraction > 0 and data.val):
+        return None
+    result = trainer.validate(module, datamodule=data, verbose=False)
+    return result[0].get("val/loss") if result else None
 
 
 def _stats(cfg, input_path, trainer, data, module, precision, val_loss) -> dict:
+    """stats.json: the data's counts, steps and tokens over all attempts, losses, speed and
+    memory of this attempt, and the model's parameters."""
     import torch
 
     f = cfg.finetune
@@ -758,21 +160,12 @@ def _stats(cfg, input_path, trainer, data, module, precision, val_loss) -> dict:
     }
 
 
-def save_model(model, tokenizer, target: Path, mode: str, dtype) -> None:
-    """Merge LoRA, restore inference settings and save model + tokenizer (with its chat
-    template) into `target`, atomically: readers see no model or the whole model."""
-    if mode == "lora":
-        model = model.merge_and_unload()
-    if getattr(model, "is_gradient_checkpointing", False):
-        model.gradient_checkpointing_disable()
-    model.config.use_cache = True
-    model = model.to(dtype)
-    tmp = target.parent / f".{target.name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+def _write_stats(out: Path, stats: dict, started: float) -> None:
+    stats["wall_time_s"] = round(time.time() - started, 2)
+    write_json(out / "stats.json", stats)
+    print(f"crescent: finetune: {stats['steps']} steps, train loss "
+          f"{stats['train_loss_first']} -> {stats['train_loss_final']}, val loss "
+          f"{stats['val_loss_final']}, {stats['tokens_per_s']} tokens/s", flush=True)
 
 
 def _make_logger(cfg: DictConfig, run_dir: Path):
