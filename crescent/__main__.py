@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -17,9 +18,38 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 register_configs()
 
 
+def main() -> None:
+    """Console entry: Hydra's main, with a configuration error said in one line."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    # Hydra then raises composition errors instead of printing them over several lines.
+    user_wants_traceback = "HYDRA_FULL_ERROR" in os.environ
+    os.environ.setdefault("HYDRA_FULL_ERROR", "1")
+    try:
+        run()
+    except (HydraException, OmegaConfBaseException) as e:
+        if user_wants_traceback:
+            raise
+        print(f"crescent: error: {config_error(e)}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+def config_error(e: Exception) -> str:
+    """One line for a composition error: the key and what is wrong with its value."""
+    cause = e.__cause__ or e
+    key = getattr(cause, "full_key", None)
+    if key:
+        message = str(getattr(cause, "msg", cause)).splitlines()[0]
+        return f"{key}: {message}"
+    text = str(e).split("Config search path")[0]  # Hydra's list of where it looked
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
+
+
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
-def main(cfg: DictConfig) -> None:
+def run(cfg: DictConfig) -> None:
     # Heavy modules load here, after Hydra has handled --help and --cfg.
+    from crescent.config import validate
     from crescent.infra.tracking import make_tracker
     from crescent.pipeline import run_pipeline
 
@@ -27,6 +57,7 @@ def main(cfg: DictConfig) -> None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     tracker = None
     try:
+        validate(cfg)
         tracker = make_tracker(cfg, run_dir, list(hydra_cfg.overrides.task))
         run_pipeline(cfg, run_dir, tracker)
     except CrescentError as e:

@@ -1,31 +1,76 @@
 """Structured config schema: one dataclass per config group, registered in Hydra's ConfigStore.
 
-The YAML files under `conf/` fill these in; a key that is not declared here, or a value of
-the wrong type, fails at composition time with Hydra's message naming the key.
+Every default lives here, once: a group YAML under `conf/` holds only what its option changes
+(tests/test_config.py fails when a YAML repeats a default). A key that is not declared here, a
+value of the wrong type, or a choice outside its Enum fails when the config is composed, before
+any stage runs; `validate` checks the ranges that types cannot express.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 DEFAULT_STAGES = ["questions", "answers", "finetune", "evaluate"]
 
 
+class Choice(str, Enum):
+    """A choice-valued setting. Members are strings (`cfg.engine.name == "hf"` holds, JSON and
+    cache keys see the plain value) and print, format and repr as their value."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+def _choice(name: str, *values: str) -> type[Choice]:
+    # Member names equal their values: OmegaConf converts a string by member name.
+    return Choice(name, {v: v for v in values}, module=__name__, qualname=name)
+
+
+EngineName = _choice("EngineName", "vllm", "ray_vllm", "hf", "openai")
+Dtype = _choice("Dtype", "auto", "bfloat16", "float16", "float32")
+AnswerType = _choice("AnswerType", "math", "text")
+DedupMethod = _choice("DedupMethod", "minilm", "self", "minhash", "none")
+TieBreak = _choice("TieBreak", "drop", "seeded")
+Representative = _choice("Representative", "first", "shortest", "canonical")
+QuestionSource = _choice("QuestionSource", "bait", "magpie", "seed_aug")
+FinetuneMode = _choice("FinetuneMode", "full", "lora")
+Scheduler = _choice("Scheduler", "cosine", "linear", "constant")
+# Lightning's precision strings, and its accelerators and strategies (StrategyRegistry).
+Precision = _choice("Precision", "auto", "32-true", "16-mixed", "bf16-mixed", "16-true",
+                    "bf16-true", "64-true", "transformer-engine", "transformer-engine-float16")
+Accelerator = _choice("Accelerator", "auto", "cpu", "gpu", "cuda", "mps", "tpu")
+Strategy = _choice(
+    "Strategy", "auto", "single_device", "ddp", "ddp_spawn", "ddp_fork", "ddp_notebook",
+    "ddp_find_unused_parameters_true", "ddp_find_unused_parameters_false", "fsdp",
+    "fsdp_cpu_offload", "deepspeed", "deepspeed_stage_1", "deepspeed_stage_2",
+    "deepspeed_stage_2_offload", "deepspeed_stage_3", "deepspeed_stage_3_offload",
+    "deepspeed_stage_3_offload_nvme", "xla", "single_xla")
+LoggerName = _choice("LoggerName", "wandb", "none")
+LoggerMode = _choice("LoggerMode", "offline", "online", "disabled")
+
+
 @dataclass
 class ModelConfig:
-    name: str = "smollm2-135m-instruct"  # built-in name, Hugging Face hub id or local directory
+    name: str = MISSING  # built-in name, Hugging Face hub id or local directory
     revision: Optional[str] = None  # hub branch, tag or commit; ignored for local dirs
-    dtype: str = "auto"  # bfloat16, float16, float32, or auto: bfloat16 on GPU, float32 on CPU
+    dtype: Dtype = Dtype.auto  # bfloat16, float16, float32, or auto: bfloat16 on GPU, float32 on CPU
 
 
 @dataclass
 class EngineConfig:
-    name: str = "vllm"  # backend: vllm (offline LLM.chat), ray_vllm (vLLM replicas on Ray), hf (transformers generate), openai (servers)
-    batch_size: int = 64  # hf: conversations per generate call; vllm: requests handed over at once
+    name: EngineName = EngineName.vllm  # backend: vllm (offline LLM.chat), ray_vllm (vLLM replicas on Ray), hf (transformers generate), openai (servers)
+    batch_size: int = 256  # hf: conversations per generate call; vllm: requests handed over at once
     max_model_len: int = 2048  # context window given to the engine (prompt + completion tokens)
     enforce_eager: bool = True  # vllm: skip graph capture; starts far faster on CPU
     tensor_parallel_size: int = 1  # vllm: GPUs one model is split over
@@ -54,7 +99,7 @@ class DomainConfig:
     bait_prompt: str = MISSING  # user turn that elicits one new question, no seed data
     diversify_prompt: str = MISSING  # "make it different" turn; {question} and {nearest} are filled in
     answer_prompt: str = MISSING  # user turn for answering; {question} is filled in
-    answer_type: str = "math"  # how final answers are read and compared: math (numbers, LaTeX) or text
+    answer_type: AnswerType = AnswerType.math  # how final answers are read and compared: math (numbers, LaTeX) or text
     final_answer_line: str = "The answer is: {answer}"  # last line of every training response
     max_question_chars: int = 1000  # cleaned questions longer than this are rejected
     seed_prompt: Optional[str] = None  # questions.source=seed_aug: user turn; {seed} is filled in
@@ -63,7 +108,7 @@ class DomainConfig:
 
 @dataclass
 class DedupConfig:
-    method: str = "minilm"  # embedder: minilm, self, minhash or none
+    method: DedupMethod = DedupMethod.minilm  # embedder: minilm, self, minhash or none
     threshold: float = 0.85  # similarity at or above which a candidate is a duplicate
     batch_size: int = 64  # texts embedded per forward pass
     num_perm: int = 128  # minhash: permutations per signature (Jaccard resolution 1/num_perm)
@@ -76,8 +121,8 @@ class VotingConfig:
     k: int = 4  # answers sampled per question
     min_agreement: float = 0.5  # share of the k samples the winning answer needs
     min_votes: int = 2  # absolute count the winning answer needs
-    tie_break: str = "drop"  # drop: discard tied questions; seeded: pick one of the tied answers
-    representative: str = "first"  # which response of the winning group becomes the training target: first, shortest, canonical
+    tie_break: TieBreak = TieBreak.drop  # drop: discard tied questions; seeded: pick one of the tied answers
+    representative: Representative = Representative.first  # which response of the winning group becomes the training target: first, shortest, canonical
 
 
 @dataclass
@@ -85,7 +130,7 @@ class QuestionsConfig:
     target: int = 1000  # accepted questions wanted
     max_candidates: int = 5000  # budget of generated candidates (bait + rewrites)
     max_rewrites: int = 2  # "make it different" rounds per rejected candidate
-    source: str = "bait"  # fresh candidates: bait (domain.bait_prompt), magpie (bare pre-query chat template), seed_aug (rewrites of questions.seeds)
+    source: QuestionSource = QuestionSource.bait  # fresh candidates: bait (domain.bait_prompt), magpie (bare pre-query chat template), seed_aug (rewrites of questions.seeds)
     seeds: Optional[str] = None  # source=seed_aug: JSON Lines of seed questions (a `question` field each)
     batch_size: int = 64  # bait samples drawn per round
     sampling: SamplingConfig = field(
@@ -121,7 +166,7 @@ class FinetuneConfig:
     val_fraction: float = 0.05  # share of examples held out for validation; 0: none
     val_every_n_steps: int = 0  # validate every N optimiser steps; 0: at epoch ends only
     shuffle: bool = True  # reshuffle the training split every epoch (seeded by the run seed)
-    mode: str = "full"  # full: every weight; lora: low-rank adapters, merged into the saved model
+    mode: FinetuneMode = FinetuneMode.full  # full: every weight; lora: low-rank adapters, merged into the saved model
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 32  # LoRA scaling numerator (scale = alpha / r)
     lora_dropout: float = 0.05  # dropout on the LoRA branch
@@ -133,15 +178,15 @@ class FinetuneConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
     warmup_steps: int = 0  # linear warm-up steps; 0: warmup_ratio decides
     warmup_ratio: float = 0.03  # warm-up as a share of all optimiser steps, when warmup_steps is 0
-    scheduler: str = "cosine"  # after warm-up: cosine, linear (both decay to min_lr_ratio) or constant
+    scheduler: Scheduler = Scheduler.cosine  # after warm-up: cosine, linear (both decay to min_lr_ratio) or constant
     min_lr_ratio: float = 0.0  # final learning rate as a share of lr
     gradient_clip_val: float = 1.0  # clip the gradient norm to this; 0: no clipping
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     fused_loss: bool = True  # LM head + cross-entropy in chunks on trained tokens only (no full logits)
-    precision: str = "auto"  # Lightning precision; auto: bf16-mixed on GPU, 32-true on CPU
-    accelerator: str = "auto"  # Lightning accelerator: auto, cpu, gpu
+    precision: Precision = Precision.auto  # Lightning precision; auto: bf16-mixed on GPU, 32-true on CPU
+    accelerator: Accelerator = Accelerator.auto  # Lightning accelerator: auto, cpu, gpu, cuda, mps, tpu
     devices: str = "auto"  # Lightning devices: auto, a count ("4") or a list ("0,1")
-    strategy: str = "auto"  # Lightning strategy: auto, ddp, fsdp, deepspeed_stage_2, ...
+    strategy: Strategy = Strategy.auto  # Lightning strategy: auto, ddp, fsdp, deepspeed_stage_2, ...
     num_nodes: int = 1  # machines; devices x num_nodes processes in all
     checkpoint_every_n_steps: int = 100  # write checkpoints/last.ckpt every N steps (resume point)
     keep_checkpoints: bool = False  # keep checkpoints/ once the model is saved
@@ -166,9 +211,9 @@ class EvalConfig:
 
 @dataclass
 class LoggerConfig:
-    name: str = "wandb"  # wandb or none
+    name: LoggerName = LoggerName.wandb  # wandb or none
     project: str = "crescent"  # W&B project
-    mode: str = "offline"  # W&B mode: offline (sync later with `wandb sync`), online, disabled
+    mode: LoggerMode = LoggerMode.offline  # W&B mode: offline (sync later with `wandb sync`), online, disabled
     group: Optional[str] = None  # W&B group; default: the multirun sweep dir, else the run name
     tags: list[str] = field(default_factory=list)  # W&B tags
 
@@ -190,6 +235,66 @@ class Config:
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+# Ranges that types cannot express: (key, test, what is expected). Checked before any stage.
+_SHARE = (lambda v: 0 <= v <= 1, "a share in [0, 1]")
+_POSITIVE = (lambda v: v >= 1, "an integer >= 1")
+_COUNT = (lambda v: v >= 0, "an integer >= 0")
+_OPTIONAL_POSITIVE = (lambda v: v is None or v >= 1, "null or an integer >= 1")
+_SAMPLING = [("temperature", lambda v: v >= 0, "a number >= 0"),
+             ("top_p", lambda v: 0 < v <= 1, "a share in (0, 1]"),
+             ("max_tokens", *_POSITIVE)]
+RANGES = [
+    ("engine.batch_size", *_POSITIVE), ("engine.max_model_len", *_POSITIVE),
+    ("engine.tensor_parallel_size", *_POSITIVE), ("engine.data_parallel_size", *_POSITIVE),
+    ("engine.gpu_memory_utilization", lambda v: 0 < v <= 1, "a share in (0, 1]"),
+    ("engine.concurrency", *_POSITIVE), ("engine.max_retries", *_COUNT),
+    ("domain.max_question_chars", *_POSITIVE),
+    ("dedup.threshold", *_SHARE), ("dedup.batch_size", *_POSITIVE),
+    ("dedup.num_perm", *_POSITIVE), ("dedup.shingle", *_POSITIVE),
+    ("dedup.depth", lambda v: 0 < v <= 1, "a share in (0, 1]"),
+    ("voting.k", *_POSITIVE), ("voting.min_agreement", *_SHARE), ("voting.min_votes", *_POSITIVE),
+    ("questions.target", *_POSITIVE), ("questions.max_candidates", *_POSITIVE),
+    ("questions.max_rewrites", *_COUNT), ("questions.batch_size", *_POSITIVE),
+    *[(f"questions.sampling.{key}", test, what) for key, test, what in _SAMPLING],
+    ("answers.chunk_size", *_POSITIVE), ("answers.ngram", *_POSITIVE),
+    ("answers.max_overlap", *_SHARE),
+    *[(f"answers.sampling.{key}", test, what) for key, test, what in _SAMPLING],
+    ("finetune.max_examples", *_OPTIONAL_POSITIVE),
+    ("finetune.max_steps", lambda v: v == -1 or v >= 1, "-1 or an integer >= 1"),
+    ("finetune.max_epochs", lambda v: v == -1 or v >= 1, "-1 or an integer >= 1"),
+    ("finetune.lr", lambda v: v > 0, "a number > 0"), ("finetune.batch_size", *_POSITIVE),
+    ("finetune.accumulate_grad_batches", *_POSITIVE), ("finetune.max_length", *_POSITIVE),
+    ("finetune.val_fraction", lambda v: 0 <= v < 1, "a share in [0, 1)"),
+    ("finetune.val_every_n_steps", *_COUNT), ("finetune.lora_r", *_POSITIVE),
+    ("finetune.lora_dropout", lambda v: 0 <= v < 1, "a share in [0, 1)"),
+    ("finetune.warmup_steps", *_COUNT), ("finetune.warmup_ratio", *_SHARE),
+    ("finetune.min_lr_ratio", *_SHARE), ("finetune.gradient_clip_val", lambda v: v >= 0,
+                                         "a number >= 0 (0: no clipping)"),
+    ("finetune.num_nodes", *_POSITIVE), ("finetune.checkpoint_every_n_steps", *_COUNT),
+    ("finetune.num_workers", *_COUNT), ("eval.limit", *_OPTIONAL_POSITIVE),
+]
+
+
+def validate(cfg: DictConfig) -> None:
+    """Fail before the first stage on a value that would fail (or silently do nothing) later.
+
+    Choice-valued keys are Enums, checked by OmegaConf when the config is composed; this
+    checks ranges and the relations between keys."""
+    from crescent.infra.io import CrescentError
+
+    for key, test, expected in RANGES:
+        value = OmegaConf.select(cfg, key)
+        if not test(value):
+            raise CrescentError(f"{key}={value}: expected {expected}")
+    voting, finetune = cfg.voting, cfg.finetune
+    if voting.min_votes > voting.k:
+        raise CrescentError(f"voting.min_votes={voting.min_votes} is more than voting.k="
+                            f"{voting.k}: no question could be kept")
+    if finetune.max_steps == -1 and finetune.max_epochs == -1:
+        raise CrescentError("finetune.max_steps and finetune.max_epochs are both -1: "
+                            "set one of them")
 
 
 def register_configs() -> None:

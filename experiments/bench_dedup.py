@@ -27,12 +27,13 @@ DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "gsm8
 
 
 def embed_questions(limit: int, path: Path) -> None:
+    from crescent.config import DedupConfig
     from crescent.methods.dedup import MiniLMEmbedder
 
     texts = []
     for name in ("train.jsonl", "test.jsonl"):
         texts += [json.loads(line)["question"] for line in (DATA / name).open()]
-    np.save(path, MiniLMEmbedder().embed(texts[:limit]))
+    np.save(path, MiniLMEmbedder(DedupConfig.batch_size).embed(texts[:limit]))
 
 
 def tiled(base: np.ndarray, n: int, seed: int = 0) -> np.ndarray:

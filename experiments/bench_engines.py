@@ -29,9 +29,10 @@ def bench_conversations(prompts: int) -> list[list[dict]]:
 def measure(engine_name: str, prompts: int, max_tokens: int) -> dict:
     from crescent.config import EngineConfig, ModelConfig, SamplingConfig
     from crescent.infra.engines import make_engine
+    from crescent.infra.models import SMOLLM2
 
     started = time.perf_counter()
-    engine = make_engine(EngineConfig(name=engine_name, batch_size=prompts), ModelConfig())
+    engine = make_engine(EngineConfig(name=engine_name, batch_size=prompts), ModelConfig(name=SMOLLM2))
     start_s = time.perf_counter() - started
     conversations = bench_conversations(prompts)
     sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=max_tokens)

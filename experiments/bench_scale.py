@@ -35,19 +35,19 @@ def served(prompts: int, max_tokens: int, log: Path) -> list[dict]:
 
     from crescent.config import EngineConfig, ModelConfig, SamplingConfig
     from crescent.infra.engines import make_engine
-    from crescent.infra.models import resolve_model
+    from crescent.infra.models import SMOLLM2, resolve_model
     from crescent.infra.serve import LocalServer
 
     conversations = bench_conversations(prompts)
     sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=max_tokens)
     started = time.perf_counter()
-    server = LocalServer(resolve_model(ModelConfig().name), log)
+    server = LocalServer(resolve_model(ModelConfig(name=SMOLLM2).name), log)
     start_s = time.perf_counter() - started
     rows = []
     try:
         for concurrency in (1, 8, 32):
             engine = make_engine(EngineConfig(name="openai", endpoints=[server.url],
-                                              concurrency=concurrency), ModelConfig())
+                                              concurrency=concurrency), ModelConfig(name=SMOLLM2))
             started = time.perf_counter()
             generations = engine.chat(conversations, sampling, n=1, seed=0)
             gen_s = time.perf_counter() - started

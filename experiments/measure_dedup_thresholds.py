@@ -135,14 +135,15 @@ def variants(which: list[str], texts: list[str]):
     measured; `config` is the dedup config it corresponds to, if any. `self` pools each depth
     once, and its centred and uncentred rows both come from that."""
     from crescent.config import ModelConfig
+    from crescent.infra.models import SMOLLM2
     from crescent.methods.dedup import MinHashEmbedder, MiniLMEmbedder, SelfEmbedder
 
     if "minilm" in which:
-        e = MiniLMEmbedder()
+        e = MiniLMEmbedder(DedupConfig.batch_size)
         yield "minilm", {"method": "minilm"}, e.make_index(), e.embed(texts)
     if "self" in which:
         for depth in (1.0, 0.5):
-            e = SelfEmbedder(ModelConfig(), depth)
+            e = SelfEmbedder(ModelConfig(name=SMOLLM2), depth, DedupConfig.batch_size)
             pooled = e._pool(texts)
             for centred in (True, False):
                 rows = pooled - e.mean if centred else pooled.copy()

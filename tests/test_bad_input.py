@@ -7,7 +7,12 @@ import pytest
 
 BAD_LINES = '{"id": 0, "question": "What is 2 + 2?"}\n{"id": 1, "text": "no question"}\n'
 CASES = {
-    "unknown key": (["dedup.thresold=0.9"], "Could not override 'dedup.thresold'"),
+    "unknown key": (["dedup.thresold=0.9"], "dedup.thresold: Key 'thresold' not in 'DedupConfig'"),
+    "unknown choice": (["finetune.scheduler=cosin"],
+                       "finetune.scheduler: Invalid value 'cosin', expected one of "
+                       + "[cosine, linear, constant]"),
+    "out of range": (["voting.min_agreement=1.5"], "voting.min_agreement=1.5: expected a share"),
+    "votes above k": (["voting.k=1"], "voting.min_votes=2 is more than voting.k=1"),
     "wrong type": (["voting.k=abc"], "Value 'abc' of type 'str' could not be converted"),
     "unknown stage": (["stages=[questoins]"], "stages: unknown stage 'questoins'"),
     "missing model": (["stages=[questions]", "engine=hf", "dedup=none",
@@ -20,7 +25,8 @@ CASES = {
     "unwritable dir": (["stages=[questions]", "cache_dir=/proc/crescent-cache"],
                        "crescent: error: /proc/crescent-cache"),
     "unknown source": (["stages=[questions]", "questions.source=evol"],
-                       "questions.source='evol': expected bait, magpie or seed_aug"),
+                       "questions.source: Invalid value 'evol', expected one of "
+                       + "[bait, magpie, seed_aug]"),
 }
 
 

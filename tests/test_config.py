@@ -90,3 +90,79 @@ def test_start_up_imports_no_heavy_module(flag, tmp_path):
         [sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True
     ).stdout
     assert "LOADED []" in out, out
+
+
+# Which schema node each config group fills in.
+GROUP_SCHEMA = {"model": "model", "student": "student", "engine": "engine", "domain": "domain",
+                "dedup": "dedup", "voting": "voting", "finetune": "finetune", "eval": "eval",
+                "logger": "logger"}
+
+
+def _leaves(node, prefix=""):
+    for key, value in node.items():
+        if key == "defaults":
+            continue
+        path = f"{prefix}{key}"
+        if isinstance(value, dict):
+            yield from _leaves(value, f"{path}.")
+        else:
+            yield path, value
+
+
+@pytest.mark.parametrize("group", sorted(GROUP_SCHEMA))
+def test_group_yamls_hold_only_what_differs_from_the_schema(group):
+    # One home per default: the schema in crescent/config.py. A YAML that repeats a default
+    # would keep its copy when the schema's changes, and the edit would silently do nothing.
+    from pathlib import Path
+
+    import yaml
+    from omegaconf import OmegaConf
+
+    from crescent.config import Config
+
+    schema = OmegaConf.structured(Config)[GROUP_SCHEMA[group]]
+    repeats = []
+    for path in sorted((Path(CONF_DIR) / group).glob("*.yaml")):
+        for key, value in _leaves(yaml.safe_load(path.read_text()) or {}):
+            default = OmegaConf.select(schema, key, throw_on_missing=False)
+            if not OmegaConf.is_missing(schema, key.split(".")[0]) and default == value:
+                repeats.append(f"{path.name}: {key}: {value!r}")
+    assert not repeats, f"these repeat the schema default: {repeats}"
+
+
+def test_default_composition_is_the_schema_with_the_default_options():
+    # The schema's values are what a run gets: the default group options change nothing but the
+    # MISSING fields (model and domain are filled by their YAMLs).
+    from omegaconf import OmegaConf
+
+    from crescent.config import Config
+
+    composed = OmegaConf.to_container(_compose(), resolve=True)
+    schema = OmegaConf.to_container(OmegaConf.structured(Config), resolve=False)
+    changed = {group: {k: v for k, v in composed[group].items() if schema[group].get(k) != v}
+               for group in GROUP_SCHEMA}
+    assert changed == {
+        "model": {"name": "smollm2-135m-instruct"},
+        "student": {"name": "smollm2-135m-instruct"},
+        "engine": {}, "dedup": {}, "voting": {}, "finetune": {}, "eval": {}, "logger": {},
+        "domain": {k: v for k, v in composed["domain"].items()
+                   if schema["domain"].get(k) != v},
+    }
+
+
+@pytest.mark.parametrize("typo, allowed", [
+    ("finetune.mode=lroa", "[full, lora]"),
+    ("finetune.scheduler=cosin", "[cosine, linear, constant]"),
+    ("voting.tie_break=coin", "[drop, seeded]"),
+    ("engine.name=vlm", "[vllm, ray_vllm, hf, openai]"),
+])
+@pytest.mark.parametrize("experiment", ["experiment=smoke", "experiment=self_improve"])
+def test_a_choice_typo_fails_at_composition_in_one_line(cli, tmp_path, typo, allowed, experiment):
+    # Before any stage: the run dir is never made, with --cfg job as with a real run.
+    key, value = typo.split("=")
+    for extra in ([], ["--cfg", "job"]):
+        result = cli(experiment, typo, "hydra.run.dir=run", *extra)
+        assert result.returncode == 1
+        assert result.stderr.strip().splitlines() == [
+            f"crescent: error: {key}: Invalid value '{value}', expected one of {allowed}"]
+        assert not (tmp_path / "run").exists()

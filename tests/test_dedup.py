@@ -9,6 +9,7 @@ import yaml
 
 from crescent.config import DedupConfig, ModelConfig
 from crescent.infra.io import CrescentError, read_jsonl
+from crescent.infra.models import SMOLLM2
 from crescent.methods.dedup import SignatureIndex, VectorIndex, decide, make_embedder, shingles
 from tests.conftest import ROOT
 
@@ -182,7 +183,7 @@ def test_embedder_errors_are_clear():
     with pytest.raises(CrescentError, match="dedup.method='bert'"):
         make_embedder(DedupConfig(method="bert"))
     with pytest.raises(CrescentError, match="dedup.depth=0"):
-        make_embedder(DedupConfig(method="self", depth=0), ModelConfig())
+        make_embedder(DedupConfig(method="self", depth=0), ModelConfig(name=SMOLLM2))
 
 
 # --- self: the generator's own states -------------------------------------------------------
@@ -224,7 +225,7 @@ def test_self_embedder_on_a_tiny_model(tiny_model):
 
 def test_centring_removes_the_common_direction_of_the_embedded_model():
     """Raw mean-pooled states of unrelated texts look alike; centred ones must not."""
-    embedder = make_embedder(_default("self"), ModelConfig())
+    embedder = make_embedder(_default("self"), ModelConfig(name=SMOLLM2))
     texts = [ORIGINAL, *DISTINCT, "Alice is older than Bob. Who is younger?",
              "Write a function that reverses a string."]
     pooled = embedder._pool(texts)

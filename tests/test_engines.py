@@ -12,7 +12,7 @@ import pytest
 from crescent.config import EngineConfig, ModelConfig
 from crescent.infra.engines import derive_seed, make_engine
 from crescent.infra.io import CrescentError
-from crescent.infra.models import resolve_model
+from crescent.infra.models import SMOLLM2, resolve_model
 
 HERE = Path(__file__).parent
 
@@ -28,7 +28,7 @@ def test_derive_seed_is_stable_and_spreads():
 
 def test_unknown_engine_is_a_clear_error():
     with pytest.raises(CrescentError, match="engine.name='vlm'"):
-        make_engine(EngineConfig(name="vlm"), ModelConfig())
+        make_engine(EngineConfig(name="vlm"), ModelConfig(name=SMOLLM2))
 
 
 def test_missing_model_dir_is_a_clear_error(tmp_path):
@@ -72,7 +72,8 @@ def test_hf_same_seed_same_samples():
 _OVER_BUDGET = """
 from crescent.config import EngineConfig, ModelConfig, SamplingConfig
 from crescent.infra.engines import VLLMEngine
-engine = VLLMEngine(EngineConfig(), ModelConfig())
+from crescent.infra.models import SMOLLM2
+engine = VLLMEngine(EngineConfig(), ModelConfig(name=SMOLLM2))
 budget = engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
 text = "Solve this problem step by step and explain every step carefully. " * 12
 conversations = [[{"role": "user", "content": f"{i}: {text}"}] for i in range(40)]

