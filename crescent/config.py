@@ -78,6 +78,7 @@ class VotingConfig:
     min_votes: int = 2  # absolute count the winning answer needs
     tie_break: str = "drop"  # drop: discard tied questions; seeded: pick one of the tied answers
     representative: str = "first"  # which response of the winning group becomes the training target: first, shortest, canonical
+    drop_truncated: bool = True  # a sample cut at answers.sampling.max_tokens abstains (its answer was never written)
 
 
 @dataclass
@@ -96,6 +97,7 @@ class QuestionsConfig:
 @dataclass
 class AnswersConfig:
     input: Optional[str] = None  # questions.jsonl to answer; default: this run's questions stage
+    samples: int | None = None  # k_max: samples drawn per question (cached); the vote uses the first voting.k; None: voting.k
     chunk_size: int = 32  # questions per engine call; answered questions are flushed after each
     decontaminate: list[str] = field(  # benchmark test sets (JSON Lines under eval.data_dir)
         default_factory=lambda: ["gsm8k/test.jsonl", "math500/test.jsonl"]
@@ -111,6 +113,7 @@ class AnswersConfig:
 class FinetuneConfig:
     input: Optional[str] = None  # sft.jsonl or a `datasets` save_to_disk dir; default: answers/sft.jsonl
     max_examples: Optional[int] = None  # train on the input's first N conversations; None: all
+    seed: int | None = None  # shuffle, validation split and LoRA init; None: the run seed (a replica key that leaves the data cached)
     max_steps: int = 1000  # optimiser steps; -1: max_epochs alone decides
     max_epochs: int = -1  # passes over the training split; -1: max_steps alone decides
     lr: float = 1e-5  # peak learning rate
