@@ -123,6 +123,7 @@ class VotingConfig:
     min_votes: int = 2  # absolute count the winning answer needs
     tie_break: TieBreak = TieBreak.drop  # drop: discard tied questions; seeded: pick one of the tied answers
     representative: Representative = Representative.first  # which response of the winning group becomes the training target: first, shortest, canonical
+    drop_truncated: bool = True  # a sample cut at answers.sampling.max_tokens abstains (its answer was never written)
 
 
 @dataclass
@@ -141,6 +142,7 @@ class QuestionsConfig:
 @dataclass
 class AnswersConfig:
     input: Optional[str] = None  # questions.jsonl to answer; default: this run's questions stage
+    samples: int | None = None  # k_max: samples drawn per question (cached); the vote uses the first voting.k; None: voting.k
     chunk_size: int = 32  # questions per engine call; answered questions are flushed after each
     decontaminate: list[str] = field(  # benchmark test sets (JSON Lines under eval.data_dir)
         default_factory=lambda: ["gsm8k/test.jsonl", "math500/test.jsonl"]
@@ -156,6 +158,7 @@ class AnswersConfig:
 class FinetuneConfig:
     input: Optional[str] = None  # sft.jsonl or a `datasets` save_to_disk dir; default: answers/sft.jsonl
     max_examples: Optional[int] = None  # train on the input's first N conversations; None: all
+    seed: int | None = None  # shuffle, validation split and LoRA init; None: the run seed (a replica key that leaves the data cached)
     max_steps: int = 1000  # optimiser steps; -1: max_epochs alone decides
     max_epochs: int = -1  # passes over the training split; -1: max_steps alone decides
     lr: float = 1e-5  # peak learning rate
@@ -258,7 +261,7 @@ RANGES = [
     ("questions.target", *_POSITIVE), ("questions.max_candidates", *_POSITIVE),
     ("questions.max_rewrites", *_COUNT), ("questions.batch_size", *_POSITIVE),
     *[(f"questions.sampling.{key}", test, what) for key, test, what in _SAMPLING],
-    ("answers.chunk_size", *_POSITIVE), ("answers.ngram", *_POSITIVE),
+    ("answers.samples", *_OPTIONAL_POSITIVE), ("answers.chunk_size", *_POSITIVE), ("answers.ngram", *_POSITIVE),
     ("answers.max_overlap", *_SHARE),
     *[(f"answers.sampling.{key}", test, what) for key, test, what in _SAMPLING],
     ("finetune.max_examples", *_OPTIONAL_POSITIVE),
@@ -292,6 +295,10 @@ def validate(cfg: DictConfig) -> None:
     if voting.min_votes > voting.k:
         raise CrescentError(f"voting.min_votes={voting.min_votes} is more than voting.k="
                             f"{voting.k}: no question could be kept")
+    samples = cfg.answers.samples
+    if samples is not None and voting.k > samples:
+        raise CrescentError(f"voting.k={voting.k} is more than answers.samples={samples}: the "
+                            "vote uses the first voting.k of the samples drawn")
     if finetune.max_steps == -1 and finetune.max_epochs == -1:
         raise CrescentError("finetune.max_steps and finetune.max_epochs are both -1: "
                             "set one of them")

@@ -43,12 +43,23 @@ class Stage:
 STAGES = {
     "questions": Stage("crescent.stages.questions",
                        ("seed", "model", "engine", "domain", "dedup", "questions")),
-    "answers": Stage("crescent.stages.answers",
-                     ("seed", "model", "engine", "domain", "voting", "answers", "eval.data_dir"),
-                     upstream="questions", input_key="answers.input"),
+    # The answers stage votes over samples drawn under SAMPLING (below): its own key holds
+    # the vote's settings and the samples' key, so a sweep over voting.* shares the samples.
+    "answers": Stage("crescent.stages.answers", ("domain", "voting"), upstream="samples"),
+    # finetune.seed lives in the finetune group: replicas of a fine-tune share the data above.
     "finetune": Stage("crescent.stages.finetune", ("seed", "student", "finetune"),
                       upstream="answers", input_key="finetune.input"),
     "evaluate": Stage("crescent.stages.evaluate", ("model", "engine", "eval"), upstream="finetune"),
+}
+# Cache entries that are not stages of their own, keyed like one.
+ENTRIES = {
+    # The answers stage's samples (answers.samples of them per question): everything that
+    # decides them and nothing of the vote.
+    "samples": Stage("crescent.stages.answers",
+                     ("seed", "model", "engine", "domain", "answers", "eval.data_dir"),
+                     upstream="questions", input_key="answers.input"),
+    # The base model's scores: the same for every sweep point that fine-tunes the same student.
+    "evaluate_base": Stage("crescent.stages.evaluate", ("student", "engine", "eval")),
 }
 DONE = "DONE"
 STATS = "stats.json"
@@ -76,13 +87,15 @@ def load_stage(name: str) -> ModuleType:
 
 
 def stage_key(cfg: DictConfig, name: str) -> tuple[str, dict]:
-    """The cache key of a stage's output, and what it hashes."""
-    stage = STAGES[name]
+    """The cache key of a stage's (or another cache entry's) output, and what it hashes."""
+    stage = STAGES[name] if name in STAGES else ENTRIES[name]
     parts = {}
     for key in stage.keys:
         value = OmegaConf.select(cfg, key)
         parts[key] = OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) \
             else value
+    if name == "samples" and isinstance(parts.get("answers"), dict):  # None means voting.k
+        parts["answers"]["samples"] = samples_per_question(cfg)
     explicit = OmegaConf.select(cfg, stage.input_key) if stage.input_key else None
     if explicit:
         # What counts is the input's content, not where it lies.
@@ -94,6 +107,35 @@ def stage_key(cfg: DictConfig, name: str) -> tuple[str, dict]:
     digest = hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(),
                              digest_size=8)
     return digest.hexdigest(), parts
+
+
+def samples_per_question(cfg: DictConfig) -> int:
+    """k_max: the samples drawn per question (`answers.samples`, default `voting.k`)."""
+    k = OmegaConf.select(cfg, "voting.k", default=None)
+    k_max = OmegaConf.select(cfg, "answers.samples", default=None) or k
+    if k is not None and k > k_max:
+        raise CrescentError(f"voting.k={k} is more than answers.samples={k_max}: "
+                            f"the vote takes the first voting.k of the samples drawn")
+    return k_max
+
+
+def entry_dir(cfg: DictConfig, name: str) -> Path | None:
+    """The cache dir of a non-stage entry (`ENTRIES`); None when the cache is off."""
+    cache = OmegaConf.select(cfg, "cache_dir", default=None)
+    return Path(cache).resolve() / name / stage_key(cfg, name)[0] if cache else None
+
+
+def locked(target: Path, what: str):
+    """An acquired lock on a cache entry; a job that finds it held waits for the other."""
+    from filelock import FileLock, Timeout
+
+    lock = FileLock(f"{target}.lock")
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"crescent: {what}: another job is running it in {target}, waiting", flush=True)
+        lock.acquire()
+    return lock
 
 
 def content_hash(path: Path, what: str) -> str:
@@ -133,8 +175,6 @@ def link(out: Path, target: Path) -> None:
 
 
 def run_pipeline(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> None:
-    from filelock import FileLock, Timeout
-
     # Resolve every stage before running any, so a typo fails now and not after hours.
     modules = {name: load_stage(name) for name in cfg.stages}
     # Finished upstream outputs of this config join the run dir, so `stages=[finetune]`
@@ -154,13 +194,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> None:
             target.mkdir(parents=True, exist_ok=True)
             write_json(target / KEY_FILE, stage_key(cfg, name)[1])
             link(out, target)
-            lock = FileLock(f"{target}.lock")
-            try:
-                lock.acquire(timeout=0)
-            except Timeout:
-                print(f"crescent: {name}: another job is running it in {target}, waiting",
-                      flush=True)
-                lock.acquire()
+            lock = locked(target, name)
         try:
             summary[name] = _run_stage(name, module, cfg, run_dir, tracker, info)
         finally:

@@ -1,11 +1,16 @@
 """`crescent-report <run or multirun dir>...`: paper tables and plots from finished runs.
 
-Every Hydra job dir under the given dirs (found by its `.hydra/` folder) is one row: its sweep
+Every Hydra job dir under the given dirs (found by its `.hydra/` folder) is one run: its sweep
 overrides, the question funnel from the stages' `stats.json`, and per task the headline metric
-of the base and the fine-tuned model from `evaluate/metrics.json`, with the delta. Rows are
-grouped into one table per study (the run's `name`), written as Markdown and LaTeX with the
-best fine-tuned value of each column in bold; PNG plots show the funnel, and accuracy against
-data volume or votes when a study varies them.
+of the base and the fine-tuned model from `evaluate/metrics.json` (the base's scores come from
+the shared base-score cache entry that `evaluate/base` links to), with the per-document scores
+lm-eval logged. Runs that differ only in a replica key (`seed`, `finetune.seed`) are replicas
+of one setting. One table per study (the run's `name`), as in a paper's main table: rows =
+the base model and each setting, columns = benchmarks; a cell is the mean ± the 95% Student t
+half-width over the n replicas, or with one replica a 95% bootstrap interval over the scored
+documents, and each setting's paired delta against the base with its interval. Markdown and
+LaTeX, best fine-tuned mean in bold; PNG plots (funnel, score per setting, score against data
+volume or votes when a study varies them) all carry error bars.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from pathlib import Path
 
 # Metrics where lower is better; everything else is higher-is-better.
 _LOWER_IS_BETTER = ("bits_per_byte", "bpb", "perplexity", "loss")
+# Overrides that make replicas of one setting rather than settings of their own.
+REPLICA_KEYS = ("seed", "finetune.seed")
 
 
 def find_runs(dirs: list[Path]) -> list[Path]:
@@ -50,7 +57,7 @@ def lower_is_better(metric: str) -> bool:
 
 
 def collect(run: Path) -> dict:
-    """One row: what the run varied, its funnel, its scores."""
+    """One run: what it varied, its funnel, its scores (with their per-document values)."""
     from omegaconf import OmegaConf
 
     overrides = OmegaConf.load(run / ".hydra" / "overrides.yaml") \
@@ -58,19 +65,17 @@ def collect(run: Path) -> dict:
     config = OmegaConf.load(run / ".hydra" / "config.yaml")
     stats = {stage: _read(run / stage / "stats.json") or {}
              for stage in ("questions", "answers", "finetune", "evaluate")}
-    scores = {}
-    for label, tasks in (_read(run / "evaluate" / "metrics.json") or {}).items():
-        for task, metrics in tasks.items():
-            picked = headline(metrics)
-            if picked:
-                scores.setdefault(task, {"metric": picked[0]})[label] = picked[1]
+    point = [o for o in overrides if not o.startswith(("experiment=", "logger"))]
     wandb_id = (run / "wandb_id").read_text().strip() if (run / "wandb_id").exists() else None
     return {
         "run": str(run),
         "study": OmegaConf.select(config, "name", default=run.parent.name),
-        "point": " ".join(o for o in overrides if not o.startswith(("experiment=", "logger")))
-                 or "(defaults)",
+        "point": " ".join(point) or "(defaults)",
+        "setting": " ".join(o for o in point if o.split("=")[0] not in REPLICA_KEYS)
+                   or "(defaults)",
+        "replica": " ".join(o for o in point if o.split("=")[0] in REPLICA_KEYS),
         "votes": OmegaConf.select(config, "voting.k", default=None),
+        "eval_limit": OmegaConf.select(config, "eval.limit", default=None),
         "funnel": {
             "candidates": stats["questions"].get("candidates"),
             "questions": stats["questions"].get("accepted"),
@@ -78,49 +83,164 @@ def collect(run: Path) -> dict:
             "kept": stats["answers"].get("kept"),
         },
         "examples": stats["finetune"].get("examples", stats["answers"].get("kept")),
-        "scores": scores,
+        "scores": _scores(run, stats["evaluate"]),
         "reused": {k: v.get("reused") for k, v in (_read(run / "pipeline.json") or {}).items()},
         "wandb_id": wandb_id,
     }
+
+
+def _scores(run: Path, eval_stats: dict) -> dict:
+    """task -> {metric, docs, <label>: value, per_doc: {label: [value per document]}}."""
+    scores = {}
+    for label, tasks in (_read(run / "evaluate" / "metrics.json") or {}).items():
+        for task, metrics in tasks.items():
+            picked = headline(metrics)
+            if picked:
+                entry = scores.setdefault(task, {"metric": picked[0], "per_doc": {},
+                                                 "docs": (eval_stats.get("n_samples") or {})
+                                                 .get(task)})
+                entry[label] = picked[1]
+                entry["per_doc"][label] = per_document(
+                    run / "evaluate" / label / f"samples_{task}.jsonl", picked[0])
+    return scores
+
+
+def per_document(path: Path, metric: str) -> list:
+    """The metric's value per scored document (lm-eval's sample log), in document order."""
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if metric in r]
+    return [r[metric] for r in sorted(rows, key=lambda r: r.get("doc_id", 0))]
 
 
 def _fmt(value) -> str:
     return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def table(rows: list[dict]) -> tuple[list[str], list[list[str]]]:
-    """Header and cells of one study's table; the best fine-tuned score per task in **bold**."""
+def _cell(values: list[float], per_doc: list, metric: str, paired: list | None = None) -> dict:
+    """A table cell from replica values: a t interval for n >= 2, else a bootstrap one over
+    the documents of the single run (paired with the base's documents for a delta)."""
+    from crescent.intervals import bootstrap, t_interval
+
+    cell = t_interval(values)
+    cell["ci"] = None
+    if cell["n"] == 1:
+        cell["ci"] = bootstrap(metric, per_doc, paired) if per_doc else None
+    return cell
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """One study's table rows: the base model, then each setting (its replicas pooled)."""
+    settings: dict[str, list[dict]] = defaultdict(list)
+    for r in rows:
+        settings[r["setting"]].append(r)
     tasks = sorted({t for r in rows for t in r["scores"]})
-    header = ["sweep point", "questions", "kept"]
+    out = [_base_row(rows, tasks)]
+    for setting, runs in settings.items():
+        line = {"setting": setting, "n": len(runs), "runs": [r["run"] for r in runs],
+                "replicas": [r["replica"] for r in runs], "kept": _mean_of(runs, "kept"),
+                "wandb": [r["wandb_id"] for r in runs if r["wandb_id"]], "cells": {},
+                "deltas": {}, "examples": _mean_of(runs, "examples"),
+                "votes": runs[0]["votes"]}
+        for task in tasks:
+            scored = [r["scores"][task] for r in runs if r["scores"].get(task, {}).get("finetuned")
+                      is not None]
+            if not scored:
+                continue
+            metric, first = scored[0]["metric"], scored[0]["per_doc"]
+            line["cells"][task] = _cell([s["finetuned"] for s in scored],
+                                        first.get("finetuned", []), metric)
+            paired = [s for s in scored if s.get("base") is not None]
+            if paired:
+                line["deltas"][task] = _cell([s["finetuned"] - s["base"] for s in paired],
+                                             first.get("finetuned", []), metric,
+                                             first.get("base", []))
+        out.append(line)
+    return out
+
+
+def _base_row(rows: list[dict], tasks: list[str]) -> dict:
+    """The base model's row: one score per distinct base evaluation (a shared base-score
+    entry makes that one), with a bootstrap interval over its documents."""
+    line = {"setting": "base model", "n": 1, "cells": {}, "deltas": {}, "kept": None,
+            "wandb": [], "runs": [], "replicas": [], "examples": 0, "votes": None}
     for task in tasks:
-        metric = next(r["scores"][task]["metric"] for r in rows if task in r["scores"])
-        header += [f"{task} {metric} base", "finetuned", "delta"]
-    header.append("W&B run")
+        scored = [r["scores"][task] for r in rows if r["scores"].get(task, {}).get("base")
+                  is not None]
+        if scored:
+            values = sorted({s["base"] for s in scored})
+            line["cells"][task] = _cell(values, scored[0]["per_doc"].get("base", []),
+                                        scored[0]["metric"])
+    return line
+
+
+def _mean_of(runs: list[dict], key: str):
+    values = [r["funnel"][key] if key in r["funnel"] else r[key] for r in runs]
+    values = [v for v in values if v is not None]
+    return sum(values) / len(values) if values else None
+
+
+def _show(cell: dict | None, signed: bool = False) -> str:
+    if cell is None:
+        return "-"
+    value = f"{cell['mean']:+.4f}" if signed else f"{cell['mean']:.4f}"
+    if cell["half"] is not None:
+        return f"{value} ± {cell['half']:.4f}"
+    if cell["ci"] is not None:
+        return f"{value} [{cell['ci'][0]:.4f}, {cell['ci'][1]:.4f}]"
+    return value
+
+
+def table(rows: list[dict]) -> tuple[list[str], list[list[str]], list[str]]:
+    """Header, cells and footnotes of one study's paper table; best fine-tuned mean in bold."""
+    summary = summarize(rows)
+    tasks = sorted({t for r in rows for t in r["scores"]})
+    metric = {t: next(r["scores"][t]["metric"] for r in rows if t in r["scores"]) for t in tasks}
+    header = ["setting", "n", "kept"]
+    for task in tasks:
+        arrow = "↓" if lower_is_better(metric[task]) else "↑"
+        header += [f"{task} {metric[task]} {arrow}", "Δ vs base"]
+    header.append("W&B runs")
     best = {}
     for task in tasks:
-        values = [r["scores"].get(task, {}).get("finetuned") for r in rows]
-        values = [v for v in values if v is not None]
-        metric = next(r["scores"][task]["metric"] for r in rows if task in r["scores"])
-        if values:
-            best[task] = min(values) if lower_is_better(metric) else max(values)
-    # A row is labelled by what sets it apart: overrides every row shares are left out.
-    shared = (set.intersection(*(set(r["point"].split(" ")) for r in rows)) if len(rows) > 1
-              else set())
+        means = [line["cells"][task]["mean"] for line in summary[1:] if task in line["cells"]]
+        if len(means) > 1:
+            best[task] = min(means) if lower_is_better(metric[task]) else max(means)
     cells = []
-    for r in rows:
-        point = " ".join(o for o in r["point"].split(" ") if o not in shared) or r["point"]
-        line = [point, _fmt(r["funnel"]["questions"]), _fmt(r["funnel"]["kept"])]
+    for line in summary:
+        row = [_label(line, summary), str(line["n"]), _fmt(line["kept"])]
         for task in tasks:
-            score = r["scores"].get(task, {})
-            base, tuned = score.get("base"), score.get("finetuned")
-            tuned_text = _fmt(tuned)
-            if tuned is not None and tuned == best.get(task) and len(rows) > 1:
-                tuned_text = f"**{tuned_text}**"
-            delta = None if base is None or tuned is None else tuned - base
-            line += [_fmt(base), tuned_text, "-" if delta is None else f"{delta:+.4g}"]
-        line.append(r["wandb_id"] or "-")
-        cells.append(line)
-    return header, cells
+            text = _show(line["cells"].get(task))
+            if line is not summary[0] and task in best and \
+                    line["cells"].get(task, {}).get("mean") == best[task]:
+                text = f"**{text}**"
+            row += [text, _show(line["deltas"].get(task), signed=True)]
+        row.append(", ".join(line["wandb"]) or "-")
+        cells.append(row)
+    return header, cells, footnotes(rows, tasks)
+
+
+def _label(line: dict, summary: list[dict]) -> str:
+    """A setting is labelled by what sets it apart: overrides every setting shares are left out."""
+    settings = [s["setting"] for s in summary[1:]]
+    if line is summary[0] or len(settings) < 2:
+        return line["setting"]
+    shared = set.intersection(*(set(s.split(" ")) for s in settings))
+    return " ".join(o for o in line["setting"].split(" ") if o not in shared) or line["setting"]
+
+
+def footnotes(rows: list[dict], tasks: list[str]) -> list[str]:
+    """How to read the cells, and which eval limit (documents per task) each number used."""
+    notes = [("mean ± half-width: 95% Student t interval over the n replicas (runs differing "
+              f"only in {' / '.join(REPLICA_KEYS)}); [low, high]: 95% bootstrap interval over "
+              "the scored documents (one run); Δ vs base: paired per replica (or per document).")]
+    for task in tasks:
+        limits = sorted({str(r["eval_limit"]) for r in rows if task in r["scores"]})
+        docs = sorted({str(r["scores"][task]["docs"]) for r in rows if task in r["scores"]})
+        notes.append(f"{task}: eval.limit={'/'.join(limits).replace('None', 'null (full set)')}, "
+                     f"{'/'.join(docs)} documents scored")
+    return notes
 
 
 def markdown(header: list[str], cells: list[list[str]]) -> str:
@@ -133,6 +253,8 @@ def latex(header: list[str], cells: list[list[str]]) -> str:
         text = text.replace("\\", "\\textbackslash{}")
         for char in "&%$#_{}":
             text = text.replace(char, "\\" + char)
+        text = text.replace("±", "$\\pm$").replace("Δ", "$\\Delta$")
+        text = text.replace("↓", "$\\downarrow$").replace("↑", "$\\uparrow$")
         if text.startswith("**") and text.endswith("**"):
             text = "\\textbf{" + text[2:-2] + "}"
         return text
@@ -143,41 +265,79 @@ def latex(header: list[str], cells: list[list[str]]) -> str:
             + "\n".join(body) + "\n\\bottomrule\n\\end{tabular}\n")
 
 
+def _err(cell: dict) -> float:
+    """A symmetric error bar: the t half-width, else half the bootstrap interval's width."""
+    if cell["half"] is not None:
+        return cell["half"]
+    return (cell["ci"][1] - cell["ci"][0]) / 2 if cell["ci"] else 0.0
+
+
 def plots(study: str, rows: list[dict], out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
     import matplotlib.pyplot as plt
 
+    from crescent.intervals import t_interval
+
+    summary = summarize(rows)[1:]
     written = []
     steps = ["candidates", "questions", "answered", "kept"]
-    fig, ax = plt.subplots(figsize=(max(4, 1.5 * len(rows) + 2), 3.5))
-    width = 0.8 / len(rows)
-    for i, r in enumerate(rows):
-        ax.bar([s + i * width for s in range(len(steps))],
-               [r["funnel"][s] or 0 for s in steps], width, label=r["point"])
+    fig, ax = plt.subplots(figsize=(max(4, 1.5 * len(summary) + 2), 3.5))
+    width = 0.8 / len(summary)
+    for i, line in enumerate(summary):
+        runs = [r for r in rows if r["setting"] == line["setting"]]
+        counts = [t_interval([r["funnel"][s] or 0 for r in runs]) for s in steps]
+        ax.bar([s + i * width for s in range(len(steps))], [c["mean"] for c in counts], width,
+               yerr=[c["half"] or 0 for c in counts], capsize=3, label=_label(line, [{}, *summary]))
     ax.set_xticks([s + 0.4 - width / 2 for s in range(len(steps))], steps)
-    ax.set_ylabel("items")
+    ax.set_ylabel("items (mean over replicas)")
     ax.set_title(f"{study}: question funnel")
     ax.legend(fontsize="small")
     written.append(_save(fig, out / f"{study}_funnel.png"))
-
+    written.append(_scores_plot(study, summarize(rows), out))
     for axis, label in (("examples", "fine-tuning examples"), ("votes", "votes per question (k)")):
-        points = [r for r in rows if r[axis] is not None and r["scores"]]
-        if len({r[axis] for r in points}) < 2:
-            continue
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        for task in sorted({t for r in points for t in r["scores"]}):
-            xy = sorted((r[axis], r["scores"][task]["finetuned"]) for r in points
-                        if r["scores"].get(task, {}).get("finetuned") is not None)
-            if xy:
-                ax.plot(*zip(*xy), marker="o", label=task)
-        ax.set_xlabel(label)
-        ax.set_ylabel("fine-tuned score")
-        ax.set_title(f"{study}: score vs {label}")
-        ax.legend(fontsize="small")
-        written.append(_save(fig, out / f"{study}_score_vs_{axis}.png"))
-    return written
+        if len({line[axis] for line in summary if line[axis] is not None and line["cells"]}) >= 2:
+            written.append(_versus_plot(study, summary, axis, label, out))
+    return [p for p in written if p is not None]
+
+
+def _scores_plot(study: str, summary: list[dict], out: Path) -> Path | None:
+    """One panel per task: each setting's score (base first) with its 95% interval."""
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({t for line in summary for t in line["cells"]})
+    if not tasks:
+        return None
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 + 1.2 * len(summary), 3.5 * 1),
+                             squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        lines = [line for line in summary if task in line["cells"]]
+        ax.bar(range(len(lines)), [line["cells"][task]["mean"] for line in lines],
+               yerr=[_err(line["cells"][task]) for line in lines], capsize=4)
+        ax.set_xticks(range(len(lines)), [_label(line, summary) for line in lines],
+                      rotation=30, ha="right", fontsize="small")
+        ax.set_title(task, fontsize="small")
+    fig.suptitle(f"{study}: scores (95% intervals)")
+    return _save(fig, out / f"{study}_scores.png")
+
+
+def _versus_plot(study: str, summary: list[dict], axis: str, label: str, out: Path) -> Path:
+    """Fine-tuned score against data volume or votes, one line per task, with error bars."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for task in sorted({t for line in summary for t in line["cells"]}):
+        points = sorted((line[axis], line["cells"][task]["mean"], _err(line["cells"][task]))
+                        for line in summary if line[axis] is not None and task in line["cells"])
+        if points:
+            x, y, err = zip(*points)
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=4, label=task)
+    ax.set_xlabel(label)
+    ax.set_ylabel("fine-tuned score (95% interval)")
+    ax.set_title(f"{study}: score vs {label}")
+    ax.legend(fontsize="small")
+    return _save(fig, out / f"{study}_score_vs_{axis}.png")
 
 
 def _save(fig, path: Path) -> Path:
@@ -209,15 +369,23 @@ def main(argv: list[str] | None = None) -> None:
         row = collect(run)
         studies[row["study"]].append(row)
     md, tex = [], []
+    summaries = {}
     for study, rows in studies.items():
-        header, cells = table(rows)
-        md.append(f"## {study}\n\n{markdown(header, cells)}")
-        tex.append(f"% {study}\n{latex(header, cells)}")
+        header, cells, notes = table(rows)
+        summaries[study] = summarize(rows)
+        md.append(f"## {study}\n\n{markdown(header, cells)}\n"
+                  + "".join(f"- {note}\n" for note in notes))
+        tex.append(f"% {study}\n{latex(header, cells)}" + "".join(f"% {n}\n" for n in notes))
         for path in plots(study, rows, out):
             md.append(f"![{path.stem}]({path.name})\n")
     (out / "report.md").write_text("\n".join(md))
     (out / "report.tex").write_text("\n".join(tex))
-    (out / "report.json").write_text(json.dumps(studies, indent=2) + "\n")
+    for rows in studies.values():  # per-document scores stay in the run dirs
+        for r in rows:
+            for score in r["scores"].values():
+                score.pop("per_doc", None)
+    (out / "report.json").write_text(json.dumps({"runs": studies, "tables": summaries},
+                                                indent=2) + "\n")
     print("\n".join(md))
     print(f"crescent-report: {len(runs)} runs -> {out}/report.md, report.tex, report.json")
 

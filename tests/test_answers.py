@@ -165,3 +165,88 @@ def test_model_that_never_answers_keeps_nothing_and_says_so(tmp_path, monkeypatc
     assert stats["kept"] == 0 and stats["dropped"] == {"abstained": 5}
     assert (out / "sft.jsonl").read_text() == ""
     assert "none of 6 questions kept" in capsys.readouterr().out
+
+
+class CountingEngine(ScriptedEngine):
+    """The scripted engine, counting how often a stage starts one."""
+
+    started = 0
+
+    def __init__(self):
+        super().__init__()
+        CountingEngine.started += 1
+
+
+def test_vote_sweep_samples_once_and_revotes_the_first_k(tmp_path, monkeypatch):
+    # Two sweep points over voting.k share one samples cache entry of answers.samples=4:
+    # the second starts no engine and votes over the first k of the same samples.
+    from crescent import pipeline
+    from crescent.infra.tracking import Tracker
+    from crescent.methods.voting import vote
+
+    CountingEngine.started = 0
+    monkeypatch.setattr(engines, "make_engine", lambda *a: CountingEngine())
+    monkeypatch.setattr(pipeline, "provenance", lambda cfg: {})
+    common = ["stages=[answers]", f"answers.input={_questions(tmp_path)}", "answers.samples=4",
+              f"cache_dir={tmp_path / 'cache'}", "voting.min_votes=1"]
+    for run, k in (("k4", 4), ("k2", 2)):
+        pipeline.run_pipeline(_cfg(*common, f"voting.k={k}"), tmp_path / run, Tracker())
+    assert CountingEngine.started == 1
+    first, second = (read_json(tmp_path / run / "answers" / "stats.json") for run in ("k4", "k2"))
+    assert first["sampling"]["reused"] is False and first["sampling"]["new_samples"] == 5 * 4
+    assert second["sampling"] == {**first["sampling"], "reused": True, "engine_started": False}
+    assert second["samples"] == 5 * 2 and second["tokens"] == first["tokens"]
+    # Both answers dirs (different keys) link the one samples entry.
+    samples = [(tmp_path / run / "answers" / "samples.jsonl").resolve() for run in ("k4", "k2")]
+    assert samples[0] == samples[1] and samples[0].parent.parent.name == "samples"
+    assert (tmp_path / "k4" / "answers").resolve() != (tmp_path / "k2" / "answers").resolve()
+
+    by_hand = set()
+    voting = _cfg(*common, "voting.k=2").voting
+    for r in read_jsonl(samples[0]):
+        if r.get("reason") != "contaminated":
+            result = vote(r["extracted"][:2], r["samples"][:2], voting, seed=0)
+            by_hand |= {r["id"]} if result.kept else set()
+    kept = {q["id"] for q in read_jsonl(tmp_path / "k2" / "answers" / "qa.jsonl")}
+    assert kept == by_hand == {0, 1, 4}  # the coin toss (1, 1, 2, 2) is a tie only at k=4
+    assert {q["id"] for q in read_jsonl(tmp_path / "k4" / "answers" / "qa.jsonl")} == {0, 1}
+
+
+def test_k_above_the_samples_drawn_is_an_error(tmp_path, monkeypatch):
+    monkeypatch.setattr(engines, "make_engine", lambda *a: ScriptedEngine())
+    from crescent.stages import answers
+
+    cfg = _cfg(f"answers.input={_questions(tmp_path)}", "answers.samples=2", "voting.k=4")
+    with pytest.raises(CrescentError, match="voting.k=4 is more than answers.samples=2"):
+        answers.run(cfg, tmp_path)
+
+
+class CutEngine:
+    """Every question's first two samples stop at the token limit, saying so."""
+
+    def chat(self, conversations, sampling, n, seed):
+        texts = ["The answer is: 5", "The answer is: 5", "The answer is: 7", "The answer is: 7"]
+        return [Generation(texts[:n], [sampling.max_tokens] * 2 + [9] * (n - 2), 20,
+                           finish_reasons=["length"] * 2 + ["stop"] * (n - 2))
+                for _ in conversations]
+
+
+@pytest.mark.parametrize("drop, kept_answer", [(True, "7"), (False, None)])
+def test_truncated_samples_are_counted_and_kept_out_of_the_vote(tmp_path, monkeypatch, drop,
+                                                                kept_answer):
+    monkeypatch.setattr(engines, "make_engine", lambda *a: CutEngine())
+    from crescent.stages import answers
+
+    questions = tmp_path / "q.jsonl"
+    questions.write_text('{"id": 0, "question": "What is 3 + 4?"}\n')
+    out = answers.run(_cfg(f"answers.input={questions}", f"voting.drop_truncated={drop}"),
+                      tmp_path)
+    stats = read_json(out / "stats.json")
+    assert stats["truncated"] == 2 and stats["truncated_share"] == 0.5
+    assert next(read_jsonl(out / "samples.jsonl"))["truncated"] == [True, True, False, False]
+    assert next(read_jsonl(out / "votes.jsonl"))["n_truncated"] == 2
+    qa = list(read_jsonl(out / "qa.jsonl"))
+    # Kept out: 7 wins 2 of 4 (0.5, min_votes 2). Counted: 5 and 7 tie, and ties are dropped.
+    assert [q["answer"] for q in qa] == ([kept_answer] if kept_answer else [])
+    assert "2 of the 4 samples voted on (50.0%) ended at the 512-token" in \
+        (out / "DATASET.md").read_text()

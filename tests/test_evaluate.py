@@ -360,3 +360,34 @@ def test_finetuning_on_gold_solutions_lowers_bits_per_byte(cli, tmp_path):
     assert read_json(out / "metrics.json") == metrics
     print(f"\nfinetune + evaluate {elapsed:.0f} s: bits per byte base {base:.4f}, "
           f"fine-tuned {tuned:.4f}")
+
+
+def test_base_is_scored_once_for_every_point_of_a_sweep(tmp_path, monkeypatch):
+    # Two learning rates: two evaluate cache entries (their fine-tunes differ), one base entry.
+    from crescent import pipeline
+    from crescent.infra.tracking import Tracker
+
+    monkeypatch.setattr("crescent.infra.models.resolve_model", lambda name: f"/resolved/{name}")
+    monkeypatch.setattr(pipeline, "provenance", lambda cfg: {})
+    scored = []
+
+    def fake_score(label, label_dir):  # the scoring itself runs lm-eval in the slow tests
+        scored.append(label)
+        write_json(label_dir / evaluate.RESULTS, _raw(0.9 if label == "base" else 0.7, 0.5))
+
+    monkeypatch.setattr(evaluate, "_score_in_subprocess", fake_score)
+    for run, lr in (("lr1", "1e-5"), ("lr2", "1e-4")):
+        write_json(tmp_path / run / "finetune/model/config.json", {})
+        cfg = _cfg("engine=hf", f"eval.data_dir={DATA}", "stages=[evaluate]",
+                   f"cache_dir={tmp_path / 'cache'}", f"finetune.lr={lr}")
+        pipeline.run_pipeline(cfg, tmp_path / run, Tracker())
+    assert scored == ["base", "finetuned", "finetuned"]
+    first, second = (read_json(tmp_path / run / "evaluate/stats.json") for run in ("lr1", "lr2"))
+    shared = (tmp_path / "lr1/evaluate/base").resolve()
+    assert shared.parent.name == "evaluate_base" and "base" in first["score_seconds"]
+    assert (tmp_path / "lr2/evaluate/base").resolve() == shared
+    assert second["reused_scores"] == {"base": str(shared)} and "base" not in second["score_seconds"]
+    assert (tmp_path / "lr1/evaluate").resolve() != (tmp_path / "lr2/evaluate").resolve()
+    assert read_json(shared / "cache_key.json").keys() == {"student", "engine", "eval"}
+    assert read_json(tmp_path / "lr2/evaluate/metrics.json")["base"] == \
+        read_json(tmp_path / "lr1/evaluate/metrics.json")["base"]

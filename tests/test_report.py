@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -37,12 +38,13 @@ def test_two_point_sweep_table_and_plots(tmp_path, capsys):
     md = (tmp_path / "report" / "report.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| finetune.lr")]
     assert len(rows) == 2 and "seed=3" not in md
+    assert md.count("| base model | 1 | - | 1.0000 | - | 0.1000 | - | - |") == 1
     # bpb: lower is better, so 0.8 is bold; exact match: higher is better, so 0.2 is bold.
-    assert "**0.8**" in md and "**0.2**" in md and "**0.9**" not in md
-    assert "-0.2 |" in rows[0] and "id-5" in rows[0]  # 1e-4 sorts first: delta 0.8 - 1.0
+    assert "**0.8000**" in md and "**0.2000**" in md and "**0.9000**" not in md
+    assert "| -0.2000 |" in rows[0] and "id-5" in rows[0]  # 1e-4 sorts first: delta 0.8 - 1.0
     tex = (tmp_path / "report" / "report.tex").read_text()
-    assert "\\textbf{0.8}" in tex and "finetune.lr=1e-4" in tex
-    for name in ("lr_sweep_funnel.png", "lr_sweep_score_vs_examples.png",
+    assert "\\textbf{0.8000}" in tex and "finetune.lr=1e-4" in tex
+    for name in ("lr_sweep_funnel.png", "lr_sweep_scores.png", "lr_sweep_score_vs_examples.png",
                  "lr_sweep_score_vs_votes.png"):
         assert (tmp_path / "report" / name).read_bytes()[:4] == b"\x89PNG"
     assert "2 runs" in capsys.readouterr().out
@@ -51,3 +53,40 @@ def test_two_point_sweep_table_and_plots(tmp_path, capsys):
 def test_no_runs_is_an_error(tmp_path):
     with pytest.raises(SystemExit, match="no runs"):
         report.main([str(tmp_path)])
+
+
+def test_replicas_pool_into_one_row_with_t_intervals(tmp_path):
+    from scipy import stats
+
+    # Three finetune.seed replicas of one setting, one run of another: 4 runs, 2 settings.
+    for seed, tuned in ((1, 0.90), (2, 0.86), (3, 0.95)):
+        _run(tmp_path, f"finetune.lr=1e-5,finetune.seed={seed}", 3, tuned, 0.2, 10)
+    _run(tmp_path, "finetune.lr=1e-4", 3, 0.8, 0.1, 10)
+    for run in tmp_path.iterdir():  # the dir name above is one override: split it
+        overrides = run / ".hydra" / "overrides.yaml"
+        overrides.write_text(overrides.read_text().replace(",finetune.seed", "\n- finetune.seed"))
+    rows = [report.collect(run) for run in report.find_runs([tmp_path])]
+    summary = report.summarize(rows)
+    assert [line["n"] for line in summary] == [1, 1, 3]
+    tuned = [0.90, 0.86, 0.95]
+    mean = sum(tuned) / 3
+    sd = (sum((v - mean) ** 2 for v in tuned) / 2) ** 0.5
+    half = stats.t.ppf(0.975, 2) * sd / 3 ** 0.5
+    cell, delta = summary[2]["cells"]["bpb"], summary[2]["deltas"]["bpb"]
+    assert cell["mean"] == pytest.approx(mean) and cell["half"] == pytest.approx(half)
+    assert delta["mean"] == pytest.approx(mean - 1.0) and delta["half"] == pytest.approx(half)
+    _, cells, _ = report.table(rows)
+    assert cells[2][:4] == ["finetune.lr=1e-5", "3", "10", f"{mean:.4f} ± {half:.4f}"]
+    assert cells[2][4] == f"{mean - 1:+.4f} ± {half:.4f}"
+
+
+def test_one_run_gets_a_bootstrap_interval_over_documents(tmp_path):
+    from crescent.intervals import aggregate, bootstrap
+
+    # Per-document bits per byte as lm-eval logs them: (log-likelihood, bytes).
+    docs = [(-10.0, 20), (-30.0, 25), (-5.0, 30), (-12.0, 10)]
+    assert aggregate("bits_per_byte", docs) == pytest.approx(57 / 85 / math.log(2))
+    low, high = bootstrap("bits_per_byte", docs)
+    assert low < aggregate("bits_per_byte", docs) < high
+    assert bootstrap("bits_per_byte", docs, paired=docs) == (0.0, 0.0)  # same docs: no delta
+    assert bootstrap("exact_match", [1, 1, 1]) == (1.0, 1.0)

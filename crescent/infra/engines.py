@@ -29,10 +29,19 @@ class Generation:
     texts: list[str]
     completion_tokens: list[int]  # new tokens per completion
     prompt_tokens: int  # tokens of the templated prompt
+    # per completion: "length" (stopped at max_tokens), "stop" (end of sequence or stop string);
+    # None when the engine does not say, and then a completion of max_tokens counts as cut
+    finish_reasons: list[str] | None = None
 
     @property
     def total_tokens(self) -> int:
         return sum(self.completion_tokens)
+
+    def truncated(self, max_tokens: int) -> list[bool]:
+        """Per completion: did it end at the token limit rather than at its own end?"""
+        if self.finish_reasons is not None:
+            return [r == "length" for r in self.finish_reasons]
+        return [t >= max_tokens for t in self.completion_tokens]
 
 
 class Engine(Protocol):
@@ -177,6 +186,7 @@ class VLLMEngine:
                 texts=[c.text for c in out.outputs],
                 completion_tokens=[len(c.token_ids) for c in out.outputs],
                 prompt_tokens=len(out.prompt_token_ids),
+                finish_reasons=[str(c.finish_reason) for c in out.outputs],
             )
             for out in outputs
         ]
@@ -312,6 +322,9 @@ class HFEngine:
                         ],
                         completion_tokens=lengths,
                         prompt_tokens=int(enc["attention_mask"][i].sum()),
+                        # No end-of-sequence token among the new ones: cut by max_new_tokens.
+                        finish_reasons=["stop" if (row == self.tokenizer.eos_token_id).any()
+                                        else "length" for row in rows],
                     )
                 )
         return results
@@ -395,5 +408,7 @@ def _generation(reply, n: int) -> Generation:
     total = reply.usage.completion_tokens if reply.usage else 0
     per = [total // n + (1 if j < total % n else 0) for j in range(n)]
     texts = [(c.message.content if hasattr(c, "message") else c.text) or "" for c in choices]
+    reasons = [getattr(c, "finish_reason", None) for c in choices]
     return Generation(texts=texts, completion_tokens=per,
-                      prompt_tokens=reply.usage.prompt_tokens if reply.usage else 0)
+                      prompt_tokens=reply.usage.prompt_tokens if reply.usage else 0,
+                      finish_reasons=reasons if all(reasons) else None)

@@ -21,31 +21,37 @@ from crescent.infra.io import (
     JsonlAppender,
     atomic_write_text,
     numbered_jsonl,
+    read_json,
     read_jsonl,
     resume_jsonl,
     write_json,
 )
 
-SAMPLES = "samples.jsonl"
+SAMPLES = "samples.jsonl"  # every question once: its samples (or why it was not sampled)
+VOTES = "votes.jsonl"  # every question once: the vote over its first voting.k samples
+SAMPLING = "sampling.json"  # in a samples cache entry: what drawing them cost
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
-    from crescent.methods.decontamination import Benchmarks
+    from crescent.pipeline import entry_dir, link, samples_per_question
 
     out = Path(run_dir) / "answers"
-    acfg = cfg.answers
-    questions = load_questions(Path(acfg.input) if acfg.input else
+    k_max = samples_per_question(cfg)  # also: voting.k <= answers.samples, or a clear error
+    questions = load_questions(Path(cfg.answers.input) if cfg.answers.input else
                                Path(run_dir) / "questions" / "questions.jsonl")
-    todo = _unanswered(out, questions)
-    benchmarks = Benchmarks([Path(cfg.eval.data_dir) / p for p in acfg.decontaminate], acfg.ngram)
-    started = time.time()
-    with JsonlAppender(out / SAMPLES) as log, _progress(questions, todo) as bar:
-        clean = _screen(todo, benchmarks, acfg.max_overlap, log, bar)
-        tokens = _answer_and_vote(cfg, clean, log, bar)
+    # A cached answers dir (a link into the cache) draws its samples into their own entry,
+    # keyed without voting.*, and links them here; otherwise they are drawn here.
+    entry = entry_dir(cfg, "samples") if out.is_symlink() else None
+    if entry is not None:
+        entry.mkdir(parents=True, exist_ok=True)
+        link(out.resolve() / SAMPLES, entry / SAMPLES)  # relative to where the file lies
+    sampling = draw_samples(cfg, questions, entry or out, k_max, cached=entry is not None)
     records = _in_input_order(read_jsonl(out / SAMPLES), questions)
-    kept = write_datasets(out, records, cfg.domain)
-    stats = _stats(cfg, questions, records, kept, tokens, len(questions) - len(todo),
-                   new_samples=cfg.voting.k * len(clean), wall=time.time() - started)
+    voted = [revote(cfg, r) for r in records]
+    _write_jsonl(out / VOTES, [{k: v for k, v in r.items() if k not in ("samples", "extracted")}
+                               for r in voted])
+    kept = write_datasets(out, voted, cfg.domain)
+    stats = _stats(cfg, questions, voted, kept, sampling)
     if not kept:
         print(f"crescent: answers: none of {len(questions)} questions kept "
               f"(dropped: {stats['dropped'] or 'none'}, contaminated: {stats['contaminated']}); "
@@ -53,6 +59,50 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     write_card(out, cfg, stats)
     write_json(out / "stats.json", stats)
     return out
+
+
+def draw_samples(cfg: DictConfig, questions: list[dict], where: Path, k_max: int,
+                 cached: bool) -> dict:
+    """k_max samples per question into `where/samples.jsonl` (resuming it), unless `where` is a
+    finished samples entry; returns what drawing them cost (this time, or when first drawn)."""
+    from crescent.pipeline import DONE, KEY_FILE, locked, stage_key
+
+    lock = locked(where, "answers: samples") if cached else None
+    try:
+        if cached and (where / DONE).exists():
+            info = read_json(where / SAMPLING)
+            print(f"crescent: answers: reusing {info['samples_per_question']} samples per "
+                  f"question from {where}; voting only", flush=True)
+            return {**info, "reused": True, "engine_started": False, "entry": str(where)}
+        info = _sample_missing(cfg, questions, where, k_max)
+        if cached:
+            write_json(where / KEY_FILE, stage_key(cfg, "samples")[1])
+            write_json(where / SAMPLING, info)
+            atomic_write_text(where / DONE, time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+        return {**info, "reused": False, "entry": str(where) if cached else None}
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _sample_missing(cfg: DictConfig, questions: list[dict], where: Path, k_max: int) -> dict:
+    """Screen and sample the questions `where/samples.jsonl` does not hold yet."""
+    from crescent.methods.decontamination import Benchmarks
+
+    acfg = cfg.answers
+    todo = _unanswered(where, questions)
+    benchmarks = Benchmarks([Path(cfg.eval.data_dir) / p for p in acfg.decontaminate], acfg.ngram)
+    started = time.time()
+    with JsonlAppender(where / SAMPLES) as log, _progress(questions, todo) as bar:
+        clean = _screen(todo, benchmarks, acfg.max_overlap, log, bar)
+        tokens, truncated = _sample(cfg, clean, log, bar, k_max)
+    wall = time.time() - started
+    new = k_max * len(clean)
+    return {"samples_per_question": k_max, "new_samples": new, "truncated_new": truncated,
+            "engine_started": bool(clean), "resumed_with": len(questions) - len(todo),
+            "tokens": dict(tokens),  # this invocation's only; resumed_with says how much came before
+            "sampling_wall_s": round(wall, 2),
+            "answers_per_s": round(new / wall, 3) if new else None}
 
 
 def _unanswered(out: Path, questions: list[dict]) -> list[dict]:
@@ -86,13 +136,14 @@ def _screen(todo: list[dict], benchmarks, max_overlap: float, log: JsonlAppender
     return clean
 
 
-def _answer_and_vote(cfg: DictConfig, clean: list[dict], log: JsonlAppender, bar) -> Counter:
-    """k samples per question, chunk by chunk, each question's vote logged as it comes back."""
+def _sample(cfg: DictConfig, clean: list[dict], log: JsonlAppender, bar,
+            k_max: int) -> tuple[Counter, int]:
+    """k_max samples per question, chunk by chunk, each question's logged as it comes back;
+    returns the tokens and the number of samples cut at max_tokens."""
     from crescent.infra.engines import derive_seed, make_engine
     from crescent.methods.extraction import extract_answer
-    from crescent.methods.voting import vote
 
-    acfg, domain, tokens, engine = cfg.answers, cfg.domain, Counter(), None
+    acfg, domain, tokens, engine, cut = cfg.answers, cfg.domain, Counter(), None, 0
     for start in range(0, len(clean), acfg.chunk_size):
         chunk = clean[start : start + acfg.chunk_size]
         engine = engine or make_engine(cfg.engine, cfg.model)  # none when nothing is left
@@ -101,22 +152,42 @@ def _answer_and_vote(cfg: DictConfig, clean: list[dict], log: JsonlAppender, bar
                          for q in chunk]
         # Seeded by the first question's id, not by position: a resumed run draws the chunk
         # it starts with independently of how much came before.
-        gens = engine.chat(conversations, acfg.sampling, n=cfg.voting.k,
+        gens = engine.chat(conversations, acfg.sampling, n=k_max,
                            seed=derive_seed(cfg.seed, "answers", chunk[0]["id"]))
         for q, gen in zip(chunk, gens):
-            extracted = [extract_answer(t, domain.answer_type) for t in gen.texts]
-            result = vote(extracted, gen.texts, cfg.voting,
-                          seed=derive_seed(cfg.seed, "vote", q["id"]))
-            log.write({"id": q["id"], "question": q["question"], "reason": result.reason,
-                       "answer": result.answer, "votes": result.votes,
-                       "agreement": round(result.agreement, 4),
-                       "representative": result.representative,
-                       "samples": gen.texts, "extracted": extracted,
-                       "completion_tokens": gen.completion_tokens})
+            truncated = gen.truncated(acfg.sampling.max_tokens)
+            cut += sum(truncated)
+            log.write({"id": q["id"], "question": q["question"], "samples": gen.texts,
+                       "extracted": [extract_answer(t, domain.answer_type) for t in gen.texts],
+                       "completion_tokens": gen.completion_tokens, "truncated": truncated})
             tokens["prompt"] += gen.prompt_tokens
             tokens["completion"] += gen.total_tokens
         bar.update(len(chunk))
-    return tokens
+    return tokens, cut
+
+
+def revote(cfg: DictConfig, record: dict) -> dict:
+    """The vote over a question's first `voting.k` samples (a truncated one abstains when
+    `voting.drop_truncated`: its final answer was never written); contaminated ones pass."""
+    from crescent.infra.engines import derive_seed
+    from crescent.methods.voting import vote
+
+    if record.get("reason") == "contaminated":
+        return record
+    k = cfg.voting.k
+    samples, extracted = record["samples"][:k], record["extracted"][:k]
+    truncated = list(record.get("truncated") or [False] * len(samples))[:k]
+    if len(samples) < k:
+        raise CrescentError(f"answers: question {record['id']!r} has {len(samples)} samples, "
+                            f"fewer than voting.k={k}")
+    counted = [None if cut and cfg.voting.drop_truncated else x
+               for x, cut in zip(extracted, truncated)]
+    result = vote(counted, samples, cfg.voting, seed=derive_seed(cfg.seed, "vote", record["id"]))
+    return {"id": record["id"], "question": record["question"], "reason": result.reason,
+            "answer": result.answer, "votes": result.votes,
+            "agreement": round(result.agreement, 4), "representative": result.representative,
+            "n_samples": k, "n_truncated": sum(truncated),
+            "samples": samples, "extracted": extracted}
 
 
 def _in_input_order(records, questions: list[dict]) -> list[dict]:
@@ -125,23 +196,30 @@ def _in_input_order(records, questions: list[dict]) -> list[dict]:
 
 
 def _stats(cfg: DictConfig, questions: list[dict], records: list[dict], kept: list[dict],
-           tokens: Counter, resumed_with: int, new_samples: int, wall: float) -> dict:
+           sampling: dict) -> dict:
     answered = [r for r in records if r["reason"] != "contaminated"]
+    samples = sum(len(r["samples"]) for r in answered)
+    truncated = sum(r["n_truncated"] for r in answered)
     return {
         "questions_in": len(questions),
         "contaminated": sum(r["reason"] == "contaminated" for r in records),
         "answered": len(answered),
-        "samples": sum(len(r["samples"]) for r in answered),
+        "samples": samples,  # the ones voted on: voting.k per answered question
         "abstentions": sum(x is None for r in answered for x in r["extracted"]),
+        "truncated": truncated,  # voted-on samples that ended at answers.sampling.max_tokens
+        "truncated_share": round(truncated / samples, 4) if samples else None,
         "dropped": dict(Counter(r["reason"] for r in answered if r["reason"])),
         "kept": len(kept),
         "yield": round(len(kept) / len(questions), 4) if questions else None,
         "mean_agreement_kept": _mean([r["agreement"] for r in kept]),
         "mean_agreement_answered": _mean([r["agreement"] for r in answered]),
         "agreement_histogram": agreement_histogram(answered, cfg.voting.k),
-        "tokens": dict(tokens),  # this invocation's only; resumed_with says how much came before
-        "resumed_with": resumed_with,
-        "answers_per_s": round(new_samples / wall, 3) if new_samples else None,
+        "tokens": sampling["tokens"],
+        "resumed_with": sampling["resumed_with"],
+        "answers_per_s": sampling["answers_per_s"],
+        # where the samples came from: reused (no engine started) or drawn now
+        "sampling": {k: v for k, v in sampling.items()
+                     if k not in ("tokens", "resumed_with", "answers_per_s")},
     }
 
 
@@ -223,6 +301,7 @@ Generated with no external supervision by `{source.name or cfg.model.name}`: the
 the questions, answered each {cfg.voting.k} times, and a question was kept only when its
 majority answer won at least {cfg.voting.min_agreement:.0%} of the samples and
 {cfg.voting.min_votes} votes. Answers were never checked against any ground truth.
+{_truncation_line(cfg, stats)}
 
 Files: `sft.jsonl` (chat `messages`, ready for fine-tuning), `qa.jsonl` (question, answer,
 chosen response, votes, agreement), `samples.jsonl` (every sample of every question),
@@ -235,7 +314,7 @@ then `push_to_hub` to share it).
 | --- | ---: |
 | questions in | {stats['questions_in']} |
 | dropped: 13-gram overlap with a benchmark test set | {stats['contaminated']} |
-| answered ({cfg.voting.k} samples each) | {stats['answered']} |
+| answered ({cfg.voting.k} samples each; {stats['truncated_share'] or 0:.1%} truncated) | {stats['answered']} |
 | dropped: every sample abstained | {stats['dropped'].get('abstained', 0)} |
 | dropped: no consensus | {stats['dropped'].get('no_consensus', 0)} |
 | dropped: tie | {stats['dropped'].get('tie', 0)} |
@@ -254,6 +333,15 @@ then `push_to_hub` to share it).
 ```
 """
     atomic_write_text(out / "DATASET.md", card)
+
+
+def _truncation_line(cfg: DictConfig, stats: dict) -> str:
+    share = stats["truncated_share"]
+    what = ("abstained (no vote, counted in the denominator)" if cfg.voting.drop_truncated
+            else "voted like the others")
+    return (f"\n{stats['truncated']} of the {stats['samples']} samples voted on "
+            f"({0 if share is None else share:.1%}) ended at the {cfg.answers.sampling.max_tokens}-token "
+            f"limit (truncated) and {what}.\n")
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:

@@ -50,20 +50,18 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     check_data(tasks, needs, cfg.eval.data_dir)
     models = models_to_score(cfg, Path(run_dir))
 
-    seconds = {}
+    seconds, reused = {}, {}
     for label, model in models.items():
-        label_dir = out / label
-        if _scored(label_dir, tasks):
-            print(f"crescent: evaluate: {label} already scored in {label_dir}, skipped", flush=True)
-            continue
-        (label_dir / RESULTS).unlink(missing_ok=True)  # scored on other tasks: redo it whole
-        spec = lm_eval_spec(cfg, label, model, tasks, tasks_dir, label_dir)
-        write_json(label_dir / SPEC, spec)
-        atomic_write_text(label_dir / "command.txt", lm_eval_command(spec) + "\n")
-        print(f"crescent: evaluate: scoring {label} ({model}) on {', '.join(tasks)}", flush=True)
-        started = time.time()
-        _score_in_subprocess(label, label_dir)
-        seconds[label] = round(time.time() - started, 2)
+        lock = _link_shared_base(cfg, out) if label == BASE and not cfg.eval.models else None
+        try:
+            took = _score_label(cfg, label, model, tasks, tasks_dir, out / label)
+        finally:
+            if lock is not None:
+                lock.release()
+        if took is None:
+            reused[label] = str((out / label).resolve())
+        else:
+            seconds[label] = took
 
     raw = {label: read_json(out / label / RESULTS) for label in models}
     metrics = {label: metrics_of(results) for label, results in raw.items()}
@@ -72,8 +70,45 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     table = delta_table(metrics, tasks, lower)
     print(table, flush=True)
     atomic_write_text(out / "table.md", table)
-    write_json(out / "stats.json", headline_stats(metrics, tasks, raw, models, seconds))
+    stats = headline_stats(metrics, tasks, raw, models, seconds)
+    stats["reused_scores"] = reused  # label -> where its scores were found already
+    write_json(out / "stats.json", stats)
     return out
+
+
+def _score_label(cfg: DictConfig, label: str, model: str, tasks: list[str], tasks_dir: Path,
+                 label_dir: Path) -> float | None:
+    """Score one model in a child process unless `label_dir` holds its scores; the seconds
+    it took, or None when they were there."""
+    if _scored(label_dir, tasks):
+        print(f"crescent: evaluate: {label} already scored in {label_dir.resolve()}, skipped",
+              flush=True)
+        return None
+    label_dir.mkdir(parents=True, exist_ok=True)
+    (label_dir / RESULTS).unlink(missing_ok=True)  # scored on other tasks: redo it whole
+    spec = lm_eval_spec(cfg, label, model, tasks, tasks_dir, label_dir)
+    write_json(label_dir / SPEC, spec)
+    atomic_write_text(label_dir / "command.txt", lm_eval_command(spec) + "\n")
+    print(f"crescent: evaluate: scoring {label} ({model}) on {', '.join(tasks)}", flush=True)
+    started = time.time()
+    _score_in_subprocess(label, label_dir)
+    return round(time.time() - started, 2)
+
+
+def _link_shared_base(cfg: DictConfig, out: Path):
+    """With the cache on, `evaluate/base` links a cache entry keyed by (student, engine, eval)
+    alone: every sweep point that fine-tunes the same student reads one scoring of it.
+    Returns the entry's lock, held; None when the cache is off."""
+    from crescent.pipeline import KEY_FILE, entry_dir, link, locked, stage_key
+
+    entry = entry_dir(cfg, "evaluate_base") if out.is_symlink() else None
+    here = out.resolve() / BASE
+    if entry is None or (here.is_dir() and not here.is_symlink()):  # scored here before
+        return None
+    entry.mkdir(parents=True, exist_ok=True)
+    write_json(entry / KEY_FILE, stage_key(cfg, "evaluate_base")[1])
+    link(here, entry)
+    return locked(entry, "evaluate: base")
 
 
 # ------------------------------------------------------------------ tasks and data

@@ -49,8 +49,11 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     conversations = _read_conversations(f, input_path)
     model_path, tokenizer = _load_student(cfg.student.name)
     precision = training.resolve_precision(f.precision, f.accelerator)
-    training.seed_everything(cfg.seed)
-    data = training.SFTDataModule(conversations, tokenizer, f, cfg.seed)
+    # finetune.seed replicates the fine-tune alone (shuffle, split, LoRA init): the data
+    # stages' cache keys do not hold it, so replicas share their questions and answers.
+    seed = cfg.seed if f.seed is None else f.seed
+    training.seed_everything(seed)
+    data = training.SFTDataModule(conversations, tokenizer, f, seed)
     module = training.SFTModule(f, model_path, training.load_dtype(precision), out / METRICS)
     trainer = training.build_trainer(f, out, out / CHECKPOINT_DIR, precision,
                                      _make_logger(cfg, run_dir))
