@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 ARGS   ?= experiment=smoke
+# Benchmark data for the tests: this workspace's reference copy when it sits beside the
+# checkout (never copied into the repo); elsewhere set CRESCENT_DATA or `crescent-data fetch`.
+SHARED_DATA := $(abspath $(wildcard ../shared/data))
 
 .PHONY: install run test test-fast clean
 
@@ -26,11 +29,11 @@ run: install
 
 # The fast CPU set, then the slow end-to-end set.
 test: install
-	$(BIN)/pytest
-	$(BIN)/pytest -m slow
+	CRESCENT_DATA=$${CRESCENT_DATA:-$(SHARED_DATA)} $(BIN)/pytest
+	CRESCENT_DATA=$${CRESCENT_DATA:-$(SHARED_DATA)} $(BIN)/pytest -m slow
 
 test-fast: install
-	$(BIN)/pytest
+	CRESCENT_DATA=$${CRESCENT_DATA:-$(SHARED_DATA)} $(BIN)/pytest
 
 clean:
 	rm -rf $(VENV) outputs multirun

@@ -1,4 +1,9 @@
-"""Shared fixtures: the project root, the reference data and a CLI runner."""
+"""Shared fixtures: the project root, the reference data and a CLI runner.
+
+The benchmark data comes from $CRESCENT_DATA, else this workspace's `../shared/data`, which is
+then exported as $CRESCENT_DATA so that every `crescent` the tests start resolves it the same
+way a user's run does (crescent/infra/data.py).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data"
+DATA = Path(os.environ.get("CRESCENT_DATA") or ROOT.parent / "shared" / "data").absolute()
+if DATA.is_dir():
+    os.environ["CRESCENT_DATA"] = str(DATA)
 BAIT = [{"role": "user", "content": "Write one new math word problem. Reply with the problem only."}]
 
 

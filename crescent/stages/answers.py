@@ -9,6 +9,7 @@ are rebuilt from that log at the end, each written atomically.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections import Counter
@@ -26,7 +27,19 @@ from crescent.infra.io import (
     write_json,
 )
 
+logger = logging.getLogger(__name__)
+
 SAMPLES = "samples.jsonl"
+
+
+def preflight(cfg: DictConfig) -> list[Path]:
+    """The benchmark test sets of the decontamination check; missing ones fail in one line."""
+    from crescent.infra.data import require
+
+    try:
+        return [require(cfg.eval.data_dir, p) for p in cfg.answers.decontaminate]
+    except CrescentError as e:
+        raise CrescentError(f"answers.decontaminate: {e}") from None
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
@@ -37,7 +50,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     questions = load_questions(Path(acfg.input) if acfg.input else
                                Path(run_dir) / "questions" / "questions.jsonl")
     todo = _unanswered(out, questions)
-    benchmarks = Benchmarks([Path(cfg.eval.data_dir) / p for p in acfg.decontaminate], acfg.ngram)
+    benchmarks = Benchmarks(preflight(cfg), acfg.ngram)
     started = time.time()
     with JsonlAppender(out / SAMPLES) as log, _progress(questions, todo) as bar:
         clean = _screen(todo, benchmarks, acfg.max_overlap, log, bar)
@@ -47,9 +60,9 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     stats = _stats(cfg, questions, records, kept, tokens, len(questions) - len(todo),
                    new_samples=cfg.voting.k * len(clean), wall=time.time() - started)
     if not kept:
-        print(f"crescent: answers: none of {len(questions)} questions kept "
-              f"(dropped: {stats['dropped'] or 'none'}, contaminated: {stats['contaminated']}); "
-              f"sft.jsonl is empty", flush=True)
+        logger.info(f"crescent: answers: none of {len(questions)} questions kept "
+                    f"(dropped: {stats['dropped'] or 'none'}, "
+                    f"contaminated: {stats['contaminated']}); sft.jsonl is empty")
     write_card(out, cfg, stats)
     write_json(out / "stats.json", stats)
     return out
