@@ -48,7 +48,10 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     _check_limits(f)
     started = time.time()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from crescent.infra.logs import quiet_libraries
     from crescent.methods import training  # Lightning and torch: only now that training starts
+
+    quiet_libraries()  # importing Lightning set its logger back to INFO
 
     conversations = _read_conversations(f, input_path)
     model_path, tokenizer = _load_student(cfg.student.name)
