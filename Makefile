@@ -24,7 +24,10 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 # The main job on the embedded default model; override with ARGS='...'.
+# Benchmark data first: nothing to do when a run finds it ($$CRESCENT_DATA or the cache copy,
+# or eval.data_dir in ARGS), else one `crescent-data fetch` from the Hugging Face hub.
 run: install
+	@$(if $(findstring eval.data_dir,$(ARGS)),true,$(BIN)/crescent-data where >/dev/null || $(BIN)/crescent-data fetch)
 	$(BIN)/crescent $(ARGS)
 
 # The fast CPU set, then the slow end-to-end set.

@@ -183,7 +183,8 @@ def _check_hub(timeout_s: float = 5.0) -> None:
             why = f"{endpoint.hostname}: {e.strerror or e}"
     if why:
         raise CrescentError(f"the Hugging Face hub cannot be reached ({why}); copy gsm8k/ and "
-                            f"math500/ from a machine that has them and run `{FETCH} --from DIR`")
+                            f"math500/ from a machine that has them and run `{FETCH} --from DIR`, "
+                            f"or set {ENV}=DIR")
 
 
 def check(root: Path) -> list[tuple[str, str]]:
