@@ -354,6 +354,9 @@ def main(argv: list[str] | None = None) -> None:
         print("usage: python -m crescent.stages.evaluate <spec.json>", file=sys.stderr)
         sys.exit(2)
     _die_with_parent()
+    from crescent.infra import logs
+
+    logs.setup(logs.verbose())  # the parent's choice, passed down in the environment
     spec_path = Path(argv[0])
     spec = read_json(spec_path)
     try:
