@@ -8,8 +8,10 @@ way a user's run does (crescent/infra/data.py).
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import pytest
@@ -37,3 +39,30 @@ def run_cli(*overrides: str, cwd: Path, timeout: float = 900) -> subprocess.Comp
 @pytest.fixture
 def cli(tmp_path):
     return lambda *overrides, **kw: run_cli(*overrides, cwd=tmp_path, **kw)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--sample-long", type=int, default=None, metavar="N",
+                     help="run only N of the tests marked `long`, drawn with the seed "
+                          "$CRESCENT_CI_SAMPLE (default: today's date), so CI covers them all "
+                          "over a few builds and stays short")
+
+
+def pytest_collection_modifyitems(config, items):
+    n = config.getoption("--sample-long")
+    if n is None:
+        return
+    long = [item for item in items if item.get_closest_marker("long")]
+    seed = os.environ.get("CRESCENT_CI_SAMPLE") or date.today().isoformat()
+    keep = {item.nodeid for item in random.Random(seed).sample(long, min(n, len(long)))}
+    dropped = [item for item in long if item.nodeid not in keep]
+    config.hook.pytest_deselected(items=dropped)
+    items[:] = [item for item in items if item not in dropped]
+    config.crescent_sampled = (seed, sorted(keep), len(long))
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if hasattr(config, "crescent_sampled"):
+        seed, keep, total = config.crescent_sampled
+        terminalreporter.write_line(f"long tests: ran {len(keep)} of {total} (seed {seed}): "
+                                    + ", ".join(keep))

@@ -269,6 +269,7 @@ def _by_doc(samples: list[dict]) -> dict[tuple, dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_stage_and_lm_eval_command_line_give_identical_scores(cli, tmp_path):
     import torch
 
@@ -326,6 +327,7 @@ def _gold_sft(path: Path, n: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_finetuning_on_gold_solutions_lowers_bits_per_byte(cli, tmp_path):
     _gold_sft(tmp_path / "sft.jsonl", 6)
     # finetune then evaluate in one run: `base` and this run's `finetuned`, on the test set.
