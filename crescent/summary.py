@@ -73,7 +73,7 @@ def summary_lines(run_dir: Path, summary: dict, wall_s: float) -> list[str]:
         lines.append(f"  {stage:<9} {state:<6} {took:>8}  {headline(stage, stats)}")
     lines.append(f"  outputs: {_rel(Path(run_dir))}/<stage>/ (pipeline.json lists the cache "
                  f"entries)")
-    lines.append(f"  next: crescent-report {_rel(Path(run_dir).parent)}")
+    lines.append(f"  next: crescent-report {_rel(Path(run_dir))}")
     return lines
 
 

@@ -31,4 +31,4 @@ def test_summary_names_each_stage_its_counts_scores_and_the_next_command(tmp_pat
     assert "10 steps, train loss 1.2500 -> 0.5000" in lines[3]
     assert "gsm8k_bpb bits_per_byte: base 0.7500, finetuned 0.7000 (-0.0500)" in lines[4]
     assert lines[-2].startswith("  outputs: outputs/smoke/run/<stage>/")
-    assert lines[-1] == "  next: crescent-report outputs/smoke"
+    assert lines[-1] == "  next: crescent-report outputs/smoke/run"
