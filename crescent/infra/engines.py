@@ -139,6 +139,7 @@ class VLLMEngine:
             # only CUDA generators allow), so prompts are prefilled whole there.
             enable_chunked_prefill=not on_cpu,
             seed=0,  # engine-level default only: every request carries its own seed
+            use_tqdm_on_load=verbose(),  # a one-shard model's load bar says nothing
         )
         self.batch_size = engine.batch_size
 

@@ -20,6 +20,7 @@ VERBOSE_ENV = "CRESCENT_VERBOSE"
 # Read by the libraries when they are imported, here or in a child process.
 _QUIET_ENV = {
     "VLLM_LOGGING_LEVEL": "ERROR",
+    "TORCH_CPP_LOG_LEVEL": "ERROR",  # torch's C++ warnings (vLLM's NUMA binding note on CPU)
     "TRANSFORMERS_VERBOSITY": "error",
     "DATASETS_VERBOSITY": "error",
     "LMEVAL_LOG_LEVEL": "ERROR",
