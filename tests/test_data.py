@@ -70,11 +70,12 @@ def test_run_without_data_stops_before_any_stage_with_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "CRESCENT_DATA"}
     env.update(CRESCENT_CACHE=str(tmp_path / "cache"), PYTHONPATH=str(ROOT), WANDB_MODE="offline")
     result = subprocess.run([sys.executable, "-m", "crescent", "logger=none", "engine=hf"],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120,
+                            check=False)
     assert result.returncode == 1
-    assert result.stderr.strip().splitlines() == [
+    assert result.stderr.strip().splitlines() == [(
         f"crescent: error: answers.decontaminate: benchmark data {tmp_path}/cache/data/gsm8k/"
         f"test.jsonl not found (looked in eval.data_dir, else $CRESCENT_DATA, else "
         f"{tmp_path}/cache/data): run `crescent-data fetch` (Hugging Face hub) or "
-        f"`crescent-data fetch --from DIR` (a local copy), or set CRESCENT_DATA=DIR"]
+        f"`crescent-data fetch --from DIR` (a local copy), or set CRESCENT_DATA=DIR")]
     assert not list(tmp_path.rglob("DONE"))
