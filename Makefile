@@ -4,8 +4,11 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 ARGS   ?= experiment=smoke
+# Benchmark data for the tests: this workspace's reference copy when it sits beside the
+# checkout (never copied into the repo); elsewhere set CRESCENT_DATA or `crescent-data fetch`.
+SHARED_DATA := $(abspath $(wildcard ../shared/data))
 
-.PHONY: install run test test-fast clean
+.PHONY: install run test test-all test-fast clean
 
 install: $(VENV)/.installed
 
@@ -21,16 +24,24 @@ $(VENV)/.installed: pyproject.toml Makefile
 	touch $@
 
 # The main job on the embedded default model; override with ARGS='...'.
+# Benchmark data first: nothing to do when a run finds it ($$CRESCENT_DATA or the cache copy,
+# or eval.data_dir in ARGS), else one `crescent-data fetch` from the Hugging Face hub.
 run: install
+	@$(if $(findstring eval.data_dir,$(ARGS)),true,$(BIN)/crescent-data where >/dev/null || $(BIN)/crescent-data fetch)
 	$(BIN)/crescent $(ARGS)
 
-# The fast CPU set, then the slow end-to-end set.
+# The fast CPU set, then the slow end-to-end set with one of its `long` tests (chosen by date;
+# CRESCENT_CI_SAMPLE=<seed> picks another): what CI runs. `make test-all` runs every test.
 test: install
-	$(BIN)/pytest
-	$(BIN)/pytest -m slow
+	CRESCENT_DATA=$${CRESCENT_DATA:-$(SHARED_DATA)} $(BIN)/pytest
+	CRESCENT_DATA=$${CRESCENT_DATA:-$(SHARED_DATA)} $(BIN)/pytest -m slow --sample-long=1
+
+test-all: install
+	CRESCENT_DATA=$${CRESCENT_DATA:-$(SHARED_DATA)} $(BIN)/pytest
+	CRESCENT_DATA=$${CRESCENT_DATA:-$(SHARED_DATA)} $(BIN)/pytest -m slow
 
 test-fast: install
-	$(BIN)/pytest
+	CRESCENT_DATA=$${CRESCENT_DATA:-$(SHARED_DATA)} $(BIN)/pytest
 
 clean:
 	rm -rf $(VENV) outputs multirun

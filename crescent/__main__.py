@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -48,18 +49,25 @@ def config_error(e: Exception) -> str:
 
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def run(cfg: DictConfig) -> None:
+    from crescent.infra import data, logs
+
+    logs.setup(bool(cfg.get("verbose", False)))
     # Heavy modules load here, after Hydra has handled --help and --cfg.
     from crescent.config import validate
     from crescent.infra.tracking import make_tracker
     from crescent.pipeline import run_pipeline
+    from crescent.summary import print_summary
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     tracker = None
     try:
         validate(cfg)
+        data.fill_data_dir(cfg)
         tracker = make_tracker(cfg, run_dir, list(hydra_cfg.overrides.task))
-        run_pipeline(cfg, run_dir, tracker)
+        started = time.time()
+        summary = run_pipeline(cfg, run_dir, tracker)
+        print_summary(run_dir, summary, time.time() - started)
     except CrescentError as e:
         print(f"crescent: error: {e}", file=sys.stderr, flush=True)
         sys.exit(1)

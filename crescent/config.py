@@ -144,7 +144,7 @@ class AnswersConfig:
     input: Optional[str] = None  # questions.jsonl to answer; default: this run's questions stage
     samples: int | None = None  # k_max: samples drawn per question (cached); the vote uses the first voting.k; None: voting.k
     chunk_size: int = 32  # questions per engine call; answered questions are flushed after each
-    decontaminate: list[str] = field(  # benchmark test sets (JSON Lines under eval.data_dir)
+    decontaminate: list[str] = field(  # benchmark test sets (JSON Lines in the benchmark data dir)
         default_factory=lambda: ["gsm8k/test.jsonl", "math500/test.jsonl"]
     )
     ngram: int = 13  # word n-gram length of the contamination check
@@ -204,7 +204,9 @@ class EvalConfig:
     tasks: list[str] = field(default_factory=lambda: ["crescent_gsm8k_gold_bpb"])
     limit: Optional[int] = None  # examples per task; None means all
     num_fewshot: Optional[int] = None  # few-shot examples for every task; None: each task's own
-    data_dir: str = "../shared/data"  # gsm8k/ and math500/ for the offline tasks; cwd-relative
+    # gsm8k/ and math500/ for the offline tasks and decontamination; None: $CRESCENT_DATA, else
+    # the crescent cache's data/ (`crescent-data fetch`), resolved at run time (crescent/infra/data.py)
+    data_dir: Optional[str] = None
     # label -> model (built-in name, hub id or local dir) to score instead of the default pair:
     # `base` (the student) and `finetuned` (this run's finetune/model, when it exists)
     models: dict[str, str] = field(default_factory=dict)
@@ -227,6 +229,8 @@ class Config:
     seed: int = 0  # run seed: every sampling call derives its own seed from it
     stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES))  # stages to run, in order
     cache_dir: Optional[str] = "outputs/cache"  # stage outputs shared by config hash; null: none
+    accept_stale: bool = False  # reuse a run-dir stage made by another stage version (pipeline.py)
+    verbose: bool = False  # show vLLM/transformers/lm-eval/Lightning logs; off: crescent's lines only
     model: ModelConfig = field(default_factory=ModelConfig)  # the generator
     student: ModelConfig = field(default_factory=ModelConfig)  # the model fine-tuned
     engine: EngineConfig = field(default_factory=EngineConfig)

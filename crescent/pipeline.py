@@ -1,7 +1,8 @@
 """Pipeline runner: runs `cfg.stages` in order, each in `<run dir>/<stage>/`, skipping finished ones.
 
 A stage is a module with `run(cfg, run_dir) -> Path` that writes its artefacts and
-`stats.json` into its stage dir and resumes from whatever partial output it finds there.
+`stats.json` into its stage dir and resumes from whatever partial output it finds there, and
+optionally `preflight(cfg)`, run for every listed stage before the first one starts.
 The runner writes the `DONE` marker, atomically and last, once the stage has returned.
 
 Artefact cache: with `cache_dir` set, a stage's dir is a link to `<cache_dir>/<stage>/<key>`,
@@ -10,6 +11,16 @@ its upstream stage's key, or the content of an explicit input file). Sweep point
 upstream settings therefore share those stages' outputs: a learning-rate sweep generates its
 questions and answers once. A lock per key keeps parallel sweep jobs from running one stage
 twice at the same time.
+
+Stale outputs: each stage has a `version` in the stage table, bumped whenever the same config
+would now produce different output (extraction rules, cleaning, templates, task files). It is
+part of the cache key, so a cache entry made by another version is never reused: the stage is
+recomputed in a new entry. A stage dir kept inside the run dir (`cache_dir=null`) records its
+version in `stats.json`; one made by another version stops the run with a one-line message
+naming `accept_stale=true`, the override that reuses it anyway.
+
+Benchmark data (`eval.data_dir`, `$CRESCENT_DATA` or the crescent cache) enters a key as the
+sha256 of the files the stage reads (crescent/infra/data.py), never as a machine path.
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
@@ -30,6 +42,8 @@ from crescent.infra.io import CrescentError, atomic_write_text, read_json, write
 from crescent.infra.provenance import provenance
 from crescent.infra.tracking import Tracker
 
+logger = logging.getLogger(__name__)
+
 
 @dataclass(frozen=True)
 class Stage:
@@ -37,29 +51,36 @@ class Stage:
     keys: tuple[str, ...] = ()  # config keys that determine the stage's output
     upstream: Optional[str] = None  # the stage whose output it reads by default
     input_key: Optional[str] = None  # config key of an explicit input that replaces upstream
+    # Bump when the same config would now give other output (rules, cleaning, templates).
+    version: int = 1
+    # Benchmark files read: a config key holding a list of them, or "*" for every pinned one.
+    data: Optional[str] = None
 
 
 # The one stage table, in data-flow order.
 STAGES = {
     "questions": Stage("crescent.stages.questions",
-                       ("seed", "model", "engine", "domain", "dedup", "questions")),
+                       ("seed", "model", "engine", "domain", "dedup", "questions"), version=1),
     # The answers stage votes over samples drawn under SAMPLING (below): its own key holds
     # the vote's settings and the samples' key, so a sweep over voting.* shares the samples.
-    "answers": Stage("crescent.stages.answers", ("domain", "voting"), upstream="samples"),
+    "answers": Stage("crescent.stages.answers", ("domain", "voting"), upstream="samples",
+                     version=1),
     # finetune.seed lives in the finetune group: replicas of a fine-tune share the data above.
     "finetune": Stage("crescent.stages.finetune", ("seed", "student", "finetune"),
-                      upstream="answers", input_key="finetune.input"),
-    "evaluate": Stage("crescent.stages.evaluate", ("model", "engine", "eval"), upstream="finetune"),
+                      upstream="answers", input_key="finetune.input", version=1),
+    "evaluate": Stage("crescent.stages.evaluate", ("model", "engine", "eval"), upstream="finetune",
+                      version=1, data="*"),
 }
 # Cache entries that are not stages of their own, keyed like one.
 ENTRIES = {
     # The answers stage's samples (answers.samples of them per question): everything that
     # decides them and nothing of the vote.
-    "samples": Stage("crescent.stages.answers",
-                     ("seed", "model", "engine", "domain", "answers", "eval.data_dir"),
-                     upstream="questions", input_key="answers.input"),
+    "samples": Stage("crescent.stages.answers", ("seed", "model", "engine", "domain", "answers"),
+                     upstream="questions", input_key="answers.input", version=1,
+                     data="answers.decontaminate"),
     # The base model's scores: the same for every sweep point that fine-tunes the same student.
-    "evaluate_base": Stage("crescent.stages.evaluate", ("student", "engine", "eval")),
+    "evaluate_base": Stage("crescent.stages.evaluate", ("student", "engine", "eval"), version=1,
+                           data="*"),
 }
 DONE = "DONE"
 STATS = "stats.json"
@@ -104,6 +125,11 @@ def stage_key(cfg: DictConfig, name: str) -> tuple[str, dict]:
         parts["input_sha256"] = content_hash(Path(explicit), stage.input_key)
     elif stage.upstream:
         parts["upstream"] = stage_key(cfg, stage.upstream)[0]
+    if stage.data:
+        parts["benchmarks"] = _data_identity(cfg, stage.data)
+    if isinstance(parts.get("eval"), dict):
+        parts["eval"].pop("data_dir", None)  # a machine path: the content hashes stand for it
+    parts["version"] = stage.version
     digest = hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(),
                              digest_size=8)
     return digest.hexdigest(), parts
@@ -133,9 +159,16 @@ def locked(target: Path, what: str):
     try:
         lock.acquire(timeout=0)
     except Timeout:
-        print(f"crescent: {what}: another job is running it in {target}, waiting", flush=True)
+        logger.info("crescent: %s: another job is running it in %s, waiting", what, target)
         lock.acquire()
     return lock
+
+
+def _data_identity(cfg: DictConfig, which: str) -> dict[str, str]:
+    from crescent.infra import data
+
+    rels = data.PINS if which == "*" else (OmegaConf.select(cfg, which) or [])
+    return data.identity(OmegaConf.select(cfg, "eval.data_dir", default=None), list(rels))
 
 
 def content_hash(path: Path, what: str) -> str:
@@ -174,9 +207,11 @@ def link(out: Path, target: Path) -> None:
     os.replace(tmp, out)
 
 
-def run_pipeline(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> None:
+def run_pipeline(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict:
+    """Run `cfg.stages`; returns {stage: {reused, wall_time_s, cache}} (also pipeline.json)."""
     # Resolve every stage before running any, so a typo fails now and not after hours.
     modules = {name: load_stage(name) for name in cfg.stages}
+    _preflight(cfg, modules)
     # Finished upstream outputs of this config join the run dir, so `stages=[finetune]`
     # finds the answers an earlier run (or another sweep point) produced.
     for name in STAGES:
@@ -203,6 +238,16 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> None:
         summary[name]["cache"] = str(target) if target is not None else None
         write_json(Path(run_dir) / "pipeline.json", summary)
     tracker.log_summary(Path(run_dir), summary)
+    return summary
+
+
+def _preflight(cfg: DictConfig, modules: dict[str, ModuleType]) -> None:
+    """Each stage's optional `preflight(cfg)` (benchmark files there, ...) runs before the
+    first stage starts, so a missing file fails now and not after an hour of generation."""
+    for module in modules.values():
+        check = getattr(module, "preflight", None)
+        if check is not None:
+            check(cfg)
 
 
 def _run_stage(name: str, module: ModuleType, cfg: DictConfig, run_dir: Path,
@@ -210,12 +255,13 @@ def _run_stage(name: str, module: ModuleType, cfg: DictConfig, run_dir: Path,
     """Run one stage unless it is done; returns whether it ran and how long it took."""
     out = stage_dir(run_dir, name)
     if is_done(run_dir, name):
-        print(f"crescent: {name}: already done in {out}, skipped", flush=True)
         stats = read_json(out / STATS)
+        _check_version(cfg, name, out, stats)
+        logger.info("crescent: %s: already done in %s, skipped", name, out)
         tracker.log_stats(name, {**_metrics(stats), "reused": 1})
         return {"reused": True, "wall_time_s": stats.get("wall_time_s")}
     out.mkdir(parents=True, exist_ok=True)
-    print(f"crescent: {name}: running in {out}", flush=True)
+    logger.info("crescent: %s: running in %s", name, out)
     started = time.time()
     module.run(cfg, run_dir)
     stats_path = out / STATS
@@ -223,12 +269,28 @@ def _run_stage(name: str, module: ModuleType, cfg: DictConfig, run_dir: Path,
         raise CrescentError(f"stage {name!r} finished without writing {stats_path}")
     stats = read_json(stats_path)
     stats.setdefault("wall_time_s", round(time.time() - started, 2))
+    stats["stage_version"] = STAGES[name].version
     stats["provenance"] = info
     write_json(stats_path, stats)
     tracker.log_stats(name, {**_metrics(stats), "reused": 0})
     atomic_write_text(out / DONE, time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
-    print(f"crescent: {name}: done in {stats['wall_time_s']:.1f} s", flush=True)
+    logger.info("crescent: %s: done in %.1f s", name, stats["wall_time_s"])
     return {"reused": False, "wall_time_s": stats["wall_time_s"]}
+
+
+def _check_version(cfg: DictConfig, name: str, out: Path, stats: dict) -> None:
+    """A done stage made by another stage version is not reused unless the user says so.
+    (Cache entries never get here: the version is in their key.) Outputs from before stage
+    versions existed count as version 1."""
+    made, now = stats.get("stage_version", 1), STAGES[name].version
+    if made == now:
+        return
+    if not OmegaConf.select(cfg, "accept_stale", default=False):
+        raise CrescentError(
+            f"{name}: {out} was made by stage version {made}, this code writes version {now}; "
+            f"delete it to recompute, or reuse it as it is with accept_stale=true")
+    logger.warning("crescent: %s: reusing %s made by stage version %s (now %s): accept_stale=true",
+                name, out, made, now)
 
 
 def _metrics(stats: dict) -> dict:

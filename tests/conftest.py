@@ -1,16 +1,25 @@
-"""Shared fixtures: the project root, the reference data and a CLI runner."""
+"""Shared fixtures: the project root, the reference data and a CLI runner.
+
+The benchmark data comes from $CRESCENT_DATA, else this workspace's `../shared/data`, which is
+then exported as $CRESCENT_DATA so that every `crescent` the tests start resolves it the same
+way a user's run does (crescent/infra/data.py).
+"""
 
 from __future__ import annotations
 
 import os
+import random
 import subprocess
 import sys
+from datetime import date
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT.parent / "shared" / "data"
+DATA = Path(os.environ.get("CRESCENT_DATA") or ROOT.parent / "shared" / "data").absolute()
+if DATA.is_dir():
+    os.environ["CRESCENT_DATA"] = str(DATA)
 BAIT = [{"role": "user", "content": "Write one new math word problem. Reply with the problem only."}]
 
 
@@ -30,3 +39,30 @@ def run_cli(*overrides: str, cwd: Path, timeout: float = 900) -> subprocess.Comp
 @pytest.fixture
 def cli(tmp_path):
     return lambda *overrides, **kw: run_cli(*overrides, cwd=tmp_path, **kw)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--sample-long", type=int, default=None, metavar="N",
+                     help="run only N of the tests marked `long`, drawn with the seed "
+                          "$CRESCENT_CI_SAMPLE (default: today's date), so CI covers them all "
+                          "over a few builds and stays short")
+
+
+def pytest_collection_modifyitems(config, items):
+    n = config.getoption("--sample-long")
+    if n is None:
+        return
+    long = [item for item in items if item.get_closest_marker("long")]
+    seed = os.environ.get("CRESCENT_CI_SAMPLE") or date.today().isoformat()
+    keep = {item.nodeid for item in random.Random(seed).sample(long, min(n, len(long)))}
+    dropped = [item for item in long if item.nodeid not in keep]
+    config.hook.pytest_deselected(items=dropped)
+    items[:] = [item for item in items if item not in dropped]
+    config.crescent_sampled = (seed, sorted(keep), len(long))
+
+
+def pytest_terminal_summary(terminalreporter, config):
+    if hasattr(config, "crescent_sampled"):
+        seed, keep, total = config.crescent_sampled
+        terminalreporter.write_line(f"long tests: ran {len(keep)} of {total} (seed {seed}): "
+                                    + ", ".join(keep))

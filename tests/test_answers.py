@@ -151,7 +151,8 @@ def test_embedded_model_answers_20_questions_killed_and_resumed(tmp_path):
     print(f"\nanswers killed at {seen} of 20 questions answered")
 
 
-def test_model_that_never_answers_keeps_nothing_and_says_so(tmp_path, monkeypatch, capsys):
+def test_model_that_never_answers_keeps_nothing_and_says_so(tmp_path, monkeypatch, caplog):
+    caplog.set_level("INFO", logger="crescent")
     class Mute:
         def chat(self, conversations, sampling, n, seed):
             return [Generation(["I am not sure how to do this."] * n, [9] * n, 20)
@@ -164,7 +165,7 @@ def test_model_that_never_answers_keeps_nothing_and_says_so(tmp_path, monkeypatc
     stats = read_json(out / "stats.json")
     assert stats["kept"] == 0 and stats["dropped"] == {"abstained": 5}
     assert (out / "sft.jsonl").read_text() == ""
-    assert "none of 6 questions kept" in capsys.readouterr().out
+    assert "none of 6 questions kept" in caplog.text
 
 
 class CountingEngine(ScriptedEngine):

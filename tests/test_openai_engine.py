@@ -17,7 +17,7 @@ from crescent.infra.models import resolve_model
 from crescent.infra.serve import LocalServer
 from tests.conftest import DATA, ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 QUESTIONS = ROOT / "tests" / "assets" / "questions20.jsonl"
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -37,7 +38,8 @@ def test_stage_writes_stats_then_done(counting, tmp_path):
     stats = read_json(out / "stats.json")
     assert stats["items"] == 10 and stats["wall_time_s"] >= 0
     assert stats["provenance"] == {}  # this config names no model
-    assert tracker.logged == [("counting", {"items": 10, "resumed_from": 0,
+    assert stats["stage_version"] == 1
+    assert tracker.logged == [("counting", {"items": 10, "resumed_from": 0, "stage_version": 1,
                                             "wall_time_s": stats["wall_time_s"], "reused": 0})]
 
 
@@ -125,7 +127,9 @@ import sys
 from pathlib import Path
 from omegaconf import OmegaConf
 from crescent import pipeline
+from crescent.infra import logs
 from crescent.infra.tracking import Tracker
+logs.setup()
 pipeline.STAGES["counting"] = pipeline.Stage("tests.counting_stage", ("n",))
 cfg = OmegaConf.create({"stages": ["counting"], "n": 20, "cache_dir": sys.argv[2]})
 pipeline.run_pipeline(cfg, Path(sys.argv[1]), Tracker())
@@ -196,3 +200,55 @@ def test_provenance_names_versions_model_files_and_template(tmp_path):
     assert len(info["model"]["chat_template_sha256"]) == 64 and "student" not in info
     (model / "tokenizer_config.json").write_text('{"chat_template": "{{ other }}"}')
     assert provenance(cfg)["model"]["chat_template_sha256"] != info["model"]["chat_template_sha256"]
+
+
+def test_changed_stage_version_is_not_reused_from_the_cache(two_stages, tmp_path, monkeypatch):
+    first = _run(tmp_path, "a")
+    old_entry = first["counting"]["cache"]
+    # The code changes what `counting` writes and bumps its version; the config does not change.
+    monkeypatch.setitem(pipeline.STAGES, "counting",
+                        pipeline.Stage("tests.counting_stage", ("n",), version=2))
+    again = _run(tmp_path, "a")
+    assert not again["counting"]["reused"] and not again["summing"]["reused"]
+    assert again["counting"]["cache"] != old_entry
+    assert read_json(os.path.join(again["counting"]["cache"], "cache_key.json"))["version"] == 2
+    assert read_json(tmp_path / "a" / "counting" / "stats.json")["stage_version"] == 2
+    assert read_json(os.path.join(old_entry, "stats.json"))["stage_version"] == 1  # kept as it was
+
+
+def test_run_dir_stage_of_another_version_is_refused_unless_accepted(counting, tmp_path,
+                                                                     monkeypatch):
+    pipeline.run_pipeline(counting, tmp_path, Tracker())  # no cache_dir: the stage lives here
+    monkeypatch.setitem(pipeline.STAGES, "counting",
+                        pipeline.Stage("tests.counting_stage", version=3))
+    with pytest.raises(CrescentError, match=r"counting: .* made by stage version 1, this code "
+                                            r"writes version 3; .*accept_stale=true"):
+        pipeline.run_pipeline(counting, tmp_path, Tracker())
+    tracker = RecordingTracker()
+    pipeline.run_pipeline(OmegaConf.merge(counting, {"accept_stale": True}), tmp_path, tracker)
+    assert [(stage, stats["reused"]) for stage, stats in tracker.logged] == [("counting", 1)]
+
+
+def _data_copy(root, extra=""):
+    for rel in ("gsm8k/test.jsonl", "math500/test.jsonl"):
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text('{"question": "What is 2 + 2?", "answer": "4"}\n' + extra)
+    return root
+
+
+def test_benchmark_data_enters_keys_by_content_not_path(tmp_path, monkeypatch):
+    from crescent.config import Config
+
+    cfg = OmegaConf.structured(Config)
+    keys = {}
+    for name in ("here", "there"):
+        cfg.eval.data_dir = str(_data_copy(tmp_path / name))
+        keys[name] = (pipeline.stage_key(cfg, "answers"), pipeline.stage_key(cfg, "evaluate")[0])
+    assert keys["here"] == keys["there"]  # same files elsewhere: same keys
+    assert str(tmp_path) not in json.dumps(keys["here"][0][1])  # no machine path in the key
+    _data_copy(tmp_path / "there", extra='{"question": "new", "answer": "1"}\n')
+    assert pipeline.stage_key(cfg, "answers")[0] != keys["here"][0][0]
+    # eval.data_dir unset: $CRESCENT_DATA gives the same key as the same files named directly
+    cfg.eval.data_dir = None
+    monkeypatch.setenv("CRESCENT_DATA", str(tmp_path / "here"))
+    assert pipeline.stage_key(cfg, "answers")[0] == keys["here"][0][0]

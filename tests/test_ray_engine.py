@@ -13,6 +13,7 @@ COMMON = ["stages=[questions]", "questions.target=8", "questions.batch_size=12",
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_two_ray_replicas_write_what_one_engine_writes(cli, tmp_path):
     ray = cli(*COMMON, "engine=ray_vllm", "engine.data_parallel_size=2", "hydra.run.dir=ray",
               timeout=1200)

@@ -15,6 +15,7 @@ SMALL = ["engine=hf", "questions.target=5", "questions.max_candidates=24", "ques
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_same_seed_same_bytes_on_hf(cli, tmp_path):
     for run, seed, stages in (("a", 0, "questions,answers"), ("b", 0, "questions,answers"),
                               ("c", 1, "questions")):

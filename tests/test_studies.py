@@ -27,6 +27,7 @@ def test_study_composes_and_is_documented(study):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_smoke_lr_sweep_shares_upstream_stages_and_reports(cli, tmp_path):
     result = cli("-m", "experiment=smoke", "finetune.lr=1e-5,1e-4", "logger=none",
                  f"eval.data_dir={DATA}", timeout=2400)

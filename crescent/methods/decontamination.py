@@ -31,7 +31,9 @@ class Benchmarks:
         self.grams: dict[str, set[tuple[str, ...]]] = {}
         for path in paths:
             if not path.exists():
-                raise CrescentError(f"answers.decontaminate: {path} does not exist")
+                from crescent.infra.data import missing
+
+                raise CrescentError(f"answers.decontaminate: {missing(path)}")
             grams: set[tuple[str, ...]] = set()
             for row in read_jsonl(path):
                 text = next((row[f] for f in _QUESTION_FIELDS if f in row), None)

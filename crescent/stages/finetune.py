@@ -17,6 +17,7 @@ are dropped on resume, so every step appears once) with the attempt that trained
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -26,6 +27,8 @@ from omegaconf import DictConfig
 
 from crescent.infra.io import CrescentError, read_jsonl, write_json
 from crescent.methods.sft_data import load_conversations
+
+logger = logging.getLogger(__name__)
 
 MODEL_DIR = "model"
 CHECKPOINT_DIR = "checkpoints"
@@ -44,7 +47,10 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         return out  # trained and saved; only the DONE marker was missing
     started = time.time()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from crescent.infra.logs import quiet_libraries
     from crescent.methods import training  # Lightning and torch: only now that training starts
+
+    quiet_libraries()  # importing Lightning set its logger back to INFO
 
     conversations = _read_conversations(f, input_path)
     model_path, tokenizer = _load_student(cfg.student.name)
@@ -107,7 +113,7 @@ def _fit(trainer, module, data, last: Path) -> None:
     """Train, from `last` when an earlier attempt left it."""
     resume = last if last.is_file() else None
     if resume is not None:
-        print(f"crescent: finetune: resuming from {resume}", flush=True)
+        logger.info(f"crescent: finetune: resuming from {resume}")
     trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
     if trainer.interrupted:
         raise CrescentError("finetune: training was interrupted; re-run to resume")
@@ -159,9 +165,9 @@ def _stats(cfg, input_path, trainer, data, module, precision, val_loss) -> dict:
 def _write_stats(out: Path, stats: dict, started: float) -> None:
     stats["wall_time_s"] = round(time.time() - started, 2)
     write_json(out / "stats.json", stats)
-    print(f"crescent: finetune: {stats['steps']} steps, train loss "
-          f"{stats['train_loss_first']} -> {stats['train_loss_final']}, val loss "
-          f"{stats['val_loss_final']}, {stats['tokens_per_s']} tokens/s", flush=True)
+    logger.info(f"crescent: finetune: {stats['steps']} steps, train loss "
+                f"{stats['train_loss_first']} -> {stats['train_loss_final']}, val loss "
+                f"{stats['val_loss_final']}, {stats['tokens_per_s']} tokens/s")
 
 
 def _make_logger(cfg: DictConfig, run_dir: Path):

@@ -12,6 +12,7 @@ to `target` without duplicates.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -22,6 +23,8 @@ from omegaconf import DictConfig
 
 from crescent.infra.io import CrescentError, JsonlAppender, numbered_jsonl, resume_jsonl, write_json
 from crescent.methods.cleaning import clean_question
+
+logger = logging.getLogger(__name__)
 
 QUESTIONS = "questions.jsonl"
 REJECTED = "rejected.jsonl"
@@ -53,8 +56,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     _generate_until_done(cfg, out, state, engine, embedder, index)
     stats = _stats(cfg.questions, state, index, time.time() - started)
     if stats["stop_reason"] == "max_candidates":
-        print(f"crescent: questions: max_candidates={cfg.questions.max_candidates} spent with "
-              f"{stats['accepted']} of target={cfg.questions.target} accepted", flush=True)
+        logger.info(f"crescent: questions: max_candidates={cfg.questions.max_candidates} spent "
+                    f"with {stats['accepted']} of target={cfg.questions.target} accepted")
     write_json(out / "stats.json", stats)
     return out
 

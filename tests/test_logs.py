@@ -1,0 +1,48 @@
+"""Terminal output: crescent's lines on stdout from rank zero, library chatter off unless verbose."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+_SCRIPT = """
+import logging, os, sys
+from crescent.infra import logs
+logs.setup(verbose_=sys.argv[1] == "1")
+logging.getLogger("crescent.stages.answers").info("crescent: answers: a line of ours")
+logging.getLogger("vllm").info("INFO vllm chatter")
+logging.getLogger("vllm").warning("WARNING vllm chatter")
+logging.getLogger("lm_eval").error("ERROR from lm_eval")
+print("ENV", os.environ.get("VLLM_LOGGING_LEVEL"), os.environ.get("CRESCENT_VERBOSE"))
+"""
+
+
+def _run(verbose: str, **env) -> subprocess.CompletedProcess:
+    clean = {k: v for k, v in os.environ.items()
+             if k not in ("VLLM_LOGGING_LEVEL", "RANK", "LOCAL_RANK", "SLURM_PROCID")}
+    return subprocess.run([sys.executable, "-c", _SCRIPT, verbose], capture_output=True,
+                          text=True, env=dict(clean, PYTHONPATH=str(ROOT), **env), timeout=60,
+                          check=False)
+
+
+def test_quiet_by_default_keeps_our_lines_and_library_errors():
+    result = _run("0")
+    assert result.stdout.splitlines() == ["crescent: answers: a line of ours", "ENV ERROR 0"]
+    assert "chatter" not in result.stderr and "ERROR from lm_eval" in result.stderr
+
+
+def test_verbose_lets_the_libraries_talk():
+    result = _run("1")
+    assert "ENV None 1" in result.stdout
+    assert "WARNING vllm chatter" in result.stderr
+
+
+@pytest.mark.parametrize("rank, shown", [("0", True), ("1", False)])
+def test_info_lines_from_rank_zero_only(rank, shown):
+    result = _run("0", RANK=rank)
+    assert ("a line of ours" in result.stdout) is shown
