@@ -392,6 +392,7 @@ def test_base_is_scored_once_for_every_point_of_a_sweep(tmp_path, monkeypatch):
     assert (tmp_path / "lr2/evaluate/base").resolve() == shared
     assert second["reused_scores"] == {"base": str(shared)} and "base" not in second["score_seconds"]
     assert (tmp_path / "lr1/evaluate").resolve() != (tmp_path / "lr2/evaluate").resolve()
-    assert read_json(shared / "cache_key.json").keys() == {"student", "engine", "eval"}
+    assert read_json(shared / "cache_key.json").keys() == {"student", "engine", "eval",
+                                                            "benchmarks", "version"}
     assert read_json(tmp_path / "lr2/evaluate/metrics.json")["base"] == \
         read_json(tmp_path / "lr1/evaluate/metrics.json")["base"]
