@@ -14,7 +14,8 @@ MINIATURE = ["experiment=cpu_paper", "setting=crescent,no_vote", "finetune.seed=
              "engine=hf", "dedup=minhash", "questions.target=8", "questions.max_candidates=24",
              "questions.batch_size=12", "questions.sampling.max_tokens=96",
              "answers.sampling.max_tokens=128", "finetune.max_steps=2", "finetune.max_epochs=-1",
-             "finetune.batch_size=2", "finetune.max_length=256", "eval.tasks=[crescent_gsm8k_gold_bpb]",
+             "finetune.batch_size=1", "finetune.max_length=256",
+             "eval.tasks=[crescent_gsm8k_gold_bpb]",
              "eval.limit=10", f"eval.data_dir={DATA}", "logger=none",
              "hydra.sweep.subdir=${hydra.job.num}"]
 
@@ -28,8 +29,12 @@ def test_cpu_paper_in_miniature(cli, tmp_path):
     settings = {run: next(o for o in (run / ".hydra" / "overrides.yaml").read_text().split("\n")
                           if "setting=" in o).split("=")[1] for run in runs}
     answers = {run: read_json(run / "answers" / "stats.json") for run in runs}
-    # One generation: the questions and the 4 samples per question are drawn once.
-    assert sum(a["sampling"]["reused"] is False for a in answers.values()) == 1
+    # One generation: the questions and the 4 samples per question are drawn once, by the
+    # first of the two answers entries (one per setting; replicas share theirs).
+    entries = {(run / "answers").resolve(): stats for run, stats in answers.items()}
+    assert len(entries) == 2
+    assert sorted(a["sampling"]["reused"] for a in entries.values()) == [False, True]
+    assert len({(run / "answers" / "samples.jsonl").resolve() for run in runs}) == 1
     assert len({(run / "questions").resolve() for run in runs}) == 1
     crescent = next(a["kept"] for run, a in answers.items() if settings[run] == "crescent")
     for run, stats in answers.items():
