@@ -124,6 +124,7 @@ class VotingConfig:
     tie_break: TieBreak = TieBreak.drop  # drop: discard tied questions; seeded: pick one of the tied answers
     representative: Representative = Representative.first  # which response of the winning group becomes the training target: first, shortest, canonical
     drop_truncated: bool = True  # a sample cut at answers.sampling.max_tokens abstains (its answer was never written)
+    match_kept_of_k: Optional[int] = None  # keep at most as many questions as voting with this k (other settings as here) keeps from the same samples: the no-vote control at the consensus set's size
 
 
 @dataclass
@@ -158,6 +159,7 @@ class AnswersConfig:
 class FinetuneConfig:
     input: Optional[str] = None  # sft.jsonl or a `datasets` save_to_disk dir; default: answers/sft.jsonl
     max_examples: Optional[int] = None  # train on the input's first N conversations; None: all
+    fraction: float = 1.0  # then train on the first share of them (a data-volume point: 0.25, 0.5)
     seed: int | None = None  # shuffle, validation split and LoRA init; None: the run seed (a replica key that leaves the data cached)
     max_steps: int = 1000  # optimiser steps; -1: max_epochs alone decides
     max_epochs: int = -1  # passes over the training split; -1: max_steps alone decides
@@ -268,7 +270,9 @@ RANGES = [
     ("answers.samples", *_OPTIONAL_POSITIVE), ("answers.chunk_size", *_POSITIVE), ("answers.ngram", *_POSITIVE),
     ("answers.max_overlap", *_SHARE),
     *[(f"answers.sampling.{key}", test, what) for key, test, what in _SAMPLING],
+    ("voting.match_kept_of_k", *_OPTIONAL_POSITIVE),
     ("finetune.max_examples", *_OPTIONAL_POSITIVE),
+    ("finetune.fraction", lambda v: 0 < v <= 1, "a share in (0, 1]"),
     ("finetune.max_steps", lambda v: v == -1 or v >= 1, "-1 or an integer >= 1"),
     ("finetune.max_epochs", lambda v: v == -1 or v >= 1, "-1 or an integer >= 1"),
     ("finetune.lr", lambda v: v > 0, "a number > 0"), ("finetune.batch_size", *_POSITIVE),
@@ -303,6 +307,10 @@ def validate(cfg: DictConfig) -> None:
     if samples is not None and voting.k > samples:
         raise CrescentError(f"voting.k={voting.k} is more than answers.samples={samples}: the "
                             "vote uses the first voting.k of the samples drawn")
+    match = voting.match_kept_of_k
+    if match is not None and match > (samples or voting.k):
+        raise CrescentError(f"voting.match_kept_of_k={match} is more than the samples drawn "
+                            f"per question (answers.samples={samples or voting.k})")
     if finetune.max_steps == -1 and finetune.max_epochs == -1:
         raise CrescentError("finetune.max_steps and finetune.max_epochs are both -1: "
                             "set one of them")

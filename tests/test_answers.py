@@ -251,3 +251,24 @@ def test_truncated_samples_are_counted_and_kept_out_of_the_vote(tmp_path, monkey
     assert [q["answer"] for q in qa] == ([kept_answer] if kept_answer else [])
     assert "2 of the 4 samples voted on (50.0%) ended at the 512-token" in \
         (out / "DATASET.md").read_text()
+
+
+def test_no_vote_control_keeps_as_many_as_the_consensus_vote(tmp_path, monkeypatch):
+    # setting=no_vote: the first sample of every answered question (k=1), cut to the size
+    # that the k=4 vote keeps from the same samples, first ones first.
+    monkeypatch.setattr(engines, "make_engine", lambda *a: ScriptedEngine())
+    from crescent.stages import answers
+
+    common = [f"answers.input={_questions(tmp_path)}", "answers.samples=4"]
+    consensus = answers.run(_cfg(*common), tmp_path / "crescent")
+    control_cfg = _cfg(*common, "setting=no_vote")
+    control_cfg.voting.merge_with({"k": 1})  # _cfg pins voting.k=4 after the setting
+    assert (control_cfg.voting.min_votes, control_cfg.voting.match_kept_of_k) == (1, 4)
+    control = answers.run(control_cfg, tmp_path / "control")
+    kept = [q["id"] for q in read_jsonl(consensus / "qa.jsonl")]
+    assert kept == [0, 1]
+    # k=1 keeps 0, 1, 3 and 4 (question 2 abstains): the first two of them stay.
+    assert [q["id"] for q in read_jsonl(control / "qa.jsonl")] == [0, 1]
+    stats = read_json(control / "stats.json")
+    assert stats["kept"] == 2 and stats["dropped"]["over_match"] == 2
+    assert "voting.match_kept_of_k) | 2 |" in (control / "DATASET.md").read_text()

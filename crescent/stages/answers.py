@@ -61,6 +61,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     sampling = draw_samples(cfg, questions, entry or out, k_max, cached=entry is not None)
     records = _in_input_order(read_jsonl(out / SAMPLES), questions)
     voted = [revote(cfg, r) for r in records]
+    if cfg.voting.match_kept_of_k is not None:
+        voted = cap_to_match(cfg, records, voted)
     _write_jsonl(out / VOTES, [{k: v for k, v in r.items() if k not in ("samples", "extracted")}
                                for r in voted])
     kept = write_datasets(out, voted, cfg.domain)
@@ -203,6 +205,23 @@ def revote(cfg: DictConfig, record: dict) -> dict:
             "samples": samples, "extracted": extracted}
 
 
+def cap_to_match(cfg: DictConfig, records: list[dict], voted: list[dict]) -> list[dict]:
+    """Keep only the first N kept questions, N being how many the vote with
+    k = voting.match_kept_of_k keeps from the same samples; the rest are dropped as
+    `over_match`. The no-vote control then trains on as many examples as consensus does, so
+    that only the filter differs."""
+    match_cfg = OmegaConf.merge(cfg, {"voting": {"k": cfg.voting.match_kept_of_k}})
+    limit = sum(revote(match_cfg, r).get("reason", "") is None for r in records)
+    capped, kept = [], 0
+    for r in voted:
+        if r["reason"] is None:
+            kept += 1
+            if kept > limit:
+                r = {**r, "reason": "over_match"}
+        capped.append(r)
+    return capped
+
+
 def _in_input_order(records, questions: list[dict]) -> list[dict]:
     position = {q["id"]: i for i, q in enumerate(questions)}
     return sorted(records, key=lambda r: position[r["id"]])
@@ -331,6 +350,7 @@ then `push_to_hub` to share it).
 | dropped: every sample abstained | {stats['dropped'].get('abstained', 0)} |
 | dropped: no consensus | {stats['dropped'].get('no_consensus', 0)} |
 | dropped: tie | {stats['dropped'].get('tie', 0)} |
+| dropped: beyond the size consensus keeps (voting.match_kept_of_k) | {stats['dropped'].get('over_match', 0)} |
 | kept | {stats['kept']} |
 
 ## Agreement (samples agreeing with the plurality answer, answered questions)

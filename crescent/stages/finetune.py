@@ -93,6 +93,8 @@ def _read_conversations(f: DictConfig, input_path: Path) -> list[list[dict]]:
     if f.max_examples is not None:
         # The first N, in the answers stage's order: a data-volume sweep's sets are nested.
         conversations = conversations[: f.max_examples]
+    if f.fraction < 1:
+        conversations = conversations[: max(1, round(f.fraction * len(conversations)))]
     return conversations
 
 
