@@ -21,6 +21,7 @@ MINIATURE = ["experiment=cpu_paper", "setting=crescent,no_vote", "finetune.seed=
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_cpu_paper_in_miniature(cli, tmp_path):
     result = cli("-m", *MINIATURE, timeout=3600)
     assert result.returncode == 0, result.stderr[-3000:]

@@ -23,6 +23,7 @@ BPB = "crescent_gsm8k_gold_bpb"
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_seed_replicas_share_data_and_base_and_pool_in_the_report(cli, tmp_path, capsys):
     from scipy import stats
 
