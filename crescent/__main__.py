@@ -14,7 +14,7 @@ from omegaconf import DictConfig
 from crescent.config import register_configs
 from crescent.infra.io import CrescentError
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # ships in the package
 
 register_configs()
 

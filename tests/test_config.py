@@ -166,3 +166,18 @@ def test_a_choice_typo_fails_at_composition_in_one_line(cli, tmp_path, typo, all
         assert result.stderr.strip().splitlines() == [
             f"crescent: error: {key}: Invalid value '{value}', expected one of {allowed}"]
         assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.slow
+def test_the_wheel_ships_the_config_tree(tmp_path):
+    # `pip install .` (not editable) must run from any directory: conf/ is package data.
+    import zipfile
+    from pathlib import Path
+
+    root = Path(CONF_DIR).parents[1]
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path),
+                    str(root)], check=True, capture_output=True)
+    (wheel,) = tmp_path.glob("crescent-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    shipped = {str(p.relative_to(root)) for p in Path(CONF_DIR).rglob("*.yaml")}
+    assert shipped and shipped <= names, sorted(shipped - names)
