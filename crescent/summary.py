@@ -28,8 +28,11 @@ def headline(stage: str, stats: dict) -> str:
         return (f"{stats.get('accepted')} of {stats.get('target')} questions accepted "
                 f"from {stats.get('candidates')} candidates")
     if stage == "answers":
+        share = stats.get("truncated_share")
+        cut = f", {share:.0%} of samples cut at max_tokens" if isinstance(share, float) else ""
         return (f"{stats.get('kept')} of {stats.get('questions_in')} questions kept "
-                f"(contaminated {stats.get('contaminated')}, dropped {stats.get('dropped') or 0})")
+                f"(contaminated {stats.get('contaminated')}, dropped {stats.get('dropped') or 0}"
+                f"{cut})")
     if stage == "finetune":
         return (f"{stats.get('steps')} steps, train loss {_num(stats.get('train_loss_first'))} -> "
                 f"{_num(stats.get('train_loss_final'))}")

@@ -10,7 +10,7 @@ def test_summary_names_each_stage_its_counts_scores_and_the_next_command(tmp_pat
     run = tmp_path / "outputs" / "smoke" / "run"
     write_json(run / "questions/stats.json", {"accepted": 16, "target": 16, "candidates": 40})
     write_json(run / "answers/stats.json", {"kept": 9, "questions_in": 16, "contaminated": 0,
-                                            "dropped": {"tie": 7}})
+                                            "dropped": {"tie": 7}, "truncated_share": 0.125})
     write_json(run / "finetune/stats.json", {"steps": 10, "train_loss_first": 1.25,
                                              "train_loss_final": 0.5})
     write_json(run / "evaluate/stats.json", {
@@ -28,6 +28,7 @@ def test_summary_names_each_stage_its_counts_scores_and_the_next_command(tmp_pat
     assert lines[1].split() == ["questions", "reused", "61.0", "s", "16", "of", "16", "questions",
                                 "accepted", "from", "40", "candidates"]
     assert "ran" in lines[2] and "9 of 16 questions kept" in lines[2] and "tie" in lines[2]
+    assert "12% of samples cut at max_tokens" in lines[2]
     assert "10 steps, train loss 1.2500 -> 0.5000" in lines[3]
     assert "gsm8k_bpb bits_per_byte: base 0.7500, finetuned 0.7000 (-0.0500)" in lines[4]
     assert lines[-2].startswith("  outputs: outputs/smoke/run/<stage>/")
