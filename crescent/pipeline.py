@@ -26,6 +26,7 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from crescent.infra.engines import release_engines, share_engines
 from crescent.infra.io import CrescentError, atomic_write_text, read_json, write_json
 from crescent.infra.provenance import provenance
 from crescent.infra.tracking import Tracker
@@ -37,15 +38,16 @@ class Stage:
     keys: tuple[str, ...] = ()  # config keys that determine the stage's output
     upstream: Optional[str] = None  # the stage whose output it reads by default
     input_key: Optional[str] = None  # config key of an explicit input that replaces upstream
+    engine: bool = False  # generates with the `engine` and `model` configs (one engine shared)
 
 
 # The one stage table, in data-flow order.
 STAGES = {
     "questions": Stage("crescent.stages.questions",
-                       ("seed", "model", "engine", "domain", "dedup", "questions")),
+                       ("seed", "model", "engine", "domain", "dedup", "questions"), engine=True),
     "answers": Stage("crescent.stages.answers",
                      ("seed", "model", "engine", "domain", "voting", "answers", "eval.data_dir"),
-                     upstream="questions", input_key="answers.input"),
+                     upstream="questions", input_key="answers.input", engine=True),
     "finetune": Stage("crescent.stages.finetune", ("seed", "student", "finetune"),
                       upstream="answers", input_key="finetune.input"),
     "evaluate": Stage("crescent.stages.evaluate", ("model", "engine", "eval"), upstream="finetune"),
@@ -147,7 +149,10 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> None:
     info = provenance(cfg) if OmegaConf.select(cfg, "model.name") else {}
     tracker.record_provenance(info)
     summary = {}
+    share_engines()  # questions and answers generate with one engine: one model load
     for name, module in modules.items():
+        if not STAGES[name].engine:
+            release_engines()  # fine-tuning and lm-eval get its memory
         out, target = stage_dir(run_dir, name), cache_target(cfg, run_dir, name)
         lock = None
         if target is not None:
@@ -168,6 +173,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> None:
                 lock.release()
         summary[name]["cache"] = str(target) if target is not None else None
         write_json(Path(run_dir) / "pipeline.json", summary)
+    release_engines()
     tracker.log_summary(Path(run_dir), summary)
 
 

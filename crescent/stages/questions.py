@@ -251,6 +251,9 @@ def _stats(qcfg, state: _State, index, wall: float) -> dict:
         "tokens": dict(state.tokens),  # this invocation's only
         "resumed_with": state.resumed_with,
         "questions_per_s": round((len(accepted) - state.resumed_with) / wall, 3),
+        # The generate-and-decide loop alone (engine and embedder start-up excluded).
+        "loop_wall_s": round(wall, 2),
+        "completion_tokens_per_s": round(state.tokens["completion"] / wall, 1) if wall else None,
         "diversity": diversity([q["question"] for q in accepted], index),
     }
 
