@@ -71,7 +71,8 @@ def questions_stage(cfg, run_dir: Path, what: str) -> dict:
     return {"what": what, "generate_s": stats["loop_wall_s"], "tokens": tokens,
             "tokens_per_s": round(tokens / stats["loop_wall_s"], 1),
             "candidates": stats["candidates"], "accepted": stats["accepted"],
-            "rewrites": stats["rewrites_generated"], "load_before": before, "load_after": load()}
+            "rewrites": stats["rewrites_generated"], "decide_s": stats["decide_wall_s"],
+            "load_before": before, "load_after": load()}
 
 
 def same_outputs(a: Path, b: Path) -> dict:

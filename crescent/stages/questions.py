@@ -39,6 +39,7 @@ class _State:
     # (submission index of the duplicate, its text, its nearest question, round of the rewrite)
     pending: list[tuple[int, str, str, int]] = field(default_factory=list)
     tokens: Counter = field(default_factory=Counter)
+    decide_s: float = 0.0  # wall time spent cleaning, embedding and deciding (engine idle on CPU)
 
     @property
     def spent(self) -> int:
@@ -99,10 +100,12 @@ def _generate_until_done(cfg, out: Path, state: _State, engine, embedder, index)
             while not _done(qcfg, state):
                 flight.fill()
                 for texts, rounds, keys in flight.ready_chunks():
+                    started = time.perf_counter()
                     batch = _clean(texts, rounds, keys, cfg.domain.max_question_chars, state,
                                    rej_out)
                     if batch:
                         bar.update(_decide(cfg, batch, state, embedder, index, acc_out, rej_out))
+                    state.decide_s += time.perf_counter() - started
                     if _done(qcfg, state):
                         break
         finally:
@@ -254,6 +257,7 @@ def _stats(qcfg, state: _State, index, wall: float) -> dict:
         # The generate-and-decide loop alone (engine and embedder start-up excluded).
         "loop_wall_s": round(wall, 2),
         "completion_tokens_per_s": round(state.tokens["completion"] / wall, 1) if wall else None,
+        "decide_wall_s": round(state.decide_s, 2),  # of loop_wall_s
         "diversity": diversity([q["question"] for q in accepted], index),
     }
 
