@@ -5,9 +5,9 @@ rates mean for the paper's 150k setting on 1, 8 and 64 GPUs.
     python experiments/bench_scale.py --tokens-per-s 2500 --skip-measure   # projection only
     python experiments/bench_scale.py --stats outputs/smoke/<run>          # token shares of a run
 
-Measured in one run, on the questions stage's bait prompts and sampling (temperature 1, top_p 0.95): the offline engine
-(`engine=vllm`, in a subprocess), then one `vllm serve` of the embedded model on 127.0.0.1
-driven by `engine=openai` at concurrency 1, 8 and 32. tokens/s counts generated tokens.
+Measured in one run, on the questions stage's bait prompts and sampling (temperature 1,
+top_p 0.95): the offline engine (`engine=vllm`, in a subprocess), then one `vllm serve` of
+the embedded model on 127.0.0.1 driven by `engine=openai` at concurrency 1, 8 and 32. tokens/s counts generated tokens.
 
 The projection multiplies out the generated tokens of the setting (questions: candidates per
 accepted question x tokens per candidate; answers: k samples x tokens per answer) and divides

@@ -12,9 +12,9 @@ seed, and takes completions back as they finish, so it can keep the engine full 
 on earlier ones (the questions stage). vLLM implements it on its engine's add_request/step
 loop; the other engines fall back to one batched call over everything submitted so far.
 
-Sharing (`share_engines`, or the `sharing()` scope): from then on `make_engine` returns one engine per (engine, model)
-config, so stages that generate with the same model load it once; `release_engines` drops
-them before a stage that needs the memory (fine-tuning, lm-eval).
+Sharing (`share_engines`, or the `sharing()` scope): from then on `make_engine` returns one
+engine per (engine, model) config, so stages that generate with the same model load it once;
+`release_engines` drops them before a stage that needs the memory (fine-tuning, lm-eval).
 """
 
 from __future__ import annotations

@@ -2,10 +2,11 @@
 
 Requests stream through the engine: as completions come back, new ones are submitted (a
 pending "make it different" rewrite when one is due, else a fresh candidate), and the
-completions are decided in submission order, one chunk at a time (`_Flight`). Fresh candidates come from `questions.source`: the domain's bait
-prompt (the method), or one of the two baselines it is compared with: Magpie (the model
-continues the bare pre-query chat template, so it writes a user turn with no instruction)
-and seed augmentation (the model rewrites seed questions, e.g. GSM8K train). Every candidate
+completions are decided in submission order, one chunk at a time (`_Flight`). Fresh
+candidates come from `questions.source`: the domain's bait prompt (the method), or one of the
+two baselines it is compared with: Magpie (the model continues the bare pre-query chat
+template, so it writes a user turn with no instruction) and seed augmentation (the model
+rewrites seed questions, e.g. GSM8K train). Every candidate
 ends in exactly one of `questions.jsonl` (accepted) or `rejected.jsonl` (with its reason),
 appended and flushed as decided, so a re-run rebuilds the index from those files and continues
 to `target` without duplicates.
@@ -117,8 +118,9 @@ class _Flight:
     """The requests in flight and the completions waiting for their turn to be decided.
 
     On an engine that streams (vLLM) up to `engine.batch_size` requests are in flight; on the
-    others, one chunk of `questions.batch_size` per engine call. Request s (its submission index, counted over the whole stage, resumes included) gets the
-    seed derive_seed(seed, "questions", s), and its content depends only on decisions of
+    others, one chunk of `questions.batch_size` per engine call. Request s (its submission
+    index, counted over the whole stage, resumes included) gets the seed
+    derive_seed(seed, "questions", s), and its content depends only on decisions of
     requests <= s - lag: it is submitted no earlier than those are decided, and takes the
     oldest pending rewrite made by one of them, else a fresh candidate. Completions come back
     in any order and are decided in chunks of `questions.batch_size` consecutive requests.
