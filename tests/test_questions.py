@@ -76,6 +76,7 @@ def test_resume_redoes_a_line_torn_by_a_kill(tmp_path, monkeypatch):
 
 TARGET = 50
 E2E = ["stages=[questions]", f"questions.target={TARGET}", "questions.max_candidates=600",
+       "engine.batch_size=32",  # requests in flight: the first chunk is decided sooner
        "questions.batch_size=16", "questions.sampling.max_tokens=96", "logger=none"]
 
 
