@@ -38,7 +38,7 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from crescent.infra.engines import release_engines, sharing
+from crescent.infra.engines import release_engines, share_engines
 from crescent.infra.io import CrescentError, atomic_write_text, read_json, write_json
 from crescent.infra.provenance import provenance
 from crescent.infra.tracking import Tracker
@@ -224,16 +224,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict:
 
     info = provenance(cfg) if OmegaConf.select(cfg, "model.name") else {}
     tracker.record_provenance(info)
-    with sharing():  # questions and answers generate with one engine: one model load
-        summary = _run_stages(cfg, run_dir, modules, tracker, info)
-    tracker.log_summary(Path(run_dir), summary)
-    return summary
-
-
-def _run_stages(cfg: DictConfig, run_dir: Path, modules: dict[str, ModuleType], tracker: Tracker,
-                info: dict) -> dict:
-    """Each stage in turn, in its cache entry under that entry's lock; pipeline.json after each."""
     summary = {}
+    share_engines()  # questions and answers generate with one engine: one model load
     for name, module in modules.items():
         if not STAGES[name].engine:
             release_engines()  # fine-tuning and lm-eval get its memory
@@ -251,6 +243,8 @@ def _run_stages(cfg: DictConfig, run_dir: Path, modules: dict[str, ModuleType], 
                 lock.release()
         summary[name]["cache"] = str(target) if target is not None else None
         write_json(Path(run_dir) / "pipeline.json", summary)
+    release_engines()
+    tracker.log_summary(Path(run_dir), summary)
     return summary
 
 

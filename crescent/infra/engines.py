@@ -12,9 +12,8 @@ seed, and takes completions back as they finish, so it can keep the engine full 
 on earlier ones (the questions stage). vLLM implements it on its engine's add_request/step
 loop; the other engines fall back to one batched call over everything submitted so far.
 
-Sharing (the `sharing()` scope, which the pipeline opens around its stages): inside it
-`make_engine` returns one engine per (engine, model) config, so stages that generate with the
-same model load it once;
+Sharing (`share_engines`, or the `sharing()` scope): from then on `make_engine` returns one
+engine per (engine, model) config, so stages that generate with the same model load it once;
 `release_engines` drops them before a stage that needs the memory (fine-tuning, lm-eval).
 """
 
@@ -117,6 +116,14 @@ def resolve_dtype(dtype: str) -> str:
 
 
 _SHARED: dict[str, Engine] | None = None  # inside `sharing()`: config key -> engine
+
+
+def share_engines() -> None:
+    """From now on `make_engine` builds one engine per (engine, model) config and hands the
+    same one to every stage that asks (one model load per process)."""
+    global _SHARED
+    if _SHARED is None:
+        _SHARED = {}
 
 
 @contextlib.contextmanager
