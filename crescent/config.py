@@ -70,7 +70,7 @@ class ModelConfig:
 @dataclass
 class EngineConfig:
     name: EngineName = EngineName.vllm  # backend: vllm (offline LLM.chat), ray_vllm (vLLM replicas on Ray), hf (transformers generate), openai (servers)
-    batch_size: int = 256  # hf: conversations per generate call; vllm: requests in flight at once
+    batch_size: int = 256  # hf: conversations per generate call; vllm: requests handed over at once
     max_model_len: int = 2048  # context window given to the engine (prompt + completion tokens)
     enforce_eager: bool = True  # vllm: skip graph capture; starts far faster on CPU
     tensor_parallel_size: int = 1  # vllm: GPUs one model is split over
@@ -134,7 +134,7 @@ class QuestionsConfig:
     max_rewrites: int = 2  # "make it different" rounds per rejected candidate
     source: QuestionSource = QuestionSource.bait  # fresh candidates: bait (domain.bait_prompt), magpie (bare pre-query chat template), seed_aug (rewrites of questions.seeds)
     seeds: Optional[str] = None  # source=seed_aug: JSON Lines of seed questions (a `question` field each)
-    batch_size: int = 64  # candidates decided together (in submission order); hf/openai/ray_vllm: also requests per engine call
+    batch_size: int = 64  # bait samples drawn per round
     sampling: SamplingConfig = field(
         default_factory=lambda: SamplingConfig(temperature=1.0, top_p=0.95, max_tokens=256)
     )

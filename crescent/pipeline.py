@@ -38,7 +38,6 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
-from crescent.infra.engines import release_engines, share_engines
 from crescent.infra.io import CrescentError, atomic_write_text, read_json, write_json
 from crescent.infra.provenance import provenance
 from crescent.infra.tracking import Tracker
@@ -56,18 +55,16 @@ class Stage:
     version: int = 1
     # Benchmark files read: a config key holding a list of them, or "*" for every pinned one.
     data: Optional[str] = None
-    engine: bool = False  # generates with the `engine` and `model` configs (one engine shared)
 
 
 # The one stage table, in data-flow order.
 STAGES = {
     "questions": Stage("crescent.stages.questions",
-                       ("seed", "model", "engine", "domain", "dedup", "questions"), version=1,
-                       engine=True),
+                       ("seed", "model", "engine", "domain", "dedup", "questions"), version=1),
     # The answers stage votes over samples drawn under SAMPLING (below): its own key holds
     # the vote's settings and the samples' key, so a sweep over voting.* shares the samples.
     "answers": Stage("crescent.stages.answers", ("domain", "voting"), upstream="samples",
-                     version=1, engine=True),
+                     version=1),
     # finetune.seed lives in the finetune group: replicas of a fine-tune share the data above.
     "finetune": Stage("crescent.stages.finetune", ("seed", "student", "finetune"),
                       upstream="answers", input_key="finetune.input", version=1),
@@ -225,10 +222,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict:
     info = provenance(cfg) if OmegaConf.select(cfg, "model.name") else {}
     tracker.record_provenance(info)
     summary = {}
-    share_engines()  # questions and answers generate with one engine: one model load
     for name, module in modules.items():
-        if not STAGES[name].engine:
-            release_engines()  # fine-tuning and lm-eval get its memory
         out, target = stage_dir(run_dir, name), cache_target(cfg, run_dir, name)
         lock = None
         if target is not None:
@@ -243,7 +237,6 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict:
                 lock.release()
         summary[name]["cache"] = str(target) if target is not None else None
         write_json(Path(run_dir) / "pipeline.json", summary)
-    release_engines()
     tracker.log_summary(Path(run_dir), summary)
     return summary
 

@@ -31,54 +31,6 @@ def test_unknown_engine_is_a_clear_error():
         make_engine(EngineConfig(name="vlm"), ModelConfig(name=SMOLLM2))
 
 
-def test_shared_engines_one_per_config_and_released(monkeypatch):
-    from crescent.infra import engines
-
-    built = []
-
-    class Closable:
-        closed = False
-
-        def close(self):
-            self.closed = True
-
-    def build(engine, model):
-        built.append(Closable())
-        return built[-1]
-
-    monkeypatch.setattr(engines, "_build_engine", build)
-    hf, vllm, model = EngineConfig(name="hf"), EngineConfig(name="vllm"), ModelConfig(name=SMOLLM2)
-    assert make_engine(hf, model) is not make_engine(hf, model)  # outside a sharing scope
-    with engines.sharing():
-        first = make_engine(hf, model)
-        assert make_engine(EngineConfig(name="hf"), ModelConfig(name=SMOLLM2)) is first
-        assert make_engine(vllm, model) is not first
-        engines.release_engines()
-        assert first.closed and make_engine(hf, model) is not first
-    assert all(e.closed for e in built[2:])  # the scope's end released the rest
-    assert make_engine(hf, model) is not make_engine(hf, model)
-
-
-def test_batch_stream_returns_every_request_under_its_key():
-    from crescent.infra.engines import Generation, open_stream
-
-    class Echo:
-        def chat(self, conversations, sampling, n, seed):
-            return [Generation([c[-1]["content"]], [1], 1) for c in conversations]
-
-        def complete(self, prompts, sampling, n, seed):
-            return [Generation([p], [1], 1) for p in prompts]
-
-    stream = open_stream(Echo(), None)
-    stream.submit(5, 1, conversation=[{"role": "user", "content": "five"}])
-    stream.submit(7, 2, prompt="seven")
-    stream.submit(6, 3, conversation=[{"role": "user", "content": "six"}])
-    assert not stream.concurrent and stream.in_flight() == 3
-    assert sorted((k, g.texts[0]) for k, g in stream.finished()) == [
-        (5, "five"), (6, "six"), (7, "seven")]
-    assert stream.in_flight() == 0 and stream.finished() == []
-
-
 def test_missing_model_dir_is_a_clear_error(tmp_path):
     with pytest.raises(CrescentError, match="no such directory"):
         resolve_model(str(tmp_path / "nope"))

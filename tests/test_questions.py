@@ -76,7 +76,6 @@ def test_resume_redoes_a_line_torn_by_a_kill(tmp_path, monkeypatch):
 
 TARGET = 50
 E2E = ["stages=[questions]", f"questions.target={TARGET}", "questions.max_candidates=600",
-       "engine.batch_size=32",  # requests in flight: the first chunk is decided sooner
        "questions.batch_size=16", "questions.sampling.max_tokens=96", "logger=none"]
 
 
@@ -119,76 +118,3 @@ def test_every_accepted_pair_is_below_threshold(killed_and_rerun):
     sims = vectors @ vectors.T
     np.fill_diagonal(sims, 0)
     assert sims.max() < 0.85, f"pair at {sims.max():.4f}"
-
-
-# --- streaming: completions back in any order ---------------------------------------------
-
-POOL = ["A farmer has 12 cows and buys 7 more. How many cows does the farmer have now?",
-        "A train travels 180 km in 3 hours. What is its average speed in km per hour?",
-        "Sara reads 25 pages a day. How many pages does she read in 2 weeks?",
-        "A box holds 6 eggs. How many boxes are needed for 75 eggs?"]
-REWRITES = ["What is the area of a triangle with a base of 10 m and a height of 4 m?",
-            "If a shirt costs $40 and is discounted by 25%, what is the new price?",
-            "Tom is twice as old as his sister, who is 9. How old will Tom be in 5 years?",
-            "How many minutes are there in three and a half hours?",
-            "A recipe needs 3 cups of flour for 24 cookies. How much flour for 60 cookies?",
-            "The sum of two consecutive odd numbers is 56. What is the larger one?",
-            "A car uses 8 litres of fuel per 100 km. How much fuel does a 350 km trip need?",
-            "What is the perimeter of a square garden whose side is 13 metres?",
-            "A class of 30 students has 18 girls. What percentage of the class are boys?",
-            "A tap fills a 500-litre tank in 25 minutes. What is its rate in litres per minute?"]
-
-
-class OutOfOrderEngine:
-    """Streams completions back in a seeded random order and in random groups, as vLLM may.
-    A completion is a function of its request's seed and content: bait requests draw from a
-    small pool (many duplicates), rewrites from a larger one."""
-
-    def __init__(self, order_seed: int):
-        self.order_seed = order_seed
-
-    def open_stream(self, sampling, n):
-        engine = self
-
-        class Stream:
-            concurrent = True
-
-            def __init__(self):
-                self.queue, self.rng = [], np.random.default_rng(engine.order_seed)
-
-            def submit(self, key, seed, conversation=None, prompt=None):
-                rewrite = "too similar" in conversation[-1]["content"]
-                pool = REWRITES if rewrite else POOL
-                self.queue.append((key, pool[seed % len(pool)]))
-
-            def in_flight(self):
-                return len(self.queue)
-
-            def finished(self):
-                if not self.queue:
-                    return []
-                self.rng.shuffle(self.queue)
-                count = int(self.rng.integers(1, len(self.queue) + 1))
-                done, self.queue = self.queue[:count], self.queue[count:]
-                return [(key, Generation([text], [10], 5)) for key, text in done]
-
-            def abort(self):
-                self.queue = []
-
-        return Stream()
-
-
-def test_streamed_output_does_not_depend_on_completion_order(tmp_path, monkeypatch):
-    from crescent.stages import questions
-
-    written = []
-    for order_seed in (1, 2):
-        monkeypatch.setattr(engines, "make_engine", lambda *a, s=order_seed: OutOfOrderEngine(s))
-        cfg = _cfg("questions.target=8", "questions.max_candidates=60",
-                   "questions.batch_size=4", "engine.batch_size=8")
-        out = questions.run(cfg, tmp_path / str(order_seed))
-        written.append([(out / name).read_bytes() for name in ("questions.jsonl",
-                                                               "rejected.jsonl")])
-        records = list(read_jsonl(out / "questions.jsonl"))
-        assert len(records) == 8 and any(r["round"] > 0 for r in records)  # rewrites accepted
-    assert written[0] == written[1]

@@ -6,28 +6,14 @@ where the call sits in the stage (`derive_seed`). vLLM gives each request its ow
 derived from it, because the same seed on identical prompts returns identical samples; the
 hf engine seeds torch once per batch, and rows of one batch draw independent samples. The
 same run seed therefore reproduces the same samples on the same engine.
-
-Streaming (`open_stream`): a caller submits requests one at a time, each with its own key and
-seed, and takes completions back as they finish, so it can keep the engine full while it works
-on earlier ones (the questions stage). vLLM implements it on its engine's add_request/step
-loop; the other engines fall back to one batched call over everything submitted so far.
-
-Sharing (`share_engines`, or the `sharing()` scope): from then on `make_engine` returns one
-engine per (engine, model) config, so stages that generate with the same model load it once;
-`release_engines` drops them before a stage that needs the memory (fine-tuning, lm-eval).
 """
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import hashlib
-import itertools
-import json
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, is_dataclass
-from typing import Protocol
+from dataclasses import dataclass
+from typing import Protocol, Sequence
 
 from crescent.config import EngineConfig, ModelConfig, SamplingConfig
 from crescent.infra.io import CrescentError
@@ -73,28 +59,6 @@ class Engine(Protocol):
     ) -> list[Generation]: ...
 
 
-class Stream(Protocol):
-    """Requests in flight on one engine, one sampling setting; completions in any order."""
-
-    # True: requests run while the caller works and finish one by one (keep many in flight);
-    # False: `finished` generates everything submitted so far in one call.
-    concurrent: bool
-
-    def submit(self, key: int, seed: int, conversation: Conversation | None = None,
-               prompt: str | None = None) -> None:
-        """Queue one request: a chat `conversation`, or a raw `prompt` continued as it is."""
-
-    def in_flight(self) -> int:
-        """Submitted requests whose completion has not been returned yet."""
-
-    def finished(self) -> list[tuple[int, Generation]]:
-        """(key, completion) of at least one finished request; blocks until there is one;
-        empty only when nothing is in flight."""
-
-    def abort(self) -> None:
-        """Drop every request in flight (the caller has what it needs)."""
-
-
 def derive_seed(*parts: object) -> int:
     """A stable seed from any parts (run seed, stage, round, index), never Python's hash().
 
@@ -115,109 +79,7 @@ def resolve_dtype(dtype: str) -> str:
     return "bfloat16" if torch.cuda.is_available() else "float32"
 
 
-_SHARED: dict[str, Engine] | None = None  # inside `sharing()`: config key -> engine
-
-
-def share_engines() -> None:
-    """From now on `make_engine` builds one engine per (engine, model) config and hands the
-    same one to every stage that asks (one model load per process)."""
-    global _SHARED
-    if _SHARED is None:
-        _SHARED = {}
-
-
-@contextlib.contextmanager
-def sharing() -> Iterator[None]:
-    """Within this scope `make_engine` builds one engine per (engine, model) config and hands
-    the same one to every stage that asks (one model load per process); released at exit."""
-    global _SHARED
-    outer, _SHARED = _SHARED, {}
-    try:
-        yield
-    finally:
-        release_engines()
-        _SHARED = outer
-
-
-def release_engines() -> None:
-    """Close the shared engines, so the memory they hold is free for what runs next."""
-    if not _SHARED:
-        return
-    for engine in _SHARED.values():
-        close = getattr(engine, "close", None)
-        if close is not None:
-            close()
-    _SHARED.clear()
-    gc.collect()
-
-
-def _config_key(*configs) -> str:
-    return json.dumps([asdict(c) if is_dataclass(c) else _plain(c) for c in configs],
-                      sort_keys=True, default=str)
-
-
-def _plain(config):
-    from omegaconf import OmegaConf
-
-    return OmegaConf.to_container(config, resolve=True) if OmegaConf.is_config(config) else config
-
-
 def make_engine(engine: EngineConfig, model: ModelConfig) -> Engine:
-    """The engine `engine.name` names; inside `sharing()` the one already built for the same
-    configs, if any."""
-    if _SHARED is None:
-        return _build_engine(engine, model)
-    key = _config_key(engine, model)
-    if key not in _SHARED:
-        _SHARED[key] = _build_engine(engine, model)
-    return _SHARED[key]
-
-
-def open_stream(engine: Engine, sampling: SamplingConfig, n: int = 1) -> Stream:
-    """A stream on `engine`: its own where it has one, else batch-at-a-time over chat/complete."""
-    own = getattr(engine, "open_stream", None)
-    return own(sampling, n) if own is not None else BatchStream(engine, sampling, n)
-
-
-class BatchStream:
-    """Streaming over an engine that only has batch calls: everything submitted since the last
-    `finished` is generated in one `chat` (and one `complete`) call, seeded with the seed of
-    its first request. The batches, and so the samples, follow from the order of submissions."""
-
-    concurrent = False
-
-    def __init__(self, engine: Engine, sampling: SamplingConfig, n: int):
-        self.engine, self.sampling, self.n = engine, sampling, n
-        self.queued: list[tuple[int, int, Conversation | None, str | None]] = []
-
-    def submit(self, key, seed, conversation=None, prompt=None):
-        self.queued.append((key, seed, conversation, prompt))
-
-    def in_flight(self):
-        return len(self.queued)
-
-    def finished(self):
-        if not self.queued:
-            return []
-        queued, self.queued = self.queued, []
-        seed = queued[0][1]
-        chats = [(key, c) for key, _, c, _ in queued if c is not None]
-        raws = [(key, p) for key, _, c, p in queued if c is None]
-        done = []
-        if chats:
-            gens = self.engine.chat([c for _, c in chats], self.sampling, self.n, seed)
-            done += zip([key for key, _ in chats], gens)
-        if raws:
-            gens = self.engine.complete([p for _, p in raws], self.sampling, self.n,
-                                        derive_seed(seed, "raw"))
-            done += zip([key for key, _ in raws], gens)
-        return done
-
-    def abort(self):
-        self.queued = []
-
-
-def _build_engine(engine: EngineConfig, model: ModelConfig) -> Engine:
     if engine.name == "ray_vllm" or (engine.name == "vllm" and engine.data_parallel_size > 1):
         return RayVLLMEngine(engine, model)
     if engine.name == "vllm":
@@ -306,20 +168,20 @@ class VLLMEngine:
                                     tokenization_kwargs={"add_special_tokens": False})
         return self._generations(outputs)
 
-    def open_stream(self, sampling, n):
-        return VLLMStream(self.llm, sampling, n)
-
-    def close(self):
-        # vLLM frees memory in-process only partly (DESIGN.md); shutting the engine core down
-        # and dropping the last reference is what it allows.
-        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
-        if core is not None and hasattr(core, "shutdown"):
-            core.shutdown()
-        del self.llm
-
     @staticmethod
     def _params(positions, sampling, n, seed):
-        return [_sampling_params(sampling, n, derive_seed(seed, i)) for i in positions]
+        from vllm import SamplingParams
+
+        return [
+            SamplingParams(
+                n=n,
+                temperature=sampling.temperature,
+                top_p=sampling.top_p,
+                max_tokens=sampling.max_tokens,
+                seed=derive_seed(seed, i),
+            )
+            for i in positions
+        ]
 
     @staticmethod
     def _generations(outputs):
@@ -332,58 +194,6 @@ class VLLMEngine:
             )
             for out in outputs
         ]
-
-
-def _sampling_params(sampling, n, seed, final_only=False):
-    from vllm import SamplingParams
-    from vllm.sampling_params import RequestOutputKind
-
-    extra = {"output_kind": RequestOutputKind.FINAL_ONLY} if final_only else {}
-    return SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
-                          max_tokens=sampling.max_tokens, seed=seed, **extra)
-
-
-class VLLMStream:
-    """Requests added one by one to the offline engine (`LLMEngine.add_request`), stepped
-    until some finish: the scheduler refills its batch from the queue as sequences end, so
-    no request waits for the slowest one of an earlier call."""
-
-    concurrent = True
-    _ids = itertools.count()  # streams of one process never share a request id
-
-    def __init__(self, llm, sampling, n):
-        self.engine, self.sampling, self.n = llm.llm_engine, sampling, n
-        self.tokenizer = llm.get_tokenizer()
-        self.prefix = f"crescent-{next(self._ids)}-"
-        self.keys: dict[str, int] = {}  # request id -> caller's key, while in flight
-
-    def submit(self, key, seed, conversation=None, prompt=None):
-        if conversation is not None:
-            prompt = self.tokenizer.apply_chat_template(conversation, tokenize=False,
-                                                        add_generation_prompt=True)
-        request_id = f"{self.prefix}{key}"
-        # The rendered prompt holds its special tokens already, as in `complete`.
-        self.engine.add_request(request_id, {"prompt": prompt},
-                                _sampling_params(self.sampling, self.n, seed, final_only=True),
-                                tokenization_kwargs={"add_special_tokens": False})
-        self.keys[request_id] = key
-
-    def in_flight(self):
-        return len(self.keys)
-
-    def finished(self):
-        done = []
-        while self.keys and not done:
-            for out in self.engine.step():
-                if out.finished and out.request_id in self.keys:
-                    done.append((self.keys.pop(out.request_id),
-                                 VLLMEngine._generations([out])[0]))
-        return done
-
-    def abort(self):
-        if self.keys:
-            self.engine.abort_request(list(self.keys))
-            self.keys.clear()
 
 
 class RayVLLMEngine:

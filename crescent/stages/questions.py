@@ -1,12 +1,10 @@
 """Questions stage: bait prompting and rejection-sampling self-deduplication.
 
-Requests stream through the engine: as completions come back, new ones are submitted (a
-pending "make it different" rewrite when one is due, else a fresh candidate), and the
-completions are decided in submission order, one chunk at a time (`_Flight`). Fresh
-candidates come from `questions.source`: the domain's bait prompt (the method), or one of the
-two baselines it is compared with: Magpie (the model continues the bare pre-query chat
-template, so it writes a user turn with no instruction) and seed augmentation (the model
-rewrites seed questions, e.g. GSM8K train). Every candidate
+Each round fills one batch of requests: pending "make it different" rewrites first, fresh
+candidates for the rest. Fresh candidates come from `questions.source`: the domain's bait
+prompt (the method), or one of the two baselines it is compared with: Magpie (the model
+continues the bare pre-query chat template, so it writes a user turn with no instruction)
+and seed augmentation (the model rewrites seed questions, e.g. GSM8K train). Every candidate
 ends in exactly one of `questions.jsonl` (accepted) or `rejected.jsonl` (with its reason),
 appended and flushed as decided, so a re-run rebuilds the index from those files and continues
 to `target` without duplicates.
@@ -38,17 +36,11 @@ class _State:
 
     accepted: list[dict]
     rejected: list[dict]
-    fresh_drawn: int  # fresh candidates submitted: which seed question comes next
+    spent: int  # candidates generated: each ends in exactly one of the files
+    fresh_drawn: int  # candidates with round 0: which seed question comes next
     resumed_with: int  # accepted before this invocation
-    # (submission index of the duplicate, its text, its nearest question, round of the rewrite)
-    pending: list[tuple[int, str, str, int]] = field(default_factory=list)
+    pending: list[tuple[str, str, int]] = field(default_factory=list)  # (text, nearest, round)
     tokens: Counter = field(default_factory=Counter)
-    decide_s: float = 0.0  # wall time spent cleaning, embedding and deciding (engine idle on CPU)
-
-    @property
-    def spent(self) -> int:
-        """Candidates decided: each ends in exactly one of the files."""
-        return len(self.accepted) + len(self.rejected)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
@@ -72,7 +64,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
 
 def _resume(out: Path) -> _State:
     accepted, rejected = resume_jsonl(out / QUESTIONS), resume_jsonl(out / REJECTED)
-    return _State(accepted, rejected,
+    return _State(accepted, rejected, spent=len(accepted) + len(rejected),
                   fresh_drawn=sum(1 for r in accepted + rejected if r["round"] == 0),
                   resumed_with=len(accepted))
 
@@ -86,128 +78,66 @@ def _rebuild_index(embedder, accepted: list[dict]):
     return index
 
 
-def _done(qcfg, state: _State) -> bool:
-    return len(state.accepted) >= qcfg.target or state.spent >= qcfg.max_candidates
-
-
 def _generate_until_done(cfg, out: Path, state: _State, engine, embedder, index) -> None:
-    """Keep the engine full of requests and decide their candidates in submission order, one
-    chunk of `questions.batch_size` at a time, until `target` or the budget is reached."""
+    """Rounds of one batch each until `target` questions are accepted or the budget is spent."""
     from tqdm import tqdm
 
     qcfg = cfg.questions
-    flight = _Flight(cfg, state, engine)
+    fresh_requests = make_source(cfg)
     bar = tqdm(total=qcfg.target, initial=min(len(state.accepted), qcfg.target),
                desc="questions", unit="q", dynamic_ncols=True)
     with JsonlAppender(out / QUESTIONS) as acc_out, JsonlAppender(out / REJECTED) as rej_out:
-        try:
-            while not _done(qcfg, state):
-                flight.fill()
-                for texts, rounds, keys in flight.ready_chunks():
-                    started = time.perf_counter()
-                    batch = _clean(texts, rounds, keys, cfg.domain.max_question_chars, state,
-                                   rej_out)
-                    if batch:
-                        bar.update(_decide(cfg, batch, state, embedder, index, acc_out, rej_out))
-                    state.decide_s += time.perf_counter() - started
-                    if _done(qcfg, state):
-                        break
-        finally:
-            flight.stream.abort()  # the requests still running are not needed
+        while len(state.accepted) < qcfg.target and state.spent < qcfg.max_candidates:
+            texts, rounds = _generate_round(cfg, state, engine, fresh_requests)
+            batch = _clean(texts, rounds, cfg.domain.max_question_chars, state, rej_out)
+            if batch:
+                bar.update(_decide(cfg, batch, state, embedder, index, acc_out, rej_out))
     bar.close()
 
 
-class _Flight:
-    """The requests in flight and the completions waiting for their turn to be decided.
+def _generate_round(cfg, state: _State, engine, fresh_requests) -> tuple[list[str], list[int]]:
+    """One batch: pending rewrites first, fresh candidates for the rest; raw texts, rounds."""
+    from crescent.infra.engines import derive_seed
 
-    On an engine that streams (vLLM) up to `engine.batch_size` requests are in flight; on the
-    others, one chunk of `questions.batch_size` per engine call. Request s (its submission
-    index, counted over the whole stage, resumes included) gets the seed
-    derive_seed(seed, "questions", s), and its content depends only on decisions of
-    requests <= s - lag: it is submitted no earlier than those are decided, and takes the
-    oldest pending rewrite made by one of them, else a fresh candidate. Completions come back
-    in any order and are decided in chunks of `questions.batch_size` consecutive requests.
-    So what is written is a function of the seed alone, however the engine interleaves the
-    requests, while up to `engine.batch_size` of them stay in flight.
-    """
-
-    def __init__(self, cfg, state: _State, engine):
-        from crescent.infra.engines import open_stream
-
-        self.cfg, self.qcfg, self.state = cfg, cfg.questions, state
-        self.stream = open_stream(engine, self.qcfg.sampling, n=1)
-        self.fresh = make_source(cfg)
-        self.chunk = max(1, self.qcfg.batch_size)
-        if self.stream.concurrent:
-            self.window = max(1, cfg.engine.batch_size)
-            # More undecided requests than the window, so that completions buffered behind a
-            # slow one of their chunk do not empty the engine.
-            self.lag = self.window + self.chunk
-        else:  # batch at a time: one chunk per call, its rewrites ready for the next one
-            self.window = self.lag = self.chunk
-        self.next = self.chunk_start = state.spent
-        self.rounds: dict[int, int] = {}
-        self.done: dict[int, object] = {}
-
-    def _cap(self) -> int:
-        # Near the target, fewer requests: those past it would be thrown away.
-        left = self.qcfg.target - len(self.state.accepted)
-        return min(self.window, max(1, 2 * left))
-
-    def fill(self) -> None:
-        while (self.next < self.qcfg.max_candidates and self.next - self.state.spent < self.lag
-               and self.stream.in_flight() < self._cap()):
-            self._submit(self.next)
-            self.next += 1
-
-    def _submit(self, s: int) -> None:
-        from crescent.infra.engines import derive_seed
-
-        pending, seed = self.state.pending, derive_seed(self.cfg.seed, "questions", s)
-        if pending and pending[0][0] <= s - self.lag:
-            _, text, nearest, rnd = pending.pop(0)
-            content = self.cfg.domain.diversify_prompt.format(question=text, nearest=nearest)
-            self.stream.submit(s, seed, conversation=[{"role": "user", "content": content}])
-        else:
-            chats, prompts = self.fresh(1, self.state.fresh_drawn)
-            self.state.fresh_drawn += 1
-            rnd = 0
-            self.stream.submit(s, seed, conversation=chats[0] if chats else None,
-                               prompt=prompts[0] if prompts else None)
-        self.rounds[s] = rnd
-
-    def ready_chunks(self):
-        """Wait for completions; yield (texts, rounds, keys) of each chunk now complete."""
-        for key, gen in self.stream.finished():
-            self.done[key] = gen
-            self.state.tokens["prompt"] += gen.prompt_tokens
-            self.state.tokens["completion"] += gen.total_tokens
-        while True:
-            end = min(self.chunk_start + self.chunk, self.qcfg.max_candidates)
-            keys = list(range(self.chunk_start, end))
-            if not keys or any(k not in self.done for k in keys):
-                return
-            gens = [self.done.pop(k) for k in keys]
-            self.chunk_start = end
-            yield [g.texts[0] for g in gens], [self.rounds.pop(k) for k in keys], keys
+    qcfg = cfg.questions
+    size = min(qcfg.batch_size, qcfg.max_candidates - state.spent)
+    rewrites, state.pending = state.pending[:size], state.pending[size:]
+    rounds = [r for _, _, r in rewrites] + [0] * (size - len(rewrites))
+    conversations = [
+        [{"role": "user",
+          "content": cfg.domain.diversify_prompt.format(question=q, nearest=near)}]
+        for q, near, _ in rewrites
+    ]
+    fresh_chats, fresh_prompts = fresh_requests(size - len(rewrites), state.fresh_drawn)
+    state.fresh_drawn += size - len(rewrites)
+    # The seed depends only on how many candidates came before: a resumed run draws the same
+    # way a run that was never interrupted would.
+    seed = derive_seed(cfg.seed, "questions", state.spent)
+    gens = engine.chat(conversations + fresh_chats, qcfg.sampling, n=1, seed=seed)
+    if fresh_prompts:
+        gens += engine.complete(fresh_prompts, qcfg.sampling, n=1, seed=derive_seed(seed, "raw"))
+    state.spent += size
+    state.tokens["prompt"] += sum(g.prompt_tokens for g in gens)
+    state.tokens["completion"] += sum(g.total_tokens for g in gens)
+    return [g.texts[0] for g in gens], rounds
 
 
-def _clean(texts: list[str], rounds: list[int], keys: list[int], max_chars: int,
-           state: _State, rej_out: JsonlAppender) -> list[tuple[str, str, int, int]]:
-    """(candidate, raw, round, key) of the texts that clean into a question; the rest rejected."""
+def _clean(texts: list[str], rounds: list[int], max_chars: int, state: _State,
+           rej_out: JsonlAppender) -> list[tuple[str, str, int]]:
+    """(candidate, raw, round) of the texts that clean into a question; the rest rejected."""
     batch = []
-    for raw, rnd, key in zip(texts, rounds, keys):
+    for raw, rnd in zip(texts, rounds):
         text, reason = clean_question(raw, max_chars)
         if reason:
             rej_out.write({"question": text, "raw": raw, "round": rnd, "reason": reason,
                            "nearest_id": None, "similarity": None})
             state.rejected.append({"reason": reason, "round": rnd})
         else:
-            batch.append((text, raw, rnd, key))
+            batch.append((text, raw, rnd))
     return batch
 
 
-def _decide(cfg, batch: list[tuple[str, str, int, int]], state: _State, embedder, index,
+def _decide(cfg, batch: list[tuple[str, str, int]], state: _State, embedder, index,
             acc_out: JsonlAppender, rej_out: JsonlAppender) -> int:
     """Accept or reject each candidate against the index and the batch, in batch order;
     queue a rewrite for each duplicate. Returns how many were accepted."""
@@ -217,10 +147,10 @@ def _decide(cfg, batch: list[tuple[str, str, int, int]], state: _State, embedder
     if index is None:
         decisions, vectors = [None] * len(batch), None
     else:
-        vectors = embedder.embed([t for t, _, _, _ in batch])
+        vectors = embedder.embed([t for t, _, _ in batch])
         decisions = decide(vectors, index, cfg.dedup.threshold)
     ids_in_batch: dict[int, int] = {}
-    for i, ((text, raw, rnd, key), d) in enumerate(zip(batch, decisions)):
+    for i, ((text, raw, rnd), d) in enumerate(zip(batch, decisions)):
         nearest_id = None if d is None else (
             ids_in_batch.get(d.nearest_in_batch) if d.nearest_in_batch is not None
             else d.nearest_row)
@@ -237,7 +167,7 @@ def _decide(cfg, batch: list[tuple[str, str, int, int]], state: _State, embedder
                        "nearest_id": nearest_id, "similarity": similarity})
         state.rejected.append({"reason": reason, "round": rnd})
         if reason == "duplicate" and rnd < qcfg.max_rewrites and nearest_id is not None:
-            state.pending.append((key, text, state.accepted[nearest_id]["question"], rnd + 1))
+            state.pending.append((text, state.accepted[nearest_id]["question"], rnd + 1))
     if index is not None:  # rows stay equal to ids: accepted in batch order
         index.add(vectors[list(ids_in_batch)])
     return len(ids_in_batch)
@@ -259,10 +189,6 @@ def _stats(qcfg, state: _State, index, wall: float) -> dict:
         "tokens": dict(state.tokens),  # this invocation's only
         "resumed_with": state.resumed_with,
         "questions_per_s": round((len(accepted) - state.resumed_with) / wall, 3),
-        # The generate-and-decide loop alone (engine and embedder start-up excluded).
-        "loop_wall_s": round(wall, 2),
-        "completion_tokens_per_s": round(state.tokens["completion"] / wall, 1) if wall else None,
-        "decide_wall_s": round(state.decide_s, 2),  # of loop_wall_s
         "diversity": diversity([q["question"] for q in accepted], index),
     }
 
