@@ -78,6 +78,10 @@ def main() -> None:
     # One thread: batches of 100 leave little to share, and on this shared 2-core machine two
     # OpenMP threads spun waiting for each other (30k vectors: 37.6 s against 9.2 s, load 6).
     parser.add_argument("--threads", type=int, default=1, help="faiss (OpenMP) threads")
+    # VectorIndex settings; defaults: the stage's own.
+    parser.add_argument("--exact-until", type=int, help="exact search up to this many vectors")
+    parser.add_argument("--cell-size", type=int, help="IVF: vectors per cell at training")
+    parser.add_argument("--nprobe", type=int, help="IVF: cells scanned per query")
     parser.add_argument("--out", default="outputs/bench_dedup.json")
     parser.add_argument("--embed-to", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -86,6 +90,7 @@ def main() -> None:
         return
 
     import faiss
+    from threadpoolctl import threadpool_limits
 
     from crescent.methods.dedup import VectorIndex, decide
 
@@ -99,7 +104,9 @@ def main() -> None:
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     load_before = os.getloadavg()[0]
 
-    index = VectorIndex(vectors.shape[1])
+    settings = {k: v for k, v in (("exact_until", args.exact_until), ("nprobe", args.nprobe),
+                                  ("cell_size", args.cell_size)) if v is not None}
+    index = VectorIndex(vectors.shape[1], **settings)
     reference = ExactReference(vectors)
     checked = agreed = accepted = 0
     index_s = index_cpu_s = 0.0
@@ -112,7 +119,11 @@ def main() -> None:
         index_s += time.perf_counter() - t
         index_cpu_s += time.process_time() - c
         if b % args.check_every == 0:  # the same accepted history, searched exhaustively
-            truth = np.array([d.accepted for d in decide(batch, reference, args.threshold)])
+            # numpy's BLAS on one thread: its idle threads spin for a while after a threaded
+            # call, and on two cores they slowed the timed index path that follows (15.9 s
+            # against 10 s without the checks).
+            with threadpool_limits(1, "blas"):
+                truth = np.array([d.accepted for d in decide(batch, reference, args.threshold)])
             checked += len(batch)
             agreed += int((truth == keep).sum())
         reference.rows = np.concatenate([reference.rows, start + np.flatnonzero(keep)])
@@ -125,7 +136,8 @@ def main() -> None:
         "index_cpu_s": round(index_cpu_s, 1), "faiss_threads": args.threads,
         "peak_rss_mib": round(peak_mib), "rss_before_loop_mib": round(rss_before / 1024),
         "decisions_checked": checked, "agreement_with_exact": round(agreed / checked, 5),
-        "switched_to_ivf": index.approximate,
+        "switched_to_ivf": index.approximate, "exact_until": index.exact_until,
+        "cell_size": index.cell_size, "nprobe": index.nprobe,
         # Other jobs share this machine: its 1-minute load average before and after the run.
         "load_avg_before": round(load_before, 2), "load_avg_after": round(os.getloadavg()[0], 2),
     }

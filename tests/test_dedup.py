@@ -70,6 +70,37 @@ def test_threshold_edge_reaching_it_rejects():
     assert not decide(E1[None], history, 1.0)[0].accepted  # identical reaches even 1.0
 
 
+def _decide_one_by_one(items, history, threshold):
+    """The decision written as its definition: each candidate in turn against the history and
+    the candidates accepted before it (the reference for the vectorised `decide`)."""
+    hist_sims, hist_rows = history.nearest(items)
+    accepted, out = [], []
+    for i, item in enumerate(items):
+        sim, row, in_batch = float(hist_sims[i]), int(hist_rows[i]), None
+        for j in accepted:
+            if float(items[j] @ item) > sim:
+                sim, row, in_batch = float(items[j] @ item), None, j
+        ok = not np.isfinite(sim) or sim < threshold
+        if ok:
+            accepted.append(i)
+        out.append((ok, None if in_batch is not None or row == -1 else row, in_batch))
+    return out
+
+
+def test_decide_matches_the_one_by_one_definition_on_clustered_batches():
+    rng = np.random.default_rng(0)
+    centres = rng.standard_normal((6, 16)).astype(np.float32)
+    history = VectorIndex(16)
+    for _ in range(8):  # many near-duplicates inside each batch and against the history
+        batch = centres[rng.integers(0, 6, 40)] + 0.35 * rng.standard_normal((40, 16))
+        batch = (batch / np.linalg.norm(batch, axis=1, keepdims=True)).astype(np.float32)
+        got = decide(batch, history, threshold=0.9)
+        want = _decide_one_by_one(batch, history, threshold=0.9)
+        assert [(d.accepted, d.nearest_row, d.nearest_in_batch) for d in got] == want
+        history.add(batch[[d.accepted for d in got]])
+    assert 0 < len(history) < 8 * 40  # both outcomes occurred
+
+
 def test_nearest_other_skips_self():
     index = VectorIndex(4)
     index.add(np.stack([E1, at_similarity(E1, E2, 0.6), E3]))
