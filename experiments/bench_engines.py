@@ -2,15 +2,18 @@
 
     python experiments/bench_engines.py [--prompts 64] [--max-tokens 128] [--out outputs/bench_engines.json]
 
-Each engine runs in its own subprocess (vLLM does not free memory in-process), on the same
-64 distinct chat prompts, sampling at temperature 1 up to 128 new tokens. Start-up (model
-load, KV-cache set-up) is timed apart from generation; tokens/s counts generated tokens.
+Each engine runs in its own subprocess (vLLM does not free memory in-process) on what the
+questions stage sends it: the math domain's bait prompt, identical in every request, each
+request with its own seed derived from the run seed, sampled with the stage's settings
+(temperature 1, top_p 0.95) up to 128 new tokens. Start-up (model load, KV-cache set-up) is
+timed apart from generation; tokens/s counts generated tokens.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -20,14 +23,28 @@ from pathlib import Path
 ENGINES = ["vllm", "hf"]
 
 
+CONF = Path(__file__).resolve().parent.parent / "conf"
+
+
 def bench_conversations(prompts: int) -> list[list[dict]]:
-    """Distinct chat prompts, the same in every engine benchmark (also bench_scale.py)."""
-    return [[{"role": "user", "content": f"Write math word problem number {i} about a new topic."}]
-            for i in range(prompts)]
+    """The questions stage's bait request, `prompts` times: the same in every engine benchmark
+    (also bench_scale.py and bench_pipeline.py)."""
+    from omegaconf import OmegaConf
+
+    bait = OmegaConf.load(CONF / "domain" / "math.yaml").bait_prompt
+    return [[{"role": "user", "content": bait}] for _ in range(prompts)]
+
+
+def stage_sampling(max_tokens: int):
+    """The questions stage's sampling settings (its config defaults), `max_tokens` long."""
+    from crescent.config import QuestionsConfig, SamplingConfig
+
+    stage = QuestionsConfig().sampling
+    return SamplingConfig(temperature=stage.temperature, top_p=stage.top_p, max_tokens=max_tokens)
 
 
 def measure(engine_name: str, prompts: int, max_tokens: int) -> dict:
-    from crescent.config import EngineConfig, ModelConfig, SamplingConfig
+    from crescent.config import EngineConfig, ModelConfig
     from crescent.infra.engines import make_engine
     from crescent.infra.models import SMOLLM2
 
@@ -35,8 +52,10 @@ def measure(engine_name: str, prompts: int, max_tokens: int) -> dict:
     engine = make_engine(EngineConfig(name=engine_name, batch_size=prompts), ModelConfig(name=SMOLLM2))
     start_s = time.perf_counter() - started
     conversations = bench_conversations(prompts)
-    sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=max_tokens)
+    sampling = stage_sampling(max_tokens)
     started = time.perf_counter()
+    # One seed for the call: the engine derives each request's own from it (identical prompts
+    # with one shared seed would return identical samples).
     generations = engine.chat(conversations, sampling, n=1, seed=0)
     gen_s = time.perf_counter() - started
     tokens = sum(g.total_tokens for g in generations)
@@ -64,13 +83,14 @@ def main() -> None:
     for name in ENGINES:
         cmd = [sys.executable, __file__, "--child", name, "--prompts", str(args.prompts),
                "--max-tokens", str(args.max_tokens)]
-        out = subprocess.run(cmd, capture_output=True, text=True)
+        out = subprocess.run(cmd, check=False, capture_output=True, text=True)
         if out.returncode != 0:
             sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
         rows.append(json.loads(out.stdout.split("RESULT ", 1)[1]))
     ratio = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]
 
-    print(f"\n{args.prompts} prompts x up to {args.max_tokens} new tokens, embedded model")
+    print(f"\n{args.prompts} bait prompts x up to {args.max_tokens} new tokens (top_p 0.95), "
+          f"embedded model, load average {os.getloadavg()[0]:.2f}")
     print(f"{'engine':<8}{'start s':>10}{'generate s':>12}{'tokens':>9}{'tokens/s':>10}")
     for r in rows:
         print(f"{r['engine']:<8}{r['start_s']:>10}{r['generate_s']:>12}{r['tokens']:>9}"
@@ -78,7 +98,9 @@ def main() -> None:
     print(f"vllm/hf tokens/s ratio: {ratio:.2f}")
 
     result = {"prompts": args.prompts, "max_tokens": args.max_tokens, "engines": rows,
-              "vllm_over_hf": round(ratio, 2), "machine": platform.processor() or platform.machine(),
+              "vllm_over_hf": round(ratio, 2), "load_avg_1m": round(os.getloadavg()[0], 2),
+              "sampling": {"temperature": 1.0, "top_p": 0.95, "prompt": "domain math bait_prompt"},
+              "machine": platform.processor() or platform.machine(),
               "when": time.strftime("%Y-%m-%d %H:%M")}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -5,7 +5,7 @@ rates mean for the paper's 150k setting on 1, 8 and 64 GPUs.
     python experiments/bench_scale.py --tokens-per-s 2500 --skip-measure   # projection only
     python experiments/bench_scale.py --stats outputs/smoke/<run>          # token shares of a run
 
-Measured in one run, on the same distinct chat prompts at temperature 1: the offline engine
+Measured in one run, on the questions stage's bait prompts and sampling (temperature 1, top_p 0.95): the offline engine
 (`engine=vllm`, in a subprocess), then one `vllm serve` of the embedded model on 127.0.0.1
 driven by `engine=openai` at concurrency 1, 8 and 32. tokens/s counts generated tokens.
 
@@ -31,15 +31,15 @@ DEVICES = (1, 8, 64)
 
 
 def served(prompts: int, max_tokens: int, log: Path) -> list[dict]:
-    from bench_engines import bench_conversations  # beside this script
+    from bench_engines import bench_conversations, stage_sampling  # beside this script
 
-    from crescent.config import EngineConfig, ModelConfig, SamplingConfig
+    from crescent.config import EngineConfig, ModelConfig
     from crescent.infra.engines import make_engine
     from crescent.infra.models import SMOLLM2, resolve_model
     from crescent.infra.serve import LocalServer
 
     conversations = bench_conversations(prompts)
-    sampling = SamplingConfig(temperature=1.0, top_p=1.0, max_tokens=max_tokens)
+    sampling = stage_sampling(max_tokens)
     started = time.perf_counter()
     server = LocalServer(resolve_model(ModelConfig(name=SMOLLM2).name), log)
     start_s = time.perf_counter() - started
