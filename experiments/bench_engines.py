@@ -28,7 +28,7 @@ CONF = Path(__file__).resolve().parent.parent / "conf"
 
 def bench_conversations(prompts: int) -> list[list[dict]]:
     """The questions stage's bait request, `prompts` times: the same in every engine benchmark
-    (also bench_scale.py and bench_pipeline.py)."""
+    (also bench_scale.py)."""
     from omegaconf import OmegaConf
 
     bait = OmegaConf.load(CONF / "domain" / "math.yaml").bait_prompt

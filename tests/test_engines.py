@@ -95,8 +95,8 @@ def test_vllm_seeded_batch_larger_than_one_step():
 
 
 _CONVERT = (
-    "import sys; from crescent.infra.models import resolve_model; "
-    "print('PATH', resolve_model('smollm2-135m-instruct'))"
+    "from crescent.infra import logs; from crescent.infra.models import resolve_model; "
+    "logs.setup(); print('PATH', resolve_model('smollm2-135m-instruct'))"
 )
 
 

@@ -46,7 +46,7 @@ def test_seed_replicas_share_data_and_base_and_pool_in_the_report(cli, tmp_path,
     assert md in printed
     metrics = {run: read_json(run / "evaluate" / "metrics.json") for run in runs}
     overrides = {run: (run / ".hydra" / "overrides.yaml").read_text() for run in runs}
-    for lr in ("1e-5", "1e-4"):
+    for lr in ("1e-05", "0.0001"):  # as Hydra records 1e-5 and 1e-4
         tuned = [m["finetuned"][BPB]["bits_per_byte"] for run, m in metrics.items()
                  if f"finetune.lr={lr}" in overrides[run]]
         base = metrics[runs[0]]["base"][BPB]["bits_per_byte"]
