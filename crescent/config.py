@@ -288,6 +288,19 @@ RANGES = [
 ]
 
 
+def samples_per_question(cfg: DictConfig) -> int:
+    """k_max: the samples drawn per question (`answers.samples`, default `voting.k`); the vote
+    takes the first voting.k of them, so voting.k above it is an error."""
+    from crescent.infra.io import CrescentError
+
+    k = OmegaConf.select(cfg, "voting.k", default=None)
+    k_max = OmegaConf.select(cfg, "answers.samples", default=None) or k
+    if k is not None and k > k_max:
+        raise CrescentError(f"voting.k={k} is more than answers.samples={k_max}: "
+                            f"the vote takes the first voting.k of the samples drawn")
+    return k_max
+
+
 def validate(cfg: DictConfig) -> None:
     """Fail before the first stage on a value that would fail (or silently do nothing) later.
 
@@ -303,14 +316,11 @@ def validate(cfg: DictConfig) -> None:
     if voting.min_votes > voting.k:
         raise CrescentError(f"voting.min_votes={voting.min_votes} is more than voting.k="
                             f"{voting.k}: no question could be kept")
-    samples = cfg.answers.samples
-    if samples is not None and voting.k > samples:
-        raise CrescentError(f"voting.k={voting.k} is more than answers.samples={samples}: the "
-                            "vote uses the first voting.k of the samples drawn")
+    k_max = samples_per_question(cfg)
     match = voting.match_kept_of_k
-    if match is not None and match > (samples or voting.k):
+    if match is not None and match > k_max:
         raise CrescentError(f"voting.match_kept_of_k={match} is more than the samples drawn "
-                            f"per question (answers.samples={samples or voting.k})")
+                            f"per question (answers.samples={k_max})")
     if finetune.max_steps == -1 and finetune.max_epochs == -1:
         raise CrescentError("finetune.max_steps and finetune.max_epochs are both -1: "
                             "set one of them")

@@ -38,6 +38,7 @@ from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 
+from crescent.config import samples_per_question
 from crescent.infra.io import CrescentError, atomic_write_text, read_json, write_json
 from crescent.infra.provenance import provenance
 from crescent.infra.tracking import Tracker
@@ -133,16 +134,6 @@ def stage_key(cfg: DictConfig, name: str) -> tuple[str, dict]:
     digest = hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(),
                              digest_size=8)
     return digest.hexdigest(), parts
-
-
-def samples_per_question(cfg: DictConfig) -> int:
-    """k_max: the samples drawn per question (`answers.samples`, default `voting.k`)."""
-    k = OmegaConf.select(cfg, "voting.k", default=None)
-    k_max = OmegaConf.select(cfg, "answers.samples", default=None) or k
-    if k is not None and k > k_max:
-        raise CrescentError(f"voting.k={k} is more than answers.samples={k_max}: "
-                            f"the vote takes the first voting.k of the samples drawn")
-    return k_max
 
 
 def entry_dir(cfg: DictConfig, name: str) -> Path | None:

@@ -46,7 +46,8 @@ def preflight(cfg: DictConfig) -> list[Path]:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
-    from crescent.pipeline import entry_dir, link, samples_per_question
+    from crescent.config import samples_per_question
+    from crescent.pipeline import entry_dir, link
 
     out = Path(run_dir) / "answers"
     k_max = samples_per_question(cfg)  # also: voting.k <= answers.samples, or a clear error
