@@ -205,6 +205,9 @@ class EvalConfig:
     # lm-eval tasks: the offline crescent_* ones (crescent/tasks/) or stock ones (need the hub)
     tasks: list[str] = field(default_factory=lambda: ["crescent_gsm8k_gold_bpb"])
     limit: Optional[int] = None  # examples per task; None means all
+    # task -> examples, in place of `limit` for that task (a generation task on fewer documents
+    # than a cheap log-likelihood one); each task's first N documents, as `limit` takes them
+    limits: dict[str, Optional[int]] = field(default_factory=dict)
     num_fewshot: Optional[int] = None  # few-shot examples for every task; None: each task's own
     # gsm8k/ and math500/ for the offline tasks and decontamination; None: $CRESCENT_DATA, else
     # the crescent cache's data/ (`crescent-data fetch`), resolved at run time (crescent/infra/data.py)
@@ -321,6 +324,9 @@ def validate(cfg: DictConfig) -> None:
     if match is not None and match > k_max:
         raise CrescentError(f"voting.match_kept_of_k={match} is more than the samples drawn "
                             f"per question (answers.samples={k_max})")
+    for task, limit in cfg.eval.limits.items():
+        if not _OPTIONAL_POSITIVE[0](limit):
+            raise CrescentError(f"eval.limits.{task}={limit}: expected {_OPTIONAL_POSITIVE[1]}")
     if finetune.max_steps == -1 and finetune.max_epochs == -1:
         raise CrescentError("finetune.max_steps and finetune.max_epochs are both -1: "
                             "set one of them")

@@ -75,7 +75,7 @@ def collect(run: Path) -> dict:
                    or "(defaults)",
         "replica": " ".join(o for o in point if o.split("=")[0] in REPLICA_KEYS),
         "votes": OmegaConf.select(config, "voting.k", default=None),
-        "eval_limit": OmegaConf.select(config, "eval.limit", default=None),
+        "eval_limits": _eval_limits(config),
         "funnel": {
             "candidates": stats["questions"].get("candidates"),
             "questions": stats["questions"].get("accepted"),
@@ -87,6 +87,16 @@ def collect(run: Path) -> dict:
         "reused": {k: v.get("reused") for k, v in (_read(run / "pipeline.json") or {}).items()},
         "wandb_id": wandb_id,
     }
+
+
+def _eval_limits(config) -> dict:
+    """task -> the documents limit its scores used (None: the full set), as evaluate sets it."""
+    from omegaconf import OmegaConf
+
+    limit = OmegaConf.select(config, "eval.limit", default=None)
+    per_task = OmegaConf.select(config, "eval.limits", default=None) or {}
+    return {task: per_task.get(task, limit)
+            for task in OmegaConf.select(config, "eval.tasks", default=None) or []}
 
 
 def _scores(run: Path, eval_stats: dict) -> dict:
@@ -236,7 +246,7 @@ def footnotes(rows: list[dict], tasks: list[str]) -> list[str]:
               f"only in {' / '.join(REPLICA_KEYS)}); [low, high]: 95% bootstrap interval over "
               "the scored documents (one run); Δ vs base: paired per replica (or per document).")]
     for task in tasks:
-        limits = sorted({str(r["eval_limit"]) for r in rows if task in r["scores"]})
+        limits = sorted({str(r["eval_limits"].get(task)) for r in rows if task in r["scores"]})
         docs = sorted({str(r["scores"][task]["docs"]) for r in rows if task in r["scores"]})
         notes.append(f"{task}: eval.limit={'/'.join(limits).replace('None', 'null (full set)')}, "
                      f"{'/'.join(docs)} documents scored")

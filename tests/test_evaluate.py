@@ -125,6 +125,27 @@ def test_hf_spec_and_its_command_line(tmp_path):
     )
 
 
+def test_per_task_limits_take_each_tasks_first_documents(tmp_path):
+    cfg = _cfg("engine=hf", "eval.limit=5000", "+eval.limits.crescent_gsm8k_cot_zeroshot=3")
+    tasks = ["crescent_gsm8k_gold_bpb", "crescent_gsm8k_cot_zeroshot"]
+    spec = evaluate.lm_eval_spec(cfg, "base", "/m", tasks, evaluate.TASKS_SRC, tmp_path / "b")
+    assert spec["limits"] == {"crescent_gsm8k_gold_bpb": 5000, "crescent_gsm8k_cot_zeroshot": 3}
+    assert "--limit" not in evaluate.lm_eval_command(spec)
+    assert '"crescent_gsm8k_cot_zeroshot": [0, 1, 2]' in evaluate.lm_eval_command(spec)
+    # lm-eval counts each task's documents: the bpb task has 1,319, fewer than its limit.
+    from lm_eval.tasks import TaskManager
+
+    tasks_dir, _ = evaluate.render_tasks(DATA, tmp_path / "tasks")
+    docs = evaluate._first_docs(spec["limits"], TaskManager(include_path=str(tasks_dir),
+                                                            include_defaults=False))
+    assert docs == {"crescent_gsm8k_gold_bpb": list(range(1319)),
+                    "crescent_gsm8k_cot_zeroshot": [0, 1, 2]}
+    # One limit for every task stays lm-eval's own `--limit`.
+    same = evaluate.lm_eval_spec(_cfg("engine=hf", "+eval.limits.crescent_gsm8k_cot_zeroshot=7",
+                                      "eval.limit=7"), "base", "/m", tasks, tmp_path, tmp_path)
+    assert evaluate._first_docs(same["limits"]) is None and "--limit 7" in evaluate.lm_eval_command(same)
+
+
 def test_vllm_spec_on_cpu_uses_the_engine_settings(tmp_path):
     cfg = _cfg("engine.cpu_kvcache_gib=3", "eval.apply_chat_template=false")
     tasks = ["crescent_gsm8k", "mmlu"]

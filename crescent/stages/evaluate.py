@@ -249,7 +249,7 @@ def lm_eval_spec(
         "include_path": str(tasks_dir),
         "include_defaults": uses_stock_tasks(tasks, tasks_dir),
         "num_fewshot": cfg.eval.num_fewshot,
-        "limit": cfg.eval.limit,
+        "limits": task_limits(cfg, tasks),
         "batch_size": batch_size,
         "device": device,
         "apply_chat_template": cfg.eval.apply_chat_template,
@@ -257,6 +257,37 @@ def lm_eval_spec(
         "env": env,
         "out_dir": str(label_dir),
     }
+
+
+def task_limits(cfg: DictConfig, tasks: list[str]) -> dict[str, int | None]:
+    """Documents per task: `eval.limits` where it names the task, else `eval.limit` (None: all)."""
+    return {task: cfg.eval.limits.get(task, cfg.eval.limit) for task in tasks}
+
+
+def _one_limit(limits: dict[str, int | None]) -> int | None:
+    """lm-eval's `limit` when every task has the same one (else None: `_first_docs` decides)."""
+    values = set(limits.values())
+    return values.pop() if len(values) == 1 else None
+
+
+def _first_docs(limits: dict[str, int | None], manager=None) -> dict[str, list[int]] | None:
+    """lm-eval takes one `limit` for all tasks, or the documents per task (`samples`): with
+    per-task limits, each limited task's first N documents (all of them when it has fewer;
+    counting them needs the tasks, from `manager`; without it, N)."""
+    if len(set(limits.values())) <= 1:
+        return None
+    named = [task for task, n in limits.items() if n is not None]
+    counted = dict.fromkeys(named, math.inf)
+    if manager is not None:
+        from lm_eval.tasks import get_task_dict
+
+        loaded = get_task_dict(named, manager)
+        counted = {name: len(loaded[name].eval_docs) for name in named
+                   if name in loaded and hasattr(loaded[name], "eval_docs")}
+        if len(counted) < len(named):
+            group = next(name for name in named if name not in counted)
+            raise CrescentError(f"eval.limits.{group}: a group of tasks; limit its tasks by name")
+    return {task: list(range(min(limits[task], counted[task]))) for task in named}
 
 
 def lm_eval_command(spec: dict) -> str:
@@ -272,8 +303,11 @@ def lm_eval_command(spec: dict) -> str:
         parts += ["--device", spec["device"]]
     if spec["num_fewshot"] is not None:
         parts += ["--num_fewshot", str(spec["num_fewshot"])]
-    if spec["limit"] is not None:
-        parts += ["--limit", str(spec["limit"])]
+    limit, samples = _one_limit(spec["limits"]), _first_docs(spec["limits"])
+    if samples:
+        parts += ["--samples", json.dumps(samples)]
+    elif limit is not None:
+        parts += ["--limit", str(limit)]
     if spec["apply_chat_template"]:
         parts.append("--apply_chat_template")
         if not spec["fewshot_as_multiturn"]:
@@ -333,6 +367,7 @@ def score(spec: dict) -> None:
     unknown = [t for t in spec["tasks"] if t not in manager.all_tasks]
     if unknown:
         raise CrescentError(f"eval.tasks: unknown lm-eval task(s): {', '.join(unknown)}")
+    limit, samples = _one_limit(spec["limits"]), _first_docs(spec["limits"], manager)
     results = lm_eval.simple_evaluate(
         model=spec["model"],
         model_args=spec["model_args"],
@@ -340,7 +375,8 @@ def score(spec: dict) -> None:
         num_fewshot=spec["num_fewshot"],
         batch_size=spec["batch_size"],
         device=spec["device"],
-        limit=spec["limit"],
+        limit=limit,
+        samples=samples,
         log_samples=True,
         apply_chat_template=spec["apply_chat_template"],
         fewshot_as_multiturn=spec["fewshot_as_multiturn"],
