@@ -46,3 +46,17 @@ def test_verbose_lets_the_libraries_talk():
 def test_info_lines_from_rank_zero_only(rank, shown):
     result = _run("0", RANK=rank)
     assert ("a line of ours" in result.stdout) is shown
+
+
+def test_the_scorer_keeps_only_the_scoring_bar():
+    # The evaluate child turns tqdm bars off by description; run in a process of its own,
+    # as the child is, since it changes tqdm for the whole process.
+    code = (
+        "from tqdm import tqdm\n"
+        "from crescent.stages.evaluate import _one_bar\n"
+        "_one_bar('vllm')\n"
+        "bars = [tqdm(total=3, desc=d) for d in ('Processed prompts', 'Rendering prompts', None)]\n"
+        "print([b.disable for b in bars])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[False, True, True]"

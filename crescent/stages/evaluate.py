@@ -358,7 +358,10 @@ def score(spec: dict) -> None:
 
         answer_vllm_version_lookup()
     import lm_eval
+    import lm_eval.evaluator
     from lm_eval.tasks import TaskManager
+
+    from crescent.infra import logs
     from lm_eval.utils import handle_non_serializable, sanitize_list
 
     manager = TaskManager(
@@ -368,6 +371,9 @@ def score(spec: dict) -> None:
     if unknown:
         raise CrescentError(f"eval.tasks: unknown lm-eval task(s): {', '.join(unknown)}")
     limit, samples = _one_limit(spec["limits"]), _first_docs(spec["limits"], manager)
+    lm_eval.evaluator.get_git_commit_hash = _git_hash
+    if not logs.verbose():
+        _one_bar(spec["model"])
     results = lm_eval.simple_evaluate(
         model=spec["model"],
         model_args=spec["model_args"],
@@ -400,6 +406,37 @@ def score(spec: dict) -> None:
         atomic_write_text(out / f"samples_{task}.jsonl", text)
     atomic_write_text(out / RESULTS, json.dumps(
         json.loads(dumps(results)), indent=2, ensure_ascii=False) + "\n")
+
+
+# The bar that follows the scoring itself: vLLM's over the requests lm-eval hands it all at
+# once, or lm-eval's over its hf batches.
+_SCORING_BARS = {"vllm": ("Processed prompts",),
+                 "hf": ("Running loglikelihood requests", "Running generate_until requests")}
+
+
+def _one_bar(model_type: str) -> None:
+    """lm-eval and vLLM draw up to seven bars per model (weights, requests built, tokenized,
+    rendered, ...), nested; all but the scoring bar are turned off in this child process."""
+    from tqdm import std
+
+    keep, init = _SCORING_BARS.get(model_type, ()), std.tqdm.__init__
+
+    def init_unless_chatter(bar, *args, **kwargs):
+        if not str(kwargs.get("desc") or "").startswith(keep):
+            kwargs["disable"] = True
+        init(bar, *args, **kwargs)
+
+    std.tqdm.__init__ = init_unless_chatter
+
+
+def _git_hash() -> str | None:
+    """The results' `git_hash`, as lm-eval records it, without git's 'fatal: not a git
+    repository' on the terminal when the run starts outside a checkout."""
+    try:
+        return subprocess.check_output(["git", "describe", "--always"],
+                                       stderr=subprocess.DEVNULL).decode().strip()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return None
 
 
 def _die_with_parent() -> None:
