@@ -197,7 +197,7 @@ class FinetuneConfig:
     keep_checkpoints: bool = False  # keep checkpoints/ once the model is saved
     log_every_n_steps: int = 10  # logger cadence in optimiser steps
     num_workers: int = 0  # DataLoader worker processes
-    progress_bar: bool = True  # Lightning's progress bar
+    progress_bar: bool = True  # a bar over the fine-tune's optimiser steps, with the loss
 
 
 @dataclass

@@ -266,8 +266,11 @@ def test_full_finetune_lowers_the_loss_and_saves_a_loadable_model(tmp_path):
     # 30 training examples in batches of 8: the 4 steps are one epoch. Every answer has the
     # same shape ("a + b = c. The answer is c."), which the model picks up within it.
     result = run_cli(*TINY, "finetune.max_steps=4", "finetune.lr=1e-4", "hydra.run.dir=run",
-                     cwd=tmp_path)
+                     "finetune.progress_bar=true", cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    # One bar over the 4 optimiser steps, ending with the last loss and the validation loss.
+    last = result.stderr.replace("\r", "\n").splitlines()[-1]
+    assert last.startswith("finetune: 100%") and "| 4/4 [" in last and "loss=" in last, last
     out = tmp_path / "run" / "finetune"
     assert (out / "DONE").exists() and not (out / "checkpoints").exists()
     stats = read_json(out / "stats.json")

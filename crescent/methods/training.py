@@ -172,6 +172,34 @@ class ResumableLoader(DataLoader):
         self.batch_sampler.load_state_dict(state)
 
 
+class StepBar(L.Callback):
+    """One bar over the optimiser steps of the whole fine-tune, with the last step's loss
+    (Lightning's own restarts at every epoch and counts micro-batches), on rank zero."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=trainer.estimated_stepping_batches, initial=trainer.global_step,
+                        desc="finetune", unit="step", disable=not trainer.is_global_zero)
+        self.shown: dict[str, str] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._show(trainer, "train/loss", "loss")
+        self.bar.update(trainer.global_step - self.bar.n)
+
+    def on_validation_end(self, trainer, pl_module) -> None:
+        self._show(trainer, "val/loss", "val")
+
+    def _show(self, trainer, metric: str, name: str) -> None:
+        value = trainer.callback_metrics.get(metric)
+        if value is not None:
+            self.shown[name] = f"{float(value):.4f}"
+            self.bar.set_postfix(self.shown, refresh=False)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self.bar.close()
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write a checkpoint beside its path and rename it over: a kill mid-write leaves the
     previous `last.ckpt` whole."""
@@ -433,7 +461,7 @@ def build_trainer(fcfg, root_dir: Path, checkpoint_dir: Path, precision: str,
     """The Trainer the finetune config describes, logging to `logger` (None: no logger).
     With `checkpoint_every_n_steps`, it writes `last.ckpt` into `checkpoint_dir` that often."""
     f = fcfg
-    callbacks, plugins = [], []
+    callbacks, plugins = [StepBar()] if f.progress_bar else [], []
     if f.checkpoint_every_n_steps > 0:
         callbacks.append(ModelCheckpoint(
             dirpath=str(checkpoint_dir), every_n_train_steps=f.checkpoint_every_n_steps,
@@ -450,9 +478,9 @@ def build_trainer(fcfg, root_dir: Path, checkpoint_dir: Path, precision: str,
         num_nodes=f.num_nodes, precision=precision, max_steps=f.max_steps,
         max_epochs=f.max_epochs, accumulate_grad_batches=f.accumulate_grad_batches,
         gradient_clip_val=f.gradient_clip_val or None, callbacks=callbacks,
-        enable_checkpointing=bool(callbacks), plugins=plugins or None,
+        enable_checkpointing=f.checkpoint_every_n_steps > 0, plugins=plugins or None,
         logger=logger or False, log_every_n_steps=f.log_every_n_steps,
-        num_sanity_val_steps=0, enable_progress_bar=f.progress_bar,
+        num_sanity_val_steps=0, enable_progress_bar=False,
         enable_model_summary=False, use_distributed_sampler=False,
         default_root_dir=str(root_dir), **val_args,
     )

@@ -167,9 +167,10 @@ def _stats(cfg, input_path, trainer, data, module, precision, val_loss) -> dict:
 def _write_stats(out: Path, stats: dict, started: float) -> None:
     stats["wall_time_s"] = round(time.time() - started, 2)
     write_json(out / "stats.json", stats)
+    val = stats["val_loss_final"]
     logger.info(f"crescent: finetune: {stats['steps']} steps, train loss "
-                f"{stats['train_loss_first']} -> {stats['train_loss_final']}, val loss "
-                f"{stats['val_loss_final']}, {stats['tokens_per_s']} tokens/s")
+                f"{stats['train_loss_first']} -> {stats['train_loss_final']}"
+                f"{'' if val is None else f', val loss {val}'}, {stats['tokens_per_s']} tokens/s")
 
 
 def _make_logger(cfg: DictConfig, run_dir: Path):
