@@ -39,6 +39,7 @@ from typing import Optional
 from omegaconf import DictConfig, OmegaConf
 
 from crescent.config import samples_per_question
+from crescent.infra.engines import release_engines
 from crescent.infra.io import CrescentError, atomic_write_text, read_json, write_json
 from crescent.infra.provenance import provenance
 from crescent.infra.tracking import Tracker
@@ -57,6 +58,10 @@ class Stage:
     # Benchmark files read: a config key holding a list of them, or "*" for every pinned one.
     data: Optional[str] = None
 
+
+# Stages that generate with `cfg.engine` and `cfg.model`: they share one engine (make_engine),
+# which any other stage releases first.
+ENGINE_STAGES = ("questions", "answers")
 
 # The one stage table, in data-flow order.
 STAGES = {
@@ -213,23 +218,35 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict:
     info = provenance(cfg) if OmegaConf.select(cfg, "model.name") else {}
     tracker.record_provenance(info)
     summary = {}
-    for name, module in modules.items():
-        out, target = stage_dir(run_dir, name), cache_target(cfg, run_dir, name)
-        lock = None
-        if target is not None:
-            target.mkdir(parents=True, exist_ok=True)
-            write_json(target / KEY_FILE, stage_key(cfg, name)[1])
-            link(out, target)
-            lock = locked(target, name)
-        try:
-            summary[name] = _run_stage(name, module, cfg, run_dir, tracker, info)
-        finally:
-            if lock is not None:
-                lock.release()
-        summary[name]["cache"] = str(target) if target is not None else None
-        write_json(Path(run_dir) / "pipeline.json", summary)
+    try:
+        for name, module in modules.items():
+            if name not in ENGINE_STAGES:
+                release_engines()  # the generation model's memory goes to fine-tuning, scoring
+            summary[name] = _run_in_entry(name, module, cfg, run_dir, tracker, info)
+            write_json(Path(run_dir) / "pipeline.json", summary)
+    finally:
+        release_engines()
     tracker.log_summary(Path(run_dir), summary)
     return summary
+
+
+def _run_in_entry(name: str, module: ModuleType, cfg: DictConfig, run_dir: Path,
+                  tracker: Tracker, info: dict) -> dict:
+    """Run one stage in its cache entry (linked from the run dir, locked while it runs)."""
+    out, target = stage_dir(run_dir, name), cache_target(cfg, run_dir, name)
+    lock = None
+    if target is not None:
+        target.mkdir(parents=True, exist_ok=True)
+        write_json(target / KEY_FILE, stage_key(cfg, name)[1])
+        link(out, target)
+        lock = locked(target, name)
+    try:
+        result = _run_stage(name, module, cfg, run_dir, tracker, info)
+    finally:
+        if lock is not None:
+            lock.release()
+    result["cache"] = str(target) if target is not None else None
+    return result
 
 
 def _preflight(cfg: DictConfig, modules: dict[str, ModuleType]) -> None:

@@ -94,6 +94,36 @@ def test_vllm_seeded_batch_larger_than_one_step():
     assert samples == 120
 
 
+_SHARED = """
+from crescent.config import EngineConfig, ModelConfig
+from crescent.infra.engines import make_engine, release_engines
+from crescent.infra.models import SMOLLM2
+def rss_mib():
+    return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) // 1024
+before = rss_mib()
+engine = make_engine(EngineConfig(), ModelConfig(name=SMOLLM2))
+loaded = rss_mib()
+same = make_engine(EngineConfig(), ModelConfig(name=SMOLLM2)) is engine
+del engine
+release_engines()
+print("RESULT", same, before, loaded, rss_mib())
+"""
+
+
+@pytest.mark.slow
+def test_one_vllm_engine_per_process_whose_memory_comes_back_on_release():
+    # The questions and answers stages get the same engine; the fine-tune after them gets its
+    # memory (a dropped vLLM engine kept all of it: a second one doubled the process).
+    result = subprocess.run([sys.executable, "-c", _SHARED], capture_output=True, text=True,
+                            timeout=900, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    same, *mib = result.stdout.split("RESULT ")[1].split()
+    before, loaded, released = map(int, mib)
+    assert same == "True"
+    assert loaded - before > 2000, mib  # the KV cache and the weights
+    assert loaded - released > 0.6 * (loaded - before), mib
+
+
 _CONVERT = (
     "from crescent.infra import logs; from crescent.infra.models import resolve_model; "
     "logs.setup(); print('PATH', resolve_model('smollm2-135m-instruct'))"

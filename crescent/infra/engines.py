@@ -6,10 +6,15 @@ where the call sits in the stage (`derive_seed`). vLLM gives each request its ow
 derived from it, because the same seed on identical prompts returns identical samples; the
 hf engine seeds torch once per batch, and rows of one batch draw independent samples. The
 same run seed therefore reproduces the same samples on the same engine.
+
+One engine per process and configuration: `make_engine` hands the questions and answers stages
+the same loaded model, and `release_engines` frees it (an offline vLLM engine holds about 6 GB
+on CPU, which a dropped reference does not give back) before fine-tuning and at the run's end.
 """
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import os
 from dataclasses import dataclass
@@ -79,7 +84,27 @@ def resolve_dtype(dtype: str) -> str:
     return "bfloat16" if torch.cuda.is_available() else "float32"
 
 
+_OPEN: dict[str, Engine] = {}  # the engines this process holds, by configuration
+
+
 def make_engine(engine: EngineConfig, model: ModelConfig) -> Engine:
+    """The engine for this configuration: the one already open in this process, or a new one."""
+    key = repr((engine, model))
+    if key not in _OPEN:
+        _OPEN[key] = _new_engine(engine, model)
+    return _OPEN[key]
+
+
+def release_engines() -> None:
+    """Close every engine this process holds, so that what runs next has their memory."""
+    while _OPEN:
+        close = getattr(_OPEN.popitem()[1], "close", None)
+        if close is not None:
+            close()
+    gc.collect()
+
+
+def _new_engine(engine: EngineConfig, model: ModelConfig) -> Engine:
     if engine.name == "ray_vllm" or (engine.name == "vllm" and engine.data_parallel_size > 1):
         return RayVLLMEngine(engine, model)
     if engine.name == "vllm":
@@ -151,6 +176,13 @@ class VLLMEngine:
             use_tqdm_on_load=verbose(),  # a one-shard model's load bar says nothing
         )
         self.batch_size = engine.batch_size
+
+    def close(self) -> None:
+        """Shut the engine core down: its KV cache and weights outlive the last reference."""
+        core = getattr(self.llm.llm_engine, "engine_core", None)
+        if core is not None:
+            core.shutdown()
+        del self.llm
 
     # `positions`: where each request sits in the caller's whole list (default: in order), so
     # that a replica given one shard seeds each request as a single engine would have.
@@ -229,6 +261,13 @@ class RayVLLMEngine:
                 env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, mine))
             self.replicas.append(replica.options(runtime_env={"env_vars": env})
                                  .remote(engine, model, executor))
+
+    def close(self) -> None:
+        import ray
+
+        for replica in self.replicas:
+            ray.kill(replica)
+        self.replicas = []
 
     def chat(self, conversations, sampling, n, seed):
         return self._spread("chat", list(conversations), sampling, n, seed)
