@@ -14,6 +14,7 @@ on CPU, which a dropped reference does not give back) before fine-tuning and at 
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import hashlib
 import os
@@ -96,12 +97,19 @@ def make_engine(engine: EngineConfig, model: ModelConfig) -> Engine:
 
 
 def release_engines() -> None:
-    """Close every engine this process holds, so that what runs next has their memory."""
+    """Close every engine this process holds, so that what runs next has their memory, and
+    hand freed heap back to the system: after a fine-tune of the embedded model glibc kept
+    3.2 GB of freed memory that the evaluate stage's scorer (a child process) could not use;
+    `malloc_trim` brought the process to 0.7 GB."""
     while _OPEN:
         close = getattr(_OPEN.popitem()[1], "close", None)
         if close is not None:
             close()
     gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to trim
 
 
 def _new_engine(engine: EngineConfig, model: ModelConfig) -> Engine:
