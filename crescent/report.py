@@ -166,6 +166,8 @@ def summarize(rows: list[dict]) -> list[dict]:
                 line["deltas"][task] = _cell([s["finetuned"] - s["base"] for s in paired],
                                              first.get("finetuned", []), metric,
                                              first.get("base", []))
+        # Replicas with scores: a run still in progress is not one yet.
+        line["n"] = max((cell["n"] for cell in line["cells"].values()), default=len(runs))
         out.append(line)
     return out
 

@@ -90,3 +90,14 @@ def test_one_run_gets_a_bootstrap_interval_over_documents(tmp_path):
     assert low < aggregate("bits_per_byte", docs) < high
     assert bootstrap("bits_per_byte", docs, paired=docs) == (0.0, 0.0)  # same docs: no delta
     assert bootstrap("exact_match", [1, 1, 1]) == (1.0, 1.0)
+
+
+def test_a_replica_still_running_is_not_counted(tmp_path):
+    _run(tmp_path, "finetune.seed=1", 3, 0.9, 0.2, 10)
+    _run(tmp_path, "finetune.seed=2", 3, 0.8, 0.1, 10)
+    (tmp_path / "finetune.seed=2" / "evaluate" / "metrics.json").unlink()  # not scored yet
+    report.main([str(tmp_path)])
+    md = (tmp_path / "report" / "report.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| (defaults)")
+               or line.startswith("| seed=3"))
+    assert row.split(" | ")[1] == "1", row
