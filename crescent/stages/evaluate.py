@@ -360,9 +360,9 @@ def score(spec: dict) -> None:
     import lm_eval
     import lm_eval.evaluator
     from lm_eval.tasks import TaskManager
+    from lm_eval.utils import handle_non_serializable, sanitize_list
 
     from crescent.infra import logs
-    from lm_eval.utils import handle_non_serializable, sanitize_list
 
     manager = TaskManager(
         include_path=spec["include_path"], include_defaults=spec["include_defaults"]
