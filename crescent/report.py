@@ -209,7 +209,7 @@ def table(rows: list[dict]) -> tuple[list[str], list[list[str]], list[str]]:
     summary = summarize(rows)
     tasks = sorted({t for r in rows for t in r["scores"]})
     metric = {t: next(r["scores"][t]["metric"] for r in rows if t in r["scores"]) for t in tasks}
-    header = ["setting", "n", "kept"]
+    header = ["setting", "n", "examples"]  # the pairs each fine-tune trained on
     for task in tasks:
         arrow = "↓" if lower_is_better(metric[task]) else "↑"
         header += [f"{task} {metric[task]} {arrow}", "Δ vs base"]
@@ -221,7 +221,7 @@ def table(rows: list[dict]) -> tuple[list[str], list[list[str]], list[str]]:
             best[task] = min(means) if lower_is_better(metric[task]) else max(means)
     cells = []
     for line in summary:
-        row = [_label(line, summary), str(line["n"]), _fmt(line["kept"])]
+        row = [_label(line, summary), str(line["n"]), _fmt(line["examples"] or None)]
         for task in tasks:
             text = _show(line["cells"].get(task))
             if line is not summary[0] and task in best and \
