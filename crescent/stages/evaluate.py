@@ -279,11 +279,8 @@ def _first_docs(limits: dict[str, int | None], manager=None) -> dict[str, list[i
     named = [task for task, n in limits.items() if n is not None]
     counted = dict.fromkeys(named, math.inf)
     if manager is not None:
-        from lm_eval.tasks import get_task_dict
-
-        loaded = get_task_dict(named, manager)
-        counted = {name: len(loaded[name].eval_docs) for name in named
-                   if name in loaded and hasattr(loaded[name], "eval_docs")}
+        loaded = manager.load(named)["tasks"]  # leaf tasks only: a group is not among them
+        counted = {name: len(loaded[name].eval_docs) for name in named if name in loaded}
         if len(counted) < len(named):
             group = next(name for name in named if name not in counted)
             raise CrescentError(f"eval.limits.{group}: a group of tasks; limit its tasks by name")
