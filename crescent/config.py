@@ -70,7 +70,7 @@ class ModelConfig:
 @dataclass
 class EngineConfig:
     name: EngineName = EngineName.vllm  # backend: vllm (offline LLM.chat), ray_vllm (vLLM replicas on Ray), hf (transformers generate), openai (servers)
-    batch_size: int = 256  # hf: conversations per generate call; vllm: requests handed over at once
+    batch_size: int = 256  # samples in flight (all replicas together; n samples of a question count n); hf: per generate call
     max_model_len: int = 2048  # context window given to the engine (prompt + completion tokens)
     enforce_eager: bool = True  # vllm: skip graph capture; starts far faster on CPU
     tensor_parallel_size: int = 1  # vllm: GPUs one model is split over
@@ -134,7 +134,7 @@ class QuestionsConfig:
     max_rewrites: int = 2  # "make it different" rounds per rejected candidate
     source: QuestionSource = QuestionSource.bait  # fresh candidates: bait (domain.bait_prompt), magpie (bare pre-query chat template), seed_aug (rewrites of questions.seeds)
     seeds: Optional[str] = None  # source=seed_aug: JSON Lines of seed questions (a `question` field each)
-    batch_size: int = 64  # bait samples drawn per round
+    batch_size: int = 64  # candidates decided together (one embedding pass and index search)
     sampling: SamplingConfig = field(
         default_factory=lambda: SamplingConfig(temperature=1.0, top_p=0.95, max_tokens=256)
     )
@@ -144,7 +144,6 @@ class QuestionsConfig:
 class AnswersConfig:
     input: Optional[str] = None  # questions.jsonl to answer; default: this run's questions stage
     samples: int | None = None  # k_max: samples drawn per question (cached); the vote uses the first voting.k; None: voting.k
-    chunk_size: int = 32  # questions per engine call; answered questions are flushed after each
     decontaminate: list[str] = field(  # benchmark test sets (JSON Lines in the benchmark data dir)
         default_factory=lambda: ["gsm8k/test.jsonl", "math500/test.jsonl"]
     )
@@ -270,7 +269,7 @@ RANGES = [
     ("questions.target", *_POSITIVE), ("questions.max_candidates", *_POSITIVE),
     ("questions.max_rewrites", *_COUNT), ("questions.batch_size", *_POSITIVE),
     *[(f"questions.sampling.{key}", test, what) for key, test, what in _SAMPLING],
-    ("answers.samples", *_OPTIONAL_POSITIVE), ("answers.chunk_size", *_POSITIVE), ("answers.ngram", *_POSITIVE),
+    ("answers.samples", *_OPTIONAL_POSITIVE), ("answers.ngram", *_POSITIVE),
     ("answers.max_overlap", *_SHARE),
     *[(f"answers.sampling.{key}", test, what) for key, test, what in _SAMPLING],
     ("voting.match_kept_of_k", *_OPTIONAL_POSITIVE),

@@ -76,7 +76,7 @@ def test_vote_funnel_outputs_and_resume(tmp_path, monkeypatch):
     monkeypatch.setattr(engines, "make_engine", lambda *a: scripted)
     from crescent.stages import answers
 
-    cfg = _cfg(f"answers.input={_questions(tmp_path)}", "answers.chunk_size=2")
+    cfg = _cfg(f"answers.input={_questions(tmp_path)}", "engine.batch_size=8")
     out = answers.run(cfg, tmp_path)
 
     stats = read_json(out / "stats.json")
@@ -131,7 +131,7 @@ def test_embedded_model_answers_20_questions_killed_and_resumed(tmp_path):
     """vLLM on the embedded model; SIGKILLed at 3 seeded points, then run to the end."""
     questions = ROOT / "tests" / "assets" / "questions20.jsonl"
     overrides = ["stages=[answers]", f"answers.input={questions}", "voting.k=3",
-                 "answers.chunk_size=5", "answers.sampling.max_tokens=192", "logger=none",
+                 "engine.batch_size=15", "answers.sampling.max_tokens=192", "logger=none",
                  f"eval.data_dir={DATA}", "hydra.run.dir=run"]
     out = tmp_path / "run" / "answers"
     seen = kill_then_finish(overrides, tmp_path, out, lambda: lines(out / "samples.jsonl"),

@@ -60,7 +60,7 @@ def test_stages_through_two_served_workers_match_offline_counts(tmp_path):
 
 def test_server_killed_mid_stage_fails_clearly_then_resumes(tmp_path):
     server = _server(tmp_path / "server.log")
-    args = ["stages=[answers]", f"answers.input={QUESTIONS}", "answers.chunk_size=2",
+    args = ["stages=[answers]", f"answers.input={QUESTIONS}", "engine.batch_size=4",
             "voting.k=2", "answers.sampling.max_tokens=192", "engine=openai",
             f"engine.endpoints=[{server.url}]", "engine.max_retries=2",
             "engine.retry_backoff_s=0.5", "hydra.run.dir=run"]

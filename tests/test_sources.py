@@ -27,8 +27,8 @@ def _seeds(path, questions):
 
 def test_bait_source_repeats_the_domain_bait_prompt():
     cfg = _cfg()
-    chats, prompts = make_source(cfg)(3, 0)
-    assert chats == [[{"role": "user", "content": cfg.domain.bait_prompt}]] * 3 and prompts == []
+    source = make_source(cfg)
+    assert [source(d) for d in range(3)] == [[{"role": "user", "content": cfg.domain.bait_prompt}]] * 3
 
 
 def test_pre_query_prompt_is_the_template_up_to_the_user_words():
@@ -43,15 +43,15 @@ def test_pre_query_prompt_is_the_template_up_to_the_user_words():
 
 def test_magpie_source_sends_raw_prompts_only():
     cfg = _cfg("questions.source=magpie")
-    chats, prompts = make_source(cfg)(2, 5)
-    assert chats == [] and len(prompts) == 2
-    assert cfg.domain.magpie_system in prompts[0] and prompts[0].endswith("<|im_start|>user\n")
+    prompt = make_source(cfg)(5)
+    assert isinstance(prompt, str)  # a raw prompt, no chat template applied over it
+    assert cfg.domain.magpie_system in prompt and prompt.endswith("<|im_start|>user\n")
 
 
 def _seeds_used(cfg, seeds, count, drawn):
-    chats, prompts = make_source(cfg)(count, drawn)
-    assert prompts == []
-    return [next(s for s in seeds if s in c[0]["content"]) for c in chats]
+    source = make_source(cfg)
+    return [next(s for s in seeds if s in source(d)[0]["content"])
+            for d in range(drawn, drawn + count)]
 
 
 def test_seed_aug_walks_one_seeded_order_and_resumes_where_it_stopped(tmp_path):

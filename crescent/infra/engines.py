@@ -208,32 +208,128 @@ class VLLMEngine:
                                     tokenization_kwargs={"add_special_tokens": False})
         return self._generations(outputs)
 
+    def session(self, sampling, n):
+        return VLLMSession(self.llm, sampling, n)
+
     @staticmethod
     def _params(positions, sampling, n, seed):
-        from vllm import SamplingParams
-
-        return [
-            SamplingParams(
-                n=n,
-                temperature=sampling.temperature,
-                top_p=sampling.top_p,
-                max_tokens=sampling.max_tokens,
-                seed=derive_seed(seed, i),
-            )
-            for i in positions
-        ]
+        return [_sampling_params(sampling, n, derive_seed(seed, i)) for i in positions]
 
     @staticmethod
     def _generations(outputs):
-        return [
-            Generation(
-                texts=[c.text for c in out.outputs],
-                completion_tokens=[len(c.token_ids) for c in out.outputs],
-                prompt_tokens=len(out.prompt_token_ids),
-                finish_reasons=[str(c.finish_reason) for c in out.outputs],
-            )
-            for out in outputs
-        ]
+        return [_vllm_generation(out) for out in outputs]
+
+
+def _sampling_params(sampling, n, seed):
+    from vllm import SamplingParams
+
+    return SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
+                          max_tokens=sampling.max_tokens, seed=seed)
+
+
+def _vllm_generation(out) -> Generation:
+    return Generation(
+        texts=[c.text for c in out.outputs],
+        completion_tokens=[len(c.token_ids) for c in out.outputs],
+        prompt_tokens=len(out.prompt_token_ids),
+        finish_reasons=[str(c.finish_reason) for c in out.outputs],
+    )
+
+
+class VLLMSession:
+    """Requests added to the offline engine one at a time (`LLM.enqueue_chat`, `LLM.enqueue`)
+    and the engine stepped until one of them finishes: vLLM's continuous batching starts the
+    next request in the slot a finished one leaves, where `LLM.chat` over a batch waits for its
+    slowest. Every request carries its own seed, so its samples do not depend on what shares
+    the engine with it (up to the numerics of batching, which vLLM does not promise)."""
+
+    def __init__(self, llm, sampling, n):
+        self.llm, self.sampling, self.n = llm, sampling, n
+        self.indices: dict[str, int] = {}  # vLLM request id -> the caller's index
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.indices)
+
+    def submit(self, index, request) -> None:
+        params = _sampling_params(self.sampling, self.n, request.seed)
+        if isinstance(request.input, str):  # a raw prompt: it holds its special tokens already
+            ids = self.llm.enqueue([request.input], params, use_tqdm=False,
+                                   tokenization_kwargs={"add_special_tokens": False})
+        else:
+            ids = self.llm.enqueue_chat([request.input], params, use_tqdm=False)
+        # vLLM returns its internal id ("<counter>-<8 random characters>"); outputs and
+        # abort_request speak of the counter alone.
+        self.indices[ids[0].split("-")[0]] = index
+
+    def poll(self) -> dict[int, Generation]:
+        finished = {}
+        while not finished and self.indices:
+            for out in self.llm.llm_engine.step():
+                if out.finished:
+                    finished[self.indices.pop(out.request_id)] = _vllm_generation(out)
+        return finished
+
+    def cancel(self) -> None:
+        if self.indices:
+            self.llm.llm_engine.abort_request(list(self.indices))
+            self.indices = {}
+
+
+class _Replica(VLLMEngine):
+    """A VLLMEngine in a Ray actor: holds the one session its driver streams through."""
+
+    def open(self, sampling, n) -> None:
+        self.current = self.session(sampling, n)
+
+    def submit(self, index, request) -> None:
+        self.current.submit(index, request)
+
+    def poll(self) -> dict[int, Generation]:
+        return self.current.poll()
+
+    def cancel(self) -> None:
+        self.current.cancel()
+
+
+class RaySession:
+    """Request i streams to replica i % replicas; a poll waits for whichever replica finishes
+    one first, while the others keep generating."""
+
+    def __init__(self, replicas, sampling, n):
+        import ray
+
+        ray.get([r.open.remote(sampling, n) for r in replicas])
+        self.replicas = replicas
+        self.owed = [0] * len(replicas)  # per replica: submitted, not yet returned
+        self.polls: dict = {}  # a replica's outstanding poll -> that replica's number
+
+    @property
+    def in_flight(self) -> int:
+        return sum(self.owed)
+
+    def submit(self, index, request) -> None:
+        replica = index % len(self.replicas)
+        self.replicas[replica].submit.remote(index, request)  # runs in call order on the actor
+        self.owed[replica] += 1
+
+    def poll(self) -> dict[int, Generation]:
+        import ray
+
+        polling = set(self.polls.values())
+        for replica, owed in enumerate(self.owed):
+            if owed and replica not in polling:
+                self.polls[self.replicas[replica].poll.remote()] = replica
+        [ready], _ = ray.wait(list(self.polls), num_returns=1)
+        finished = ray.get(ready)
+        self.owed[self.polls.pop(ready)] -= len(finished)
+        return finished
+
+    def cancel(self) -> None:
+        import ray
+
+        ray.get([r.cancel.remote() for r in self.replicas])  # after any poll still running
+        self.polls, self.owed = {}, [0] * len(self.replicas)
 
 
 class RayVLLMEngine:
@@ -255,7 +351,7 @@ class RayVLLMEngine:
         gpus = engine.tensor_parallel_size if torch.cuda.is_available() else 0
         # Inside an actor that already holds its GPUs, tensor parallelism uses processes:
         # vLLM's Ray executor would ask the cluster for GPUs a second time and wait forever.
-        replica = ray.remote(num_cpus=1, num_gpus=gpus)(VLLMEngine)
+        replica = ray.remote(num_cpus=1, num_gpus=gpus)(_Replica)
         executor = "mp" if gpus > 1 else None
         count = engine.data_parallel_size
         cores = sorted(os.sched_getaffinity(0))
@@ -276,6 +372,9 @@ class RayVLLMEngine:
         for replica in self.replicas:
             ray.kill(replica)
         self.replicas = []
+
+    def session(self, sampling, n):
+        return RaySession(self.replicas, sampling, n)
 
     def chat(self, conversations, sampling, n, seed):
         return self._spread("chat", list(conversations), sampling, n, seed)

@@ -1,8 +1,8 @@
 """Answers stage: k chain-of-thought samples per question, majority-vote consensus, SFT data.
 
-Every question ends in `samples.jsonl` exactly once (dropped as contaminated, dropped by the
-vote, or kept), appended and flushed after each engine call, so a re-run answers only the
-rest. `qa.jsonl`, `sft.jsonl`, the `datasets` copy in `dataset/` and the card `DATASET.md`
+Every question ends in `samples.jsonl` exactly once (dropped as contaminated, or with its
+samples), appended and flushed as its samples come back, in input order, while
+`engine.batch_size` samples stay in flight, so a re-run answers only the rest. `qa.jsonl`, `sft.jsonl`, the `datasets` copy in `dataset/` and the card `DATASET.md`
 are rebuilt from that log at the end, each written atomically.
 """
 
@@ -154,31 +154,38 @@ def _screen(todo: list[dict], benchmarks, max_overlap: float, log: JsonlAppender
 
 def _sample(cfg: DictConfig, clean: list[dict], log: JsonlAppender, bar,
             k_max: int) -> tuple[Counter, int]:
-    """k_max samples per question, chunk by chunk, each question's logged as it comes back;
-    returns the tokens and the number of samples cut at max_tokens."""
+    """k_max samples per question, `engine.batch_size` samples in flight, each question's
+    logged as it comes back (in input order); returns the tokens and the number of samples
+    cut at max_tokens."""
     from crescent.infra.engines import derive_seed, make_engine
+    from crescent.infra.streaming import Request, generate_in_order
     from crescent.methods.extraction import extract_answer
 
-    acfg, domain, tokens, engine, cut = cfg.answers, cfg.domain, Counter(), None, 0
-    for start in range(0, len(clean), acfg.chunk_size):
-        chunk = clean[start : start + acfg.chunk_size]
-        engine = engine or make_engine(cfg.engine, cfg.model)  # none when nothing is left
-        conversations = [[{"role": "user",
-                           "content": domain.answer_prompt.format(question=q["question"])}]
-                         for q in chunk]
-        # Seeded by the first question's id, not by position: a resumed run draws the chunk
-        # it starts with independently of how much came before.
-        gens = engine.chat(conversations, acfg.sampling, n=k_max,
-                           seed=derive_seed(cfg.seed, "answers", chunk[0]["id"]))
-        for q, gen in zip(chunk, gens):
-            truncated = gen.truncated(acfg.sampling.max_tokens)
-            cut += sum(truncated)
-            log.write({"id": q["id"], "question": q["question"], "samples": gen.texts,
-                       "extracted": [extract_answer(t, domain.answer_type) for t in gen.texts],
-                       "completion_tokens": gen.completion_tokens, "truncated": truncated})
-            tokens["prompt"] += gen.prompt_tokens
-            tokens["completion"] += gen.total_tokens
-        bar.update(len(chunk))
+    acfg, domain, tokens, cut = cfg.answers, cfg.domain, Counter(), 0
+
+    def request(i: int, taken: int):
+        if i == len(clean):
+            return None
+        # Seeded by the question's id, not its position: a resumed run draws each question's
+        # samples as a run that was never interrupted does.
+        return Request([{"role": "user", "content": domain.answer_prompt.format(
+            question=clean[i]["question"])}], derive_seed(cfg.seed, "answers", clean[i]["id"]))
+
+    def take(i: int, gen) -> bool:
+        nonlocal cut
+        q, truncated = clean[i], gen.truncated(acfg.sampling.max_tokens)
+        cut += sum(truncated)
+        log.write({"id": q["id"], "question": q["question"], "samples": gen.texts,
+                   "extracted": [extract_answer(t, domain.answer_type) for t in gen.texts],
+                   "completion_tokens": gen.completion_tokens, "truncated": truncated})
+        tokens["prompt"] += gen.prompt_tokens
+        tokens["completion"] += gen.total_tokens
+        bar.update(1)
+        return True
+
+    if clean:  # no engine started when nothing is left
+        generate_in_order(make_engine(cfg.engine, cfg.model), acfg.sampling, k_max,
+                          max(1, cfg.engine.batch_size // k_max), request, take)
     return tokens, cut
 
 

@@ -1,20 +1,27 @@
 """Questions stage: bait prompting and rejection-sampling self-deduplication.
 
-Each round fills one batch of requests: pending "make it different" rewrites first, fresh
-candidates for the rest. Fresh candidates come from `questions.source`: the domain's bait
-prompt (the method), or one of the two baselines it is compared with: Magpie (the model
-continues the bare pre-query chat template, so it writes a user turn with no instruction)
-and seed augmentation (the model rewrites seed questions, e.g. GSM8K train). Every candidate
-ends in exactly one of `questions.jsonl` (accepted) or `rejected.jsonl` (with its reason),
-appended and flushed as decided, so a re-run rebuilds the index from those files and continues
-to `target` without duplicates.
+Candidates are numbered in the order they are requested, and `engine.batch_size` requests are
+kept in flight: each finished one is replaced at once. They are decided in that order, one
+block of `questions.batch_size` at a time (one embedding pass, one index search), so what is
+accepted does not depend on which completion came back first. A duplicate queues a "make it
+different" rewrite; candidate c may carry a rewrite of candidate j only when j <= c - ahead
+(`_ahead`), which is decided before c is requested, so the requests too follow from the seed
+alone. Fresh candidates come from `questions.source`: the domain's bait prompt (the method),
+or one of the two baselines it is compared with: Magpie (the model continues the bare
+pre-query chat template, so it writes a user turn with no instruction) and seed augmentation
+(the model rewrites seed questions, e.g. GSM8K train).
+
+Every decided candidate ends in exactly one of `questions.jsonl` (accepted) or
+`rejected.jsonl` (with its reason), numbered by `candidate`, appended and flushed as decided.
+A re-run replays those files to rebuild the index and the queue of rewrites, and continues to
+`target` drawing what an uninterrupted run would have drawn.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -36,11 +43,16 @@ class _State:
 
     accepted: list[dict]
     rejected: list[dict]
-    spent: int  # candidates generated: each ends in exactly one of the files
-    fresh_drawn: int  # candidates with round 0: which seed question comes next
     resumed_with: int  # accepted before this invocation
-    pending: list[tuple[str, str, int]] = field(default_factory=list)  # (text, nearest, round)
+    fresh_drawn: int = 0  # fresh candidates requested: which seed question comes next
+    # rewrites waiting for a request: (candidate text, its nearest accepted, round, candidate)
+    pending: deque = field(default_factory=deque)
+    rounds: dict[int, int] = field(default_factory=dict)  # requested, not decided: round
     tokens: Counter = field(default_factory=Counter)
+
+    @property
+    def decided(self) -> int:
+        return len(self.accepted) + len(self.rejected)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
@@ -48,7 +60,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     from crescent.methods.dedup import make_embedder
 
     out = Path(run_dir) / "questions"
-    state = _resume(out)
+    state = _resume(cfg, out)
     embedder = make_embedder(cfg.dedup, cfg.model)
     index = _rebuild_index(embedder, state.accepted)
     engine = make_engine(cfg.engine, cfg.model)
@@ -62,11 +74,43 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     return out
 
 
-def _resume(out: Path) -> _State:
+def _ahead(cfg: DictConfig) -> int:
+    """How many candidates requests may run ahead of the decisions: twice the engine's window
+    (completions that came back early wait for a slow one before them) plus a block."""
+    return 2 * cfg.engine.batch_size + cfg.questions.batch_size
+
+
+def _resume(cfg: DictConfig, out: Path) -> _State:
+    """The state after the candidates in the two files: the requests replayed in order, each
+    taking the oldest rewrite it may carry, as they were made."""
     accepted, rejected = resume_jsonl(out / QUESTIONS), resume_jsonl(out / REJECTED)
-    return _State(accepted, rejected, spent=len(accepted) + len(rejected),
-                  fresh_drawn=sum(1 for r in accepted + rejected if r["round"] == 0),
-                  resumed_with=len(accepted))
+    state = _State(accepted, rejected, resumed_with=len(accepted))
+    decided = sorted(accepted + rejected, key=lambda r: r.get("candidate", -1))
+    if [r.get("candidate") for r in decided] != list(range(len(decided))):
+        raise CrescentError(f"{out}: its candidates are not numbered 0..{len(decided) - 1}: "
+                            f"written by an older crescent; move it away to start afresh")
+    for c, record in enumerate(decided):
+        if record["round"] != _next_round(cfg, state, c):
+            raise CrescentError(
+                f"{out}: candidate {c} does not follow from this configuration (written with "
+                f"another engine.batch_size, questions.batch_size or max_rewrites?)")
+        _queue_rewrite(cfg, state, c, record)
+    return state
+
+
+def _next_round(cfg: DictConfig, state: _State, c: int) -> int:
+    """Candidate c's round: the oldest rewrite it may carry (popped), else a fresh one (0)."""
+    if state.pending and state.pending[0][3] <= c - _ahead(cfg):
+        return state.pending.popleft()[2]
+    state.fresh_drawn += 1
+    return 0
+
+
+def _queue_rewrite(cfg: DictConfig, state: _State, c: int, record: dict) -> None:
+    if (record.get("reason") == "duplicate" and record["round"] < cfg.questions.max_rewrites
+            and record["nearest_id"] is not None):
+        nearest = state.accepted[record["nearest_id"]]["question"]
+        state.pending.append((record["question"], nearest, record["round"] + 1, c))
 
 
 def _rebuild_index(embedder, accepted: list[dict]):
@@ -79,98 +123,112 @@ def _rebuild_index(embedder, accepted: list[dict]):
 
 
 def _generate_until_done(cfg, out: Path, state: _State, engine, embedder, index) -> None:
-    """Rounds of one batch each until `target` questions are accepted or the budget is spent."""
+    """Candidates streamed through the engine until `target` questions are accepted or
+    `max_candidates` are decided."""
     from tqdm import tqdm
 
+    from crescent.infra.streaming import generate_in_order
+
     qcfg = cfg.questions
-    fresh_requests = make_source(cfg)
+    start, block = state.decided, []  # block: (candidate, raw text) waiting for its decision
     bar = tqdm(total=qcfg.target, initial=min(len(state.accepted), qcfg.target),
                desc="questions", unit="q", dynamic_ncols=True)
+    requests = _request_maker(cfg, state)
+
+    def take(i: int, generation) -> bool:
+        c = start + i
+        state.tokens["prompt"] += generation.prompt_tokens
+        state.tokens["completion"] += generation.total_tokens
+        block.append((c, generation.texts[0]))
+        if (c + 1) % qcfg.batch_size and c + 1 < qcfg.max_candidates:
+            return True  # the block is not complete yet
+        bar.update(_decide(cfg, block, state, embedder, index, acc_out, rej_out))
+        block.clear()
+        return len(state.accepted) < qcfg.target
+
     with JsonlAppender(out / QUESTIONS) as acc_out, JsonlAppender(out / REJECTED) as rej_out:
-        while len(state.accepted) < qcfg.target and state.spent < qcfg.max_candidates:
-            texts, rounds = _generate_round(cfg, state, engine, fresh_requests)
-            batch = _clean(texts, rounds, cfg.domain.max_question_chars, state, rej_out)
-            if batch:
-                bar.update(_decide(cfg, batch, state, embedder, index, acc_out, rej_out))
+        if len(state.accepted) < qcfg.target:
+            generate_in_order(engine, qcfg.sampling, 1, cfg.engine.batch_size,
+                              lambda i, taken: requests(start + i), take)
     bar.close()
 
 
-def _generate_round(cfg, state: _State, engine, fresh_requests) -> tuple[list[str], list[int]]:
-    """One batch: pending rewrites first, fresh candidates for the rest; raw texts, rounds."""
+def _request_maker(cfg: DictConfig, state: _State):
+    """candidate number -> its request, or None when it must wait for decisions (or the budget
+    is spent)."""
     from crescent.infra.engines import derive_seed
+    from crescent.infra.streaming import Request
 
-    qcfg = cfg.questions
-    size = min(qcfg.batch_size, qcfg.max_candidates - state.spent)
-    rewrites, state.pending = state.pending[:size], state.pending[size:]
-    rounds = [r for _, _, r in rewrites] + [0] * (size - len(rewrites))
-    conversations = [
-        [{"role": "user",
-          "content": cfg.domain.diversify_prompt.format(question=q, nearest=near)}]
-        for q, near, _ in rewrites
-    ]
-    fresh_chats, fresh_prompts = fresh_requests(size - len(rewrites), state.fresh_drawn)
-    state.fresh_drawn += size - len(rewrites)
-    # The seed depends only on how many candidates came before: a resumed run draws the same
-    # way a run that was never interrupted would.
-    seed = derive_seed(cfg.seed, "questions", state.spent)
-    gens = engine.chat(conversations + fresh_chats, qcfg.sampling, n=1, seed=seed)
-    if fresh_prompts:
-        gens += engine.complete(fresh_prompts, qcfg.sampling, n=1, seed=derive_seed(seed, "raw"))
-    state.spent += size
-    state.tokens["prompt"] += sum(g.prompt_tokens for g in gens)
-    state.tokens["completion"] += sum(g.total_tokens for g in gens)
-    return [g.texts[0] for g in gens], rounds
+    qcfg, fresh = cfg.questions, make_source(cfg)
 
-
-def _clean(texts: list[str], rounds: list[int], max_chars: int, state: _State,
-           rej_out: JsonlAppender) -> list[tuple[str, str, int]]:
-    """(candidate, raw, round) of the texts that clean into a question; the rest rejected."""
-    batch = []
-    for raw, rnd in zip(texts, rounds):
-        text, reason = clean_question(raw, max_chars)
-        if reason:
-            rej_out.write({"question": text, "raw": raw, "round": rnd, "reason": reason,
-                           "nearest_id": None, "similarity": None})
-            state.rejected.append({"reason": reason, "round": rnd})
+    def request(c: int):
+        if c >= qcfg.max_candidates or c >= state.decided + _ahead(cfg):
+            return None
+        pending = state.pending[0] if state.pending else None
+        state.rounds[c] = rnd = _next_round(cfg, state, c)
+        if rnd:
+            question, nearest = pending[0], pending[1]
+            given = [{"role": "user", "content": cfg.domain.diversify_prompt.format(
+                question=question, nearest=nearest)}]
         else:
-            batch.append((text, raw, rnd))
-    return batch
+            given = fresh(state.fresh_drawn - 1)
+        # The seed depends only on the candidate's number: a resumed run draws what a run
+        # that was never interrupted would.
+        return Request(given, derive_seed(cfg.seed, "questions", c))
+
+    return request
 
 
-def _decide(cfg, batch: list[tuple[str, str, int]], state: _State, embedder, index,
+def _decide(cfg, block: list[tuple[int, str]], state: _State, embedder, index,
             acc_out: JsonlAppender, rej_out: JsonlAppender) -> int:
-    """Accept or reject each candidate against the index and the batch, in batch order;
-    queue a rewrite for each duplicate. Returns how many were accepted."""
+    """Clean, then accept or reject each candidate of a block against the index and the block,
+    in order, until `target`; queue a rewrite for each duplicate. Returns how many were
+    accepted."""
     from crescent.methods.dedup import decide
 
     qcfg = cfg.questions
-    if index is None:
-        decisions, vectors = [None] * len(batch), None
+    cleaned = [(c, raw, *clean_question(raw, cfg.domain.max_question_chars)) for c, raw in block]
+    texts = [text for _, _, text, reason in cleaned if not reason]
+    if index is None or not texts:
+        decisions, vectors = iter([None] * len(texts)), None
     else:
-        vectors = embedder.embed([t for t, _, _ in batch])
-        decisions = decide(vectors, index, cfg.dedup.threshold)
-    ids_in_batch: dict[int, int] = {}
-    for i, ((text, raw, rnd), d) in enumerate(zip(batch, decisions)):
+        vectors = embedder.embed(texts)
+        decisions = iter(decide(vectors, index, cfg.dedup.threshold))
+    ids_in_block: dict[int, int] = {}  # position among the clean texts -> accepted id
+    clean_seen = 0
+    for c, raw, text, reason in cleaned:
+        if len(state.accepted) >= qcfg.target:
+            break  # the rest of the block is never decided: the stage is done
+        rnd = state.rounds.pop(c)
+        if reason:
+            _reject(state, rej_out, c, text, raw, rnd, reason, None, None)
+            continue
+        d, position = next(decisions), clean_seen
+        clean_seen += 1
         nearest_id = None if d is None else (
-            ids_in_batch.get(d.nearest_in_batch) if d.nearest_in_batch is not None
+            ids_in_block.get(d.nearest_in_batch) if d.nearest_in_batch is not None
             else d.nearest_row)
         similarity = None if d is None or d.similarity is None else round(d.similarity, 4)
-        if (d is None or d.accepted) and len(state.accepted) < qcfg.target:
+        if d is None or d.accepted:
             record = {"id": len(state.accepted), "question": text, "round": rnd,
-                      "nearest_id": nearest_id, "similarity": similarity}
+                      "nearest_id": nearest_id, "similarity": similarity, "candidate": c}
             acc_out.write(record)
             state.accepted.append(record)
-            ids_in_batch[i] = record["id"]
-            continue
-        reason = "over_target" if d is None or d.accepted else "duplicate"
-        rej_out.write({"question": text, "raw": raw, "round": rnd, "reason": reason,
-                       "nearest_id": nearest_id, "similarity": similarity})
-        state.rejected.append({"reason": reason, "round": rnd})
-        if reason == "duplicate" and rnd < qcfg.max_rewrites and nearest_id is not None:
-            state.pending.append((text, state.accepted[nearest_id]["question"], rnd + 1))
-    if index is not None:  # rows stay equal to ids: accepted in batch order
-        index.add(vectors[list(ids_in_batch)])
-    return len(ids_in_batch)
+            ids_in_block[position] = record["id"]
+        else:
+            _reject(state, rej_out, c, text, raw, rnd, "duplicate", nearest_id, similarity)
+            _queue_rewrite(cfg, state, c, state.rejected[-1])
+    if index is not None and ids_in_block:  # rows stay equal to ids: accepted in order
+        index.add(vectors[list(ids_in_block)])
+    return len(ids_in_block)
+
+
+def _reject(state: _State, rej_out: JsonlAppender, c: int, text: str, raw: str, rnd: int,
+            reason: str, nearest_id, similarity) -> None:
+    record = {"question": text, "raw": raw, "round": rnd, "reason": reason,
+              "nearest_id": nearest_id, "similarity": similarity, "candidate": c}
+    rej_out.write(record)
+    state.rejected.append(record)
 
 
 def _stats(qcfg, state: _State, index, wall: float) -> dict:
@@ -181,7 +239,7 @@ def _stats(qcfg, state: _State, index, wall: float) -> dict:
         "target": qcfg.target,
         "accepted": len(accepted),
         "shortfall": max(0, qcfg.target - len(accepted)),
-        "candidates": state.spent,
+        "candidates": state.decided,
         "rejected": dict(Counter(r["reason"] for r in rejected)),
         "rewrites_generated": sum(1 for r in rejected + accepted if r["round"] > 0),
         "rewrites_accepted": sum(1 for r in accepted if r["round"] > 0),
@@ -194,16 +252,17 @@ def _stats(qcfg, state: _State, index, wall: float) -> dict:
 
 
 def make_source(cfg: DictConfig):
-    """`questions.source` as a function (count, fresh drawn so far) -> (chats, raw prompts)."""
+    """`questions.source` as a function: fresh candidates drawn before -> the next one's input,
+    a chat conversation or (Magpie) a raw prompt."""
     source, domain = cfg.questions.source, cfg.domain
     if source == "bait":
         bait = [{"role": "user", "content": domain.bait_prompt}]
-        return lambda count, drawn: ([bait] * count, [])
+        return lambda drawn: bait
     if source == "magpie":
         from crescent.infra.models import resolve_model
 
         prompt = pre_query_prompt(resolve_model(cfg.model.name), domain.magpie_system)
-        return lambda count, drawn: ([], [prompt] * count)
+        return lambda drawn: prompt
     if source == "seed_aug":
         if not domain.seed_prompt:
             raise CrescentError(
@@ -211,13 +270,8 @@ def make_source(cfg: DictConfig):
         seeds = load_seeds(cfg.questions.seeds)
         # One seeded order, walked through and wrapped around: each seed is used once per pass.
         order = np.random.default_rng(cfg.seed).permutation(len(seeds))
-
-        def seed_chats(count, drawn):
-            picked = (seeds[order[(drawn + i) % len(seeds)]] for i in range(count))
-            return [[{"role": "user", "content": domain.seed_prompt.format(seed=q)}]
-                    for q in picked], []
-
-        return seed_chats
+        return lambda drawn: [{"role": "user", "content": domain.seed_prompt.format(
+            seed=seeds[order[drawn % len(seeds)]])}]
     raise CrescentError(f"questions.source={source!r}: expected bait, magpie or seed_aug")
 
 

@@ -1,0 +1,105 @@
+"""Continuous generation: a window of requests kept in flight, results taken in submission order.
+
+A stage hands `generate_in_order` two functions: `next_request(i, taken)` builds request `i`
+(or says there is nothing to send yet, or any more), and `take(i, generation)` consumes the
+results in the order the requests were made, however the engine finished them. As soon as a
+request finishes the window is topped up, so the engine never waits for a batch's slowest
+completion, and what a stage decides stays a pure function of its seed.
+
+Engines that can stream (offline vLLM, its Ray replicas) give a `session(sampling, n)`; any
+other engine (hf, an OpenAI-compatible server, a test's scripted engine) is driven by
+`BatchSession`: what was submitted goes to its `chat`/`complete` as one call.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Protocol, Union
+
+from crescent.config import SamplingConfig
+from crescent.infra.engines import Conversation, Engine, Generation
+
+
+@dataclass(frozen=True)
+class Request:
+    """A chat conversation (templated by the engine) or a raw prompt (taken as it is), and the
+    seed of its samples."""
+
+    input: Union[Conversation, str]
+    seed: int
+
+
+class Session(Protocol):
+    in_flight: int
+
+    def submit(self, index: int, request: Request) -> None: ...
+
+    def poll(self) -> dict[int, Generation]:
+        """Wait until at least one submitted request is finished; those finished, by index."""
+
+    def cancel(self) -> None:
+        """Drop what is still in flight."""
+
+
+def generate_in_order(engine: Engine, sampling: SamplingConfig, n: int, window: int,
+                      next_request: Callable[[int, int], Optional[Request]],
+                      take: Callable[[int, Generation], bool]) -> None:
+    """Keep up to `window` requests in flight; hand each finished one to `take` in request
+    order. `next_request(i, taken)` returns request i, or None while there is nothing to send
+    (before `taken` results were consumed) or nothing left; `take` returns False to stop, and
+    what is still in flight is dropped."""
+    session = open_session(engine, sampling, n)
+    finished: dict[int, Generation] = {}
+    submitted = taken = 0
+    try:
+        while True:
+            while session.in_flight < window:
+                request = next_request(submitted, taken)
+                if request is None:
+                    break
+                session.submit(submitted, request)
+                submitted += 1
+            if taken == submitted:
+                return  # nothing in flight, nothing more to send
+            finished.update(session.poll())
+            while taken in finished:
+                if not take(taken, finished.pop(taken)):
+                    return
+                taken += 1
+    finally:
+        session.cancel()
+
+
+def open_session(engine: Engine, sampling: SamplingConfig, n: int) -> Session:
+    session = getattr(engine, "session", None)
+    return session(sampling, n) if session is not None else BatchSession(engine, sampling, n)
+
+
+class BatchSession:
+    """For engines without a request stream: everything submitted since the last poll goes to
+    one `chat` call (and one `complete` call for raw prompts), seeded by its first request."""
+
+    def __init__(self, engine: Engine, sampling: SamplingConfig, n: int):
+        self.engine, self.sampling, self.n = engine, sampling, n
+        self.waiting: list[tuple[int, Request]] = []
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.waiting)
+
+    def submit(self, index: int, request: Request) -> None:
+        self.waiting.append((index, request))
+
+    def poll(self) -> dict[int, Generation]:
+        waiting, self.waiting = self.waiting, []
+        finished = {}
+        for raw, method in ((False, "chat"), (True, "complete")):
+            group = [(i, r) for i, r in waiting if isinstance(r.input, str) == raw]
+            if group:
+                generations = getattr(self.engine, method)(
+                    [r.input for _, r in group], self.sampling, n=self.n, seed=group[0][1].seed)
+                finished.update(zip((i for i, _ in group), generations))
+        return finished
+
+    def cancel(self) -> None:
+        self.waiting = []
