@@ -66,7 +66,7 @@ ENGINE_STAGES = ("questions", "answers")
 # The one stage table, in data-flow order.
 STAGES = {
     "questions": Stage("crescent.stages.questions",
-                       ("seed", "model", "engine", "domain", "dedup", "questions"), version=1),
+                       ("seed", "model", "engine", "domain", "dedup", "questions"), version=2),
     # The answers stage votes over samples drawn under SAMPLING (below): its own key holds
     # the vote's settings and the samples' key, so a sweep over voting.* shares the samples.
     "answers": Stage("crescent.stages.answers", ("domain", "voting"), upstream="samples",
@@ -82,7 +82,7 @@ ENTRIES = {
     # The answers stage's samples (answers.samples of them per question): everything that
     # decides them and nothing of the vote.
     "samples": Stage("crescent.stages.answers", ("seed", "model", "engine", "domain", "answers"),
-                     upstream="questions", input_key="answers.input", version=1,
+                     upstream="questions", input_key="answers.input", version=2,
                      data="answers.decontaminate"),
     # The base model's scores: the same for every sweep point that fine-tunes the same student.
     "evaluate_base": Stage("crescent.stages.evaluate", ("student", "engine", "eval"), version=1,

@@ -124,6 +124,40 @@ def test_one_vllm_engine_per_process_whose_memory_comes_back_on_release():
     assert loaded - released > 0.6 * (loaded - before), mib
 
 
+_STREAMED = """
+from crescent.config import EngineConfig, ModelConfig, SamplingConfig
+from crescent.infra.engines import make_engine, sampling_params
+from crescent.infra.models import SMOLLM2
+from crescent.infra.streaming import Request, generate_in_order
+engine = make_engine(EngineConfig(), ModelConfig(name=SMOLLM2))
+sampling = SamplingConfig(temperature=1.0, top_p=0.95, max_tokens=48)
+requests = [Request([{"role": "user", "content": f"Write a math problem about {i} apples."}],
+                    seed=1000 + i) for i in range(24)]
+streamed, order = {}, []
+def take(i, generation):
+    order.append(i)
+    streamed[i] = generation.texts
+    return True
+generate_in_order(engine, sampling, 2, 5, lambda i, taken: requests[i] if i < 24 else None, take)
+together = engine.llm.chat([r.input for r in requests],
+                           [sampling_params(sampling, 2, r.seed) for r in requests], use_tqdm=False)
+same = sum(streamed[i] == [c.text for c in out.outputs] for i, out in enumerate(together))
+print("RESULT", order == list(range(24)), same)
+"""
+
+
+@pytest.mark.slow
+def test_streamed_requests_sample_what_one_chat_call_samples():
+    # 5 requests in flight, refilled as each finishes, against all 24 in one LLM.chat call:
+    # each request's own seed decides its samples, whatever else shares the engine with it.
+    result = subprocess.run([sys.executable, "-c", _STREAMED], capture_output=True, text=True,
+                            timeout=900, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    in_order, same = result.stdout.split("RESULT ")[1].split()
+    assert in_order == "True"
+    assert int(same) == 24, f"{same} of 24 requests sampled the same"
+
+
 _CONVERT = (
     "from crescent.infra import logs; from crescent.infra.models import resolve_model; "
     "logs.setup(); print('PATH', resolve_model('smollm2-135m-instruct'))"

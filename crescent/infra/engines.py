@@ -1,11 +1,13 @@
 """Generation engines behind one interface: chat conversations (or raw prompts) in, `n`
-sampled completions out.
+sampled completions out. The stages stream through them (`crescent/infra/streaming.py`):
+offline vLLM and its Ray replicas take one request at a time (`session`); the others get what
+was submitted as one `chat` call.
 
-Seed policy: every `chat` call gets a seed that the caller derives from the run seed and
-where the call sits in the stage (`derive_seed`). vLLM gives each request its own seed
-derived from it, because the same seed on identical prompts returns identical samples; the
-hf engine seeds torch once per batch, and rows of one batch draw independent samples. The
-same run seed therefore reproduces the same samples on the same engine.
+Seed policy: every request carries a seed that the caller derives from the run seed and what
+the request is (`derive_seed`: a candidate's number, a question's id); a `chat` call over many
+gives request i `derive_seed(seed, i)`, because the same seed on identical prompts returns
+identical samples. The hf engine seeds torch once per batch, and rows of one batch draw
+independent samples. The same run seed therefore reproduces the same samples on the same engine.
 
 One engine per process and configuration: `make_engine` hands the questions and answers stages
 the same loaded model, and `release_engines` frees it (an offline vLLM engine holds about 6 GB
@@ -151,7 +153,8 @@ def answer_vllm_version_lookup() -> None:
 
 
 class VLLMEngine:
-    """Offline vLLM: all conversations of a call are handed to `LLM.chat` at once."""
+    """Offline vLLM: `chat` hands all conversations of a call to `LLM.chat` at once; `session`
+    streams them (`VLLMSession`)."""
 
     def __init__(self, engine: EngineConfig, model: ModelConfig, executor: str | None = None):
         import torch
@@ -213,14 +216,15 @@ class VLLMEngine:
 
     @staticmethod
     def _params(positions, sampling, n, seed):
-        return [_sampling_params(sampling, n, derive_seed(seed, i)) for i in positions]
+        return [sampling_params(sampling, n, derive_seed(seed, i)) for i in positions]
 
     @staticmethod
     def _generations(outputs):
         return [_vllm_generation(out) for out in outputs]
 
 
-def _sampling_params(sampling, n, seed):
+def sampling_params(sampling, n, seed):
+    """vLLM's SamplingParams for one request of `n` samples."""
     from vllm import SamplingParams
 
     return SamplingParams(n=n, temperature=sampling.temperature, top_p=sampling.top_p,
@@ -252,7 +256,7 @@ class VLLMSession:
         return len(self.indices)
 
     def submit(self, index, request) -> None:
-        params = _sampling_params(self.sampling, self.n, request.seed)
+        params = sampling_params(self.sampling, self.n, request.seed)
         if isinstance(request.input, str):  # a raw prompt: it holds its special tokens already
             ids = self.llm.enqueue([request.input], params, use_tqdm=False,
                                    tokenization_kwargs={"add_special_tokens": False})

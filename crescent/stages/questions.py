@@ -90,7 +90,8 @@ def _resume(cfg: DictConfig, out: Path) -> _State:
         raise CrescentError(f"{out}: its candidates are not numbered 0..{len(decided) - 1}: "
                             f"written by an older crescent; move it away to start afresh")
     for c, record in enumerate(decided):
-        if record["round"] != _next_round(cfg, state, c):
+        rewrite = _next_rewrite(cfg, state, c)
+        if record["round"] != (rewrite[2] if rewrite else 0):
             raise CrescentError(
                 f"{out}: candidate {c} does not follow from this configuration (written with "
                 f"another engine.batch_size, questions.batch_size or max_rewrites?)")
@@ -98,12 +99,13 @@ def _resume(cfg: DictConfig, out: Path) -> _State:
     return state
 
 
-def _next_round(cfg: DictConfig, state: _State, c: int) -> int:
-    """Candidate c's round: the oldest rewrite it may carry (popped), else a fresh one (0)."""
+def _next_rewrite(cfg: DictConfig, state: _State, c: int) -> tuple | None:
+    """The oldest pending rewrite candidate c may carry (taken off the queue), else None: c is
+    a fresh candidate."""
     if state.pending and state.pending[0][3] <= c - _ahead(cfg):
-        return state.pending.popleft()[2]
+        return state.pending.popleft()
     state.fresh_drawn += 1
-    return 0
+    return None
 
 
 def _queue_rewrite(cfg: DictConfig, state: _State, c: int, record: dict) -> None:
@@ -164,14 +166,13 @@ def _request_maker(cfg: DictConfig, state: _State):
     def request(c: int):
         if c >= qcfg.max_candidates or c >= state.decided + _ahead(cfg):
             return None
-        pending = state.pending[0] if state.pending else None
-        state.rounds[c] = rnd = _next_round(cfg, state, c)
-        if rnd:
-            question, nearest = pending[0], pending[1]
+        rewrite = _next_rewrite(cfg, state, c)
+        if rewrite:
+            question, nearest, state.rounds[c], _ = rewrite
             given = [{"role": "user", "content": cfg.domain.diversify_prompt.format(
                 question=question, nearest=nearest)}]
         else:
-            given = fresh(state.fresh_drawn - 1)
+            state.rounds[c], given = 0, fresh(state.fresh_drawn - 1)
         # The seed depends only on the candidate's number: a resumed run draws what a run
         # that was never interrupted would.
         return Request(given, derive_seed(cfg.seed, "questions", c))
