@@ -97,14 +97,19 @@ def main() -> None:
               f"{r['tokens_per_s']:>10}")
     print(f"vllm/hf tokens/s ratio: {ratio:.2f}")
 
-    result = {"prompts": args.prompts, "max_tokens": args.max_tokens, "engines": rows,
-              "vllm_over_hf": round(ratio, 2), "load_avg_1m": round(os.getloadavg()[0], 2),
-              "sampling": {"temperature": 1.0, "top_p": 0.95, "prompt": "domain math bait_prompt"},
-              "machine": platform.processor() or platform.machine(),
-              "when": time.strftime("%Y-%m-%d %H:%M")}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, {
+        "prompts": args.prompts, "max_tokens": args.max_tokens, "engines": rows,
+        "vllm_over_hf": round(ratio, 2), "load_avg_1m": round(os.getloadavg()[0], 2),
+        "sampling": {"temperature": 1.0, "top_p": 0.95, "prompt": "domain math bait_prompt"}})
+
+
+def write_result(out: str, result: dict) -> None:
+    """A benchmark's JSON, with the machine and the time it ran (also bench_pipeline.py)."""
+    result = {**result, "machine": platform.processor() or platform.machine(),
+              "cores": os.cpu_count(), "when": time.strftime("%Y-%m-%d %H:%M")}
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {out}")
 
 
 if __name__ == "__main__":

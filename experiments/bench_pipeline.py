@@ -22,12 +22,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import tempfile
 import time
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def compose(args, run_dir: Path):
@@ -115,6 +112,8 @@ def main() -> None:
     parser.add_argument("--out", default="outputs/bench_pipeline.json")
     args = parser.parse_args()
 
+    from bench_engines import write_result  # beside this script
+
     from crescent.infra.engines import make_engine
     from crescent.infra.io import read_jsonl
     from crescent.stages import answers, questions
@@ -148,14 +147,10 @@ def main() -> None:
     print(f"questions stage / raw vLLM: {ratios['questions']:.3f}   "
           f"answers stage / raw vLLM: {ratios['answers']:.3f}")
 
-    result = {"rows": rows, "ratios": ratios, "engine_start_s": round(start_s, 1),
-              "settings": vars(args), "load_avg_before": [round(x, 2) for x in load_before],
-              "load_avg_after": [round(x, 2) for x in os.getloadavg()],
-              "machine": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-              "when": time.strftime("%Y-%m-%d %H:%M")}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    write_result(args.out, {
+        "rows": rows, "ratios": ratios, "engine_start_s": round(start_s, 1),
+        "settings": vars(args), "load_avg_before": [round(x, 2) for x in load_before],
+        "load_avg_after": [round(x, 2) for x in os.getloadavg()]})
 
 
 if __name__ == "__main__":

@@ -13,8 +13,9 @@ other engine (hf, an OpenAI-compatible server, a test's scripted engine) is driv
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional, Protocol, Union
+from typing import Protocol
 
 from crescent.config import SamplingConfig
 from crescent.infra.engines import Conversation, Engine, Generation
@@ -25,7 +26,7 @@ class Request:
     """A chat conversation (templated by the engine) or a raw prompt (taken as it is), and the
     seed of its samples."""
 
-    input: Union[Conversation, str]
+    input: Conversation | str
     seed: int
 
 
@@ -42,7 +43,7 @@ class Session(Protocol):
 
 
 def generate_in_order(engine: Engine, sampling: SamplingConfig, n: int, window: int,
-                      next_request: Callable[[int, int], Optional[Request]],
+                      next_request: Callable[[int, int], Request | None],
                       take: Callable[[int, Generation], bool]) -> None:
     """Keep up to `window` requests in flight; hand each finished one to `take` in request
     order. `next_request(i, taken)` returns request i, or None while there is nothing to send
