@@ -267,9 +267,12 @@ class VLLMSession:
         self.indices[ids[0].split("-")[0]] = index
 
     def poll(self) -> dict[int, Generation]:
-        finished = {}
+        finished, engine = {}, self.llm.llm_engine
         while not finished and self.indices:
-            for out in self.llm.llm_engine.step():
+            if not engine.has_unfinished_requests():  # never seen; a guard against waiting forever
+                raise CrescentError(f"vLLM holds none of the {len(self.indices)} requests "
+                                    f"still expected from it")
+            for out in engine.step():
                 if out.finished:
                     finished[self.indices.pop(out.request_id)] = _vllm_generation(out)
         return finished
