@@ -58,7 +58,7 @@ class Recorder:
 
         class Recording:
             in_flight = property(lambda _: session.in_flight)
-            poll, cancel = session.poll, session.cancel
+            poll, close = session.poll, session.close
 
             def submit(self, index, request):
                 requests.append(request)

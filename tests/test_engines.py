@@ -126,9 +126,9 @@ def test_one_vllm_engine_per_process_whose_memory_comes_back_on_release():
 
 _STREAMED = """
 from crescent.config import EngineConfig, ModelConfig, SamplingConfig
-from crescent.infra.engines import make_engine, sampling_params
+from crescent.infra.engines import Request, make_engine, sampling_params
 from crescent.infra.models import SMOLLM2
-from crescent.infra.streaming import Request, generate_in_order
+from crescent.infra.streaming import generate_in_order
 engine = make_engine(EngineConfig(), ModelConfig(name=SMOLLM2))
 sampling = SamplingConfig(temperature=1.0, top_p=0.95, max_tokens=48)
 requests = [Request([{"role": "user", "content": f"Write a math problem about {i} apples."}],
@@ -138,7 +138,7 @@ def take(i, generation):
     order.append(i)
     streamed[i] = generation.texts
     return True
-generate_in_order(engine, sampling, 2, 5, lambda i, taken: requests[i] if i < 24 else None, take)
+generate_in_order(engine, sampling, 2, 5, lambda i: requests[i] if i < 24 else None, take)
 together = engine.llm.chat([r.input for r in requests],
                            [sampling_params(sampling, 2, r.seed) for r in requests], use_tqdm=False)
 same = sum(streamed[i] == [c.text for c in out.outputs] for i, out in enumerate(together))

@@ -121,7 +121,7 @@ class ShuffledEngine:
                 return {int(i): Generation([PROBLEMS[self.flying.pop(int(i)).seed % 8]], [9], 5)
                         for i in done}
 
-            def cancel(self):
+            def close(self):
                 self.flying = {}
 
         return Session()

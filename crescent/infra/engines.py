@@ -31,6 +31,15 @@ from crescent.infra.models import resolve_model
 Conversation = list[dict]  # [{"role": "user", "content": "..."}, ...]
 
 
+@dataclass(frozen=True)
+class Request:
+    """A chat conversation (templated by the engine) or a raw prompt (taken as it is), and the
+    seed of its samples."""
+
+    input: Conversation | str
+    seed: int
+
+
 @dataclass
 class Generation:
     """The `n` completions of one conversation."""
@@ -277,7 +286,7 @@ class VLLMSession:
                     finished[self.indices.pop(out.request_id)] = _vllm_generation(out)
         return finished
 
-    def cancel(self) -> None:
+    def close(self) -> None:
         if self.indices:
             self.llm.llm_engine.abort_request(list(self.indices))
             self.indices = {}
@@ -295,8 +304,8 @@ class _Replica(VLLMEngine):
     def poll(self) -> dict[int, Generation]:
         return self.current.poll()
 
-    def cancel(self) -> None:
-        self.current.cancel()
+    def close(self) -> None:
+        self.current.close()
 
 
 class RaySession:
@@ -332,10 +341,10 @@ class RaySession:
         self.owed[self.polls.pop(ready)] -= len(finished)
         return finished
 
-    def cancel(self) -> None:
+    def close(self) -> None:
         import ray
 
-        ray.get([r.cancel.remote() for r in self.replicas])  # after any poll still running
+        ray.get([r.close.remote() for r in self.replicas])  # after any poll still running
         self.polls, self.owed = {}, [0] * len(self.replicas)
 
 
@@ -509,55 +518,109 @@ class OpenAIEngine:
         # `vllm serve <path>` names the model by that path; another server may differ.
         self.model_path = engine.served_model or resolve_model(model.name)
 
-    def chat(self, conversations, sampling, n, seed):
-        import asyncio
+    def session(self, sampling, n):
+        return OpenAISession(self, sampling, n)
 
-        return asyncio.run(self._request_all(list(conversations), sampling, n, seed, chat=True))
+    def chat(self, conversations, sampling, n, seed):
+        return self._all(list(conversations), sampling, n, seed)
 
     def complete(self, prompts, sampling, n, seed):
-        import asyncio
+        return self._all(list(prompts), sampling, n, seed)
 
-        return asyncio.run(self._request_all(list(prompts), sampling, n, seed, chat=False))
+    def _all(self, inputs, sampling, n, seed):
+        from crescent.infra.streaming import generate_in_order
 
-    async def _request_all(self, inputs, sampling, n, seed, chat):
+        results = []
+        generate_in_order(self, sampling, n, len(inputs),
+                          lambda i: Request(inputs[i], derive_seed(seed, i)) if i < len(inputs)
+                          else None, lambda i, generation: results.append(generation) or True)
+        return results
+
+
+class OpenAISession:
+    """Each request is sent when submitted, from an event loop in a thread of its own, with at
+    most `engine.concurrency` waiting on the servers; a poll returns those that have answered.
+    Request i starts at endpoint i % endpoints and moves to the next one on each retry."""
+
+    def __init__(self, engine: OpenAIEngine, sampling, n):
         import asyncio
+        import queue
+        import threading
 
         import openai
 
-        clients = [openai.AsyncOpenAI(base_url=url, api_key=os.environ.get("OPENAI_API_KEY", "none"),
-                                      max_retries=0, timeout=self.cfg.request_timeout_s)
-                   for url in self.cfg.endpoints]
-        retryable = tuple(getattr(openai, name) for name in self._RETRYABLE)
-        slots = asyncio.Semaphore(self.cfg.concurrency)
+        cfg = engine.cfg
+        self.engine, self.sampling, self.n = engine, sampling, n
+        self.clients = [openai.AsyncOpenAI(base_url=url, api_key=os.environ.get("OPENAI_API_KEY", "none"),
+                                           max_retries=0, timeout=cfg.request_timeout_s)
+                        for url in cfg.endpoints]
+        self.retryable = tuple(getattr(openai, name) for name in engine._RETRYABLE)
+        self.slots = asyncio.Semaphore(cfg.concurrency)
+        self.futures: dict = {}  # index -> its request's future
+        self.answered: queue.Queue = queue.Queue()
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
 
-        async def one(i: int, given) -> Generation:
-            async with slots:
-                for attempt in range(self.cfg.max_retries + 1):
-                    client = clients[(i + attempt) % len(clients)]
-                    common = {"model": self.model_path, "n": n,
-                              "temperature": sampling.temperature, "top_p": sampling.top_p,
-                              "max_tokens": sampling.max_tokens, "seed": derive_seed(seed, i)}
-                    try:
-                        if chat:
-                            reply = await client.chat.completions.create(messages=given, **common)
-                        else:
-                            # vLLM's extension: the prompt holds its special tokens already.
-                            reply = await client.completions.create(
-                                prompt=given, extra_body={"add_special_tokens": False}, **common)
-                        return _generation(reply, n)
-                    except retryable as e:
-                        if attempt == self.cfg.max_retries:
-                            raise CrescentError(
-                                f"engine=openai: request failed {attempt + 1} times, last on "
-                                f"{client.base_url}: {type(e).__name__}: {e}") from None
-                        await asyncio.sleep(min(60.0, self.cfg.retry_backoff_s * 2 ** attempt))
-            raise AssertionError("unreachable")
+    @property
+    def in_flight(self) -> int:
+        return len(self.futures)
 
-        try:
-            return await asyncio.gather(*(one(i, x) for i, x in enumerate(inputs)))
-        finally:
-            for client in clients:
+    def submit(self, index, request) -> None:
+        import asyncio
+
+        future = asyncio.run_coroutine_threadsafe(self._send(index, request), self.loop)
+        future.add_done_callback(lambda _: self.answered.put(index))
+        self.futures[index] = future
+
+    def poll(self) -> dict[int, Generation]:
+        indices = [self.answered.get()]
+        while not self.answered.empty():
+            indices.append(self.answered.get_nowait())
+        # A request that failed every retry raises its CrescentError here.
+        return {i: self.futures.pop(i).result() for i in indices}
+
+    def close(self) -> None:
+        import asyncio
+
+        for future in self.futures.values():
+            future.cancel()
+        self.futures = {}
+
+        async def close_clients():
+            for client in self.clients:
                 await client.close()
+
+        asyncio.run_coroutine_threadsafe(close_clients(), self.loop).result()
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join()
+        self.loop.close()
+
+    async def _send(self, index, request) -> Generation:
+        import asyncio
+
+        cfg, given = self.engine.cfg, request.input
+        common = {"model": self.engine.model_path, "n": self.n, "seed": request.seed,
+                  "temperature": self.sampling.temperature, "top_p": self.sampling.top_p,
+                  "max_tokens": self.sampling.max_tokens}
+        async with self.slots:
+            for attempt in range(cfg.max_retries + 1):
+                client = self.clients[(index + attempt) % len(self.clients)]
+                try:
+                    if isinstance(given, str):
+                        # vLLM's extension: the prompt holds its special tokens already.
+                        reply = await client.completions.create(
+                            prompt=given, extra_body={"add_special_tokens": False}, **common)
+                    else:
+                        reply = await client.chat.completions.create(messages=given, **common)
+                    return _generation(reply, self.n)
+                except self.retryable as e:
+                    if attempt == cfg.max_retries:
+                        raise CrescentError(
+                            f"engine=openai: request failed {attempt + 1} times, last on "
+                            f"{client.base_url}: {type(e).__name__}: {e}") from None
+                    await asyncio.sleep(min(60.0, cfg.retry_backoff_s * 2 ** attempt))
+        raise AssertionError("unreachable")
 
 
 def _generation(reply, n: int) -> Generation:

@@ -1,33 +1,23 @@
 """Continuous generation: a window of requests kept in flight, results taken in submission order.
 
-A stage hands `generate_in_order` two functions: `next_request(i, taken)` builds request `i`
-(or says there is nothing to send yet, or any more), and `take(i, generation)` consumes the
+A stage hands `generate_in_order` two functions: `next_request(i)` builds request `i` (or says
+there is nothing to send yet, or any more), and `take(i, generation)` consumes the
 results in the order the requests were made, however the engine finished them. As soon as a
 request finishes the window is topped up, so the engine never waits for a batch's slowest
 completion, and what a stage decides stays a pure function of its seed.
 
-Engines that can stream (offline vLLM, its Ray replicas) give a `session(sampling, n)`; any
-other engine (hf, an OpenAI-compatible server, a test's scripted engine) is driven by
-`BatchSession`: what was submitted goes to its `chat`/`complete` as one call.
+Engines that can stream (offline vLLM, its Ray replicas, OpenAI-compatible servers) give a
+`session(sampling, n)`; any other (hf, a test's scripted engine) is driven by `BatchSession`:
+what was submitted goes to its `chat`/`complete` as one call.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 from crescent.config import SamplingConfig
-from crescent.infra.engines import Conversation, Engine, Generation
-
-
-@dataclass(frozen=True)
-class Request:
-    """A chat conversation (templated by the engine) or a raw prompt (taken as it is), and the
-    seed of its samples."""
-
-    input: Conversation | str
-    seed: int
+from crescent.infra.engines import Engine, Generation, Request
 
 
 class Session(Protocol):
@@ -38,16 +28,16 @@ class Session(Protocol):
     def poll(self) -> dict[int, Generation]:
         """Wait until at least one submitted request is finished; those finished, by index."""
 
-    def cancel(self) -> None:
-        """Drop what is still in flight."""
+    def close(self) -> None:
+        """Drop what is still in flight; the session is over."""
 
 
 def generate_in_order(engine: Engine, sampling: SamplingConfig, n: int, window: int,
-                      next_request: Callable[[int, int], Request | None],
+                      next_request: Callable[[int], Request | None],
                       take: Callable[[int, Generation], bool]) -> None:
     """Keep up to `window` requests in flight; hand each finished one to `take` in request
-    order. `next_request(i, taken)` returns request i, or None while there is nothing to send
-    (before `taken` results were consumed) or nothing left; `take` returns False to stop, and
+    order. `next_request(i)` returns request i, or None while there is nothing to send (until
+    more results were taken) or nothing left; `take` returns False to stop, and
     what is still in flight is dropped."""
     session = open_session(engine, sampling, n)
     finished: dict[int, Generation] = {}
@@ -55,7 +45,7 @@ def generate_in_order(engine: Engine, sampling: SamplingConfig, n: int, window: 
     try:
         while True:
             while session.in_flight < window:
-                request = next_request(submitted, taken)
+                request = next_request(submitted)
                 if request is None:
                     break
                 session.submit(submitted, request)
@@ -68,7 +58,7 @@ def generate_in_order(engine: Engine, sampling: SamplingConfig, n: int, window: 
                     return
                 taken += 1
     finally:
-        session.cancel()
+        session.close()
 
 
 def open_session(engine: Engine, sampling: SamplingConfig, n: int) -> Session:
@@ -102,5 +92,5 @@ class BatchSession:
                 finished.update(zip((i for i, _ in group), generations))
         return finished
 
-    def cancel(self) -> None:
+    def close(self) -> None:
         self.waiting = []

@@ -157,13 +157,13 @@ def _sample(cfg: DictConfig, clean: list[dict], log: JsonlAppender, bar,
     """k_max samples per question, `engine.batch_size` samples in flight, each question's
     logged as it comes back (in input order); returns the tokens and the number of samples
     cut at max_tokens."""
-    from crescent.infra.engines import derive_seed, make_engine
-    from crescent.infra.streaming import Request, generate_in_order
+    from crescent.infra.engines import Request, derive_seed, make_engine
+    from crescent.infra.streaming import generate_in_order
     from crescent.methods.extraction import extract_answer
 
     acfg, domain, tokens, cut = cfg.answers, cfg.domain, Counter(), 0
 
-    def request(i: int, taken: int):
+    def request(i: int):
         if i == len(clean):
             return None
         # Seeded by the question's id, not its position: a resumed run draws each question's

@@ -151,15 +151,14 @@ def _generate_until_done(cfg, out: Path, state: _State, engine, embedder, index)
     with JsonlAppender(out / QUESTIONS) as acc_out, JsonlAppender(out / REJECTED) as rej_out:
         if len(state.accepted) < qcfg.target:
             generate_in_order(engine, qcfg.sampling, 1, cfg.engine.batch_size,
-                              lambda i, taken: requests(start + i), take)
+                              lambda i: requests(start + i), take)
     bar.close()
 
 
 def _request_maker(cfg: DictConfig, state: _State):
     """candidate number -> its request, or None when it must wait for decisions (or the budget
     is spent)."""
-    from crescent.infra.engines import derive_seed
-    from crescent.infra.streaming import Request
+    from crescent.infra.engines import Request, derive_seed
 
     qcfg, fresh = cfg.questions, make_source(cfg)
 
