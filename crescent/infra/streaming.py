@@ -1,8 +1,8 @@
 """Continuous generation: a window of requests kept in flight, results taken in submission order.
 
 A stage hands `generate_in_order` two functions: `next_request(i)` builds request `i` (or says
-there is nothing to send yet, or any more), and `take(i, generation)` consumes the
-results in the order the requests were made, however the engine finished them. As soon as a
+there is nothing to send yet, or any more), and `take(i, generation)` consumes the results in
+the order the requests were made, however the engine finished them. As soon as a
 request finishes the window is topped up, so the engine never waits for a batch's slowest
 completion, and what a stage decides stays a pure function of its seed.
 
@@ -37,8 +37,8 @@ def generate_in_order(engine: Engine, sampling: SamplingConfig, n: int, window: 
                       take: Callable[[int, Generation], bool]) -> None:
     """Keep up to `window` requests in flight; hand each finished one to `take` in request
     order. `next_request(i)` returns request i, or None while there is nothing to send (until
-    more results were taken) or nothing left; `take` returns False to stop, and
-    what is still in flight is dropped."""
+    more results were taken) or nothing left; `take` returns False to stop, and what is still
+    in flight is dropped."""
     session = open_session(engine, sampling, n)
     finished: dict[int, Generation] = {}
     submitted = taken = 0
