@@ -8,8 +8,10 @@ seed, in fresh run dirs: twice straight through, once SIGKILLed `--kills` times 
 questions stage (after a seeded number of accepted questions) and then finished by the same
 command. Compares questions.jsonl, rejected.jsonl and the answers' samples.jsonl byte for byte
 and, where they differ, counts the candidates (questions) that differ. With
-engine.batch_size=32 and blocks of 16, rewrites go out from the 81st candidate on, so the
-replayed rewrite queue of the resumed run is part of what is compared. vLLM does not promise
+engine.batch_size=32 and blocks of 16, rewrites go out from the 81st candidate on, and
+dedup.threshold=0.6 makes duplicates common (at the default 0.85, 100 of the first 103
+candidates were accepted), so the rewrite queue the resumed run replays is part of what is
+compared. vLLM does not promise
 the same numerics for a request batched with other requests, so this measures how far the
 stages' per-request seeds carry on this machine; on `engine=hf` the same check is a test
 (tests/test_reproducibility.py).
@@ -65,7 +67,7 @@ def main() -> None:
     args, overrides = parser.parse_known_args()
     common = ["stages=[questions,answers]", f"questions.target={args.target}",
               f"questions.max_candidates={args.candidates}", "engine.batch_size=32",
-              "questions.batch_size=16",
+              "questions.batch_size=16", "dedup.threshold=0.6",
               "questions.sampling.max_tokens=128", "answers.sampling.max_tokens=128", "voting.k=2",
               "logger=none", "cache_dir=null", "hydra.run.dir=run", *overrides]
     work = Path(tempfile.mkdtemp(prefix="vllm_same_seed_"))
