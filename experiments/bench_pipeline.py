@@ -114,9 +114,12 @@ def main() -> None:
 
     from bench_engines import write_result  # beside this script
 
+    from crescent.infra import logs
     from crescent.infra.engines import make_engine
     from crescent.infra.io import read_jsonl
     from crescent.stages import answers, questions
+
+    logs.setup()  # the stages' bars and this table, not vLLM's start-up log
 
     run_dir = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     cfg = compose(args, run_dir)

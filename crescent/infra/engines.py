@@ -1,7 +1,7 @@
 """Generation engines behind one interface: chat conversations (or raw prompts) in, `n`
 sampled completions out. The stages stream through them (`crescent/infra/streaming.py`):
-offline vLLM and its Ray replicas take one request at a time (`session`); the others get what
-was submitted as one `chat` call.
+offline vLLM, its Ray replicas and OpenAI-compatible servers take one request at a time
+(`session`); the hf engine gets what was submitted as one `chat` call.
 
 Seed policy: every request carries a seed that the caller derives from the run seed and what
 the request is (`derive_seed`: a candidate's number, a question's id); a `chat` call over many
