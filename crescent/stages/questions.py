@@ -142,6 +142,8 @@ def _generate_until_done(cfg, out: Path, state: _State, engine, embedder, index)
         state.tokens["prompt"] += generation.prompt_tokens
         state.tokens["completion"] += generation.total_tokens
         block.append((c, generation.texts[0]))
+        # The bar counts accepted questions, which move a block at a time: say what came back.
+        bar.set_postfix_str(f"{c + 1} candidates generated")
         if (c + 1) % qcfg.batch_size and c + 1 < qcfg.max_candidates:
             return True  # the block is not complete yet
         bar.update(_decide(cfg, block, state, embedder, index, acc_out, rej_out))
