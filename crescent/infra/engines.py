@@ -204,32 +204,26 @@ class VLLMEngine:
             core.shutdown()
         del self.llm
 
-    # `positions`: where each request sits in the caller's whole list (default: in order), so
-    # that a replica given one shard seeds each request as a single engine would have.
-    def chat(self, conversations, sampling, n, seed, positions=None):
-        params = self._params(positions or range(len(conversations)), sampling, n, seed)
-        return self._generations(
+    def chat(self, conversations, sampling, n, seed):
+        outputs = self.llm.chat(
+            list(conversations), self._params(len(conversations), sampling, n, seed),
             # The stage's own bar counts questions; vLLM's per-call bar only with verbose=true.
-            self.llm.chat(list(conversations), params,
-                          use_tqdm=verbose() and len(conversations) > 1))
+            use_tqdm=verbose() and len(conversations) > 1)
+        return [_vllm_generation(out) for out in outputs]
 
-    def complete(self, prompts, sampling, n, seed, positions=None):
-        params = self._params(positions or range(len(prompts)), sampling, n, seed)
+    def complete(self, prompts, sampling, n, seed):
         # The prompts hold their special tokens already, as templated chat prompts do.
-        outputs = self.llm.generate(list(prompts), params, use_tqdm=verbose() and len(prompts) > 1,
+        outputs = self.llm.generate(list(prompts), self._params(len(prompts), sampling, n, seed),
+                                    use_tqdm=verbose() and len(prompts) > 1,
                                     tokenization_kwargs={"add_special_tokens": False})
-        return self._generations(outputs)
+        return [_vllm_generation(out) for out in outputs]
 
     def session(self, sampling, n):
         return VLLMSession(self.llm, sampling, n)
 
     @staticmethod
-    def _params(positions, sampling, n, seed):
-        return [sampling_params(sampling, n, derive_seed(seed, i)) for i in positions]
-
-    @staticmethod
-    def _generations(outputs):
-        return [_vllm_generation(out) for out in outputs]
+    def _params(count, sampling, n, seed):
+        return [sampling_params(sampling, n, derive_seed(seed, i)) for i in range(count)]
 
 
 def sampling_params(sampling, n, seed):
@@ -393,25 +387,23 @@ class RayVLLMEngine:
         return RaySession(self.replicas, sampling, n)
 
     def chat(self, conversations, sampling, n, seed):
-        return self._spread("chat", list(conversations), sampling, n, seed)
+        return _through_session(self, list(conversations), sampling, n, seed)
 
     def complete(self, prompts, sampling, n, seed):
-        return self._spread("complete", list(prompts), sampling, n, seed)
+        return _through_session(self, list(prompts), sampling, n, seed)
 
-    def _spread(self, method, inputs, sampling, n, seed):
-        import ray
 
-        count = len(self.replicas)
-        shards = [list(range(r, len(inputs), count)) for r in range(count)]
-        shards = [(replica, shard) for replica, shard in zip(self.replicas, shards) if shard]
-        futures = [getattr(replica, method).remote([inputs[i] for i in shard], sampling, n, seed,
-                                                   shard)
-                   for replica, shard in shards]
-        results: list[Generation] = [None] * len(inputs)  # type: ignore[list-item]
-        for (_, shard), generations in zip(shards, ray.get(futures)):
-            for i, generation in zip(shard, generations):
-                results[i] = generation
-        return results
+def _through_session(engine, inputs, sampling, n, seed) -> list[Generation]:
+    """`chat`/`complete` of an engine whose requests go through its session: all of them in
+    flight at once, input i seeded `derive_seed(seed, i)` as a single offline engine seeds it,
+    the results in input order."""
+    from crescent.infra.streaming import generate_in_order
+
+    results = []
+    generate_in_order(engine, sampling, n, len(inputs),
+                      lambda i: Request(inputs[i], derive_seed(seed, i)) if i < len(inputs)
+                      else None, lambda i, generation: results.append(generation) or True)
+    return results
 
 
 class HFEngine:
@@ -522,19 +514,10 @@ class OpenAIEngine:
         return OpenAISession(self, sampling, n)
 
     def chat(self, conversations, sampling, n, seed):
-        return self._all(list(conversations), sampling, n, seed)
+        return _through_session(self, list(conversations), sampling, n, seed)
 
     def complete(self, prompts, sampling, n, seed):
-        return self._all(list(prompts), sampling, n, seed)
-
-    def _all(self, inputs, sampling, n, seed):
-        from crescent.infra.streaming import generate_in_order
-
-        results = []
-        generate_in_order(self, sampling, n, len(inputs),
-                          lambda i: Request(inputs[i], derive_seed(seed, i)) if i < len(inputs)
-                          else None, lambda i, generation: results.append(generation) or True)
-        return results
+        return _through_session(self, list(prompts), sampling, n, seed)
 
 
 class OpenAISession:

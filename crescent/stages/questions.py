@@ -192,12 +192,12 @@ def _decide(cfg, block: list[tuple[int, str]], state: _State, embedder, index,
     cleaned = [(c, raw, *clean_question(raw, cfg.domain.max_question_chars)) for c, raw in block]
     texts = [text for _, _, text, reason in cleaned if not reason]
     if index is None or not texts:
-        decisions, vectors = iter([None] * len(texts)), None
+        decided, vectors = [None] * len(texts), None
     else:
         vectors = embedder.embed(texts)
-        decisions = iter(decide(vectors, index, cfg.dedup.threshold))
+        decided = decide(vectors, index, cfg.dedup.threshold)
+    decisions = enumerate(decided)  # (position among the clean texts, decision)
     ids_in_block: dict[int, int] = {}  # position among the clean texts -> accepted id
-    clean_seen = 0
     for c, raw, text, reason in cleaned:
         if len(state.accepted) >= qcfg.target:
             break  # the rest of the block is never decided: the stage is done
@@ -205,8 +205,7 @@ def _decide(cfg, block: list[tuple[int, str]], state: _State, embedder, index,
         if reason:
             _reject(state, rej_out, c, text, raw, rnd, reason, None, None)
             continue
-        d, position = next(decisions), clean_seen
-        clean_seen += 1
+        position, d = next(decisions)
         nearest_id = None if d is None else (
             ids_in_block.get(d.nearest_in_batch) if d.nearest_in_batch is not None
             else d.nearest_row)
