@@ -12,11 +12,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 from crescent.config import register_configs
-from crescent.infra.io import CrescentError
+from crescent.errors import CrescentError
+from crescent.registry import load_entry_points
 
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # ships in the package
 
 register_configs()
+load_entry_points()  # installed plug-ins, before Hydra composes: their config nodes count
 
 
 def main() -> None:
@@ -56,12 +58,14 @@ def run(cfg: DictConfig) -> None:
     from crescent.config import validate
     from crescent.infra.tracking import make_tracker
     from crescent.pipeline import run_pipeline
+    from crescent.registry import load_plugins
     from crescent.summary import print_summary
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
     tracker = None
     try:
+        load_plugins(cfg.plugins)  # what they register must exist before the config is checked
         validate(cfg)
         data.fill_data_dir(cfg)
         tracker = make_tracker(cfg, run_dir, list(hydra_cfg.overrides.task))

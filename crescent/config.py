@@ -3,7 +3,9 @@
 Every default lives here, once: a group YAML under `conf/` holds only what its option changes
 (tests/test_config.py fails when a YAML repeats a default). A key that is not declared here, a
 value of the wrong type, or a choice outside its Enum fails when the config is composed, before
-any stage runs; `validate` checks the ranges that types cannot express.
+any stage runs; `validate` checks the ranges that types cannot express, and the names of the
+extension points (engine, vote rule, answer format, objective: crescent/registry.py), which
+plug-ins can extend and an Enum therefore cannot list.
 """
 
 from __future__ import annotations
@@ -37,9 +39,7 @@ def _choice(name: str, *values: str) -> type[Choice]:
     return Choice(name, {v: v for v in values}, module=__name__, qualname=name)
 
 
-EngineName = _choice("EngineName", "vllm", "ray_vllm", "hf", "openai")
 Dtype = _choice("Dtype", "auto", "bfloat16", "float16", "float32")
-AnswerType = _choice("AnswerType", "math", "text")
 DedupMethod = _choice("DedupMethod", "minilm", "self", "minhash", "none")
 TieBreak = _choice("TieBreak", "drop", "seeded")
 Representative = _choice("Representative", "first", "shortest", "canonical")
@@ -69,7 +69,7 @@ class ModelConfig:
 
 @dataclass
 class EngineConfig:
-    name: EngineName = EngineName.vllm  # backend: vllm (offline LLM.chat), ray_vllm (vLLM replicas on Ray), hf (transformers generate), openai (servers)
+    name: str = "vllm"  # backend (crescent/engines/): vllm (offline LLM.chat), ray_vllm (vLLM replicas on Ray), hf (transformers generate), openai (servers), or a plug-in's
     batch_size: int = 256  # samples in flight (all replicas together; n samples of a question count n); hf: per generate call
     max_model_len: int = 2048  # context window given to the engine (prompt + completion tokens)
     enforce_eager: bool = True  # vllm: skip graph capture; starts far faster on CPU
@@ -99,7 +99,7 @@ class DomainConfig:
     bait_prompt: str = MISSING  # user turn that elicits one new question, no seed data
     diversify_prompt: str = MISSING  # "make it different" turn; {question} and {nearest} are filled in
     answer_prompt: str = MISSING  # user turn for answering; {question} is filled in
-    answer_type: AnswerType = AnswerType.math  # how final answers are read and compared: math (numbers, LaTeX) or text
+    answer_type: str = "math"  # answer format (crescent/domains/): how final answers are read and compared: math (numbers, LaTeX), text, or a plug-in's
     final_answer_line: str = "The answer is: {answer}"  # last line of every training response
     max_question_chars: int = 1000  # cleaned questions longer than this are rejected
     seed_prompt: Optional[str] = None  # questions.source=seed_aug: user turn; {seed} is filled in
@@ -118,6 +118,7 @@ class DedupConfig:
 
 @dataclass
 class VotingConfig:
+    rule: str = "majority"  # vote rule (crescent/methods/voting.py): majority, or a plug-in's
     k: int = 4  # answers sampled per question
     min_agreement: float = 0.5  # share of the k samples the winning answer needs
     min_votes: int = 2  # absolute count the winning answer needs
@@ -156,6 +157,7 @@ class AnswersConfig:
 
 @dataclass
 class FinetuneConfig:
+    objective: str = "sft"  # training objective (crescent/objectives/): sft, or a plug-in's
     input: Optional[str] = None  # sft.jsonl or a `datasets` save_to_disk dir; default: answers/sft.jsonl
     max_examples: Optional[int] = None  # train on the input's first N conversations; None: all
     fraction: float = 1.0  # then train on the first share of them (a data-volume point: 0.25, 0.5)
@@ -235,6 +237,7 @@ class Config:
     cache_dir: Optional[str] = "outputs/cache"  # stage outputs shared by config hash; null: none
     accept_stale: bool = False  # reuse a run-dir stage made by another stage version (pipeline.py)
     verbose: bool = False  # show vLLM/transformers/lm-eval/Lightning logs; off: crescent's lines only
+    plugins: list[str] = field(default_factory=list)  # modules imported first: they register engines, vote rules, answer formats, objectives
     model: ModelConfig = field(default_factory=ModelConfig)  # the generator
     student: ModelConfig = field(default_factory=ModelConfig)  # the model fine-tuned
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -293,7 +296,7 @@ RANGES = [
 def samples_per_question(cfg: DictConfig) -> int:
     """k_max: the samples drawn per question (`answers.samples`, default `voting.k`); the vote
     takes the first voting.k of them, so voting.k above it is an error."""
-    from crescent.infra.io import CrescentError
+    from crescent.errors import CrescentError
 
     k = OmegaConf.select(cfg, "voting.k", default=None)
     k_max = OmegaConf.select(cfg, "answers.samples", default=None) or k
@@ -308,12 +311,16 @@ def validate(cfg: DictConfig) -> None:
 
     Choice-valued keys are Enums, checked by OmegaConf when the config is composed; this
     checks ranges and the relations between keys."""
-    from crescent.infra.io import CrescentError
+    from crescent.errors import CrescentError
 
     for key, test, expected in RANGES:
         value = OmegaConf.select(cfg, key)
         if not test(value):
             raise CrescentError(f"{key}={value}: expected {expected}")
+    from crescent.registry import ANSWER_FORMATS, ENGINES, OBJECTIVES, VOTE_RULES
+
+    for registry in (ENGINES, VOTE_RULES, ANSWER_FORMATS, OBJECTIVES):
+        registry.check(OmegaConf.select(cfg, registry.key))  # one line naming the known ones
     voting, finetune = cfg.voting, cfg.finetune
     if voting.min_votes > voting.k:
         raise CrescentError(f"voting.min_votes={voting.min_votes} is more than voting.k="

@@ -45,7 +45,7 @@ def stage_sampling(max_tokens: int):
 
 def measure(engine_name: str, prompts: int, max_tokens: int) -> dict:
     from crescent.config import EngineConfig, ModelConfig
-    from crescent.infra.engines import make_engine
+    from crescent.engines import make_engine
     from crescent.infra.models import SMOLLM2
 
     started = time.perf_counter()

@@ -69,7 +69,7 @@ class Recorder:
 
 def raw_vllm(engine, requests, sampling, n: int) -> dict:
     """One LLM.chat call over the given requests, each with its own seed."""
-    from crescent.infra.engines import sampling_params
+    from crescent.engines.vllm_offline import sampling_params
 
     params = [sampling_params(sampling, n, r.seed) for r in requests]
     started = time.perf_counter()
@@ -80,7 +80,7 @@ def raw_vllm(engine, requests, sampling, n: int) -> dict:
 
 
 def stage(name: str, module, cfg, run_dir: Path, recorder: Recorder) -> dict:
-    from crescent.infra import engines
+    from crescent import engines
     from crescent.infra.io import read_json
 
     recorder.requests.clear()
@@ -115,7 +115,7 @@ def main() -> None:
     from bench_engines import write_result  # beside this script
 
     from crescent.infra import logs
-    from crescent.infra.engines import make_engine
+    from crescent.engines import make_engine
     from crescent.infra.io import read_jsonl
     from crescent.stages import answers, questions
 

@@ -34,7 +34,7 @@ def served(prompts: int, max_tokens: int, log: Path) -> list[dict]:
     from bench_engines import bench_conversations, stage_sampling  # beside this script
 
     from crescent.config import EngineConfig, ModelConfig
-    from crescent.infra.engines import make_engine
+    from crescent.engines import make_engine
     from crescent.infra.models import SMOLLM2, resolve_model
     from crescent.infra.serve import LocalServer
 

@@ -8,8 +8,10 @@ import time
 
 from omegaconf import OmegaConf
 
+from crescent.cache import Stage
 from crescent.infra.io import JsonlAppender, read_jsonl, write_json
 
+STAGE = Stage("counting", ("n",))
 N = 10
 
 

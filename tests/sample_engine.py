@@ -7,7 +7,7 @@ import json
 import sys
 
 from crescent.config import EngineConfig, ModelConfig, SamplingConfig
-from crescent.infra.engines import make_engine
+from crescent.engines import make_engine
 from crescent.infra.models import SMOLLM2
 
 if __name__ == "__main__":

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from crescent.cache import Stage
 from crescent.infra.io import read_jsonl, write_json
+
+STAGE = Stage("summing", ("factor",), upstream="counting")
 
 
 def run(cfg, run_dir):

@@ -10,9 +10,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from crescent.__main__ import CONF_DIR
-from crescent.infra import engines
-from crescent.infra.engines import Generation
-from crescent.infra.io import CrescentError, read_json, read_jsonl
+from crescent import engines
+from crescent.engines import Generation
+from crescent.errors import CrescentError
+from crescent.infra.io import read_json, read_jsonl
 from crescent.methods.decontamination import Benchmarks
 from tests.conftest import DATA, ROOT
 from tests.killing import kill_points, kill_then_finish, lines, whole_records

@@ -154,7 +154,6 @@ def test_default_composition_is_the_schema_with_the_default_options():
     ("finetune.mode=lroa", "[full, lora]"),
     ("finetune.scheduler=cosin", "[cosine, linear, constant]"),
     ("voting.tie_break=coin", "[drop, seeded]"),
-    ("engine.name=vlm", "[vllm, ray_vllm, hf, openai]"),
 ])
 @pytest.mark.parametrize("experiment", ["experiment=smoke", "experiment=self_improve"])
 def test_a_choice_typo_fails_at_composition_in_one_line(cli, tmp_path, typo, allowed, experiment):
@@ -166,6 +165,34 @@ def test_a_choice_typo_fails_at_composition_in_one_line(cli, tmp_path, typo, all
         assert result.stderr.strip().splitlines() == [
             f"crescent: error: {key}: Invalid value '{value}', expected one of {allowed}"]
         assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("typo, known", [
+    ("engine.name=vlm", "hf, openai, ray_vllm, vllm"),
+    ("voting.rule=majorty", "majority"),
+    ("domain.answer_type=maths", "math, text"),
+    ("finetune.objective=stf", "sft"),
+])
+def test_an_extension_point_typo_fails_before_any_stage_in_one_line(cli, tmp_path, typo, known):
+    # Plug-ins can add names, so these are checked after they are imported, not by an Enum.
+    key, value = typo.split("=")
+    result = cli("experiment=smoke", typo, "hydra.run.dir=run")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"crescent: error: {key}={value!r}: no such {_WHAT[key]} (known: {known}; a plug-in "
+        f"registers more: the `plugins` key)")
+    assert not any((tmp_path / "run").glob("*/DONE"))
+
+
+_WHAT = {"engine.name": "engine", "voting.rule": "vote rule",
+         "domain.answer_type": "answer format", "finetune.objective": "objective"}
+
+
+def test_a_missing_plugin_module_is_one_line(cli):
+    result = cli("experiment=smoke", "plugins=[no_such_plugin]", "hydra.run.dir=run")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].startswith(
+        "crescent: error: plugins: no module named 'no_such_plugin'")
 
 
 @pytest.mark.slow

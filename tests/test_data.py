@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from crescent.__main__ import CONF_DIR
 from crescent.infra import data
-from crescent.infra.io import CrescentError
+from crescent.errors import CrescentError
 from tests.conftest import DATA, ROOT
 
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="no reference benchmark data here")

@@ -8,7 +8,8 @@ import pytest
 import yaml
 
 from crescent.config import DedupConfig, ModelConfig
-from crescent.infra.io import CrescentError, read_jsonl
+from crescent.errors import CrescentError
+from crescent.infra.io import read_jsonl
 from crescent.infra.models import SMOLLM2
 from crescent.methods.dedup import SignatureIndex, VectorIndex, decide, make_embedder, shingles
 from tests.conftest import ROOT
@@ -195,7 +196,7 @@ def test_signature_index_matches_brute_force_and_grows():
 
 
 def test_questions_stage_runs_on_minhash(tmp_path, monkeypatch):
-    from crescent.infra import engines
+    from crescent import engines
     from crescent.stages import questions
     from tests.test_questions import SAME, ScriptedEngine, _cfg
 

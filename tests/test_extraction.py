@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from crescent.infra.io import CrescentError
+from crescent.errors import CrescentError
 from crescent.methods.extraction import (
     answers_equal,
     canonicality,

@@ -10,7 +10,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from crescent.__main__ import CONF_DIR
-from crescent.infra.io import CrescentError, read_json, read_jsonl
+from crescent.errors import CrescentError
+from crescent.infra.io import read_json, read_jsonl
 from crescent.methods.sft_data import (
     IGNORE_INDEX,
     ResumableBatchSampler,
@@ -151,7 +152,7 @@ def test_schedule_matches_transformers_cosine_with_warmup():
 def test_chunked_linear_cross_entropy_matches_the_plain_loss_and_its_gradients():
     import torch
 
-    from crescent.methods.training import linear_cross_entropy
+    from crescent.methods.fused_loss import linear_cross_entropy
 
     torch.manual_seed(0)
     hidden = torch.randn(37, 16, requires_grad=True)
@@ -187,10 +188,10 @@ def test_module_loss_is_the_same_with_and_without_the_fused_head(tmp_path, mode)
     from omegaconf import OmegaConf
 
     from crescent.config import FinetuneConfig
-    from crescent.methods.training import SFTModule
+    from crescent.objectives.sft import SFTModule
 
     fcfg = OmegaConf.structured(FinetuneConfig(mode=mode, lora_dropout=0.0))
-    module = SFTModule(fcfg, _tiny_llama(tmp_path / "m"), "float32", None)
+    module = SFTModule(fcfg, _tiny_llama(tmp_path / "m"), "float32")
     module.configure_model()
     assert module._fused_head
     rows = [{"input_ids": [1, 5, 9, 13, 2, 7], "labels": [IGNORE_INDEX] * 3 + [13, 2, 7]},
@@ -200,7 +201,7 @@ def test_module_loss_is_the_same_with_and_without_the_fused_head(tmp_path, mode)
     for fused in (True, False):
         module._fused_head = fused
         module.model.zero_grad()
-        loss, n = module.loss(batch)
+        loss, n = module.compute_loss(batch)
         loss.backward()
         results.append((loss.detach(), n, {k: p.grad.clone() for k, p in
                                            module.model.named_parameters() if p.requires_grad}))

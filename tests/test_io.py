@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from crescent.errors import CrescentError
 from crescent.infra.io import (
-    CrescentError,
     JsonlAppender,
     atomic_write_text,
     read_jsonl,

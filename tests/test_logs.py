@@ -53,7 +53,7 @@ def test_the_scorer_keeps_only_the_scoring_bar():
     # as the child is, since it changes tqdm for the whole process.
     code = (
         "from tqdm import tqdm\n"
-        "from crescent.stages.evaluate import _one_bar\n"
+        "from crescent.methods.scoring import _one_bar\n"
         "_one_bar('vllm')\n"
         "bars = [tqdm(total=3, desc=d) for d in ('Processed prompts', 'Rendering prompts', None)]\n"
         "print([b.disable for b in bars])\n"

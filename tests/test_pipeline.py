@@ -10,8 +10,9 @@ import sys
 import pytest
 from omegaconf import OmegaConf
 
-from crescent import pipeline
-from crescent.infra.io import CrescentError, read_json, read_jsonl
+from crescent import cache, pipeline
+from crescent.errors import CrescentError
+from crescent.infra.io import read_json, read_jsonl
 from crescent.infra.tracking import Tracker
 from tests.conftest import ROOT
 
@@ -26,8 +27,17 @@ class RecordingTracker(Tracker):
 
 @pytest.fixture
 def counting(monkeypatch):
-    monkeypatch.setitem(pipeline.STAGES, "counting", pipeline.Stage("tests.counting_stage"))
+    monkeypatch.setitem(cache.STAGES, "counting", "tests.counting_stage")
     return OmegaConf.create({"stages": ["counting"]})
+
+
+def _bump(monkeypatch, version: int) -> None:
+    """The code changes what `counting` writes and bumps its version."""
+    from dataclasses import replace
+
+    from tests import counting_stage
+
+    monkeypatch.setattr(counting_stage, "STAGE", replace(counting_stage.STAGE, version=version))
 
 
 def test_stage_writes_stats_then_done(counting, tmp_path):
@@ -78,7 +88,7 @@ def test_unknown_stage_fails_before_any_stage_runs(counting, tmp_path):
 
 
 def test_unimplemented_stage_says_so(monkeypatch, tmp_path):
-    monkeypatch.setitem(pipeline.STAGES, "later", pipeline.Stage("crescent.not_written_yet"))
+    monkeypatch.setitem(cache.STAGES, "later", "crescent.not_written_yet")
     with pytest.raises(CrescentError, match="stage 'later' is not implemented yet"):
         pipeline.run_pipeline(OmegaConf.create({"stages": ["later"]}), tmp_path, Tracker())
 
@@ -94,9 +104,8 @@ def test_cli_error_is_one_line_and_nonzero(cli):
 
 @pytest.fixture
 def two_stages(monkeypatch):
-    monkeypatch.setitem(pipeline.STAGES, "counting", pipeline.Stage("tests.counting_stage", ("n",)))
-    monkeypatch.setitem(pipeline.STAGES, "summing",
-                        pipeline.Stage("tests.summing_stage", ("factor",), upstream="counting"))
+    monkeypatch.setitem(cache.STAGES, "counting", "tests.counting_stage")
+    monkeypatch.setitem(cache.STAGES, "summing", "tests.summing_stage")
 
 
 def _run(tmp_path, run, **cfg):
@@ -126,11 +135,11 @@ _ONE_JOB = """
 import sys
 from pathlib import Path
 from omegaconf import OmegaConf
-from crescent import pipeline
+from crescent import cache, pipeline
 from crescent.infra import logs
 from crescent.infra.tracking import Tracker
 logs.setup()
-pipeline.STAGES["counting"] = pipeline.Stage("tests.counting_stage", ("n",))
+cache.STAGES["counting"] = "tests.counting_stage"
 cfg = OmegaConf.create({"stages": ["counting"], "n": 20, "cache_dir": sys.argv[2]})
 pipeline.run_pipeline(cfg, Path(sys.argv[1]), Tracker())
 """
@@ -173,13 +182,13 @@ def test_explicit_input_is_keyed_by_content(tmp_path):
     keys = []
     for path in (one, two):
         cfg.answers.input = str(path)
-        keys.append(pipeline.stage_key(cfg, "answers")[0])
+        keys.append(cache.stage_key(cfg, "answers")[0])
     assert keys[0] == keys[1]  # same content elsewhere: same key
     two.write_text('{"question": "another q"}\n')
-    assert pipeline.stage_key(cfg, "answers")[0] != keys[0]
+    assert cache.stage_key(cfg, "answers")[0] != keys[0]
     cfg.answers.input = str(tmp_path / "missing.jsonl")
     with pytest.raises(CrescentError, match="answers.input: .*missing.jsonl does not exist"):
-        pipeline.stage_key(cfg, "answers")
+        cache.stage_key(cfg, "answers")
 
 
 def test_provenance_names_versions_model_files_and_template(tmp_path):
@@ -205,9 +214,7 @@ def test_provenance_names_versions_model_files_and_template(tmp_path):
 def test_changed_stage_version_is_not_reused_from_the_cache(two_stages, tmp_path, monkeypatch):
     first = _run(tmp_path, "a")
     old_entry = first["counting"]["cache"]
-    # The code changes what `counting` writes and bumps its version; the config does not change.
-    monkeypatch.setitem(pipeline.STAGES, "counting",
-                        pipeline.Stage("tests.counting_stage", ("n",), version=2))
+    _bump(monkeypatch, 2)  # the config does not change
     again = _run(tmp_path, "a")
     assert not again["counting"]["reused"] and not again["summing"]["reused"]
     assert again["counting"]["cache"] != old_entry
@@ -219,8 +226,7 @@ def test_changed_stage_version_is_not_reused_from_the_cache(two_stages, tmp_path
 def test_run_dir_stage_of_another_version_is_refused_unless_accepted(counting, tmp_path,
                                                                      monkeypatch):
     pipeline.run_pipeline(counting, tmp_path, Tracker())  # no cache_dir: the stage lives here
-    monkeypatch.setitem(pipeline.STAGES, "counting",
-                        pipeline.Stage("tests.counting_stage", version=3))
+    _bump(monkeypatch, 3)
     with pytest.raises(CrescentError, match=r"counting: .* made by stage version 1, this code "
                                             r"writes version 3; .*accept_stale=true"):
         pipeline.run_pipeline(counting, tmp_path, Tracker())
@@ -243,12 +249,12 @@ def test_benchmark_data_enters_keys_by_content_not_path(tmp_path, monkeypatch):
     keys = {}
     for name in ("here", "there"):
         cfg.eval.data_dir = str(_data_copy(tmp_path / name))
-        keys[name] = (pipeline.stage_key(cfg, "answers"), pipeline.stage_key(cfg, "evaluate")[0])
+        keys[name] = (cache.stage_key(cfg, "answers"), cache.stage_key(cfg, "evaluate")[0])
     assert keys["here"] == keys["there"]  # same files elsewhere: same keys
     assert str(tmp_path) not in json.dumps(keys["here"][0][1])  # no machine path in the key
     _data_copy(tmp_path / "there", extra='{"question": "new", "answer": "1"}\n')
-    assert pipeline.stage_key(cfg, "answers")[0] != keys["here"][0][0]
+    assert cache.stage_key(cfg, "answers")[0] != keys["here"][0][0]
     # eval.data_dir unset: $CRESCENT_DATA gives the same key as the same files named directly
     cfg.eval.data_dir = None
     monkeypatch.setenv("CRESCENT_DATA", str(tmp_path / "here"))
-    assert pipeline.stage_key(cfg, "answers")[0] == keys["here"][0][0]
+    assert cache.stage_key(cfg, "answers")[0] == keys["here"][0][0]

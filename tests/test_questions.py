@@ -11,9 +11,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from crescent.__main__ import CONF_DIR
-from crescent.infra import engines
-from crescent.infra.engines import Generation
-from crescent.infra.io import CrescentError, read_json, read_jsonl
+from crescent import engines
+from crescent.engines import Generation
+from crescent.errors import CrescentError
+from crescent.infra.io import read_json, read_jsonl
 from tests.killing import kill_points, kill_then_finish, lines, whole_records
 
 SAME = "Tom has 3 apples and buys 2 more. How many apples does he have now?"

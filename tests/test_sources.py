@@ -9,7 +9,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from crescent.__main__ import CONF_DIR
-from crescent.infra.io import CrescentError, read_json, read_jsonl
+from crescent.errors import CrescentError
+from crescent.infra.io import read_json, read_jsonl
 from crescent.infra.models import resolve_model
 from crescent.stages.questions import make_source, pre_query_prompt
 from tests.conftest import DATA

@@ -21,7 +21,7 @@ from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
-from crescent.infra.io import CrescentError
+from crescent.errors import CrescentError
 
 ENV = "CRESCENT_DATA"
 FETCH = "crescent-data fetch"

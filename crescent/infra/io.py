@@ -8,9 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-
-class CrescentError(Exception):
-    """An error the user can fix: printed as one line, exit code 1, no traceback."""
+from crescent.errors import CrescentError
 
 
 def atomic_write_text(path: Path, text: str) -> None:

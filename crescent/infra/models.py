@@ -16,7 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from crescent.infra.io import CrescentError
+from crescent.errors import CrescentError
 
 logger = logging.getLogger(__name__)
 

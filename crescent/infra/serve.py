@@ -21,7 +21,7 @@ from pathlib import Path
 def main() -> None:
     import torch
 
-    from crescent.infra.engines import answer_vllm_version_lookup
+    from crescent.engines.vllm_offline import answer_vllm_version_lookup
 
     answer_vllm_version_lookup()
     from vllm.entrypoints.cli.main import main as vllm_main

@@ -12,7 +12,8 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence
 
-from crescent.infra.io import CrescentError, read_jsonl
+from crescent.errors import CrescentError
+from crescent.infra.io import read_jsonl
 
 _WORD = re.compile(r"[a-z0-9]+")
 _QUESTION_FIELDS = ("question", "problem")  # GSM8K and MATH name the question differently

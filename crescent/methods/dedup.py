@@ -19,7 +19,7 @@ from typing import Optional, Protocol, Sequence
 import numpy as np
 
 from crescent.config import DedupConfig, ModelConfig
-from crescent.infra.io import CrescentError
+from crescent.errors import CrescentError
 
 logger = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ class SelfEmbedder:
         from transformers import AutoConfig, AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        from crescent.infra.engines import resolve_dtype
+        from crescent.engines import resolve_dtype
         from crescent.infra.models import resolve_model
 
         path = resolve_model(model.name)

@@ -36,8 +36,6 @@ import threading
 from fractions import Fraction
 from functools import lru_cache
 
-from crescent.infra.io import CrescentError
-
 # A number as it is written in a chain of thought, after `_normalise`. The sign needs no word
 # or closing bracket right before it, so the `-` of `5-3` is an operator, not part of `-3`.
 _NUMBER = re.compile(
@@ -89,14 +87,19 @@ _CANONICAL_FORMS = [re.compile(p) for p in (r"-?\d+", r"-?\d*\.\d+", r"-?\d+/\d+
 
 
 def extract_answer(text: str, answer_type: str = "math") -> str | None:
-    """The final answer of a chain of thought, normalised; None is an abstention."""
-    if answer_type == "math":
-        return _extract_math(text)
-    if answer_type == "text":
-        rest = _after_last_marker(text)
-        answer = _first_line(rest).strip(_TEXT_WRAPPING).lower() if rest is not None else ""
-        return answer or None
-    raise CrescentError(f"answer_type: unknown value {answer_type!r}; expected math or text")
+    """The final answer of a chain of thought as the answer format `answer_type` reads it
+    (crescent/domains/), normalised; None is an abstention."""
+    from crescent.registry import ANSWER_FORMATS
+
+    return ANSWER_FORMATS.get(answer_type).extract(text)
+
+
+def extract_text(text: str) -> str | None:
+    """A short answer in words: the first line after the last final-answer marker, lowercased
+    and without wrapping punctuation."""
+    rest = _after_last_marker(text)
+    answer = _first_line(rest).strip(_TEXT_WRAPPING).lower() if rest is not None else ""
+    return answer or None
 
 
 def answers_equal(a: str, b: str) -> bool:
@@ -135,7 +138,8 @@ def strip_final_answer(response: str) -> str:
     return "\n".join(lines)
 
 
-def _extract_math(text: str) -> str | None:
+def extract_math(text: str) -> str | None:
+    """A number or LaTeX answer, found by the rules in this module's docstring."""
     text = _normalise(text)
     rest = _after_last_marker(text)
     if rest is not None:

@@ -21,7 +21,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from crescent.infra.io import CrescentError, numbered_jsonl
+from crescent.errors import CrescentError
+from crescent.infra.io import numbered_jsonl
 
 IGNORE_INDEX = -100  # label of tokens outside the loss (the value transformers ignores)
 ROLES = ("system", "user", "assistant")

@@ -1,7 +1,12 @@
-"""Majority vote over the k sampled answers of one question: keep only consensus, and pick its response.
+"""Vote rules over the k sampled answers of one question: which answer, if any, becomes the label.
 
-Answers are grouped by mathematical equivalence (`answers_equal`, each answer compared with the
-first member of every group so far), the largest group wins if it holds at least
+A rule is registered in `VOTE_RULES` and selected by `voting.rule`; it is called as
+`rule(answers, responses, cfg, seed, answer_format)` (the extracted answers, None for an
+abstention; the responses; the `voting` config; a seed for tie-breaks; the domain's answer
+format, whose `equal` groups answers) and returns a `Vote`.
+
+`majority` (the method): answers are grouped by the domain's equivalence (each answer compared
+with the first member of every group so far), the largest group wins if it holds at least
 `min_agreement` of all k samples (abstentions count in the denominator) and at least
 `min_votes` of them. The thresholds are checked first: a tie between groups that would fail
 them anyway is `no_consensus`, not a tie.
@@ -13,11 +18,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from crescent.infra.io import CrescentError
-from crescent.methods.extraction import answers_equal, canonicality
-
-TIE_BREAKS = ("drop", "seeded")
-REPRESENTATIVES = ("first", "shortest", "canonical")
+from crescent.registry import VOTE_RULES
 
 
 @dataclass
@@ -37,13 +38,16 @@ class Vote:
         return self.reason is None
 
 
-def group_answers(answers: Sequence[str | None]) -> list[list[int]]:
-    """Equivalence groups of sample indices in order of first appearance; abstentions (None) skipped."""
+def group_answers(answers: Sequence[str | None], equal=None) -> list[list[int]]:
+    """Equivalence groups of sample indices in order of first appearance; abstentions (None)
+    skipped. `equal` compares two answers (default: the math format's equivalence)."""
+    if equal is None:
+        from crescent.methods.extraction import answers_equal as equal
     groups: list[list[int]] = []
     for i, answer in enumerate(answers):
         if answer is None:
             continue
-        group = next((g for g in groups if answers_equal(answers[g[0]], answer)), None)
+        group = next((g for g in groups if equal(answers[g[0]], answer)), None)
         if group is None:
             groups.append([i])
         else:
@@ -51,10 +55,21 @@ def group_answers(answers: Sequence[str | None]) -> list[list[int]]:
     return groups
 
 
-def vote(answers: Sequence[str | None], responses: Sequence[str], cfg, seed: int) -> Vote:
+def vote(answers: Sequence[str | None], responses: Sequence[str], cfg, seed: int,
+         answer_format=None) -> Vote:
+    """The vote of the rule `cfg.rule` (default: the math answer format)."""
+    if answer_format is None:
+        from crescent.domains import answer_format as by_name
+
+        answer_format = by_name("math")
+    return VOTE_RULES.get(cfg.rule)(answers, responses, cfg, seed, answer_format)
+
+
+@VOTE_RULES.register("majority")
+def majority(answers: Sequence[str | None], responses: Sequence[str], cfg, seed: int,
+             answer_format) -> Vote:
     """Plurality over equivalence groups with agreement floors; ties dropped or broken by `seed`."""
-    _check(cfg)
-    groups = group_answers(answers)
+    groups = group_answers(answers, answer_format.equal)
     votes = {answers[g[0]]: len(g) for g in groups}
     abstentions = sum(a is None for a in answers)
     top = max((len(g) for g in groups), default=0)
@@ -71,25 +86,15 @@ def vote(answers: Sequence[str | None], responses: Sequence[str], cfg, seed: int
     if len(tied) > 1 and cfg.tie_break == "drop":
         return dropped("tie")
     winners = random.Random(seed).choice(tied) if len(tied) > 1 else tied[0]
-    chosen = _representative(winners, answers, responses, cfg.representative)
+    chosen = representative(winners, answers, responses, cfg.representative, answer_format)
     return Vote(answers[chosen], votes, agreement, abstentions, None, winners, chosen)
 
 
-def _representative(
-    winners: list[int], answers: Sequence[str | None], responses: Sequence[str], rule: str
-) -> int:
+def representative(winners: list[int], answers: Sequence[str | None],
+                   responses: Sequence[str], rule: str, answer_format) -> int:
     """The winner whose response becomes the training target; ties go to the first sample."""
     if rule == "shortest":
         return min(winners, key=lambda i: len(responses[i]))
     if rule == "canonical":
-        return min(winners, key=lambda i: canonicality(answers[i]))
+        return min(winners, key=lambda i: answer_format.canonicality(answers[i]))
     return winners[0]
-
-
-def _check(cfg) -> None:
-    for key, allowed in (("tie_break", TIE_BREAKS), ("representative", REPRESENTATIVES)):
-        value = getattr(cfg, key)
-        if value not in allowed:
-            raise CrescentError(
-                f"voting.{key}: unknown value {value!r}; expected one of {', '.join(allowed)}"
-            )

@@ -18,8 +18,11 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from crescent import cache
+from crescent.cache import STATS, Stage
+from crescent.config import samples_per_question
+from crescent.errors import CrescentError
 from crescent.infra.io import (
-    CrescentError,
     JsonlAppender,
     atomic_write_text,
     numbered_jsonl,
@@ -31,9 +34,19 @@ from crescent.infra.io import (
 
 logger = logging.getLogger(__name__)
 
+# The samples (answers.samples of them per question) are a cache entry of their own, keyed by
+# everything that decides them and nothing of the vote, so a sweep over voting.* draws once.
+SAMPLES_ENTRY = Stage("samples", ("seed", "model", "engine", "domain", "answers"),
+                      upstream="questions", input_key="answers.input", version=2,
+                      data="answers.decontaminate",
+                      resolved={"answers.samples": samples_per_question})  # None means voting.k
+STAGE = Stage("answers", ("domain", "voting"), upstream="samples", version=1,
+              entries=(SAMPLES_ENTRY,), generates=True)
 SAMPLES = "samples.jsonl"  # every question once: its samples (or why it was not sampled)
 VOTES = "votes.jsonl"  # every question once: the vote over its first voting.k samples
 SAMPLING = "sampling.json"  # in a samples cache entry: what drawing them cost
+QA = "qa.jsonl"  # the kept questions: answer, chosen response, votes, agreement
+SFT = "sft.jsonl"  # the kept questions as chat conversations, ready for fine-tuning
 
 
 def preflight(cfg: DictConfig) -> list[Path]:
@@ -47,24 +60,24 @@ def preflight(cfg: DictConfig) -> list[Path]:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
-    from crescent.config import samples_per_question
-    from crescent.pipeline import entry_dir, link
+    from crescent.domains import answer_format
+    from crescent.stages.questions import QUESTIONS
 
-    out = Path(run_dir) / "answers"
+    out = Path(run_dir) / STAGE.name
     k_max = samples_per_question(cfg)  # also: voting.k <= answers.samples, or a clear error
     questions = load_questions(Path(cfg.answers.input) if cfg.answers.input else
-                               Path(run_dir) / "questions" / "questions.jsonl")
-    # A cached answers dir (a link into the cache) draws its samples into their own entry,
-    # keyed without voting.*, and links them here; otherwise they are drawn here.
-    entry = entry_dir(cfg, "samples") if out.is_symlink() else None
-    if entry is not None:
-        entry.mkdir(parents=True, exist_ok=True)
-        link(out.resolve() / SAMPLES, entry / SAMPLES)  # relative to where the file lies
-    sampling = draw_samples(cfg, questions, entry or out, k_max, cached=entry is not None)
+                               Path(run_dir) / "questions" / QUESTIONS)
+    answers = answer_format(cfg.domain.answer_type)
+    # With the cache on, the samples are drawn into their own entry and linked here;
+    # otherwise they are drawn here.
+    samples = cache.entry(cfg, run_dir, SAMPLES_ENTRY.name)
+    if samples is not None:
+        cache.link(out / SAMPLES, samples.open().dir / SAMPLES)
+    sampling = draw_samples(cfg, questions, out, k_max, answers, samples)
     records = _in_input_order(read_jsonl(out / SAMPLES), questions)
-    voted = [revote(cfg, r) for r in records]
+    voted = [revote(cfg, r, answers) for r in records]
     if cfg.voting.match_kept_of_k is not None:
-        voted = cap_to_match(cfg, records, voted)
+        voted = cap_to_match(cfg, records, voted, answers)
     _write_jsonl(out / VOTES, [{k: v for k, v in r.items() if k not in ("samples", "extracted")}
                                for r in voted])
     kept = write_datasets(out, voted, cfg.domain)
@@ -72,37 +85,33 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     if not kept:
         logger.info(f"crescent: answers: none of {len(questions)} questions kept "
                     f"(dropped: {stats['dropped'] or 'none'}, "
-                    f"contaminated: {stats['contaminated']}); sft.jsonl is empty")
+                    f"contaminated: {stats['contaminated']}); {SFT} is empty")
     write_card(out, cfg, stats)
-    write_json(out / "stats.json", stats)
+    write_json(out / STATS, stats)
     return out
 
 
-def draw_samples(cfg: DictConfig, questions: list[dict], where: Path, k_max: int,
-                 cached: bool) -> dict:
-    """k_max samples per question into `where/samples.jsonl` (resuming it), unless `where` is a
-    finished samples entry; returns what drawing them cost (this time, or when first drawn)."""
-    from crescent.pipeline import DONE, KEY_FILE, locked, stage_key
-
-    lock = locked(where, "answers: samples") if cached else None
-    try:
-        if cached and (where / DONE).exists():
-            info = read_json(where / SAMPLING)
+def draw_samples(cfg: DictConfig, questions: list[dict], out: Path, k_max: int, answers,
+                 entry: cache.Entry | None) -> dict:
+    """k_max samples per question into `out/samples.jsonl` (resuming it), unless it lies in a
+    finished samples `entry`; returns what drawing them cost (this time, or when first drawn)."""
+    if entry is None:
+        return {**_sample_missing(cfg, questions, out, k_max, answers), "reused": False,
+                "entry": None}
+    with entry.locked("answers: samples"):
+        if entry.done:
+            info = read_json(entry.dir / SAMPLING)
             logger.info("crescent: answers: reusing %s samples per question from %s; voting only",
-                        info["samples_per_question"], where)
-            return {**info, "reused": True, "engine_started": False, "entry": str(where)}
-        info = _sample_missing(cfg, questions, where, k_max)
-        if cached:
-            write_json(where / KEY_FILE, stage_key(cfg, "samples")[1])
-            write_json(where / SAMPLING, info)
-            atomic_write_text(where / DONE, time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
-        return {**info, "reused": False, "entry": str(where) if cached else None}
-    finally:
-        if lock is not None:
-            lock.release()
+                        info["samples_per_question"], entry.dir)
+            return {**info, "reused": True, "engine_started": False, "entry": str(entry.dir)}
+        info = _sample_missing(cfg, questions, entry.dir, k_max, answers)
+        write_json(entry.dir / SAMPLING, info)
+        entry.finish()
+    return {**info, "reused": False, "entry": str(entry.dir)}
 
 
-def _sample_missing(cfg: DictConfig, questions: list[dict], where: Path, k_max: int) -> dict:
+def _sample_missing(cfg: DictConfig, questions: list[dict], where: Path, k_max: int,
+                    answers) -> dict:
     """Screen and sample the questions `where/samples.jsonl` does not hold yet."""
     from crescent.methods.decontamination import Benchmarks
 
@@ -112,7 +121,7 @@ def _sample_missing(cfg: DictConfig, questions: list[dict], where: Path, k_max: 
     started = time.time()
     with JsonlAppender(where / SAMPLES) as log, _progress(questions, todo) as bar:
         clean = _screen(todo, benchmarks, acfg.max_overlap, log, bar)
-        tokens, truncated = _sample(cfg, clean, log, bar, k_max)
+        tokens, truncated = _sample(cfg, clean, log, bar, k_max, answers)
     wall = time.time() - started
     new = k_max * len(clean)
     return {"samples_per_question": k_max, "new_samples": new, "truncated_new": truncated,
@@ -153,14 +162,12 @@ def _screen(todo: list[dict], benchmarks, max_overlap: float, log: JsonlAppender
     return clean
 
 
-def _sample(cfg: DictConfig, clean: list[dict], log: JsonlAppender, bar,
-            k_max: int) -> tuple[Counter, int]:
+def _sample(cfg: DictConfig, clean: list[dict], log: JsonlAppender, bar, k_max: int,
+            answers) -> tuple[Counter, int]:
     """k_max samples per question, `engine.batch_size` samples in flight, each question's
     logged as it comes back (in input order); returns the tokens and the number of samples
     cut at max_tokens."""
-    from crescent.infra.engines import Request, derive_seed, make_engine
-    from crescent.infra.streaming import generate_in_order
-    from crescent.methods.extraction import extract_answer
+    from crescent.engines import Request, derive_seed, generate_in_order, make_engine
 
     acfg, domain, tokens, cut = cfg.answers, cfg.domain, Counter(), 0
 
@@ -177,7 +184,7 @@ def _sample(cfg: DictConfig, clean: list[dict], log: JsonlAppender, bar,
         q, truncated = clean[i], gen.truncated(acfg.sampling.max_tokens)
         cut += sum(truncated)
         log.write({"id": q["id"], "question": q["question"], "samples": gen.texts,
-                   "extracted": [extract_answer(t, domain.answer_type) for t in gen.texts],
+                   "extracted": [answers.extract(t) for t in gen.texts],
                    "completion_tokens": gen.completion_tokens, "truncated": truncated})
         tokens["prompt"] += gen.prompt_tokens
         tokens["completion"] += gen.total_tokens
@@ -190,10 +197,13 @@ def _sample(cfg: DictConfig, clean: list[dict], log: JsonlAppender, bar,
     return tokens, cut
 
 
-def revote(cfg: DictConfig, record: dict) -> dict:
-    """The vote over a question's first `voting.k` samples (a truncated one abstains when
-    `voting.drop_truncated`: its final answer was never written); contaminated ones pass."""
-    from crescent.infra.engines import derive_seed
+def revote(cfg: DictConfig, record: dict, answers=None) -> dict:
+    """The vote of `voting.rule` over a question's first `voting.k` samples, answers compared
+    by the domain's format (`answers`; default `domain.answer_type`'s). A truncated sample
+    abstains when `voting.drop_truncated` (its final answer was never written); contaminated
+    questions pass."""
+    from crescent.domains import answer_format
+    from crescent.engines import derive_seed
     from crescent.methods.voting import vote
 
     if record.get("reason") == "contaminated":
@@ -206,7 +216,8 @@ def revote(cfg: DictConfig, record: dict) -> dict:
                             f"fewer than voting.k={k}")
     counted = [None if cut and cfg.voting.drop_truncated else x
                for x, cut in zip(extracted, truncated)]
-    result = vote(counted, samples, cfg.voting, seed=derive_seed(cfg.seed, "vote", record["id"]))
+    result = vote(counted, samples, cfg.voting, seed=derive_seed(cfg.seed, "vote", record["id"]),
+                  answer_format=answers or answer_format(cfg.domain.answer_type))
     return {"id": record["id"], "question": record["question"], "reason": result.reason,
             "answer": result.answer, "votes": result.votes,
             "agreement": round(result.agreement, 4), "representative": result.representative,
@@ -214,13 +225,14 @@ def revote(cfg: DictConfig, record: dict) -> dict:
             "samples": samples, "extracted": extracted}
 
 
-def cap_to_match(cfg: DictConfig, records: list[dict], voted: list[dict]) -> list[dict]:
+def cap_to_match(cfg: DictConfig, records: list[dict], voted: list[dict],
+                 answers=None) -> list[dict]:
     """Keep only the first N kept questions, N being how many the vote with
     k = voting.match_kept_of_k keeps from the same samples; the rest are dropped as
     `over_match`. The no-vote control then trains on as many examples as consensus does, so
     that only the filter differs."""
     match_cfg = OmegaConf.merge(cfg, {"voting": {"k": cfg.voting.match_kept_of_k}})
-    limit = sum(revote(match_cfg, r).get("reason", "") is None for r in records)
+    limit = sum(revote(match_cfg, r, answers).get("reason", "") is None for r in records)
     capped, kept = [], 0
     for r in voted:
         if r["reason"] is None:
@@ -307,8 +319,8 @@ def write_datasets(out: Path, records: list[dict], domain: DictConfig) -> list[d
                    "agreement": r["agreement"], "n_samples": len(r["samples"])})
     sft = [{"messages": [{"role": "user", "content": q["question"]},
                          {"role": "assistant", "content": q["response"]}]} for q in qa]
-    _write_jsonl(out / "qa.jsonl", qa)
-    _write_jsonl(out / "sft.jsonl", sft)
+    _write_jsonl(out / QA, qa)
+    _write_jsonl(out / SFT, sft)
 
     rows = [{"id": str(q["id"]), "question": q["question"], "answer": q["answer"],
              "agreement": q["agreement"], "messages": s["messages"]} for q, s in zip(qa, sft)]

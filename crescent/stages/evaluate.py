@@ -10,15 +10,15 @@
   metrics.json                  {label: {task: {metric: value}}}
   table.md                      the comparison printed at the end, with deltas against `base`
 
-Each model is scored in its own process (`python -m crescent.stages.evaluate <spec.json>`): vLLM does
-not reliably free memory in-process, and a label already scored survives a crash of the next.
+Each model is scored in its own process (crescent/methods/scoring.py). The engine decides how
+lm-eval loads the model (each engine's `lm_eval_model`); with the cache on, `base` is a cache
+entry of its own, scored once for every sweep point that fine-tunes the same student.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import shlex
@@ -26,20 +26,34 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import nullcontext
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from crescent.infra.io import CrescentError, atomic_write_text, read_json, write_json
+from crescent import cache
+from crescent.cache import STATS, Stage
+from crescent.errors import CrescentError
+from crescent.infra.io import atomic_write_text, read_json, write_json
+from crescent.methods.metrics import (
+    BASE,
+    FINETUNED,
+    delta_table,
+    headline_stats,
+    lower_is_better,
+    metrics_of,
+)
+from crescent.methods.scoring import ERROR, RESULTS, SPEC, first_docs, one_limit
 
 logger = logging.getLogger(__name__)
 
+# The base model's scores: the same for every sweep point that fine-tunes the same student.
+BASE_ENTRY = Stage("evaluate_base", ("student", "engine", "eval"), version=1, data="*",
+                   exclude=("eval.data_dir",))  # a machine path: the data's hashes stand for it
+STAGE = Stage("evaluate", ("model", "engine", "eval"), upstream="finetune", version=1, data="*",
+              exclude=("eval.data_dir",), entries=(BASE_ENTRY,))
 TASKS_SRC = Path(__file__).resolve().parents[1] / "tasks"
 SHIPPED_DATA_DIR = "../shared/data"  # where the shipped YAMLs' data_files point
-RESULTS = "results.json"
-SPEC = "spec.json"
-ERROR = "error.txt"
-BASE, FINETUNED = "base", "finetuned"
 
 _DATA_FILE = re.compile(r'"' + re.escape(SHIPPED_DATA_DIR) + r'/([^"]+)"')
 _TASK_NAME = re.compile(r"^task:\s*(\S+)\s*$", re.MULTILINE)
@@ -56,7 +70,7 @@ def preflight(cfg: DictConfig) -> None:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
-    out = Path(run_dir) / "evaluate"
+    out = Path(run_dir) / STAGE.name
     tasks = list(cfg.eval.tasks)
     if not tasks:
         raise CrescentError("eval.tasks: no tasks given")
@@ -68,12 +82,12 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
 
     seconds, reused = {}, {}
     for label, model in models.items():
-        lock = _link_shared_base(cfg, out) if label == BASE and not cfg.eval.models else None
-        try:
+        shared = _shared_base(cfg, Path(run_dir)) if label == BASE and not cfg.eval.models \
+            else None
+        with shared.locked("evaluate: base") if shared is not None else nullcontext():
             took = _score_label(cfg, label, model, tasks, tasks_dir, out / label)
-        finally:
-            if lock is not None:
-                lock.release()
+            if shared is not None:
+                shared.finish()
         if took is None:
             reused[label] = str((out / label).resolve())
         else:
@@ -88,7 +102,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     atomic_write_text(out / "table.md", table)
     stats = headline_stats(metrics, tasks, raw, models, seconds)
     stats["reused_scores"] = reused  # label -> where its scores were found already
-    write_json(out / "stats.json", stats)
+    write_json(out / STATS, stats)
     return out
 
 
@@ -111,20 +125,15 @@ def _score_label(cfg: DictConfig, label: str, model: str, tasks: list[str], task
     return round(time.time() - started, 2)
 
 
-def _link_shared_base(cfg: DictConfig, out: Path):
-    """With the cache on, `evaluate/base` links a cache entry keyed by (student, engine, eval)
-    alone: every sweep point that fine-tunes the same student reads one scoring of it.
-    Returns the entry's lock, held; None when the cache is off."""
-    from crescent.pipeline import KEY_FILE, entry_dir, link, locked, stage_key
-
-    entry = entry_dir(cfg, "evaluate_base") if out.is_symlink() else None
-    here = out.resolve() / BASE
-    if entry is None or (here.is_dir() and not here.is_symlink()):  # scored here before
+def _shared_base(cfg: DictConfig, run_dir: Path) -> cache.Entry | None:
+    """With the cache on, `evaluate/base` links the base-scores entry (keyed by student,
+    engine and eval alone); None when the cache is off or base was scored in the run dir."""
+    shared = cache.entry(cfg, run_dir, BASE_ENTRY.name)
+    here = run_dir / STAGE.name / BASE
+    if shared is None or (here.is_dir() and not here.is_symlink()):  # scored here before
         return None
-    entry.mkdir(parents=True, exist_ok=True)
-    write_json(entry / KEY_FILE, stage_key(cfg, "evaluate_base")[1])
-    link(here, entry)
-    return locked(entry, "evaluate: base")
+    cache.link(here, shared.open().dir)
+    return shared
 
 
 # ------------------------------------------------------------------ tasks and data
@@ -195,66 +204,32 @@ def models_to_score(cfg: DictConfig, run_dir: Path) -> dict[str, str]:
 def lm_eval_spec(
     cfg: DictConfig, label: str, model: str, tasks: list[str], tasks_dir: Path, label_dir: Path
 ) -> dict:
-    """Everything the child process passes to `lm_eval.simple_evaluate`, from the engine config."""
-    from crescent.infra.engines import resolve_dtype
+    """Everything the child process passes to `lm_eval.simple_evaluate`: the model as the
+    engine loads it in lm-eval (`lm_eval_model`), the tasks and their limits."""
+    from crescent.engines import resolve_dtype
+    from crescent.registry import ENGINES
 
-    engine = cfg.engine
     # A base model loaded by name keeps the student's revision; local dirs have none.
     revision = cfg.student.revision if label == BASE and not cfg.eval.models else None
-    dtype = resolve_dtype(cfg.student.dtype)
-    env: dict[str, str] = {}
-    device = None
-    if engine.name == "hf":
-        import torch
-
-        # lm-eval's hf model type assumes CUDA unless told otherwise.
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        model_type, batch_size = "hf", engine.batch_size
-        model_args = {"pretrained": model, "dtype": dtype, "max_length": engine.max_model_len}
-    elif engine.name in ("vllm", "ray_vllm"):
-        import torch
-
-        # vLLM schedules every request itself; lm-eval's "auto" hands them all over at once.
-        model_type, batch_size = "vllm", "auto"
-        model_args = {
-            "pretrained": model,
-            "dtype": dtype,
-            "max_model_len": engine.max_model_len,
-            "enforce_eager": engine.enforce_eager,
-            "tensor_parallel_size": engine.tensor_parallel_size,
-            "gpu_memory_utilization": engine.gpu_memory_utilization,
-        }
-        if engine.data_parallel_size > 1:  # lm-eval runs the replicas on Ray itself
-            model_args["data_parallel_size"] = engine.data_parallel_size
-        if not torch.cuda.is_available():
-            # The same CPU settings as crescent.infra.engines.VLLMEngine (see the reasons there):
-            # a bounded KV cache, one process, the single-process executor.
-            env = {
-                "VLLM_CPU_KVCACHE_SPACE": str(engine.cpu_kvcache_gib),
-                "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
-            }
-            model_args["distributed_executor_backend"] = "uni"
-    else:  # served engines generate elsewhere; lm-eval here loads each model itself
-        raise CrescentError(
-            f"engine.name={engine.name!r}: the evaluate stage runs lm-eval's vllm or hf model "
-            "type; run it with engine=vllm, ray_vllm or hf"
-        )
+    loaded = ENGINES.get(cfg.engine.name).lm_eval_model(
+        cfg.engine, model, resolve_dtype(cfg.student.dtype))
     if revision:
-        model_args["revision"] = revision
+        loaded.args["revision"] = revision
     return {
         "label": label,
-        "model": model_type,
-        "model_args": model_args,
+        "model": loaded.type,
+        "model_args": loaded.args,
         "tasks": tasks,
         "include_path": str(tasks_dir),
         "include_defaults": uses_stock_tasks(tasks, tasks_dir),
         "num_fewshot": cfg.eval.num_fewshot,
         "limits": task_limits(cfg, tasks),
-        "batch_size": batch_size,
-        "device": device,
+        "batch_size": loaded.batch_size,
+        "device": loaded.device,
         "apply_chat_template": cfg.eval.apply_chat_template,
         "fewshot_as_multiturn": cfg.eval.fewshot_as_multiturn and cfg.eval.apply_chat_template,
-        "env": env,
+        "env": loaded.env,
+        "plugins": list(OmegaConf.select(cfg, "plugins", default=None) or []),
         "out_dir": str(label_dir),
     }
 
@@ -262,29 +237,6 @@ def lm_eval_spec(
 def task_limits(cfg: DictConfig, tasks: list[str]) -> dict[str, int | None]:
     """Documents per task: `eval.limits` where it names the task, else `eval.limit` (None: all)."""
     return {task: cfg.eval.limits.get(task, cfg.eval.limit) for task in tasks}
-
-
-def _one_limit(limits: dict[str, int | None]) -> int | None:
-    """lm-eval's `limit` when every task has the same one (else None: `_first_docs` decides)."""
-    values = set(limits.values())
-    return values.pop() if len(values) == 1 else None
-
-
-def _first_docs(limits: dict[str, int | None], manager=None) -> dict[str, list[int]] | None:
-    """lm-eval takes one `limit` for all tasks, or the documents per task (`samples`): with
-    per-task limits, each limited task's first N documents (all of them when it has fewer;
-    counting them needs the tasks, from `manager`; without it, N)."""
-    if len(set(limits.values())) <= 1:
-        return None
-    named = [task for task, n in limits.items() if n is not None]
-    counted = dict.fromkeys(named, math.inf)
-    if manager is not None:
-        loaded = manager.load(named)["tasks"]  # leaf tasks only: a group is not among them
-        counted = {name: len(loaded[name].eval_docs) for name in named if name in loaded}
-        if len(counted) < len(named):
-            group = next(name for name in named if name not in counted)
-            raise CrescentError(f"eval.limits.{group}: a group of tasks; limit its tasks by name")
-    return {task: list(range(min(limits[task], counted[task]))) for task in named}
 
 
 def lm_eval_command(spec: dict) -> str:
@@ -300,7 +252,7 @@ def lm_eval_command(spec: dict) -> str:
         parts += ["--device", spec["device"]]
     if spec["num_fewshot"] is not None:
         parts += ["--num_fewshot", str(spec["num_fewshot"])]
-    limit, samples = _one_limit(spec["limits"]), _first_docs(spec["limits"])
+    limit, samples = one_limit(spec["limits"]), first_docs(spec["limits"])
     if samples:
         parts += ["--samples", json.dumps(samples)]
     elif limit is not None:
@@ -328,7 +280,7 @@ def _score_in_subprocess(label: str, label_dir: Path) -> None:
     package_root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     proc = subprocess.run(
-        [sys.executable, "-m", "crescent.stages.evaluate", str(label_dir / SPEC)],
+        [sys.executable, "-m", "crescent.methods.scoring", str(label_dir / SPEC)],
         env=env,
         check=False,
     )
@@ -341,246 +293,3 @@ def _score_in_subprocess(label: str, label_dir: Path) -> None:
         )
     if not (label_dir / RESULTS).is_file():
         raise CrescentError(f"evaluate: scoring {label!r} wrote no {label_dir / RESULTS}")
-
-
-# ------------------------------------------------------------------ the child process
-
-
-def score(spec: dict) -> None:
-    """Run lm-eval for one model; write per-sample logs, then the raw results (last)."""
-    for key, value in spec["env"].items():
-        os.environ.setdefault(key, value)
-    if spec["model"] == "vllm":
-        from crescent.infra.engines import answer_vllm_version_lookup
-
-        answer_vllm_version_lookup()
-    import lm_eval
-    import lm_eval.evaluator
-    from lm_eval.tasks import TaskManager
-    from lm_eval.utils import handle_non_serializable, sanitize_list
-
-    from crescent.infra import logs
-
-    manager = TaskManager(
-        include_path=spec["include_path"], include_defaults=spec["include_defaults"]
-    )
-    unknown = [t for t in spec["tasks"] if t not in manager.all_tasks]
-    if unknown:
-        raise CrescentError(f"eval.tasks: unknown lm-eval task(s): {', '.join(unknown)}")
-    limit, samples = _one_limit(spec["limits"]), _first_docs(spec["limits"], manager)
-    lm_eval.evaluator.get_git_commit_hash = _git_hash
-    if not logs.verbose():
-        _one_bar(spec["model"])
-    results = lm_eval.simple_evaluate(
-        model=spec["model"],
-        model_args=spec["model_args"],
-        tasks=spec["tasks"],
-        num_fewshot=spec["num_fewshot"],
-        batch_size=spec["batch_size"],
-        device=spec["device"],
-        limit=limit,
-        samples=samples,
-        log_samples=True,
-        apply_chat_template=spec["apply_chat_template"],
-        fewshot_as_multiturn=spec["fewshot_as_multiturn"],
-        task_manager=manager,
-    )
-    out = Path(spec["out_dir"])
-
-    def dumps(obj) -> str:
-        return json.dumps(obj, ensure_ascii=False, default=handle_non_serializable)
-
-    def as_logged(sample: dict) -> dict:
-        # The shape `lm_eval --log_samples` writes (EvaluationTracker.save_results_samples).
-        arguments = {f"gen_args_{i}": {f"arg_{j}": a for j, a in enumerate(arg)}
-                     for i, arg in enumerate(sample["arguments"])}
-        return {**sample, "arguments": arguments, "resps": sanitize_list(sample["resps"]),
-                "filtered_resps": sanitize_list(sample["filtered_resps"]),
-                "target": str(sample["target"])}
-
-    for task, rows in results.pop("samples", {}).items():
-        text = "".join(dumps(as_logged(r)) + "\n" for r in rows)
-        atomic_write_text(out / f"samples_{task}.jsonl", text)
-    atomic_write_text(out / RESULTS, json.dumps(
-        json.loads(dumps(results)), indent=2, ensure_ascii=False) + "\n")
-
-
-# The bar that follows the scoring itself: vLLM's over the requests lm-eval hands it all at
-# once, or lm-eval's over its hf batches.
-_SCORING_BARS = {"vllm": ("Processed prompts",),
-                 "hf": ("Running loglikelihood requests", "Running generate_until requests")}
-
-
-def _one_bar(model_type: str) -> None:
-    """lm-eval and vLLM draw up to seven bars per model (weights, requests built, tokenized,
-    rendered, ...), nested; all but the scoring bar are turned off in this child process."""
-    from tqdm import std
-
-    keep, init = _SCORING_BARS.get(model_type, ()), std.tqdm.__init__
-
-    def init_unless_chatter(bar, *args, **kwargs):
-        if not str(kwargs.get("desc") or "").startswith(keep):
-            kwargs["disable"] = True
-        init(bar, *args, **kwargs)
-
-    std.tqdm.__init__ = init_unless_chatter
-
-
-def _git_hash() -> str | None:
-    """The results' `git_hash`, as lm-eval records it, without git's 'fatal: not a git
-    repository' on the terminal when the run starts outside a checkout."""
-    try:
-        return subprocess.check_output(["git", "describe", "--always"],
-                                       stderr=subprocess.DEVNULL).decode().strip()
-    except (subprocess.CalledProcessError, FileNotFoundError):
-        return None
-
-
-def _die_with_parent() -> None:
-    """A killed stage must not leave its scoring process (holding a model, maybe a GPU)
-    running: on Linux the kernel sends this process SIGTERM when its parent dies."""
-    if not sys.platform.startswith("linux"):
-        return
-    import ctypes
-    import signal
-
-    parent = os.getppid()
-    try:
-        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        return
-    if os.getppid() != parent:  # the parent died before the request took effect
-        sys.exit(1)
-
-
-def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 1:
-        print("usage: python -m crescent.stages.evaluate <spec.json>", file=sys.stderr)
-        sys.exit(2)
-    _die_with_parent()
-    from crescent.infra import logs
-
-    logs.setup(logs.verbose())  # the parent's choice, passed down in the environment
-    spec_path = Path(argv[0])
-    spec = read_json(spec_path)
-    try:
-        score(spec)
-    except CrescentError as e:
-        atomic_write_text(spec_path.parent / ERROR, f"{e}\n")
-        print(f"crescent: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(1)
-
-
-# ------------------------------------------------------------------ metrics and the table
-
-
-def metrics_of(results: dict) -> dict[str, dict[str, float]]:
-    """lm-eval's raw results -> {task: {metric: value}}: the `metric,filter` numbers, stderrs
-    kept, the `,none` filter suffix dropped (`bits_per_byte,none` -> `bits_per_byte`)."""
-    out: dict[str, dict[str, float]] = {}
-    for task, values in {**results.get("results", {}), **results.get("groups", {})}.items():
-        metrics = {}
-        for key, value in values.items():
-            if "," not in key or isinstance(value, bool) or not isinstance(value, (int, float)):
-                continue  # name, alias, sample_len; "N/A" stderrs
-            if isinstance(value, float) and math.isnan(value):
-                continue
-            metrics[key.removesuffix(",none")] = value
-        if metrics:
-            out[task] = metrics
-    return out
-
-
-def lower_is_better(raw: dict[str, dict]) -> set[tuple[str, str]]:
-    """(task, metric) pairs whose `higher_is_better` is false in any model's results."""
-    lower = set()
-    for results in raw.values():
-        for task, flags in results.get("higher_is_better", {}).items():
-            lower |= {(task, m) for m, higher in flags.items() if higher is False}
-    return lower
-
-
-def _base_metric(name: str) -> str:
-    return name.split(",", 1)[0]
-
-
-def headline_pairs(metrics: dict, tasks: list[str]) -> list[tuple[str, str]]:
-    """(task, metric) rows of the table: the requested tasks' metrics, no stderrs, in order."""
-    rows: list[tuple[str, str]] = []
-    for task in tasks:
-        names: list[str] = []
-        for per_task in metrics.values():
-            for name in per_task.get(task, {}):
-                if "_stderr" not in name and name not in names:
-                    names.append(name)
-        rows += [(task, name) for name in names]
-    return rows
-
-
-def reference_label(metrics: dict) -> str:
-    return BASE if BASE in metrics else next(iter(metrics))
-
-
-def deltas(metrics: dict, tasks: list[str]) -> dict[str, dict[str, dict[str, float]]]:
-    """{label: {task: {metric: label's value - reference's value}}} for every other label."""
-    ref = reference_label(metrics)
-    out: dict[str, dict[str, dict[str, float]]] = {}
-    for label, per_task in metrics.items():
-        if label == ref:
-            continue
-        for task, name in headline_pairs(metrics, tasks):
-            a = per_task.get(task, {}).get(name)
-            b = metrics[ref].get(task, {}).get(name)
-            if a is not None and b is not None:
-                out.setdefault(label, {}).setdefault(task, {})[name] = a - b
-    return out
-
-
-def delta_table(metrics: dict, tasks: list[str], lower: set[tuple[str, str]] = frozenset()) -> str:
-    """A Markdown table: one row per (task, metric), one column per model, then the deltas
-    against the reference model (`base`); arrows say which direction is better."""
-    labels = list(metrics)
-    ref = reference_label(metrics)
-    others = [label for label in labels if label != ref]
-    diff = {label: {} for label in others} | deltas(metrics, tasks)
-    header = ["task", "metric", *labels, *(f"{label} - {ref}" for label in others)]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for task, name in headline_pairs(metrics, tasks):
-        arrow = "↓" if (task, _base_metric(name)) in lower else "↑"
-        cells = [task, f"{name} {arrow}"]
-        cells += [_fmt(metrics[label].get(task, {}).get(name)) for label in labels]
-        cells += [_fmt(diff[label].get(task, {}).get(name), signed=True) for label in others]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _fmt(value, signed: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{value:+.4f}" if signed else f"{value:.4f}"
-
-
-def headline_stats(metrics, tasks, raw, models, seconds) -> dict:
-    """stats.json: the requested tasks' metrics per model and the deltas (logged to W&B as
-    `evaluate/<label>/<task>/<metric>`), sample counts, model paths and scoring times."""
-    pairs = headline_pairs(metrics, tasks)
-    stats: dict = {}
-    for label, per_task in metrics.items():
-        for task, name in pairs:
-            if name in per_task.get(task, {}):
-                stats.setdefault(label, {}).setdefault(task, {})[name] = per_task[task][name]
-    stats["delta"] = deltas(metrics, tasks)
-    stats["n_samples"] = {
-        task: n.get("effective")
-        for results in raw.values()
-        for task, n in results.get("n-samples", {}).items()
-        if task in tasks
-    }
-    stats["models"] = models
-    stats["score_seconds"] = seconds
-    return stats
-
-
-if __name__ == "__main__":
-    main()

@@ -1,13 +1,11 @@
-"""Finetune stage: Lightning SFT of the student on chat data, saved as a merged Hugging Face model.
+"""Finetune stage: Lightning training of the student on the answers stage's data, saved as a
+merged Hugging Face model.
 
-Data (crescent.methods.sft_data): every conversation is rendered with the student's own chat
-template and tokenised once, with the loss on assistant tokens only; batches are padded to their
-longest row, or `packing` fills rows of `max_length` with several examples.
-
-Training (crescent.methods.training): full fine-tuning or LoRA (merged before saving), AdamW
-with warm-up and a cosine/linear decay; precision, accelerator, devices, strategy and nodes are
-Lightning's, from the config, so the same experiment runs on this CPU and on a GPU cluster.
-Lightning and torch are imported only once training starts.
+The objective (`finetune.objective`, crescent/objectives/; `sft` by default) supplies the data
+and the loss; crescent/methods/training.py the rest: full fine-tuning or LoRA (merged before
+saving), AdamW with warm-up and a cosine/linear decay; precision, accelerator, devices, strategy
+and nodes are Lightning's, from the config, so the same experiment runs on this CPU and on a GPU
+cluster. Lightning and torch are imported only once training starts.
 
 Resume: `checkpoints/last.ckpt` (trained weights, optimiser, scheduler, loop counters and the
 sampler's place in the epoch) is written atomically every `checkpoint_every_n_steps`; a re-run
@@ -25,25 +23,32 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from crescent.infra.io import CrescentError, read_jsonl, write_json
-from crescent.methods.sft_data import load_conversations
+from crescent.cache import STATS, Stage
+from crescent.errors import CrescentError
+from crescent.infra.io import read_jsonl, write_json
 
 logger = logging.getLogger(__name__)
 
-MODEL_DIR = "model"
+# finetune.seed lives in the finetune group: replicas of a fine-tune share the data above.
+STAGE = Stage("finetune", ("seed", "student", "finetune"), upstream="answers",
+              input_key="finetune.input", version=1)
+MODEL_DIR = "model"  # the trained student, a Hugging Face save_pretrained dir
 CHECKPOINT_DIR = "checkpoints"
 LAST_CKPT = "last.ckpt"
 METRICS = "metrics.jsonl"
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
-    """Train the student on the SFT conversations and save it into finetune/model, resuming
+    """Train the student on the objective's examples and save it into finetune/model, resuming
     from the last checkpoint; a model already saved is kept as it is."""
+    from crescent.registry import OBJECTIVES
+
     run_dir = Path(run_dir)
-    out = run_dir / "finetune"
+    out = run_dir / STAGE.name
     f = cfg.finetune
-    input_path = _check_input(f, run_dir)
-    if (out / MODEL_DIR / "config.json").is_file() and (out / "stats.json").is_file():
+    objective = OBJECTIVES.get(f.objective)
+    input_path = _check_input(f, run_dir, objective.input_file)
+    if (out / MODEL_DIR / "config.json").is_file() and (out / STATS).is_file():
         return out  # trained and saved; only the DONE marker was missing
     started = time.time()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -52,22 +57,23 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
 
     quiet_libraries()  # importing Lightning set its logger back to INFO
 
-    conversations = _read_conversations(f, input_path)
+    examples = _select(f, objective.load_examples(input_path))
     model_path, tokenizer = _load_student(cfg.student.name)
     precision = training.resolve_precision(f.precision, f.accelerator)
     # finetune.seed replicates the fine-tune alone (shuffle, split, LoRA init): the data
     # stages' cache keys do not hold it, so replicas share their questions and answers.
     seed = cfg.seed if f.seed is None else f.seed
     training.seed_everything(seed)
-    data = training.SFTDataModule(conversations, tokenizer, f, seed)
-    module = training.SFTModule(f, model_path, training.load_dtype(precision), out / METRICS)
+    data = objective.data_module(examples, tokenizer, f, seed)
+    module = objective(f, model_path, training.load_dtype(precision))
+    metrics = training.StepMetrics(out / METRICS)
     trainer = training.build_trainer(f, out, out / CHECKPOINT_DIR, precision,
-                                     _make_logger(cfg, run_dir))
+                                     _make_logger(cfg, run_dir), metrics)
     _fit(trainer, module, data, out / CHECKPOINT_DIR / LAST_CKPT)
     val_loss = _validate(trainer, module, data, f)
     training.release_optimizer(trainer)
     if trainer.is_global_zero:
-        stats = _stats(cfg, input_path, trainer, data, module, precision, val_loss)
+        stats = _stats(cfg, input_path, trainer, data, module, metrics, precision, val_loss)
         training.save_model(module.model, tokenizer, out / MODEL_DIR, f.mode, cfg.student.dtype)
         _write_stats(out, stats, started)
     # Other ranks (DDP) return only once the model and stats are on disk.
@@ -80,22 +86,22 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
 # ------------------------------------------------------------------------------------- steps
 
 
-def _check_input(f: DictConfig, run_dir: Path) -> Path:
-    """`finetune.input`, or the answers stage's sft.jsonl of this run; it must exist."""
-    input_path = Path(f.input) if f.input else run_dir / "answers" / "sft.jsonl"
+def _check_input(f: DictConfig, run_dir: Path, default: str) -> Path:
+    """`finetune.input`, or the answers stage's `default` file of this run; it must exist."""
+    input_path = Path(f.input) if f.input else run_dir / "answers" / default
     if not input_path.exists():
         raise CrescentError(f"finetune.input: {input_path}: no such file or directory")
     return input_path
 
 
-def _read_conversations(f: DictConfig, input_path: Path) -> list[list[dict]]:
-    conversations = load_conversations(input_path)
+def _select(f: DictConfig, examples: list) -> list:
+    """The examples trained on: the first `max_examples`, then the first `fraction` of them."""
     if f.max_examples is not None:
         # The first N, in the answers stage's order: a data-volume sweep's sets are nested.
-        conversations = conversations[: f.max_examples]
+        examples = examples[: f.max_examples]
     if f.fraction < 1:
-        conversations = conversations[: max(1, round(f.fraction * len(conversations)))]
-    return conversations
+        examples = examples[: max(1, round(f.fraction * len(examples)))]
+    return examples
 
 
 def _load_student(name: str):
@@ -129,33 +135,34 @@ def _validate(trainer, module, data, f: DictConfig) -> float | None:
     return result[0].get("val/loss") if result else None
 
 
-def _stats(cfg, input_path, trainer, data, module, precision, val_loss) -> dict:
+def _stats(cfg, input_path, trainer, data, module, metrics, precision, val_loss) -> dict:
     """stats.json: the data's counts, steps and tokens over all attempts, losses, speed and
     memory of this attempt, and the model's parameters."""
     import torch
 
     f = cfg.finetune
-    out = Path(module.metrics_path).parent
-    rows = list(read_jsonl(out / METRICS)) if (out / METRICS).exists() else []
+    path = metrics.metrics_path
+    rows = list(read_jsonl(path)) if path.exists() else []
     per_step = f.batch_size * f.accumulate_grad_batches * trainer.world_size
     peak_gpu = (torch.cuda.max_memory_allocated() / 2**20) if torch.cuda.is_available() else None
     return {
         "input": str(input_path),
         "student": cfg.student.name,
+        "objective": f.objective,
         "mode": f.mode,
         **data.counts,
         "steps": trainer.global_step,
         "epochs": round(trainer.global_step * per_step / max(1, len(data.train)), 3),
-        "resumed_from_step": module.resumed_from_step,
-        "steps_this_run": sum(1 for r in rows if r["attempt"] == module.attempt),
+        "resumed_from_step": metrics.resumed_from_step,
+        "steps_this_run": sum(1 for r in rows if r["attempt"] == metrics.attempt),
         "tokens": sum(r["tokens"] for r in rows),
         "loss_tokens": sum(r["loss_tokens"] for r in rows),
         "train_loss_first": rows[0]["loss"] if rows else None,
         "train_loss_final": rows[-1]["loss"] if rows else None,
         "val_loss_final": None if val_loss is None else round(float(val_loss), 6),
-        "train_time_s": round(module.train_seconds, 2),
-        "tokens_per_s": round(module.tokens_this_run / max(module.train_seconds, 1e-9), 2),
-        "peak_rss_mib": round(module.peak_rss_mib, 1),  # process peak up to the end of training
+        "train_time_s": round(metrics.train_seconds, 2),
+        "tokens_per_s": round(metrics.tokens_this_run / max(metrics.train_seconds, 1e-9), 2),
+        "peak_rss_mib": round(metrics.peak_rss_mib, 1),  # process peak up to the end of training
         "peak_gpu_mib": None if peak_gpu is None else round(peak_gpu, 1),
         "trainable_params": sum(p.numel() for p in module.model.parameters() if p.requires_grad),
         "total_params": sum(p.numel() for p in module.model.parameters()),
@@ -166,7 +173,7 @@ def _stats(cfg, input_path, trainer, data, module, precision, val_loss) -> dict:
 
 def _write_stats(out: Path, stats: dict, started: float) -> None:
     stats["wall_time_s"] = round(time.time() - started, 2)
-    write_json(out / "stats.json", stats)
+    write_json(out / STATS, stats)
     val = stats["val_loss_final"]
     logger.info(f"crescent: finetune: {stats['steps']} steps, train loss "
                 f"{stats['train_loss_first']} -> {stats['train_loss_final']}"

@@ -28,13 +28,17 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
-from crescent.infra.io import CrescentError, JsonlAppender, numbered_jsonl, resume_jsonl, write_json
+from crescent.cache import STATS, Stage
+from crescent.errors import CrescentError
+from crescent.infra.io import JsonlAppender, numbered_jsonl, resume_jsonl, write_json
 from crescent.methods.cleaning import clean_question
 
 logger = logging.getLogger(__name__)
 
-QUESTIONS = "questions.jsonl"
-REJECTED = "rejected.jsonl"
+STAGE = Stage("questions", ("seed", "model", "engine", "domain", "dedup", "questions"),
+              version=2, generates=True)
+QUESTIONS = "questions.jsonl"  # accepted, numbered by id
+REJECTED = "rejected.jsonl"  # every rejected candidate, with its reason
 
 
 @dataclass
@@ -49,14 +53,23 @@ class _State:
     pending: deque = field(default_factory=deque)
     rounds: dict[int, int] = field(default_factory=dict)  # requested, not decided: round
     tokens: Counter = field(default_factory=Counter)
+    logs: tuple | None = None  # (questions.jsonl, rejected.jsonl) appenders while generating
 
     @property
     def decided(self) -> int:
         return len(self.accepted) + len(self.rejected)
 
+    def accept(self, record: dict) -> None:
+        self.logs[0].write(record)
+        self.accepted.append(record)
+
+    def reject(self, record: dict) -> None:
+        self.logs[1].write(record)
+        self.rejected.append(record)
+
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
-    from crescent.infra.engines import make_engine
+    from crescent.engines import make_engine
     from crescent.methods.dedup import make_embedder
 
     out = Path(run_dir) / "questions"
@@ -70,7 +83,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     if stats["stop_reason"] == "max_candidates":
         logger.info(f"crescent: questions: max_candidates={cfg.questions.max_candidates} spent "
                     f"with {stats['accepted']} of target={cfg.questions.target} accepted")
-    write_json(out / "stats.json", stats)
+    write_json(out / STATS, stats)
     return out
 
 
@@ -129,7 +142,7 @@ def _generate_until_done(cfg, out: Path, state: _State, engine, embedder, index)
     `max_candidates` are decided."""
     from tqdm import tqdm
 
-    from crescent.infra.streaming import generate_in_order
+    from crescent.engines import generate_in_order
 
     qcfg = cfg.questions
     start, block = state.decided, []  # block: (candidate, raw text) waiting for its decision
@@ -146,11 +159,12 @@ def _generate_until_done(cfg, out: Path, state: _State, engine, embedder, index)
         bar.set_postfix_str(f"{c + 1} candidates generated")
         if (c + 1) % qcfg.batch_size and c + 1 < qcfg.max_candidates:
             return True  # the block is not complete yet
-        bar.update(_decide(cfg, block, state, embedder, index, acc_out, rej_out))
+        bar.update(_decide(cfg, block, state, embedder, index))
         block.clear()
         return len(state.accepted) < qcfg.target
 
-    with JsonlAppender(out / QUESTIONS) as acc_out, JsonlAppender(out / REJECTED) as rej_out:
+    with JsonlAppender(out / QUESTIONS) as accepted, JsonlAppender(out / REJECTED) as rejected:
+        state.logs = (accepted, rejected)
         if len(state.accepted) < qcfg.target:
             generate_in_order(engine, qcfg.sampling, 1, cfg.engine.batch_size,
                               lambda i: requests(start + i), take)
@@ -160,7 +174,7 @@ def _generate_until_done(cfg, out: Path, state: _State, engine, embedder, index)
 def _request_maker(cfg: DictConfig, state: _State):
     """candidate number -> its request, or None when it must wait for decisions (or the budget
     is spent)."""
-    from crescent.infra.engines import Request, derive_seed
+    from crescent.engines import Request, derive_seed
 
     qcfg, fresh = cfg.questions, make_source(cfg)
 
@@ -181,8 +195,7 @@ def _request_maker(cfg: DictConfig, state: _State):
     return request
 
 
-def _decide(cfg, block: list[tuple[int, str]], state: _State, embedder, index,
-            acc_out: JsonlAppender, rej_out: JsonlAppender) -> int:
+def _decide(cfg, block: list[tuple[int, str]], state: _State, embedder, index) -> int:
     """Clean, then accept or reject each candidate of a block against the index and the block,
     in order, until `target`; queue a rewrite for each duplicate. Returns how many were
     accepted."""
@@ -201,9 +214,10 @@ def _decide(cfg, block: list[tuple[int, str]], state: _State, embedder, index,
     for c, raw, text, reason in cleaned:
         if len(state.accepted) >= qcfg.target:
             break  # the rest of the block is never decided: the stage is done
-        rnd = state.rounds.pop(c)
+        rejected = {"question": text, "raw": raw, "round": state.rounds.pop(c)}
         if reason:
-            _reject(state, rej_out, c, text, raw, rnd, reason, None, None)
+            state.reject({**rejected, "reason": reason, "nearest_id": None, "similarity": None,
+                          "candidate": c})
             continue
         position, d = next(decisions)
         nearest_id = None if d is None else (
@@ -211,25 +225,17 @@ def _decide(cfg, block: list[tuple[int, str]], state: _State, embedder, index,
             else d.nearest_row)
         similarity = None if d is None or d.similarity is None else round(d.similarity, 4)
         if d is None or d.accepted:
-            record = {"id": len(state.accepted), "question": text, "round": rnd,
-                      "nearest_id": nearest_id, "similarity": similarity, "candidate": c}
-            acc_out.write(record)
-            state.accepted.append(record)
-            ids_in_block[position] = record["id"]
+            ids_in_block[position] = len(state.accepted)
+            state.accept({"id": len(state.accepted), "question": text,
+                          "round": rejected["round"], "nearest_id": nearest_id,
+                          "similarity": similarity, "candidate": c})
         else:
-            _reject(state, rej_out, c, text, raw, rnd, "duplicate", nearest_id, similarity)
+            state.reject({**rejected, "reason": "duplicate", "nearest_id": nearest_id,
+                          "similarity": similarity, "candidate": c})
             _queue_rewrite(cfg, state, c, state.rejected[-1])
     if index is not None and ids_in_block:  # rows stay equal to ids: accepted in order
         index.add(vectors[list(ids_in_block)])
     return len(ids_in_block)
-
-
-def _reject(state: _State, rej_out: JsonlAppender, c: int, text: str, raw: str, rnd: int,
-            reason: str, nearest_id, similarity) -> None:
-    record = {"question": text, "raw": raw, "round": rnd, "reason": reason,
-              "nearest_id": nearest_id, "similarity": similarity, "candidate": c}
-    rej_out.write(record)
-    state.rejected.append(record)
 
 
 def _stats(qcfg, state: _State, index, wall: float) -> dict:
@@ -264,16 +270,15 @@ def make_source(cfg: DictConfig):
 
         prompt = pre_query_prompt(resolve_model(cfg.model.name), domain.magpie_system)
         return lambda drawn: prompt
-    if source == "seed_aug":
-        if not domain.seed_prompt:
-            raise CrescentError(
-                f"questions.source=seed_aug: domain {domain.name!r} has no seed_prompt")
-        seeds = load_seeds(cfg.questions.seeds)
-        # One seeded order, walked through and wrapped around: each seed is used once per pass.
-        order = np.random.default_rng(cfg.seed).permutation(len(seeds))
-        return lambda drawn: [{"role": "user", "content": domain.seed_prompt.format(
-            seed=seeds[order[drawn % len(seeds)]])}]
-    raise CrescentError(f"questions.source={source!r}: expected bait, magpie or seed_aug")
+    # seed_aug, the one source left (QuestionSource allows no other)
+    if not domain.seed_prompt:
+        raise CrescentError(
+            f"questions.source=seed_aug: domain {domain.name!r} has no seed_prompt")
+    seeds = load_seeds(cfg.questions.seeds)
+    # One seeded order, walked through and wrapped around: each seed is used once per pass.
+    order = np.random.default_rng(cfg.seed).permutation(len(seeds))
+    return lambda drawn: [{"role": "user", "content": domain.seed_prompt.format(
+        seed=seeds[order[drawn % len(seeds)]])}]
 
 
 def pre_query_prompt(model_path: str, system: str | None) -> str:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Protocol
 
 from crescent.config import SamplingConfig
-from crescent.infra.engines import Engine, Generation, Request
+from crescent.engines.base import Engine, Generation, Request, derive_seed
 
 
 class Session(Protocol):
@@ -94,3 +94,14 @@ class BatchSession:
 
     def close(self) -> None:
         self.waiting = []
+
+
+def through_session(engine, inputs, sampling, n, seed) -> list[Generation]:
+    """`chat`/`complete` of an engine whose requests go through its session: all of them in
+    flight at once, input i seeded `derive_seed(seed, i)` as a single offline engine seeds it,
+    the results in input order."""
+    results = []
+    generate_in_order(engine, sampling, n, len(inputs),
+                      lambda i: Request(inputs[i], derive_seed(seed, i)) if i < len(inputs)
+                      else None, lambda i, generation: results.append(generation) or True)
+    return results

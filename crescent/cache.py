@@ -1,0 +1,250 @@
+"""The stage table and the artefact cache: keys, entries, links, locks, the DONE marker.
+
+A stage is a module with `run(cfg, run_dir) -> Path` and a `STAGE` declaration (`Stage`): the
+config keys that determine its output, its upstream, its version and the cache entries it keeps
+beside its own (`entries`: the answers stage's samples, the evaluate stage's base-model scores).
+The runner (crescent/pipeline.py) and the stages use the same objects from here.
+
+With `cache_dir` set, a stage's dir is a link to `<cache_dir>/<name>/<key>`, where the key
+hashes the config that determines the output (its own keys and its upstream's key, or the
+content of an explicit input file). Sweep points that share upstream settings therefore share
+those outputs: a learning-rate sweep generates its questions and answers once. A lock per
+entry keeps parallel sweep jobs from computing one entry twice at the same time.
+
+Stale outputs: a stage's `version` is bumped whenever the same config would now produce
+different output (extraction rules, cleaning, templates, task files). It is part of the key, so
+an entry made by another version is never reused. Benchmark data (`eval.data_dir`,
+`$CRESCENT_DATA` or the crescent cache) enters a key as the sha256 of the files read
+(crescent/infra/data.py), never as a machine path.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Optional
+
+from omegaconf import DictConfig, OmegaConf
+
+from crescent.errors import CrescentError
+from crescent.infra.io import atomic_write_text, write_json
+
+logger = logging.getLogger(__name__)
+
+DONE = "DONE"  # written last and atomically: the entry is complete
+STATS = "stats.json"  # every stage's counts, wall time and provenance
+KEY_FILE = "cache_key.json"  # what an entry's key hashes, for whoever reads the cache
+
+# The one stage table, in data-flow order: name -> the module that declares and runs it.
+STAGES: dict[str, str] = {
+    "questions": "crescent.stages.questions",
+    "answers": "crescent.stages.answers",
+    "finetune": "crescent.stages.finetune",
+    "evaluate": "crescent.stages.evaluate",
+}
+
+
+@dataclass(frozen=True, eq=False)
+class Stage:
+    """What a stage's (or one of its entries') output depends on."""
+
+    name: str
+    keys: tuple[str, ...] = ()  # config keys that determine the output
+    upstream: Optional[str] = None  # the stage or entry whose output it reads by default
+    input_key: Optional[str] = None  # config key of an explicit input that replaces upstream
+    # Bump when the same config would now give other output (rules, cleaning, templates).
+    version: int = 1
+    # Benchmark files read: a config key holding a list of them, or "*" for every pinned one.
+    data: Optional[str] = None
+    exclude: tuple[str, ...] = ()  # dotted keys left out of the hash (machine paths)
+    # dotted key -> its value as the stage resolves it (a default that follows another key)
+    resolved: dict[str, Callable[[DictConfig], Any]] = field(default_factory=dict)
+    entries: tuple["Stage", ...] = ()  # cache entries the stage keeps beside its own
+    generates: bool = False  # uses `cfg.engine`: shares the process's engine, others free it
+
+
+def load_stage(name: str) -> ModuleType:
+    """The stage's module, checked to declare the stage it is listed as."""
+    if name not in STAGES:
+        raise CrescentError(f"stages: unknown stage {name!r} (known: {', '.join(STAGES)})")
+    path = STAGES[name]
+    try:
+        module = importlib.import_module(path)
+    except ModuleNotFoundError as e:
+        if e.name != path:  # a missing dependency inside the stage: not ours to hide
+            raise
+        raise CrescentError(f"stage {name!r} is not implemented yet") from None
+    declared = getattr(module, "STAGE", None)
+    if not isinstance(declared, Stage) or declared.name != name:
+        raise CrescentError(f"stage {name!r}: {path} declares no STAGE = Stage({name!r}, ...)")
+    return module
+
+
+def spec(name: str) -> Stage:
+    """The declaration of a stage or of an entry a stage keeps."""
+    if name in STAGES:
+        return load_stage(name).STAGE
+    for stage in STAGES:
+        for entry in load_stage(stage).STAGE.entries:
+            if entry.name == name:
+                return entry
+    raise CrescentError(f"no stage or cache entry named {name!r}")
+
+
+def owner(name: str) -> str:
+    """The stage that keeps entry `name` (a stage owns itself)."""
+    if name in STAGES:
+        return name
+    return next(s for s in STAGES if any(e.name == name for e in load_stage(s).STAGE.entries))
+
+
+def stage_key(cfg: DictConfig, name: str) -> tuple[str, dict]:
+    """The cache key of a stage's (or entry's) output, and what it hashes."""
+    stage = spec(name)
+    parts = {key: _plain(OmegaConf.select(cfg, key)) for key in stage.keys}
+    for key, value_of in stage.resolved.items():
+        _set(parts, key, value_of(cfg))
+    explicit = OmegaConf.select(cfg, stage.input_key) if stage.input_key else None
+    if explicit:
+        # What counts is the input's content, not where it lies.
+        _drop(parts, stage.input_key)
+        parts["input_sha256"] = content_hash(Path(explicit), stage.input_key)
+    elif stage.upstream:
+        parts["upstream"] = stage_key(cfg, stage.upstream)[0]
+    if stage.data:
+        parts["benchmarks"] = _data_identity(cfg, stage.data)
+    for key in stage.exclude:
+        _drop(parts, key)
+    parts["version"] = stage.version
+    digest = hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(),
+                             digest_size=8)
+    return digest.hexdigest(), parts
+
+
+def _plain(value):
+    return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
+
+
+def _set(parts: dict, dotted: str, value) -> None:
+    *path, last = dotted.split(".")
+    node = parts
+    for step in path:
+        node = node.get(step) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node[last] = value
+
+
+def _drop(parts: dict, dotted: str) -> None:
+    *path, last = dotted.split(".")
+    node = parts
+    for step in path:
+        node = node.get(step) if isinstance(node, dict) else None
+    if isinstance(node, dict):
+        node.pop(last, None)
+
+
+def _data_identity(cfg: DictConfig, which: str) -> dict[str, str]:
+    from crescent.infra import data
+
+    rels = data.PINS if which == "*" else (OmegaConf.select(cfg, which) or [])
+    return data.identity(OmegaConf.select(cfg, "eval.data_dir", default=None), list(rels))
+
+
+def content_hash(path: Path, what: str) -> str:
+    """sha256 of a file, or of every file (name and bytes) under a directory."""
+    if not path.exists():
+        raise CrescentError(f"{what}: {path} does not exist")
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(str(file.relative_to(path) if path.is_dir() else "").encode())
+        with file.open("rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+# ----------------------------------------------------------------------------- entries
+
+
+def is_done(where: Path) -> bool:
+    return (Path(where) / DONE).exists()
+
+
+def mark_done(where: Path) -> None:
+    """The DONE marker, atomically and last: what the dir holds is complete."""
+    atomic_write_text(Path(where) / DONE, time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+
+
+@dataclass
+class Entry:
+    """One cache entry: `<cache_dir>/<name>/<key>`, its key file, lock and DONE marker."""
+
+    name: str
+    dir: Path
+    parts: dict  # what the key hashes
+
+    @property
+    def done(self) -> bool:
+        return is_done(self.dir)
+
+    def open(self) -> "Entry":
+        """Create the entry's dir and record what its key hashes."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        write_json(self.dir / KEY_FILE, self.parts)
+        return self
+
+    @contextmanager
+    def locked(self, what: str):
+        """Hold the entry's lock; a job that finds it held waits for the other."""
+        from filelock import FileLock, Timeout
+
+        lock = FileLock(f"{self.dir}.lock")
+        try:
+            lock.acquire(timeout=0)
+        except Timeout:
+            logger.info("crescent: %s: another job is running it in %s, waiting", what, self.dir)
+            lock.acquire()
+        try:
+            yield self
+        finally:
+            lock.release()
+
+    def finish(self) -> None:
+        mark_done(self.dir)
+
+
+def entry(cfg: DictConfig, run_dir: Path, name: str) -> Entry | None:
+    """Where stage or entry `name` of this config lives in the cache; None when the cache is
+    off, when the run dir holds the stage as a real dir (made with the cache off), or, for an
+    entry a stage keeps, when that stage's dir is not a cache link: its entries then live in
+    the stage dir itself."""
+    cache = OmegaConf.select(cfg, "cache_dir", default=None)
+    stage = Path(run_dir) / owner(name)
+    in_cache = stage.is_symlink() if name != stage.name else not stage.is_dir() or stage.is_symlink()
+    if not cache or not in_cache:
+        return None
+    key, parts = stage_key(cfg, name)
+    return Entry(name, Path(cache).resolve() / name / key, parts)
+
+
+def link(out: Path, target: Path) -> None:
+    """Point `out` (a run's stage dir, or a file or dir in it) at a cache entry's `target`,
+    relatively, so the tree can move."""
+    if out.is_symlink() and out.resolve() == target.resolve():
+        return
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.link")
+    if tmp.is_symlink():
+        tmp.unlink()
+    os.symlink(os.path.relpath(target, out.parent.resolve()), tmp)
+    os.replace(tmp, out)

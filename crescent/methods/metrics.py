@@ -1,0 +1,115 @@
+"""lm-eval's raw results as metrics, and the table of models side by side with their deltas."""
+
+from __future__ import annotations
+
+import math
+
+BASE, FINETUNED = "base", "finetuned"  # the default labels: the student and this run's model
+
+
+
+def metrics_of(results: dict) -> dict[str, dict[str, float]]:
+    """lm-eval's raw results -> {task: {metric: value}}: the `metric,filter` numbers, stderrs
+    kept, the `,none` filter suffix dropped (`bits_per_byte,none` -> `bits_per_byte`)."""
+    out: dict[str, dict[str, float]] = {}
+    for task, values in {**results.get("results", {}), **results.get("groups", {})}.items():
+        metrics = {}
+        for key, value in values.items():
+            if "," not in key or isinstance(value, bool) or not isinstance(value, (int, float)):
+                continue  # name, alias, sample_len; "N/A" stderrs
+            if isinstance(value, float) and math.isnan(value):
+                continue
+            metrics[key.removesuffix(",none")] = value
+        if metrics:
+            out[task] = metrics
+    return out
+
+
+def lower_is_better(raw: dict[str, dict]) -> set[tuple[str, str]]:
+    """(task, metric) pairs whose `higher_is_better` is false in any model's results."""
+    lower = set()
+    for results in raw.values():
+        for task, flags in results.get("higher_is_better", {}).items():
+            lower |= {(task, m) for m, higher in flags.items() if higher is False}
+    return lower
+
+
+def _base_metric(name: str) -> str:
+    return name.split(",", 1)[0]
+
+
+def headline_pairs(metrics: dict, tasks: list[str]) -> list[tuple[str, str]]:
+    """(task, metric) rows of the table: the requested tasks' metrics, no stderrs, in order."""
+    rows: list[tuple[str, str]] = []
+    for task in tasks:
+        names: list[str] = []
+        for per_task in metrics.values():
+            for name in per_task.get(task, {}):
+                if "_stderr" not in name and name not in names:
+                    names.append(name)
+        rows += [(task, name) for name in names]
+    return rows
+
+
+def reference_label(metrics: dict) -> str:
+    return BASE if BASE in metrics else next(iter(metrics))
+
+
+def deltas(metrics: dict, tasks: list[str]) -> dict[str, dict[str, dict[str, float]]]:
+    """{label: {task: {metric: label's value - reference's value}}} for every other label."""
+    ref = reference_label(metrics)
+    out: dict[str, dict[str, dict[str, float]]] = {}
+    for label, per_task in metrics.items():
+        if label == ref:
+            continue
+        for task, name in headline_pairs(metrics, tasks):
+            a = per_task.get(task, {}).get(name)
+            b = metrics[ref].get(task, {}).get(name)
+            if a is not None and b is not None:
+                out.setdefault(label, {}).setdefault(task, {})[name] = a - b
+    return out
+
+
+def delta_table(metrics: dict, tasks: list[str], lower: set[tuple[str, str]] = frozenset()) -> str:
+    """A Markdown table: one row per (task, metric), one column per model, then the deltas
+    against the reference model (`base`); arrows say which direction is better."""
+    labels = list(metrics)
+    ref = reference_label(metrics)
+    others = [label for label in labels if label != ref]
+    diff = {label: {} for label in others} | deltas(metrics, tasks)
+    header = ["task", "metric", *labels, *(f"{label} - {ref}" for label in others)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for task, name in headline_pairs(metrics, tasks):
+        arrow = "↓" if (task, _base_metric(name)) in lower else "↑"
+        cells = [task, f"{name} {arrow}"]
+        cells += [_fmt(metrics[label].get(task, {}).get(name)) for label in labels]
+        cells += [_fmt(diff[label].get(task, {}).get(name), signed=True) for label in others]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(value, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def headline_stats(metrics, tasks, raw, models, seconds) -> dict:
+    """stats.json: the requested tasks' metrics per model and the deltas (logged to W&B as
+    `evaluate/<label>/<task>/<metric>`), sample counts, model paths and scoring times."""
+    pairs = headline_pairs(metrics, tasks)
+    stats: dict = {}
+    for label, per_task in metrics.items():
+        for task, name in pairs:
+            if name in per_task.get(task, {}):
+                stats.setdefault(label, {}).setdefault(task, {})[name] = per_task[task][name]
+    stats["delta"] = deltas(metrics, tasks)
+    stats["n_samples"] = {
+        task: n.get("effective")
+        for results in raw.values()
+        for task, n in results.get("n-samples", {}).items()
+        if task in tasks
+    }
+    stats["models"] = models
+    stats["score_seconds"] = seconds
+    return stats

@@ -1,0 +1,182 @@
+"""The evaluate stage's child process: lm-evaluation-harness scores one model from a spec.json.
+
+`python -m crescent.methods.scoring <label dir>/spec.json` runs `lm_eval.simple_evaluate` with
+what the spec says (written by crescent/stages/evaluate.py), writes lm-eval's per-sample logs
+(`samples_<task>.jsonl`, the shape `lm_eval --log_samples` writes) and then, last, the raw
+results (`results.json`: its presence means "scored"). A CrescentError goes to `error.txt`
+for the parent to print. Each model is scored in its own process: vLLM does not reliably free
+memory in-process, and a label already scored survives a crash of the next.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from crescent.errors import CrescentError
+from crescent.infra.io import atomic_write_text, read_json
+
+RESULTS = "results.json"
+SPEC = "spec.json"
+ERROR = "error.txt"
+
+
+def one_limit(limits: dict[str, int | None]) -> int | None:
+    """lm-eval's `limit` when every task has the same one (else None: `first_docs` decides)."""
+    values = set(limits.values())
+    return values.pop() if len(values) == 1 else None
+
+
+def first_docs(limits: dict[str, int | None], manager=None) -> dict[str, list[int]] | None:
+    """lm-eval takes one `limit` for all tasks, or the documents per task (`samples`): with
+    per-task limits, each limited task's first N documents (all of them when it has fewer;
+    counting them needs the tasks, from `manager`; without it, N)."""
+    if len(set(limits.values())) <= 1:
+        return None
+    named = [task for task, n in limits.items() if n is not None]
+    counted = dict.fromkeys(named, math.inf)
+    if manager is not None:
+        loaded = manager.load(named)["tasks"]  # leaf tasks only: a group is not among them
+        counted = {name: len(loaded[name].eval_docs) for name in named if name in loaded}
+        if len(counted) < len(named):
+            group = next(name for name in named if name not in counted)
+            raise CrescentError(f"eval.limits.{group}: a group of tasks; limit its tasks by name")
+    return {task: list(range(min(limits[task], counted[task]))) for task in named}
+
+
+
+def score(spec: dict) -> None:
+    """Run lm-eval for one model; write per-sample logs, then the raw results (last)."""
+    for key, value in spec["env"].items():
+        os.environ.setdefault(key, value)
+    from crescent.registry import load_plugins
+
+    load_plugins(spec.get("plugins", []))  # a plug-in may register its own lm-eval model type
+    if spec["model"] == "vllm":
+        from crescent.engines.vllm_offline import answer_vllm_version_lookup
+
+        answer_vllm_version_lookup()
+    import lm_eval
+    import lm_eval.evaluator
+    from lm_eval.tasks import TaskManager
+    from lm_eval.utils import handle_non_serializable, sanitize_list
+
+    from crescent.infra import logs
+
+    manager = TaskManager(
+        include_path=spec["include_path"], include_defaults=spec["include_defaults"]
+    )
+    unknown = [t for t in spec["tasks"] if t not in manager.all_tasks]
+    if unknown:
+        raise CrescentError(f"eval.tasks: unknown lm-eval task(s): {', '.join(unknown)}")
+    limit, samples = one_limit(spec["limits"]), first_docs(spec["limits"], manager)
+    lm_eval.evaluator.get_git_commit_hash = _git_hash
+    if not logs.verbose():
+        _one_bar(spec["model"])
+    results = lm_eval.simple_evaluate(
+        model=spec["model"],
+        model_args=spec["model_args"],
+        tasks=spec["tasks"],
+        num_fewshot=spec["num_fewshot"],
+        batch_size=spec["batch_size"],
+        device=spec["device"],
+        limit=limit,
+        samples=samples,
+        log_samples=True,
+        apply_chat_template=spec["apply_chat_template"],
+        fewshot_as_multiturn=spec["fewshot_as_multiturn"],
+        task_manager=manager,
+    )
+    out = Path(spec["out_dir"])
+
+    def dumps(obj) -> str:
+        return json.dumps(obj, ensure_ascii=False, default=handle_non_serializable)
+
+    def as_logged(sample: dict) -> dict:
+        # The shape `lm_eval --log_samples` writes (EvaluationTracker.save_results_samples).
+        arguments = {f"gen_args_{i}": {f"arg_{j}": a for j, a in enumerate(arg)}
+                     for i, arg in enumerate(sample["arguments"])}
+        return {**sample, "arguments": arguments, "resps": sanitize_list(sample["resps"]),
+                "filtered_resps": sanitize_list(sample["filtered_resps"]),
+                "target": str(sample["target"])}
+
+    for task, rows in results.pop("samples", {}).items():
+        text = "".join(dumps(as_logged(r)) + "\n" for r in rows)
+        atomic_write_text(out / f"samples_{task}.jsonl", text)
+    atomic_write_text(out / RESULTS, json.dumps(
+        json.loads(dumps(results)), indent=2, ensure_ascii=False) + "\n")
+
+
+# The bar that follows the scoring itself: vLLM's over the requests lm-eval hands it all at
+# once, or lm-eval's over its hf batches.
+_SCORING_BARS = {"vllm": ("Processed prompts",),
+                 "hf": ("Running loglikelihood requests", "Running generate_until requests")}
+
+
+def _one_bar(model_type: str) -> None:
+    """lm-eval and vLLM draw up to seven bars per model (weights, requests built, tokenized,
+    rendered, ...), nested; all but the scoring bar are turned off in this child process."""
+    from tqdm import std
+
+    keep, init = _SCORING_BARS.get(model_type, ()), std.tqdm.__init__
+
+    def init_unless_chatter(bar, *args, **kwargs):
+        if not str(kwargs.get("desc") or "").startswith(keep):
+            kwargs["disable"] = True
+        init(bar, *args, **kwargs)
+
+    std.tqdm.__init__ = init_unless_chatter
+
+
+def _git_hash() -> str | None:
+    """The results' `git_hash`, as lm-eval records it, without git's 'fatal: not a git
+    repository' on the terminal when the run starts outside a checkout."""
+    try:
+        return subprocess.check_output(["git", "describe", "--always"],
+                                       stderr=subprocess.DEVNULL).decode().strip()
+    except (subprocess.CalledProcessError, FileNotFoundError):
+        return None
+
+
+def _die_with_parent() -> None:
+    """A killed stage must not leave its scoring process (holding a model, maybe a GPU)
+    running: on Linux the kernel sends this process SIGTERM when its parent dies."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+    import signal
+
+    parent = os.getppid()
+    try:
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:  # the parent died before the request took effect
+        sys.exit(1)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m crescent.methods.scoring <spec.json>", file=sys.stderr)
+        sys.exit(2)
+    _die_with_parent()
+    from crescent.infra import logs
+
+    logs.setup(logs.verbose())  # the parent's choice, passed down in the environment
+    spec_path = Path(argv[0])
+    spec = read_json(spec_path)
+    try:
+        score(spec)
+    except CrescentError as e:
+        atomic_write_text(spec_path.parent / ERROR, f"{e}\n")
+        print(f"crescent: error: {e}", file=sys.stderr, flush=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""The `sft` objective: cross-entropy on the assistant tokens of the consensus conversations.
+
+Data (crescent/methods/sft_data.py): every conversation is rendered with the student's own chat
+template and tokenised once, with the loss on assistant tokens only; batches are padded to their
+longest row, or `packing` fills rows of `max_length` with several examples. The model, the
+optimiser, the per-step metrics and checkpoints are the shared ones (crescent/methods/training.py).
+"""
+
+from __future__ import annotations
+
+import inspect
+import random
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader
+
+from crescent.errors import CrescentError
+from crescent.methods.fused_loss import fusable_head, linear_cross_entropy
+from crescent.methods.sft_data import (
+    IGNORE_INDEX,
+    ResumableBatchSampler,
+    collate,
+    encode_conversation,
+    load_conversations,
+    pack,
+)
+from crescent.methods.training import CausalLMModule, ResumableLoader
+from crescent.registry import OBJECTIVES
+
+
+class SFTDataModule(L.LightningDataModule):
+    """The conversations encoded once, split into train and validation examples (packed with
+    `packing`), and served in batches whose place in the epoch a checkpoint keeps."""
+
+    def __init__(self, conversations: list[list[dict]], tokenizer, fcfg, seed: int):
+        super().__init__()
+        self.conversations, self.tokenizer, self.fcfg, self.seed = (
+            conversations, tokenizer, fcfg, seed)
+        self.pad_id = tokenizer.pad_token_id
+        if self.pad_id is None:
+            self.pad_id = tokenizer.eos_token_id
+        self.train: list[dict] | None = None
+        self.val: list[dict] = []
+        self.counts: dict = {}
+
+    def setup(self, stage: str) -> None:
+        if self.train is not None:
+            return
+        f = self.fcfg
+        examples = [encode_conversation(self.tokenizer, c, f.max_length)
+                    for c in self.conversations]
+        kept = [e for e in examples if e is not None]
+        if not kept:
+            raise CrescentError(
+                f"finetune: no example keeps an assistant token within "
+                f"max_length={f.max_length}")
+        order = list(range(len(kept)))
+        random.Random(self.seed).shuffle(order)
+        n_val = 0
+        if f.val_fraction > 0 and len(kept) >= 2:
+            n_val = min(len(kept) - 1, max(1, round(f.val_fraction * len(kept))))
+        val = [kept[i] for i in order[:n_val]]
+        train = [kept[i] for i in sorted(order[n_val:])]
+        self.counts = {
+            "conversations": len(self.conversations),
+            "dropped_no_assistant_token": len(examples) - len(kept),
+            "examples": len(train),
+            "val_examples": len(val),
+            "train_tokens_per_epoch": sum(len(e["input_ids"]) for e in train),
+            "train_loss_tokens_per_epoch": sum(
+                sum(1 for x in e["labels"] if x != IGNORE_INDEX) for e in train),
+        }
+        if f.packing:
+            train, val = pack(train, f.max_length), pack(val, f.max_length)
+            self.counts["packed_rows"] = len(train)
+        self.train, self.val = train, val
+
+    def _collate(self, features):
+        return collate(features, self.pad_id)
+
+    def train_dataloader(self):
+        sampler = ResumableBatchSampler(
+            len(self.train), self.fcfg.batch_size, self.fcfg.shuffle, self.seed,
+            self.trainer.global_rank, self.trainer.world_size)
+        return ResumableLoader(self.train, batch_sampler=sampler, collate_fn=self._collate,
+                               num_workers=self.fcfg.num_workers)
+
+    def val_dataloader(self):
+        return DataLoader(self.val, batch_size=self.fcfg.batch_size, shuffle=False,
+                          collate_fn=self._collate, num_workers=self.fcfg.num_workers)
+
+
+@OBJECTIVES.register("sft")
+class SFTModule(CausalLMModule):
+    """Mean cross-entropy over the batch's assistant tokens."""
+
+    input_file = "sft.jsonl"
+
+    @staticmethod
+    def load_examples(path: Path) -> list[list[dict]]:
+        return load_conversations(path)
+
+    @staticmethod
+    def data_module(examples, tokenizer, fcfg, seed: int) -> SFTDataModule:
+        return SFTDataModule(examples, tokenizer, fcfg, seed)
+
+    def configure_model(self) -> None:
+        if self.model is not None:
+            return
+        super().configure_model()
+        f = self.fcfg
+        # Sharded strategies split the head's weight: they take the logits path.
+        self._fused_head = (f.fused_loss and fusable_head(self.base)
+                            and (f.strategy == "auto" or f.strategy.startswith("ddp")))
+        self._slice_logits = "logits_to_keep" in inspect.signature(self.base.forward).parameters
+
+    def compute_loss(self, batch: dict):
+        """Mean cross-entropy over the batch's assistant tokens. The LM head (a large
+        matmul) runs only on the positions that predict a trained token, in chunks
+        (`linear_cross_entropy`); models it cannot take get the logits of the span from
+        the first to the last such position from their own forward."""
+        labels = batch["labels"]
+        targets = labels[:, 1:]
+        inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")
+                  if k in batch}
+        mask = targets != IGNORE_INDEX
+        n = mask.sum()
+        if self._fused_head:
+            backbone = getattr(self.base, self.base.base_model_prefix)
+            hidden = backbone(**inputs, use_cache=False).last_hidden_state[:, :-1]
+            head = self.base.get_output_embeddings()
+            loss = linear_cross_entropy(hidden[mask], head.weight, targets[mask])
+            return loss / n.clamp(min=1), n
+        cols = mask.any(0).nonzero().flatten()
+        if self._slice_logits and cols.numel():
+            keep = torch.arange(int(cols[0]), int(cols[-1]) + 1, device=labels.device)
+            logits = self.model(**inputs, logits_to_keep=keep).logits
+            targets = targets[:, keep]
+        else:
+            logits = self.model(**inputs).logits[:, :-1]
+        loss = torch.nn.functional.cross_entropy(
+            logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX,
+            reduction="sum")
+        return loss / n.clamp(min=1), n
