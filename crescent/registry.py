@@ -6,7 +6,7 @@ fine-tuning objectives register here exactly as outside code does, with a decora
     from crescent.registry import VOTE_RULES
 
     @VOTE_RULES.register("unanimous")
-    def unanimous(answers, responses, cfg, seed, equal): ...
+    def unanimous(answers, responses, cfg, seed, answer_format): ...
 
 and are then selected by one override (`voting.rule=unanimous`). Outside modules are imported
 before the config is checked: those named in the `plugins` config key, and every module an

@@ -22,6 +22,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from crescent.cache import STAGES, STATS
+
 # Metrics where lower is better; everything else is higher-is-better.
 _LOWER_IS_BETTER = ("bits_per_byte", "bpb", "perplexity", "loss")
 # Overrides that make replicas of one setting rather than settings of their own.
@@ -63,8 +65,8 @@ def collect(run: Path) -> dict:
     overrides = OmegaConf.load(run / ".hydra" / "overrides.yaml") \
         if (run / ".hydra" / "overrides.yaml").exists() else []
     config = OmegaConf.load(run / ".hydra" / "config.yaml")
-    stats = {stage: _read(run / stage / "stats.json") or {}
-             for stage in ("questions", "answers", "finetune", "evaluate")}
+    stats = {stage: _read(run / stage / STATS) or {}
+             for stage in STAGES}
     point = [o for o in overrides if not o.startswith(("experiment=", "logger"))]
     wandb_id = (run / "wandb_id").read_text().strip() if (run / "wandb_id").exists() else None
     return {

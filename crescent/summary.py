@@ -11,6 +11,7 @@ import logging
 import os
 from pathlib import Path
 
+from crescent.cache import STATS
 from crescent.infra.io import read_json
 
 logger = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ def _num(value, signed: bool = False) -> str:
 def summary_lines(run_dir: Path, summary: dict, wall_s: float) -> list[str]:
     lines = [f"crescent: summary ({wall_s:.0f} s in all)"]
     for stage, info in summary.items():
-        stats_path = Path(run_dir) / stage / "stats.json"
+        stats_path = Path(run_dir) / stage / STATS
         stats = read_json(stats_path) if stats_path.is_file() else {}
         state = "reused" if info.get("reused") else "ran"
         wall = info.get("wall_time_s")

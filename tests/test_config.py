@@ -154,6 +154,7 @@ def test_default_composition_is_the_schema_with_the_default_options():
     ("finetune.mode=lroa", "[full, lora]"),
     ("finetune.scheduler=cosin", "[cosine, linear, constant]"),
     ("voting.tie_break=coin", "[drop, seeded]"),
+    ("dedup.method=bert", "[minilm, self, minhash, none]"),
 ])
 @pytest.mark.parametrize("experiment", ["experiment=smoke", "experiment=self_improve"])
 def test_a_choice_typo_fails_at_composition_in_one_line(cli, tmp_path, typo, allowed, experiment):

@@ -127,7 +127,7 @@ class CausalLMModule(L.LightningModule):
     class is also what the objective registry holds: `load_examples` reads the finetune input,
     `data_module` serves it, `input_file` is the answers-stage file read by default."""
 
-    input_file: str = "sft.jsonl"
+    input_file: str  # the answers stage's file it reads when finetune.input is unset
 
     def __init__(self, fcfg, model_path: str, dtype: str):
         super().__init__()

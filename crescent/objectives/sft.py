@@ -28,6 +28,7 @@ from crescent.methods.sft_data import (
 )
 from crescent.methods.training import CausalLMModule, ResumableLoader
 from crescent.registry import OBJECTIVES
+from crescent.stages.answers import SFT
 
 
 class SFTDataModule(L.LightningDataModule):
@@ -96,7 +97,7 @@ class SFTDataModule(L.LightningDataModule):
 class SFTModule(CausalLMModule):
     """Mean cross-entropy over the batch's assistant tokens."""
 
-    input_file = "sft.jsonl"
+    input_file = SFT  # the answers stage's consensus conversations
 
     @staticmethod
     def load_examples(path: Path) -> list[list[dict]]:

@@ -44,6 +44,7 @@ from crescent.methods.metrics import (
     metrics_of,
 )
 from crescent.methods.scoring import ERROR, RESULTS, SPEC, first_docs, one_limit
+from crescent.stages import finetune
 
 logger = logging.getLogger(__name__)
 
@@ -193,7 +194,7 @@ def models_to_score(cfg: DictConfig, run_dir: Path) -> dict[str, str]:
                 raise CrescentError(f"eval.models.{label}: {e}") from None
         return models
     models = {BASE: resolve_model(cfg.student.name)}
-    finetuned = run_dir / "finetune" / "model"
+    finetuned = run_dir / finetune.STAGE.name / finetune.MODEL_DIR
     if (finetuned / "config.json").is_file():
         models[FINETUNED] = str(finetuned.resolve())
     else:
