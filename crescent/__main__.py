@@ -34,8 +34,23 @@ def main() -> None:
     except (HydraException, OmegaConfBaseException) as e:
         if user_wants_traceback:
             raise
-        print(f"crescent: error: {config_error(e)}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        fail(f"error: {config_error(e)}")
+    except OSError as e:  # Hydra making the run dir: read-only, not a directory, full
+        if e.filename is None or user_wants_traceback:
+            raise
+        fail(f"error: {e.filename}: {e.strerror}")
+    except KeyboardInterrupt:
+        fail(INTERRUPTED, 130)
+
+
+INTERRUPTED = "interrupted; the same command resumes"
+
+
+def fail(message: str, code: int = 1) -> None:
+    """The one line a user is owed, and the exit code (130: interrupted, as a shell reports
+    Ctrl-C)."""
+    print(f"crescent: {message}", file=sys.stderr, flush=True)
+    sys.exit(code)
 
 
 def config_error(e: Exception) -> str:
@@ -55,7 +70,7 @@ def run(cfg: DictConfig) -> None:
 
     logs.setup(bool(cfg.get("verbose", False)))
     # Heavy modules load here, after Hydra has handled --help and --cfg.
-    from crescent.config import validate
+    from crescent.config import check_added_keys, validate
     from crescent.infra.tracking import make_tracker
     from crescent.pipeline import run_pipeline
     from crescent.registry import load_plugins
@@ -66,6 +81,7 @@ def run(cfg: DictConfig) -> None:
     tracker = None
     try:
         load_plugins(cfg.plugins)  # what they register must exist before the config is checked
+        check_added_keys(list(hydra_cfg.overrides.task))
         validate(cfg)
         data.fill_data_dir(cfg)
         tracker = make_tracker(cfg, run_dir, list(hydra_cfg.overrides.task))
@@ -73,14 +89,14 @@ def run(cfg: DictConfig) -> None:
         summary = run_pipeline(cfg, run_dir, tracker)
         print_summary(run_dir, summary, time.time() - started)
     except CrescentError as e:
-        print(f"crescent: error: {e}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        fail(f"error: {e}")
     except OSError as e:
         if e.filename is None:  # not about a path the user gave: a bug, keep its traceback
             raise
         # An output or input path that cannot be used: not writable, not a directory, full.
-        print(f"crescent: error: {e.filename}: {e.strerror}", file=sys.stderr, flush=True)
-        sys.exit(1)
+        fail(f"error: {e.filename}: {e.strerror}")
+    except KeyboardInterrupt:
+        fail(INTERRUPTED, 130)
     finally:
         if tracker is not None:
             tracker.finish()

@@ -176,13 +176,69 @@ def content_hash(path: Path, what: str) -> str:
 # ----------------------------------------------------------------------------- entries
 
 
+HASHED_BYTES = 64 << 20  # files up to this size are hashed into DONE; larger ones by size
+
+
 def is_done(where: Path) -> bool:
     return (Path(where) / DONE).exists()
 
 
 def mark_done(where: Path) -> None:
-    """The DONE marker, atomically and last: what the dir holds is complete."""
-    atomic_write_text(Path(where) / DONE, time.strftime("%Y-%m-%dT%H:%M:%S") + "\n")
+    """The DONE marker, atomically and last: what the dir holds is complete. It records every
+    file the dir holds (size, and sha256 up to HASHED_BYTES), so that `damage` can tell an
+    entry that lost or changed a file since (links to other entries are theirs to check)."""
+    where = Path(where)
+    files = {rel: _fingerprint(where / rel) for rel in _files(where)}
+    done = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": files}
+    atomic_write_text(where / DONE, json.dumps(done, indent=1, sort_keys=True) + "\n")
+
+
+def damage(where: Path) -> str | None:
+    """What is wrong with a finished dir's files, or None when they are as DONE recorded
+    them (a DONE from before it recorded files is taken as it is)."""
+    where = Path(where)
+    try:
+        recorded = json.loads((where / DONE).read_text(encoding="utf-8"))["files"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    for rel, was in sorted(recorded.items()):
+        path = where / rel
+        if not path.is_file():
+            return f"{rel} is missing"
+        now = _fingerprint(path, hash_it=was.get("sha256") is not None)
+        if now["bytes"] != was["bytes"]:
+            return f"{rel} holds {now['bytes']} bytes, {was['bytes']} when it was written"
+        if now["sha256"] != was.get("sha256"):
+            return f"{rel} changed since it was written"
+    return None
+
+
+def check_intact(name: str, where: Path) -> None:
+    """A one-line error naming the damaged dir, what is wrong and how to rebuild it."""
+    problem = damage(where)
+    if problem is not None:
+        where = Path(where).resolve()
+        raise CrescentError(f"{name}: {where} is damaged: {problem}; to rebuild it, delete it "
+                            f"(rm -r {where}) and run the same command again")
+
+
+def _files(where: Path) -> list[str]:
+    """Regular files under `where`, relative; links, DONE and lock files are not its own."""
+    found = []
+    for root, dirs, names in os.walk(where):
+        dirs[:] = [d for d in dirs if not os.path.islink(os.path.join(root, d))]
+        for name in names:
+            path = Path(root) / name
+            if name != DONE and not name.endswith(".lock") and not path.is_symlink():
+                found.append(str(path.relative_to(where)))
+    return sorted(found)
+
+
+def _fingerprint(path: Path, hash_it: bool | None = None) -> dict:
+    size = path.stat().st_size
+    if hash_it is None:
+        hash_it = size <= HASHED_BYTES
+    return {"bytes": size, "sha256": content_hash(path, str(path)) if hash_it else None}
 
 
 @dataclass

@@ -42,6 +42,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict:
     for name in cache.STAGES:
         found = None if name in modules else cache.entry(cfg, run_dir, name)
         if found is not None and found.done:
+            cache.check_intact(name, found.dir)
             cache.link(Path(run_dir) / name, found.dir)
 
     info = provenance(cfg) if OmegaConf.select(cfg, "model.name") else {}
@@ -87,6 +88,7 @@ def _run_stage(module: ModuleType, cfg: DictConfig, run_dir: Path, tracker: Trac
     stage = module.STAGE
     out = run_dir / stage.name
     if cache.is_done(out):
+        cache.check_intact(stage.name, out)
         stats = read_json(out / cache.STATS)
         _check_version(cfg, stage, out, stats)
         logger.info("crescent: %s: already done in %s, skipped", stage.name, out)

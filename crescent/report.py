@@ -22,7 +22,9 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from crescent.cache import STAGES, STATS
+from crescent.cache import STAGES, STATS, is_done
+from crescent.errors import CrescentError
+from crescent.infra.io import read_json, read_jsonl
 
 # Metrics where lower is better; everything else is higher-is-better.
 _LOWER_IS_BETTER = ("bits_per_byte", "bpb", "perplexity", "loss")
@@ -41,7 +43,7 @@ def find_runs(dirs: list[Path]) -> list[Path]:
 
 
 def _read(path: Path):
-    return json.loads(path.read_text()) if path.is_file() else None
+    return read_json(path) if path.is_file() else None
 
 
 def headline(metrics: dict) -> tuple[str, float] | None:
@@ -69,12 +71,17 @@ def collect(run: Path) -> dict:
              for stage in STAGES}
     point = [o for o in overrides if not o.startswith(("experiment=", "logger"))]
     wandb_id = (run / "wandb_id").read_text().strip() if (run / "wandb_id").exists() else None
+    listed = OmegaConf.select(config, "stages", default=None) or list(STAGES)
     return {
         "run": str(run),
         "study": OmegaConf.select(config, "name", default=run.parent.name),
         "point": " ".join(point) or "(defaults)",
         "setting": " ".join(o for o in point if o.split("=")[0] not in REPLICA_KEYS)
                    or "(defaults)",
+        "unfinished": [stage for stage in listed if not is_done(run / stage)],
+        # stage -> the version that wrote it: rows of other versions are not pooled
+        "versions": {stage: stats[stage].get("stage_version") for stage in STAGES
+                     if stats[stage]},
         "replica": " ".join(o for o in point if o.split("=")[0] in REPLICA_KEYS),
         "votes": OmegaConf.select(config, "voting.k", default=None),
         "eval_limits": _eval_limits(config),
@@ -121,8 +128,7 @@ def per_document(path: Path, metric: str) -> list:
     """The metric's value per scored document (lm-eval's sample log), in document order."""
     if not path.is_file():
         return []
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if metric in r]
+    rows = [r for r in read_jsonl(path) if metric in r]
     return [r[metric] for r in sorted(rows, key=lambda r: r.get("doc_id", 0))]
 
 
@@ -143,10 +149,13 @@ def _cell(values: list[float], per_doc: list, metric: str, paired: list | None =
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """One study's table rows: the base model, then each setting (its replicas pooled)."""
+    """One study's table rows: the base model, then each setting (its replicas pooled; runs
+    written by other stage versions are a setting of their own)."""
     settings: dict[str, list[dict]] = defaultdict(list)
+    mixed = mixed_versions(rows)
     for r in rows:
-        settings[r["setting"]].append(r)
+        apart = " ".join(f"{stage} v{r['versions'].get(stage)}" for stage in mixed)
+        settings[r["setting"] + (f" [{apart}]" if mixed else "")].append(r)
     tasks = sorted({t for r in rows for t in r["scores"]})
     out = [_base_row(rows, tasks)]
     for setting, runs in settings.items():
@@ -244,8 +253,15 @@ def _label(line: dict, summary: list[dict]) -> str:
     return " ".join(o for o in line["setting"].split(" ") if o not in shared) or line["setting"]
 
 
+def mixed_versions(rows: list[dict]) -> list[str]:
+    """The stages that runs of one study wrote with different stage versions."""
+    return [stage for stage in STAGES
+            if len({r["versions"][stage] for r in rows if r["versions"].get(stage)}) > 1]
+
+
 def footnotes(rows: list[dict], tasks: list[str]) -> list[str]:
-    """How to read the cells, and which eval limit (documents per task) each number used."""
+    """How to read the cells, which eval limit (documents per task) each number used, which
+    runs are unfinished, and that rows of other stage versions stand apart."""
     notes = [("mean ± half-width: 95% Student t interval over the n replicas (runs differing "
               f"only in {' / '.join(REPLICA_KEYS)}); [low, high]: 95% bootstrap interval over "
               "the scored documents (one run); Δ vs base: paired per replica (or per document).")]
@@ -254,6 +270,14 @@ def footnotes(rows: list[dict], tasks: list[str]) -> list[str]:
         docs = sorted({str(r["scores"][task]["docs"]) for r in rows if task in r["scores"]})
         notes.append(f"{task}: eval.limit={'/'.join(limits).replace('None', 'null (full set)')}, "
                      f"{'/'.join(docs)} documents scored")
+    for r in rows:
+        if r["unfinished"]:
+            notes.append(f"unfinished: {r['run']} ({', '.join(r['unfinished'])} not done): its "
+                         f"cells show only what it finished")
+    if mixed_versions(rows):
+        notes.append(f"{', '.join(mixed_versions(rows))}: written by different stage versions "
+                     f"across these runs, which are not pooled: each setting's label ends in "
+                     f"its runs' versions")
     return notes
 
 
@@ -379,9 +403,12 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
 
     studies = defaultdict(list)
-    for run in runs:
-        row = collect(run)
-        studies[row["study"]].append(row)
+    try:
+        for run in runs:
+            row = collect(run)
+            studies[row["study"]].append(row)
+    except CrescentError as e:
+        sys.exit(f"crescent-report: error: {e}")
     md, tex = [], []
     summaries = {}
     for study, rows in studies.items():

@@ -57,6 +57,7 @@ class OpenAISession:
                                            max_retries=0, timeout=cfg.request_timeout_s)
                         for url in cfg.endpoints]
         self.retryable = tuple(getattr(openai, name) for name in engine._RETRYABLE)
+        self.refused = openai.APIStatusError  # 401, 404 (no such model), 400, ...
         self.slots = asyncio.Semaphore(cfg.concurrency)
         self.futures: dict = {}  # index -> its request's future
         self.answered: queue.Queue = queue.Queue()
@@ -115,14 +116,27 @@ class OpenAISession:
                             prompt=given, extra_body={"add_special_tokens": False}, **common)
                     else:
                         reply = await client.chat.completions.create(messages=given, **common)
-                    return _generation(reply, self.n)
                 except self.retryable as e:
                     if attempt == cfg.max_retries:
                         raise CrescentError(
                             f"engine=openai: request failed {attempt + 1} times, last on "
                             f"{client.base_url}: {type(e).__name__}: {e}") from None
                     await asyncio.sleep(min(60.0, cfg.retry_backoff_s * 2 ** attempt))
+                    continue
+                except self.refused as e:  # retrying would be answered the same way
+                    raise CrescentError(f"engine=openai: {client.base_url} refused the request "
+                                        f"({e.status_code}): {_first_line(e.message)}") from None
+                except ValueError:  # the body is not JSON: not an OpenAI-compatible server
+                    reply = None
+                if not hasattr(reply, "choices"):
+                    raise CrescentError(f"engine=openai: {client.base_url} did not answer as an "
+                                        f"OpenAI-compatible server (no JSON completion)")
+                return _generation(reply, self.n)
         raise AssertionError("unreachable")
+
+
+def _first_line(text: str) -> str:
+    return (str(text).strip().splitlines() or [""])[0]
 
 
 def _generation(reply, n: int) -> Generation:

@@ -22,6 +22,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from crescent.errors import CrescentError
+from crescent.infra.io import FILE_MODE
 
 ENV = "CRESCENT_DATA"
 FETCH = "crescent-data fetch"
@@ -127,7 +128,7 @@ def fetch(dest: Path, source: Path | None = None) -> list[str]:
             if got != pin:
                 raise CrescentError(f"{rel}: sha256 {got} is not the pinned {pin} "
                                     f"(a different version of the data); nothing written")
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; the data is not
+            os.chmod(tmp, FILE_MODE)  # mkstemp makes it private; the data is not
             os.replace(tmp, target)
         finally:
             Path(tmp).unlink(missing_ok=True)

@@ -1,14 +1,40 @@
-"""Crash-safe file I/O: atomic whole-file writes and append-only JSON Lines that survive a kill."""
+"""Crash-safe file I/O: atomic whole-file writes and append-only JSON Lines that survive a kill.
+
+Every OSError raised here names its file (a full disk raises ENOSPC on close, with no filename
+of its own), so the CLI prints it in one line; files get the process umask's permissions, as
+`open` would give them, so a cache shared by a group stays readable to the group."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from crescent.errors import CrescentError
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()  # what `open` gives a new file; mkstemp's own is 0600
+DIR_MODE = 0o777 & ~_umask()  # what `mkdir` gives a new dir; mkdtemp's own is 0700
+
+
+@contextmanager
+def naming(path: Path):
+    """Re-raise an OSError that names no file as one naming `path`."""
+    try:
+        yield
+    except OSError as e:
+        if e.filename is not None:
+            raise
+        raise OSError(e.errno, e.strerror or str(e), str(path)) from e
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -17,11 +43,13 @@ def atomic_write_text(path: Path, text: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with naming(path):
+            os.fchmod(fd, FILE_MODE)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -36,6 +64,8 @@ def read_json(path: Path) -> Any:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise CrescentError(f"{path}:{e.lineno}: not valid JSON ({e.msg})") from None
+    except UnicodeDecodeError:
+        raise CrescentError(f"{path}: not UTF-8 text") from None
 
 
 def read_jsonl(path: Path) -> Iterator[dict]:
@@ -48,8 +78,13 @@ def numbered_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     path = Path(path)
     if not path.is_file():
         raise CrescentError(f"{path}: no such file")
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise CrescentError(f"{path}:{lineno}: not UTF-8 text (byte {e.start + 1} of "
+                                    f"the line)") from None
             if not line.strip():
                 continue
             try:
@@ -90,7 +125,7 @@ class JsonlAppender:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self.path.exists():
+        if self.path.is_file():  # not a device or a pipe: those have no tail to repair
             drop_partial_tail(self.path)
         self._file = self.path.open("a", encoding="utf-8")
 
@@ -100,12 +135,14 @@ class JsonlAppender:
     def write_many(self, objs: Iterable[dict]) -> None:
         lines = "".join(json.dumps(o, ensure_ascii=False) + "\n" for o in objs)
         if lines:
-            self._file.write(lines)
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            with naming(self.path):
+                self._file.write(lines)
+                self._file.flush()
+                os.fsync(self._file.fileno())
 
     def close(self) -> None:
-        self._file.close()
+        with naming(self.path):
+            self._file.close()
 
     def __enter__(self) -> "JsonlAppender":
         return self

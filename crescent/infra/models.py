@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 
 from crescent.errors import CrescentError
+from crescent.infra.io import DIR_MODE
 
 logger = logging.getLogger(__name__)
 
@@ -94,6 +95,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         extra = {}
     logger.info(f"crescent: converting {gguf.name} to a dense checkpoint in {target} (once)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    tmp.chmod(DIR_MODE)  # mkdtemp's own is 0700: a cache shared by a group is read by it
     try:
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16, **extra

