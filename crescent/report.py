@@ -154,7 +154,8 @@ def summarize(rows: list[dict]) -> list[dict]:
     settings: dict[str, list[dict]] = defaultdict(list)
     mixed = mixed_versions(rows)
     for r in rows:
-        apart = " ".join(f"{stage} v{r['versions'].get(stage)}" for stage in mixed)
+        # One word: row labels leave out the words every setting shares.
+        apart = ",".join(f"{stage}:v{r['versions'].get(stage)}" for stage in mixed)
         settings[r["setting"] + (f" [{apart}]" if mixed else "")].append(r)
     tasks = sorted({t for r in rows for t in r["scores"]})
     out = [_base_row(rows, tasks)]
@@ -324,7 +325,7 @@ def plots(study: str, rows: list[dict], out: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(max(4, 1.5 * len(summary) + 2), 3.5))
     width = 0.8 / len(summary)
     for i, line in enumerate(summary):
-        runs = [r for r in rows if r["setting"] == line["setting"]]
+        runs = [r for r in rows if r["run"] in line["runs"]]
         counts = [t_interval([r["funnel"][s] or 0 for r in runs]) for s in steps]
         ax.bar([s + i * width for s in range(len(steps))], [c["mean"] for c in counts], width,
                yerr=[c["half"] or 0 for c in counts], capsize=3, label=_label(line, [{}, *summary]))

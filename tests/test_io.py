@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import stat
+from pathlib import Path
 
 import pytest
 
@@ -63,3 +67,33 @@ def test_atomic_write_leaves_no_temp_file(tmp_path):
     atomic_write_text(target, '{"a": 1}\n')
     assert target.read_text() == '{"a": 1}\n'
     assert [p.name for p in target.parent.iterdir()] == ["stats.json"]
+
+
+def test_a_full_disk_names_the_file():
+    # /dev/full answers every write with ENOSPC, as a full disk does at flush or close.
+    with pytest.raises(OSError) as e:
+        with JsonlAppender(Path("/dev/full")) as log:
+            log.write({"id": 0})
+    assert e.value.filename == "/dev/full" and e.value.errno == errno.ENOSPC
+
+
+def test_atomic_files_get_the_umask_mode_not_mkstemps_private_one(tmp_path):
+    from crescent.infra.io import FILE_MODE
+
+    atomic_write_text(tmp_path / "stats.json", "{}\n")
+    assert stat.S_IMODE((tmp_path / "stats.json").stat().st_mode) == FILE_MODE
+    assert FILE_MODE & 0o044 == 0o044 & ~_umask()  # group/other read it where the umask lets them
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def test_serve_listens_on_localhost_unless_told():
+    from crescent.infra.serve import serve_args
+
+    assert serve_args(["/m", "--port", "8000"], cpu=False)[-2:] == ["--host", "127.0.0.1"]
+    assert serve_args(["/m", "--host", "0.0.0.0"], cpu=False) == ["/m", "--host", "0.0.0.0"]
+    assert "--no-enable-chunked-prefill" in serve_args(["/m"], cpu=True)

@@ -72,11 +72,11 @@ def test_crash_leaves_no_done_and_rerun_resumes_without_duplicates(
 def test_done_stage_is_skipped(counting, tmp_path, monkeypatch):
     pipeline.run_pipeline(counting, tmp_path, Tracker())
     items = tmp_path / "counting" / "items.jsonl"
-    items.write_text("")  # would be refilled if the stage ran again
-    monkeypatch.setenv("COUNTING_CRASH_AT", "0")  # and would crash
+    written = items.read_bytes()
+    monkeypatch.setenv("COUNTING_CRASH_AT", "0")  # the stage would crash if it ran again
     tracker = RecordingTracker()
     pipeline.run_pipeline(counting, tmp_path, tracker)
-    assert items.read_text() == ""
+    assert items.read_bytes() == written
     assert [(stage, stats["reused"]) for stage, stats in tracker.logged] == [("counting", 1)]
 
 
@@ -258,3 +258,22 @@ def test_benchmark_data_enters_keys_by_content_not_path(tmp_path, monkeypatch):
     cfg.eval.data_dir = None
     monkeypatch.setenv("CRESCENT_DATA", str(tmp_path / "here"))
     assert cache.stage_key(cfg, "answers")[0] == keys["here"][0][0]
+
+
+@pytest.mark.parametrize("damage, problem", [
+    (lambda items: items.unlink(), "items.jsonl is missing"),
+    (lambda items: items.write_text(items.read_text().replace('{"id": 3}\n', "")),
+     "items.jsonl holds 90 bytes, 100 when it was written"),
+    (lambda items: items.write_text(items.read_text().replace("3", "7")),
+     "items.jsonl changed since it was written"),
+])
+def test_a_damaged_entry_is_found_before_reuse(two_stages, tmp_path, damage, problem):
+    first = _run(tmp_path, "a")
+    damage(tmp_path / "a" / "counting" / "items.jsonl")
+    entry = first["counting"]["cache"]
+    for stages in (["counting", "summing"], ["summing"]):  # the stage itself, or as upstream
+        with pytest.raises(CrescentError) as e:
+            _run(tmp_path, "b", stages=stages, factor=2)
+        assert str(e.value) == (f"counting: {entry} is damaged: {problem}; to rebuild it, "
+                                f"delete it (rm -r {entry}) and run the same command again")
+    assert not (tmp_path / "b" / "summing" / "stats.json").exists()

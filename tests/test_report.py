@@ -101,3 +101,39 @@ def test_a_replica_still_running_is_not_counted(tmp_path):
     row = next(line for line in md.splitlines() if line.startswith("| (defaults)")
                or line.startswith("| seed=3"))
     assert row.split(" | ")[1] == "1", row
+
+
+def _finish(run, stages=("questions", "answers", "finetune", "evaluate")):
+    for stage in stages:
+        (run / stage / "DONE").write_text("")
+
+
+def test_unfinished_runs_are_footnoted_and_stage_versions_kept_apart(tmp_path):
+    _run(tmp_path, "finetune.lr=1e-5", 3, 0.9, 0.2, 10)
+    _run(tmp_path, "finetune.lr=1e-4", 3, 0.8, 0.15, 12)
+    _finish(tmp_path / "finetune.lr=1e-5")
+    _finish(tmp_path / "finetune.lr=1e-4", ("questions", "answers"))
+    report.main([str(tmp_path)])
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert f"- unfinished: {tmp_path / 'finetune.lr=1e-4'} (finetune, evaluate not done)" in md
+    assert "finetune.lr=1e-5 (finetune" not in md
+    assert "stage versions" not in md
+
+    # The same setting written by two questions-stage versions: two rows, not one pool.
+    for point, version in (("finetune.lr=1e-5", 1), ("finetune.lr=1e-4", 2)):
+        path = tmp_path / point / "questions" / "stats.json"
+        path.write_text(json.dumps({**json.loads(path.read_text()), "stage_version": version}))
+        overrides = tmp_path / point / ".hydra" / "overrides.yaml"
+        overrides.write_text("- seed=3\n- logger=none\n")  # both the (defaults) setting now
+    report.main([str(tmp_path)])
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| [questions:v1] | 1 | 10 |" in md and "| [questions:v2] | 1 | 12 |" in md
+    assert "questions: written by different stage versions" in md
+
+
+def test_a_corrupt_stats_file_is_one_line(tmp_path):
+    _run(tmp_path, "finetune.lr=1e-5", 3, 0.9, 0.2, 10)
+    (tmp_path / "finetune.lr=1e-5" / "answers" / "stats.json").write_text('{"kept": 1,')
+    with pytest.raises(SystemExit, match=r"crescent-report: error: .*answers/stats.json:1: not "
+                                         r"valid JSON"):
+        report.main([str(tmp_path)])

@@ -125,7 +125,7 @@ class OpenAISession:
                     continue
                 except self.refused as e:  # retrying would be answered the same way
                     raise CrescentError(f"engine=openai: {client.base_url} refused the request "
-                                        f"({e.status_code}): {_first_line(e.message)}") from None
+                                        f"({e.status_code}): {_reason(e)}") from None
                 except ValueError:  # the body is not JSON: not an OpenAI-compatible server
                     reply = None
                 if not hasattr(reply, "choices"):
@@ -135,8 +135,11 @@ class OpenAISession:
         raise AssertionError("unreachable")
 
 
-def _first_line(text: str) -> str:
-    return (str(text).strip().splitlines() or [""])[0]
+def _reason(error) -> str:
+    """The server's own message (the body's `error.message`), on one line."""
+    body = error.body if isinstance(error.body, dict) else {}
+    text = str(body.get("message") or error.message).strip()
+    return (text.splitlines() or [""])[0]
 
 
 def _generation(reply, n: int) -> Generation:

@@ -26,6 +26,15 @@ FILE_MODE = 0o666 & ~_umask()  # what `open` gives a new file; mkstemp's own is 
 DIR_MODE = 0o777 & ~_umask()  # what `mkdir` gives a new dir; mkdtemp's own is 0700
 
 
+def umask_modes(root: Path) -> None:
+    """Give a tree another library wrote (safetensors writes its files 0600) the modes `open`
+    and `mkdir` would have given it."""
+    root = Path(root)
+    for path in [root, *root.rglob("*")]:
+        if not path.is_symlink():
+            path.chmod(DIR_MODE if path.is_dir() else FILE_MODE)
+
+
 @contextmanager
 def naming(path: Path):
     """Re-raise an OSError that names no file as one naming `path`."""

@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 
 from crescent.errors import CrescentError
-from crescent.infra.io import DIR_MODE
+from crescent.infra.io import umask_modes
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +95,6 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         extra = {}
     logger.info(f"crescent: converting {gguf.name} to a dense checkpoint in {target} (once)")
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    tmp.chmod(DIR_MODE)  # mkdtemp's own is 0700: a cache shared by a group is read by it
     try:
         model = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=torch.bfloat16, **extra
@@ -104,6 +103,7 @@ def _convert_gguf(gguf: Path, target: Path) -> None:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "SOURCE").write_text(f"{gguf.name} sha256={file_sha256(gguf)}\n")
+        umask_modes(tmp)  # mkdtemp's 0700, safetensors' 0600: a group's shared cache reads it
         os.replace(tmp, target)  # atomic: readers see no model or the whole model
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -28,13 +28,18 @@ def main() -> None:
     answer_vllm_version_lookup()
     from vllm.entrypoints.cli.main import main as vllm_main
 
-    args = sys.argv[1:]
-    if not torch.cuda.is_available() and not any("chunked-prefill" in a for a in args):
+    sys.argv = ["vllm", "serve", *serve_args(sys.argv[1:], cpu=not torch.cuda.is_available())]
+    vllm_main()
+
+
+def serve_args(args: list[str], cpu: bool) -> list[str]:
+    """`vllm serve`'s arguments: on CPU chunked prefill off, and 127.0.0.1 unless `--host`."""
+    args = list(args)
+    if cpu and not any("chunked-prefill" in a for a in args):
         args.append("--no-enable-chunked-prefill")
     if not any(a == "--host" or a.startswith("--host=") for a in args):
         args += ["--host", "127.0.0.1"]
-    sys.argv = ["vllm", "serve", *args]
-    vllm_main()
+    return args
 
 
 class LocalServer:

@@ -35,7 +35,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader
 
 from crescent.engines import resolve_dtype
-from crescent.infra.io import JsonlAppender, atomic_write_text, resume_jsonl
+from crescent.infra.io import JsonlAppender, atomic_write_text, resume_jsonl, umask_modes
 
 # ------------------------------------------------------------------------------------- settings
 
@@ -349,5 +349,6 @@ def save_model(model, tokenizer, target: Path, mode: str, dtype: str) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
+    umask_modes(tmp)
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)
