@@ -111,6 +111,10 @@ class StepBar(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         self.bar.close()
 
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        if hasattr(self, "bar"):
+            self.bar.close()  # now, before the stage's last line (Ctrl-C), not at exit after it
+
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write a checkpoint beside its path and rename it over: a kill mid-write leaves the

@@ -169,12 +169,12 @@ def _generate_until_done(cfg, out: Path, state: _State, engine, embedder, index)
         block.clear()
         return len(state.accepted) < qcfg.target
 
-    with JsonlAppender(out / QUESTIONS) as accepted, JsonlAppender(out / REJECTED) as rejected:
+    with JsonlAppender(out / QUESTIONS) as accepted, JsonlAppender(out / REJECTED) as rejected, \
+            bar:  # closed on the way out of an error too, before the stage's last line
         state.logs = (accepted, rejected)
         if len(state.accepted) < qcfg.target:
             generate_in_order(engine, qcfg.sampling, 1, cfg.engine.batch_size,
                               lambda i: requests(start + i), take)
-    bar.close()
 
 
 def _request_maker(cfg: DictConfig, state: _State):
