@@ -135,21 +135,24 @@ def _plain(value):
 
 
 def _set(parts: dict, dotted: str, value) -> None:
-    *path, last = dotted.split(".")
-    node = parts
-    for step in path:
-        node = node.get(step) if isinstance(node, dict) else None
-    if isinstance(node, dict):
+    node, last = _parent(parts, dotted)
+    if node is not None:
         node[last] = value
 
 
 def _drop(parts: dict, dotted: str) -> None:
+    node, last = _parent(parts, dotted)
+    if node is not None:
+        node.pop(last, None)
+
+
+def _parent(parts: dict, dotted: str) -> tuple[dict | None, str]:
+    """The dict that holds a dotted key's last part (None when the path is not there)."""
     *path, last = dotted.split(".")
     node = parts
     for step in path:
         node = node.get(step) if isinstance(node, dict) else None
-    if isinstance(node, dict):
-        node.pop(last, None)
+    return (node if isinstance(node, dict) else None), last
 
 
 def _data_identity(cfg: DictConfig, which: str) -> dict[str, str]:
