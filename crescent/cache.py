@@ -68,6 +68,9 @@ class Stage:
     exclude: tuple[str, ...] = ()  # dotted keys left out of the hash (machine paths)
     # dotted key -> its value as the stage resolves it (a default that follows another key)
     resolved: dict[str, Callable[[DictConfig], Any]] = field(default_factory=dict)
+    # dotted key -> its default, for keys added after entries were made: left out of the hash
+    # while at that default, so that those entries (which that default reproduces) stay valid
+    added: dict[str, Any] = field(default_factory=dict)
     entries: tuple["Stage", ...] = ()  # cache entries the stage keeps beside its own
     generates: bool = False  # uses `cfg.engine`: shares the process's engine, others free it
 
@@ -124,6 +127,9 @@ def stage_key(cfg: DictConfig, name: str) -> tuple[str, dict]:
         parts["benchmarks"] = _data_identity(cfg, stage.data)
     for key in stage.exclude:
         _drop(parts, key)
+    for key, default in stage.added.items():
+        if OmegaConf.select(cfg, key) == default:
+            _drop(parts, key)
     parts["version"] = stage.version
     digest = hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(),
                              digest_size=8)

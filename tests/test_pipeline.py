@@ -277,3 +277,18 @@ def test_a_damaged_entry_is_found_before_reuse(two_stages, tmp_path, damage, pro
         assert str(e.value) == (f"counting: {entry} is damaged: {problem}; to rebuild it, "
                                 f"delete it (rm -r {entry}) and run the same command again")
     assert not (tmp_path / "b" / "summing" / "stats.json").exists()
+
+
+def test_keys_added_later_leave_older_entries_valid_at_their_default():
+    # voting.rule and finetune.objective came after entries were made: at their defaults the
+    # answers and finetune keys are what they were without them; another value re-keys.
+    from crescent.config import Config
+
+    cfg = OmegaConf.structured(Config)
+    cfg.questions.target = 7
+    keys = {name: cache.stage_key(cfg, name) for name in ("answers", "finetune")}
+    assert "rule" not in keys["answers"][1]["voting"]
+    assert "objective" not in keys["finetune"][1]["finetune"]
+    cfg.voting.rule, cfg.finetune.objective = "unanimous", "dpo"
+    assert cache.stage_key(cfg, "answers")[0] != keys["answers"][0]
+    assert cache.stage_key(cfg, "finetune")[1]["finetune"]["objective"] == "dpo"

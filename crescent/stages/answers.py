@@ -42,7 +42,7 @@ SAMPLES_ENTRY = Stage("samples", ("seed", "model", "engine", "domain", "answers"
                       data="answers.decontaminate",
                       resolved={"answers.samples": samples_per_question})  # None means voting.k
 STAGE = Stage("answers", ("domain", "voting"), upstream="samples", version=1,
-              entries=(SAMPLES_ENTRY,), generates=True)
+              entries=(SAMPLES_ENTRY,), added={"voting.rule": "majority"}, generates=True)
 SAMPLES = "samples.jsonl"  # every question once: its samples (or why it was not sampled)
 VOTES = "votes.jsonl"  # every question once: the vote over its first voting.k samples
 SAMPLING = "sampling.json"  # in a samples cache entry: what drawing them cost
