@@ -125,6 +125,7 @@ class VotingConfig:
     tie_break: TieBreak = TieBreak.drop  # drop: discard tied questions; seeded: pick one of the tied answers
     representative: Representative = Representative.first  # which response of the winning group becomes the training target: first, shortest, canonical
     drop_truncated: bool = True  # a sample cut at answers.sampling.max_tokens abstains (its answer was never written)
+    pairs: int = 1  # preference pairs per kept question (prefs.jsonl): a winning sample chosen, a losing one rejected; 0: none
     match_kept_of_k: Optional[int] = None  # keep at most as many questions as voting with this k (other settings as here) keeps from the same samples: the no-vote control at the consensus set's size
 
 
@@ -275,7 +276,7 @@ RANGES = [
     ("answers.samples", *_OPTIONAL_POSITIVE), ("answers.ngram", *_POSITIVE),
     ("answers.max_overlap", *_SHARE),
     *[(f"answers.sampling.{key}", test, what) for key, test, what in _SAMPLING],
-    ("voting.match_kept_of_k", *_OPTIONAL_POSITIVE),
+    ("voting.match_kept_of_k", *_OPTIONAL_POSITIVE), ("voting.pairs", *_COUNT),
     ("finetune.max_examples", *_OPTIONAL_POSITIVE),
     ("finetune.fraction", lambda v: 0 < v <= 1, "a share in (0, 1]"),
     ("finetune.max_steps", lambda v: v == -1 or v >= 1, "-1 or an integer >= 1"),

@@ -95,7 +95,14 @@ def test_vote_funnel_outputs_and_resume(tmp_path, monkeypatch):
     assert reply.endswith("The answer is: 8") and reply.count("The answer is") == 1
     assert sft[1]["messages"][1]["content"].splitlines()[-1].startswith("The answer is: ")
     dataset = datasets.load_from_disk(str(out / "dataset"))
-    assert len(dataset) == 2 and dataset[0]["messages"] == sft[0]["messages"]
+    assert len(dataset["train"]) == 2 and dataset["train"][0]["messages"] == sft[0]["messages"]
+    # Preference pairs: only "1 divided by 2" has a loser (3 of 4 said 1/2, one said 3).
+    (pair,) = read_jsonl(out / "prefs.jsonl")
+    assert pair["id"] == 1 and pair["chosen_answer"] == "0.5" and pair["rejected_answer"] == "3"
+    assert pair["chosen"][0]["content"] == SCRIPT["What is 1 divided by 2?"][0]
+    assert pair["rejected"][0]["content"] == "The answer is: 3" and pair["margin"] == 0.5
+    assert pair["prompt"] == [{"role": "user", "content": "What is 1 divided by 2?"}]
+    assert dataset["prefs"][0]["rejected"] == pair["rejected"] and stats["pairs"] == 1
     card = (out / "DATASET.md").read_text()
     assert "| kept | 2 |" in card and "| dropped: tie | 1 |" in card
 
@@ -148,7 +155,7 @@ def test_embedded_model_answers_20_questions_killed_and_resumed(tmp_path):
     for row in qa:  # every kept answer really won its vote
         assert max(row["votes"].values()) == round(row["agreement"] * 3)
         assert row["response"].splitlines()[-1] == f"The answer is: {row['answer']}"
-    assert len(datasets.load_from_disk(str(out / "dataset"))) == len(qa)
+    assert len(datasets.load_from_disk(str(out / "dataset"))["train"]) == len(qa)
     print(f"\nanswers killed at {seen} of 20 questions answered")
 
 
@@ -212,6 +219,21 @@ def test_vote_sweep_samples_once_and_revotes_the_first_k(tmp_path, monkeypatch):
     kept = {q["id"] for q in read_jsonl(tmp_path / "k2" / "answers" / "qa.jsonl")}
     assert kept == by_hand == {0, 1, 4}  # the coin toss (1, 1, 2, 2) is a tie only at k=4
     assert {q["id"] for q in read_jsonl(tmp_path / "k4" / "answers" / "qa.jsonl")} == {0, 1}
+
+    # The pairs of both points came from the cached samples alone (one engine start in all):
+    # each chosen answer is its vote's winner, each rejected answer another one or none.
+    from crescent.domains import answer_format
+
+    equal = answer_format("math").equal
+    for run in ("k4", "k2"):
+        winners = {q["id"]: q["answer"] for q in read_jsonl(tmp_path / run / "answers" / "qa.jsonl")}
+        pairs = list(read_jsonl(tmp_path / run / "answers" / "prefs.jsonl"))
+        # At k=2 every kept question was unanimous: no sample lost.
+        assert len(pairs) == {"k4": 1, "k2": 0}[run] and all(p["id"] in winners for p in pairs)
+        for p in pairs:
+            assert p["chosen_answer"] == winners[p["id"]]
+            assert p["rejected_answer"] is None or not equal(p["rejected_answer"], winners[p["id"]])
+            assert p["chosen"] != p["rejected"]
 
 
 def test_k_above_the_samples_drawn_is_an_error(tmp_path, monkeypatch):

@@ -28,8 +28,11 @@ majority answer won at least {cfg.voting.min_agreement:.0%} of the samples and
 {_truncation_line(cfg, stats)}
 
 Files: `sft.jsonl` (chat `messages`, ready for fine-tuning), `qa.jsonl` (question, answer,
-chosen response, votes, agreement), `samples.jsonl` (every sample of every question),
-`dataset/` (the same rows as a Hugging Face `datasets` dataset: `datasets.load_from_disk`,
+chosen response, votes, agreement), `prefs.jsonl` ({stats['pairs']} preference pairs from
+{stats['pair_questions']} kept questions: a sample with the winning answer chosen, one with
+another answer or none rejected, and the margin of their vote shares), `samples.jsonl` (every
+sample of every question), `dataset/` (the same rows as a Hugging Face `datasets` DatasetDict,
+`train` and `prefs` splits: `datasets.load_from_disk`,
 then `push_to_hub` to share it).
 
 ## Funnel

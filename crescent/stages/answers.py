@@ -32,6 +32,7 @@ from crescent.infra.io import (
     write_json,
 )
 from crescent.methods.dataset_card import write_card
+from crescent.methods.preferences import preference_pairs
 
 logger = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ SAMPLES_ENTRY = Stage("samples", ("seed", "model", "engine", "domain", "answers"
                       upstream="questions", input_key="answers.input", version=2,
                       data="answers.decontaminate",
                       resolved={"answers.samples": samples_per_question})  # None means voting.k
-STAGE = Stage("answers", ("domain", "voting"), upstream="samples", version=1,
+# Version 2: preference pairs (prefs.jsonl, the dataset's `prefs` split) beside the SFT data.
+STAGE = Stage("answers", ("domain", "voting"), upstream="samples", version=2,
               entries=(SAMPLES_ENTRY,), added={"voting.rule": "majority"}, generates=True)
 SAMPLES = "samples.jsonl"  # every question once: its samples (or why it was not sampled)
 VOTES = "votes.jsonl"  # every question once: the vote over its first voting.k samples
@@ -49,6 +51,7 @@ SAMPLING = "sampling.json"  # in a samples cache entry: what drawing them cost
 NOT_SAMPLED = ("contaminated", "too_long")  # why a question in samples.jsonl has no samples
 QA = "qa.jsonl"  # the kept questions: answer, chosen response, votes, agreement
 SFT = "sft.jsonl"  # the kept questions as chat conversations, ready for fine-tuning
+PREFS = "prefs.jsonl"  # preference pairs from the same votes: a winner chosen, a loser rejected
 
 
 def preflight(cfg: DictConfig) -> None:
@@ -89,8 +92,12 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         voted = cap_to_match(cfg, records, voted, answers)
     _write_jsonl(out / VOTES, [{k: v for k, v in r.items() if k not in ("samples", "extracted")}
                                for r in voted])
-    kept = write_datasets(out, voted, cfg.domain)
+    pairs = [pair for r in voted for pair in preference_pairs(
+        r, cfg.voting.pairs, cfg.voting.drop_truncated, answers)]
+    kept = write_datasets(out, voted, cfg.domain, pairs)
     stats = _stats(cfg, questions, voted, kept, sampling)
+    stats["pairs"] = len(pairs)  # preference pairs in prefs.jsonl
+    stats["pair_questions"] = len({p["id"] for p in pairs})  # kept questions with a loser
     if not kept:
         logger.info(f"crescent: answers: none of {len(questions)} questions kept "
                     f"(dropped: {stats['dropped'] or 'none'}, "
@@ -238,8 +245,8 @@ def revote(cfg: DictConfig, record: dict, answers=None) -> dict:
     return {"id": record["id"], "question": record["question"], "reason": result.reason,
             "answer": result.answer, "votes": result.votes,
             "agreement": round(result.agreement, 4), "representative": result.representative,
-            "n_samples": k, "n_truncated": sum(truncated),
-            "samples": samples, "extracted": extracted}
+            "winners": result.winners, "n_samples": k, "n_truncated": sum(truncated),
+            "truncated": truncated, "samples": samples, "extracted": extracted}
 
 
 def cap_to_match(cfg: DictConfig, records: list[dict], voted: list[dict],
@@ -330,9 +337,10 @@ def training_response(record: dict, domain: DictConfig) -> str:
     return f"{body}\n{domain.final_answer_line.format(answer=record['answer'])}".lstrip()
 
 
-def write_datasets(out: Path, records: list[dict], domain: DictConfig) -> list[dict]:
-    """qa.jsonl, sft.jsonl and the `datasets` copy of the kept questions, in input order;
-    returns the qa rows.
+def write_datasets(out: Path, records: list[dict], domain: DictConfig,
+                   pairs: list[dict]) -> list[dict]:
+    """qa.jsonl, sft.jsonl, prefs.jsonl and the `datasets` copy (split `train`: the kept
+    questions; `prefs`: the pairs, when there are any), in input order; returns the qa rows.
 
     The SFT user turn is the bare question, so the tuned model answers questions step by step
     without being given the answer instruction.
@@ -348,13 +356,17 @@ def write_datasets(out: Path, records: list[dict], domain: DictConfig) -> list[d
                          {"role": "assistant", "content": q["response"]}]} for q in qa]
     _write_jsonl(out / QA, qa)
     _write_jsonl(out / SFT, sft)
+    _write_jsonl(out / PREFS, pairs)
 
     rows = [{"id": str(q["id"]), "question": q["question"], "answer": q["answer"],
              "agreement": q["agreement"], "messages": s["messages"]} for q, s in zip(qa, sft)]
     tmp, final = out / "dataset.tmp", out / "dataset"
     shutil.rmtree(tmp, ignore_errors=True)
     datasets.disable_progress_bars()  # one bar per stage is enough
-    datasets.Dataset.from_list(rows).save_to_disk(str(tmp))
+    splits = {"train": datasets.Dataset.from_list(rows)}
+    if pairs:  # an empty split does not load back
+        splits["prefs"] = datasets.Dataset.from_list([{**p, "id": str(p["id"])} for p in pairs])
+    datasets.DatasetDict(splits).save_to_disk(str(tmp))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
     return qa
