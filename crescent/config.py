@@ -181,6 +181,9 @@ class FinetuneConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                  "down_proj"]
     )
+    beta: float = 0.1  # dpo: strength of the pull towards the reference (the student before training)
+    margin_weight: bool = False  # dpo: weight each pair's loss by its vote-share margin (as ScPO)
+    sft_weight: float = 0.0  # dpo: add this times the chosen responses' cross-entropy (as RPO, ScPO)
     weight_decay: float = 0.0  # AdamW decoupled weight decay (not on biases and norms)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
     warmup_steps: int = 0  # linear warm-up steps; 0: warmup_ratio decides
@@ -281,7 +284,9 @@ RANGES = [
     ("finetune.fraction", lambda v: 0 < v <= 1, "a share in (0, 1]"),
     ("finetune.max_steps", lambda v: v == -1 or v >= 1, "-1 or an integer >= 1"),
     ("finetune.max_epochs", lambda v: v == -1 or v >= 1, "-1 or an integer >= 1"),
-    ("finetune.lr", lambda v: v > 0, "a number > 0"), ("finetune.batch_size", *_POSITIVE),
+    ("finetune.lr", lambda v: v > 0, "a number > 0"),
+    ("finetune.beta", lambda v: v > 0, "a number > 0"),
+    ("finetune.sft_weight", lambda v: v >= 0, "a number >= 0"), ("finetune.batch_size", *_POSITIVE),
     ("finetune.accumulate_grad_batches", *_POSITIVE), ("finetune.max_length", *_POSITIVE),
     ("finetune.val_fraction", lambda v: 0 <= v < 1, "a share in [0, 1)"),
     ("finetune.val_every_n_steps", *_COUNT), ("finetune.lora_r", *_POSITIVE),

@@ -75,7 +75,8 @@ ENGINES = Registry("engine", "engine.name", {
 VOTE_RULES = Registry("vote rule", "voting.rule", {"majority": "crescent.methods.voting"})
 ANSWER_FORMATS = Registry("answer format", "domain.answer_type", {
     "math": "crescent.domains.math", "text": "crescent.domains.text"})
-OBJECTIVES = Registry("objective", "finetune.objective", {"sft": "crescent.objectives.sft"})
+OBJECTIVES = Registry("objective", "finetune.objective", {"sft": "crescent.objectives.sft",
+                                                          "dpo": "crescent.objectives.dpo"})
 
 
 def load_entry_points() -> None:

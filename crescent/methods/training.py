@@ -133,9 +133,10 @@ class CausalLMModule(L.LightningModule):
 
     input_file: str  # the answers stage's file it reads when finetune.input is unset
 
-    def __init__(self, fcfg, model_path: str, dtype: str):
+    def __init__(self, fcfg, model_path: str, dtype: str, work_dir: Path | None = None):
         super().__init__()
         self.fcfg, self.model_path, self.dtype_name = fcfg, model_path, dtype
+        self.work_dir = work_dir  # the stage dir: what an objective computes once lives here
         self.model = None
         # Checkpoints hold only the trained weights; frozen ones come from the student.
         self.strict_loading = False

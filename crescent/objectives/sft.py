@@ -50,8 +50,7 @@ class SFTDataModule(L.LightningDataModule):
         if self.train is not None:
             return
         f = self.fcfg
-        examples = [encode_conversation(self.tokenizer, c, f.max_length)
-                    for c in self.conversations]
+        examples = [self.encode(c) for c in self.conversations]
         kept = [e for e in examples if e is not None]
         if not kept:
             raise CrescentError(
@@ -64,19 +63,25 @@ class SFTDataModule(L.LightningDataModule):
             n_val = min(len(kept) - 1, max(1, round(f.val_fraction * len(kept))))
         val = [kept[i] for i in order[:n_val]]
         train = [kept[i] for i in sorted(order[n_val:])]
-        self.counts = {
-            "conversations": len(self.conversations),
-            "dropped_no_assistant_token": len(examples) - len(kept),
-            "examples": len(train),
-            "val_examples": len(val),
-            "train_tokens_per_epoch": sum(len(e["input_ids"]) for e in train),
-            "train_loss_tokens_per_epoch": sum(
-                sum(1 for x in e["labels"] if x != IGNORE_INDEX) for e in train),
-        }
+        self.counts = {"conversations": len(self.conversations),
+                       "dropped_no_assistant_token": len(examples) - len(kept),
+                       "examples": len(train), "val_examples": len(val), **self.sizes(train)}
+        self.train, self.val = self.arrange(train), self.arrange(val)
         if f.packing:
-            train, val = pack(train, f.max_length), pack(val, f.max_length)
-            self.counts["packed_rows"] = len(train)
-        self.train, self.val = train, val
+            self.counts["packed_rows"] = len(self.train)
+
+    def encode(self, conversation: list[dict]) -> dict | None:
+        """One example's token ids and assistant-only labels (None: no assistant token)."""
+        return encode_conversation(self.tokenizer, conversation, self.fcfg.max_length)
+
+    def sizes(self, train: list[dict]) -> dict:
+        return {"train_tokens_per_epoch": sum(len(e["input_ids"]) for e in train),
+                "train_loss_tokens_per_epoch": sum(
+                    sum(1 for x in e["labels"] if x != IGNORE_INDEX) for e in train)}
+
+    def arrange(self, examples: list[dict]) -> list[dict]:
+        """The rows batches are drawn from: the examples, or packed rows of them."""
+        return pack(examples, self.fcfg.max_length) if self.fcfg.packing else examples
 
     def _collate(self, features):
         return collate(features, self.pad_id)

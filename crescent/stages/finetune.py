@@ -31,7 +31,9 @@ logger = logging.getLogger(__name__)
 
 # finetune.seed lives in the finetune group: replicas of a fine-tune share the data above.
 STAGE = Stage("finetune", ("seed", "student", "finetune"), upstream="answers",
-              input_key="finetune.input", version=1, added={"finetune.objective": "sft"})
+              input_key="finetune.input", version=1,
+              added={"finetune.objective": "sft", "finetune.beta": 0.1,
+                     "finetune.margin_weight": False, "finetune.sft_weight": 0.0})
 MODEL_DIR = "model"  # the trained student, a Hugging Face save_pretrained dir
 CHECKPOINT_DIR = "checkpoints"
 LAST_CKPT = "last.ckpt"
@@ -73,7 +75,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     seed = cfg.seed if f.seed is None else f.seed
     training.seed_everything(seed)
     data = objective.data_module(examples, tokenizer, f, seed)
-    module = objective(f, model_path, training.load_dtype(precision))
+    module = objective(f, model_path, training.load_dtype(precision), out)
     metrics = training.StepMetrics(out / METRICS)
     trainer = training.build_trainer(f, out, out / CHECKPOINT_DIR, precision,
                                      _make_logger(cfg, run_dir), metrics)
