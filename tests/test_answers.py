@@ -9,8 +9,8 @@ import datasets
 import pytest
 from hydra import compose, initialize_config_dir
 
-from crescent.__main__ import CONF_DIR
 from crescent import engines
+from crescent.__main__ import CONF_DIR
 from crescent.engines import Generation
 from crescent.errors import CrescentError
 from crescent.infra.io import read_json, read_jsonl

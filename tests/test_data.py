@@ -10,8 +10,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from crescent.__main__ import CONF_DIR
-from crescent.infra import data
 from crescent.errors import CrescentError
+from crescent.infra import data
 from tests.conftest import DATA, ROOT
 
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason="no reference benchmark data here")
