@@ -333,3 +333,30 @@ def test_killed_three_times_resumes_from_its_checkpoints(tmp_path):
     _reload_and_generate(out / "model")
     print(f"\nfinetune killed at {seen} steps logged, last resumed from step "
           f"{stats['resumed_from_step']}")
+
+
+PREFS16 = ASSETS / "prefs16.jsonl"  # sft32's first 16 questions: right answer chosen, off by one rejected
+
+
+@pytest.mark.slow
+def test_dpo_killed_three_times_resumes_and_reads_its_reference_back(tmp_path):
+    steps = 10
+    run_dir = tmp_path / "run"
+    out = run_dir / "finetune"
+    args = ["stages=[finetune]", f"finetune.input={PREFS16}", "logger=none", "seed=0",
+            "finetune.objective=dpo", "finetune.sft_weight=0.1", "finetune=lora",
+            f"finetune.max_steps={steps}", "finetune.batch_size=2", "finetune.lr=5e-5",
+            "finetune.val_fraction=0", "finetune.checkpoint_every_n_steps=2",
+            "finetune.progress_bar=false", f"hydra.run.dir={run_dir}"]
+    seen = kill_then_finish(args, tmp_path, out, lambda: lines(out / "metrics.jsonl"),
+                            kill_points(seed=7, low=1, high=8), seed=7)
+    stats = read_json(out / "stats.json")
+    assert stats["objective"] == "dpo" and stats["pairs"] == 16
+    assert stats["steps"] == steps and 0 < stats["resumed_from_step"] < steps
+    assert whole_records(out / "metrics.jsonl", "step") == list(range(1, steps + 1))
+    reference = read_json(out / "reference_logps.json")  # computed once, before any step
+    assert len(reference) == 16 and all(c < 0 and r < 0 for c, r in reference)
+    assert not (out / "checkpoints").exists()
+    _reload_and_generate(out / "model")
+    print(f"\ndpo killed at {seen} steps logged, last resumed from step "
+          f"{stats['resumed_from_step']}")
