@@ -158,7 +158,8 @@ class AnswersConfig:
 
 @dataclass
 class FinetuneConfig:
-    objective: str = "sft"  # training objective (crescent/objectives/): sft, or a plug-in's
+    objective: str = "sft"  # training objective (crescent/objectives/): sft, dpo, or a plug-in's
+    init: Optional[str] = None  # start from this config's fine-tune with that objective (sft: SFT then DPO); null: the student
     input: Optional[str] = None  # sft.jsonl or a `datasets` save_to_disk dir; default: answers/sft.jsonl
     max_examples: Optional[int] = None  # train on the input's first N conversations; None: all
     fraction: float = 1.0  # then train on the first share of them (a data-volume point: 0.25, 0.5)
@@ -329,6 +330,8 @@ def validate(cfg: DictConfig) -> None:
 
     for registry in (ENGINES, VOTE_RULES, ANSWER_FORMATS, OBJECTIVES):
         registry.check(OmegaConf.select(cfg, registry.key))  # one line naming the known ones
+    if OmegaConf.select(cfg, "finetune.init"):
+        OBJECTIVES.check(cfg.finetune.init)
     voting, finetune = cfg.voting, cfg.finetune
     if voting.min_votes > voting.k:
         raise CrescentError(f"voting.min_votes={voting.min_votes} is more than voting.k="

@@ -114,8 +114,8 @@ def main() -> None:
 
     from bench_engines import write_result  # beside this script
 
-    from crescent.infra import logs
     from crescent.engines import make_engine
+    from crescent.infra import logs
     from crescent.infra.io import read_jsonl
     from crescent.stages import answers, questions
 

@@ -172,7 +172,7 @@ def test_a_choice_typo_fails_at_composition_in_one_line(cli, tmp_path, typo, all
     ("engine.name=vlm", "hf, openai, ray_vllm, vllm"),
     ("voting.rule=majorty", "majority"),
     ("domain.answer_type=maths", "math, text"),
-    ("finetune.objective=stf", "sft"),
+    ("finetune.objective=stf", "dpo, sft"),
 ])
 def test_an_extension_point_typo_fails_before_any_stage_in_one_line(cli, tmp_path, typo, known):
     # Plug-ins can add names, so these are checked after they are imported, not by an Enum.

@@ -360,3 +360,30 @@ def test_dpo_killed_three_times_resumes_and_reads_its_reference_back(tmp_path):
     _reload_and_generate(out / "model")
     print(f"\ndpo killed at {seen} steps logged, last resumed from step "
           f"{stats['resumed_from_step']}")
+
+
+@pytest.mark.slow
+def test_sft_then_dpo_starts_from_the_sft_rows_own_entry(tmp_path):
+    # Two runs over the same answers (real files): the SFT row, then SFT-then-DPO, whose SFT
+    # part is that row's cache entry, reused and not trained again.
+    import shutil
+
+    for run in ("sft", "sft_dpo"):
+        (tmp_path / run / "answers").mkdir(parents=True)
+        shutil.copyfile(SFT32, tmp_path / run / "answers" / "sft.jsonl")
+        shutil.copyfile(PREFS16, tmp_path / run / "answers" / "prefs.jsonl")
+    common = ["stages=[finetune]", "logger=none", "seed=0", "finetune.max_steps=2",
+              "finetune.batch_size=2", "finetune.val_fraction=0", "finetune.progress_bar=false",
+              f"cache_dir={tmp_path / 'cache'}"]
+    first = run_cli(*common, "hydra.run.dir=sft", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    sft_entry = (tmp_path / "sft" / "finetune").resolve()
+    trained = (sft_entry / "metrics.jsonl").read_bytes()
+    second = run_cli(*common, "setting=sft_dpo", "hydra.run.dir=sft_dpo", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    stats = read_json(tmp_path / "sft_dpo" / "finetune" / "stats.json")
+    assert stats["objective"] == "dpo" and stats["start"] == str(sft_entry / "model")
+    assert (sft_entry / "metrics.jsonl").read_bytes() == trained  # reused, not trained again
+    assert f"starting from {sft_entry / 'model'}" in second.stdout + second.stderr
+    reference = read_json(tmp_path / "sft_dpo" / "finetune" / "reference_logps.json")
+    assert len(reference) == 16  # the reference is the SFT model, the student of this fine-tune

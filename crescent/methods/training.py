@@ -132,6 +132,7 @@ class CausalLMModule(L.LightningModule):
     `data_module` serves it, `input_file` is the answers-stage file read by default."""
 
     input_file: str  # the answers stage's file it reads when finetune.input is unset
+    settings: tuple[str, ...] = ()  # finetune.* keys only this objective reads
 
     def __init__(self, fcfg, model_path: str, dtype: str, work_dir: Path | None = None):
         super().__init__()

@@ -118,6 +118,7 @@ class DPOModule(CausalLMModule):
     """DPO against the student before training, on the vote's preference pairs."""
 
     input_file = PREFS
+    settings = ("beta", "margin_weight", "sft_weight")
 
     @staticmethod
     def load_examples(path: Path) -> list[dict]:

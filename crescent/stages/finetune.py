@@ -25,14 +25,14 @@ from omegaconf import DictConfig
 
 from crescent.cache import STATS, Stage
 from crescent.errors import CrescentError
-from crescent.infra.io import read_jsonl, write_json
+from crescent.infra.io import read_json, read_jsonl, write_json
 
 logger = logging.getLogger(__name__)
 
 # finetune.seed lives in the finetune group: replicas of a fine-tune share the data above.
 STAGE = Stage("finetune", ("seed", "student", "finetune"), upstream="answers",
               input_key="finetune.input", version=1,
-              added={"finetune.objective": "sft", "finetune.beta": 0.1,
+              added={"finetune.objective": "sft", "finetune.init": None, "finetune.beta": 0.1,
                      "finetune.margin_weight": False, "finetune.sft_weight": 0.0})
 MODEL_DIR = "model"  # the trained student, a Hugging Face save_pretrained dir
 CHECKPOINT_DIR = "checkpoints"
@@ -49,12 +49,18 @@ def preflight(cfg: DictConfig) -> None:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
-    """Train the student on the objective's examples and save it into finetune/model, resuming
-    from the last checkpoint; a model already saved is kept as it is."""
+    """Train the student (or, with `finetune.init`, another objective's fine-tune of it) on
+    the objective's examples and save it into finetune/model."""
+    run_dir = Path(run_dir)
+    start = _initial_model(cfg, run_dir) if cfg.finetune.init else cfg.student.name
+    return train(cfg, run_dir, run_dir / STAGE.name, start)
+
+
+def train(cfg: DictConfig, run_dir: Path, out: Path, start: str) -> Path:
+    """Fine-tune `start` into `out/model`, resuming from the last checkpoint; a model already
+    saved is kept as it is."""
     from crescent.registry import OBJECTIVES
 
-    run_dir = Path(run_dir)
-    out = run_dir / STAGE.name
     f = cfg.finetune
     objective = OBJECTIVES.get(f.objective)
     input_path = _check_input(f, run_dir, objective.input_file)
@@ -68,7 +74,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     quiet_libraries()  # importing Lightning set its logger back to INFO
 
     examples = _select(f, objective.load_examples(input_path))
-    model_path, tokenizer = _load_student(cfg.student.name)
+    model_path, tokenizer = _load_student(start)
     precision = training.resolve_precision(f.precision, f.accelerator)
     # finetune.seed replicates the fine-tune alone (shuffle, split, LoRA init): the data
     # stages' cache keys do not hold it, so replicas share their questions and answers.
@@ -84,6 +90,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     training.release_optimizer(trainer)
     if trainer.is_global_zero:
         stats = _stats(cfg, input_path, trainer, data, module, metrics, precision, val_loss)
+        stats["start"] = start  # the model trained: the student, or finetune.init's model
         training.save_model(module.model, tokenizer, out / MODEL_DIR, f.mode, cfg.student.dtype)
         _write_stats(out, stats, started)
     # Other ranks (DDP) return only once the model and stats are on disk.
@@ -91,6 +98,39 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     if trainer.is_global_zero and not f.keep_checkpoints:
         shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     return out
+
+
+def _initial_model(cfg: DictConfig, run_dir: Path) -> str:
+    """The model `finetune.init` names: this config's fine-tune with objective=init (SFT on the
+    same data, say), trained first unless it is there. With the cache on it is that config's
+    own finetune entry, so a study's SFT row and its SFT-then-DPO row train it once."""
+    from omegaconf import OmegaConf
+
+    from crescent import cache
+    from crescent.config import FinetuneConfig
+    from crescent.registry import OBJECTIVES
+
+    # The first fine-tune as its own config says it: the answers stage's files (finetune.input,
+    # if any, is the last objective's) and none of the last objective's own settings.
+    own = OBJECTIVES.get(cfg.finetune.objective).settings
+    first = OmegaConf.merge(cfg, {"finetune": {
+        "objective": cfg.finetune.init, "init": None, "input": None,
+        **{key: getattr(FinetuneConfig(), key) for key in own}}})
+    entry = cache.entry(first, run_dir, STAGE.name)
+    if entry is None:  # the cache is off: it lives in this stage dir
+        where = run_dir / STAGE.name / f"init_{cfg.finetune.init}"
+        train(first, run_dir, where, first.student.name)
+        return str(where / MODEL_DIR)
+    with entry.open().locked(f"finetune: init={cfg.finetune.init}"):
+        if entry.done:
+            cache.check_intact(STAGE.name, entry.dir)
+            logger.info("crescent: finetune: starting from %s", entry.dir / MODEL_DIR)
+        else:
+            train(first, run_dir, entry.dir, first.student.name)
+            stats = read_json(entry.dir / STATS)
+            write_json(entry.dir / STATS, {**stats, "stage_version": STAGE.version})
+            cache.mark_done(entry.dir)
+    return str(entry.dir / MODEL_DIR)
 
 
 # ------------------------------------------------------------------------------------- steps
