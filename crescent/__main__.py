@@ -70,8 +70,9 @@ def run(cfg: DictConfig) -> None:
 
     logs.setup(bool(cfg.get("verbose", False)))
     # Heavy modules load here, after Hydra has handled --help and --cfg.
-    from crescent.config import check_added_keys, validate
+    from crescent.config import validate
     from crescent.infra.tracking import make_tracker
+    from crescent.overrides import check_added_keys
     from crescent.pipeline import run_pipeline
     from crescent.registry import load_plugins
     from crescent.summary import print_summary

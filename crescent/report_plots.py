@@ -1,0 +1,92 @@
+"""crescent-report's plots, every one with error bars: the question funnel, the scores per
+setting, and score against examples (data volume) or votes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from crescent.report import row_label, summarize
+
+
+def _err(cell: dict) -> float:
+    """A symmetric error bar: the t half-width, else half the bootstrap interval's width."""
+    if cell["half"] is not None:
+        return cell["half"]
+    return (cell["ci"][1] - cell["ci"][0]) / 2 if cell["ci"] else 0.0
+
+
+def plots(study: str, rows: list[dict], out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only, no display
+    import matplotlib.pyplot as plt
+
+    from crescent.intervals import t_interval
+
+    summary = summarize(rows)[1:]
+    written = []
+    steps = ["candidates", "questions", "answered", "kept"]
+    fig, ax = plt.subplots(figsize=(max(4, 1.5 * len(summary) + 2), 3.5))
+    width = 0.8 / len(summary)
+    for i, line in enumerate(summary):
+        runs = [r for r in rows if r["run"] in line["runs"]]
+        counts = [t_interval([r["funnel"][s] or 0 for r in runs]) for s in steps]
+        ax.bar([s + i * width for s in range(len(steps))], [c["mean"] for c in counts], width,
+               yerr=[c["half"] or 0 for c in counts], capsize=3, label=row_label(line, [{}, *summary]))
+    ax.set_xticks([s + 0.4 - width / 2 for s in range(len(steps))], steps)
+    ax.set_ylabel("items (mean over replicas)")
+    ax.set_title(f"{study}: question funnel")
+    ax.legend(fontsize="small")
+    written.append(_save(fig, out / f"{study}_funnel.png"))
+    written.append(_scores_plot(study, summarize(rows), out))
+    for axis, label in (("examples", "fine-tuning examples"), ("votes", "votes per question (k)")):
+        if len({line[axis] for line in summary if line[axis] is not None and line["cells"]}) >= 2:
+            written.append(_versus_plot(study, summary, axis, label, out))
+    return [p for p in written if p is not None]
+
+
+def _scores_plot(study: str, summary: list[dict], out: Path) -> Path | None:
+    """One panel per task: each setting's score (base first) with its 95% interval."""
+    import matplotlib.pyplot as plt
+
+    tasks = sorted({t for line in summary for t in line["cells"]})
+    if not tasks:
+        return None
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 + 1.2 * len(summary), 3.5 * 1),
+                             squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        lines = [line for line in summary if task in line["cells"]]
+        ax.bar(range(len(lines)), [line["cells"][task]["mean"] for line in lines],
+               yerr=[_err(line["cells"][task]) for line in lines], capsize=4)
+        ax.set_xticks(range(len(lines)), [row_label(line, summary) for line in lines],
+                      rotation=30, ha="right", fontsize="small")
+        ax.set_title(task, fontsize="small")
+    fig.suptitle(f"{study}: scores (95% intervals)")
+    return _save(fig, out / f"{study}_scores.png")
+
+
+def _versus_plot(study: str, summary: list[dict], axis: str, label: str, out: Path) -> Path:
+    """Fine-tuned score against data volume or votes, one line per task, with error bars."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for task in sorted({t for line in summary for t in line["cells"]}):
+        points = sorted((line[axis], line["cells"][task]["mean"], _err(line["cells"][task]))
+                        for line in summary if line[axis] is not None and task in line["cells"])
+        if points:
+            x, y, err = zip(*points)
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=4, label=task)
+    ax.set_xlabel(label)
+    ax.set_ylabel("fine-tuned score (95% interval)")
+    ax.set_title(f"{study}: score vs {label}")
+    ax.legend(fontsize="small")
+    return _save(fig, out / f"{study}_score_vs_{axis}.png")
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
