@@ -107,6 +107,9 @@ def _interrupted(tmp_path, progress, *overrides) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "crescent", f"eval.data_dir={DATA}", "logger=none",
          "hydra.run.dir=run", *overrides], cwd=tmp_path, stdout=subprocess.PIPE,
         stderr=subprocess.PIPE, text=True, start_new_session=True,
+        # As from a terminal: a job started in the background (CI's, say) inherits SIGINT
+        # ignored, and Python then never turns it into KeyboardInterrupt.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         env=dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="offline"))
     deadline = time.time() + 600
     while lines(progress) < 1 and proc.poll() is None and time.time() < deadline:
