@@ -339,6 +339,7 @@ PREFS16 = ASSETS / "prefs16.jsonl"  # sft32's first 16 questions: right answer c
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_dpo_killed_three_times_resumes_and_reads_its_reference_back(tmp_path):
     steps = 10
     run_dir = tmp_path / "run"
@@ -363,6 +364,7 @@ def test_dpo_killed_three_times_resumes_and_reads_its_reference_back(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_sft_then_dpo_starts_from_the_sft_rows_own_entry(tmp_path):
     # Two runs over the same answers (real files): the SFT row, then SFT-then-DPO, whose SFT
     # part is that row's cache entry, reused and not trained again.
