@@ -92,22 +92,25 @@ def load_stage(name: str) -> ModuleType:
     return module
 
 
-def spec(name: str) -> Stage:
-    """The declaration of a stage or of an entry a stage keeps."""
+def _declared(name: str) -> tuple[str, Stage]:
+    """The stage that keeps `name` (a stage keeps itself) and the declaration of `name`."""
     if name in STAGES:
-        return load_stage(name).STAGE
+        return name, load_stage(name).STAGE
     for stage in STAGES:
         for entry in load_stage(stage).STAGE.entries:
             if entry.name == name:
-                return entry
+                return stage, entry
     raise CrescentError(f"no stage or cache entry named {name!r}")
+
+
+def spec(name: str) -> Stage:
+    """The declaration of a stage or of an entry a stage keeps."""
+    return _declared(name)[1]
 
 
 def owner(name: str) -> str:
     """The stage that keeps entry `name` (a stage owns itself)."""
-    if name in STAGES:
-        return name
-    return next(s for s in STAGES if any(e.name == name for e in load_stage(s).STAGE.entries))
+    return _declared(name)[0]
 
 
 def stage_key(cfg: DictConfig, name: str) -> tuple[str, dict]:

@@ -275,8 +275,9 @@ def footnotes(rows: list[dict], tasks: list[str]) -> list[str]:
         if r["unfinished"]:
             notes.append(f"unfinished: {r['run']} ({', '.join(r['unfinished'])} not done): its "
                          f"cells show only what it finished")
-    if mixed_versions(rows):
-        notes.append(f"{', '.join(mixed_versions(rows))}: written by different stage versions "
+    mixed = mixed_versions(rows)
+    if mixed:
+        notes.append(f"{', '.join(mixed)}: written by different stage versions "
                      f"across these runs, which are not pooled: each setting's label ends in "
                      f"its runs' versions")
     return notes

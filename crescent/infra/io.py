@@ -22,8 +22,9 @@ def _umask() -> int:
     return mask
 
 
-FILE_MODE = 0o666 & ~_umask()  # what `open` gives a new file; mkstemp's own is 0600
-DIR_MODE = 0o777 & ~_umask()  # what `mkdir` gives a new dir; mkdtemp's own is 0700
+UMASK = _umask()
+FILE_MODE = 0o666 & ~UMASK  # what `open` gives a new file; mkstemp's own is 0600
+DIR_MODE = 0o777 & ~UMASK  # what `mkdir` gives a new dir; mkdtemp's own is 0700
 
 
 def umask_modes(root: Path) -> None:
