@@ -20,6 +20,7 @@ an entry made by another version is never reused. Benchmark data (`eval.data_dir
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib
 import json
@@ -68,9 +69,9 @@ class Stage:
     exclude: tuple[str, ...] = ()  # dotted keys left out of the hash (machine paths)
     # dotted key -> its value as the stage resolves it (a default that follows another key)
     resolved: dict[str, Callable[[DictConfig], Any]] = field(default_factory=dict)
-    # dotted key -> its default, for keys added after entries were made: left out of the hash
-    # while at that default, so that those entries (which that default reproduces) stay valid
-    added: dict[str, Any] = field(default_factory=dict)
+    # dotted keys added after entries were made: left out of the hash while at the schema's
+    # default, so that those entries (which that default reproduces) stay valid
+    added: tuple[str, ...] = ()
     entries: tuple["Stage", ...] = ()  # cache entries the stage keeps beside its own
     generates: bool = False  # uses `cfg.engine`: shares the process's engine, others free it
 
@@ -130,13 +131,21 @@ def stage_key(cfg: DictConfig, name: str) -> tuple[str, dict]:
         parts["benchmarks"] = _data_identity(cfg, stage.data)
     for key in stage.exclude:
         _drop(parts, key)
-    for key, default in stage.added.items():
-        if OmegaConf.select(cfg, key) == default:
+    for key in stage.added:
+        if OmegaConf.select(cfg, key) == OmegaConf.select(_schema(), key):
             _drop(parts, key)
     parts["version"] = stage.version
     digest = hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(),
                              digest_size=8)
     return digest.hexdigest(), parts
+
+
+@functools.cache
+def _schema() -> DictConfig:
+    """Every key at its default (crescent/config.py)."""
+    from crescent.config import Config
+
+    return OmegaConf.structured(Config)
 
 
 def _plain(value):

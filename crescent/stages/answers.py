@@ -44,7 +44,7 @@ SAMPLES_ENTRY = Stage("samples", ("seed", "model", "engine", "domain", "answers"
                       resolved={"answers.samples": samples_per_question})  # None means voting.k
 # Version 2: preference pairs (prefs.jsonl, the dataset's `prefs` split) beside the SFT data.
 STAGE = Stage("answers", ("domain", "voting"), upstream="samples", version=2,
-              entries=(SAMPLES_ENTRY,), added={"voting.rule": "majority"}, generates=True)
+              entries=(SAMPLES_ENTRY,), added=("voting.rule",), generates=True)
 SAMPLES = "samples.jsonl"  # every question once: its samples (or why it was not sampled)
 VOTES = "votes.jsonl"  # every question once: the vote over its first voting.k samples
 SAMPLING = "sampling.json"  # in a samples cache entry: what drawing them cost

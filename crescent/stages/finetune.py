@@ -32,8 +32,8 @@ logger = logging.getLogger(__name__)
 # finetune.seed lives in the finetune group: replicas of a fine-tune share the data above.
 STAGE = Stage("finetune", ("seed", "student", "finetune"), upstream="answers",
               input_key="finetune.input", version=1,
-              added={"finetune.objective": "sft", "finetune.init": None, "finetune.beta": 0.1,
-                     "finetune.margin_weight": False, "finetune.sft_weight": 0.0})
+              added=("finetune.objective", "finetune.init", "finetune.beta", "finetune.margin_weight",
+                     "finetune.sft_weight"))
 MODEL_DIR = "model"  # the trained student, a Hugging Face save_pretrained dir
 CHECKPOINT_DIR = "checkpoints"
 LAST_CKPT = "last.ckpt"
