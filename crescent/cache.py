@@ -49,6 +49,7 @@ KEY_FILE = "cache_key.json"  # what an entry's key hashes, for whoever reads the
 STAGES: dict[str, str] = {
     "questions": "crescent.stages.questions",
     "answers": "crescent.stages.answers",
+    "audit": "crescent.stages.audit",
     "finetune": "crescent.stages.finetune",
     "evaluate": "crescent.stages.evaluate",
 }

@@ -144,7 +144,8 @@ class QuestionsConfig:
 
 @dataclass
 class AnswersConfig:
-    input: Optional[str] = None  # questions.jsonl to answer; default: this run's questions stage
+    input: Optional[str] = None  # questions.jsonl to answer; default: this run's questions stage. ${data:gsm8k/train.jsonl} names a benchmark file
+    limit: Optional[int] = None  # answer only the input's first N questions; None: all
     samples: int | None = None  # k_max: samples drawn per question (cached); the vote uses the first voting.k; None: voting.k
     decontaminate: list[str] = field(  # benchmark test sets (JSON Lines in the benchmark data dir)
         default_factory=lambda: ["gsm8k/test.jsonl", "math500/test.jsonl"]
@@ -277,7 +278,7 @@ RANGES = [
     ("questions.target", *_POSITIVE), ("questions.max_candidates", *_POSITIVE),
     ("questions.max_rewrites", *_COUNT), ("questions.batch_size", *_POSITIVE),
     *[(f"questions.sampling.{key}", test, what) for key, test, what in _SAMPLING],
-    ("answers.samples", *_OPTIONAL_POSITIVE), ("answers.ngram", *_POSITIVE),
+    ("answers.samples", *_OPTIONAL_POSITIVE), ("answers.limit", *_OPTIONAL_POSITIVE), ("answers.ngram", *_POSITIVE),
     ("answers.max_overlap", *_SHARE),
     *[(f"answers.sampling.{key}", test, what) for key, test, what in _SAMPLING],
     ("voting.match_kept_of_k", *_OPTIONAL_POSITIVE), ("voting.pairs", *_COUNT),
@@ -350,9 +351,17 @@ def validate(cfg: DictConfig) -> None:
 
 
 def register_configs() -> None:
-    """Register the schema that `conf/config.yaml` puts first in its defaults list, and the
-    `path_safe` resolver that keeps run-dir names one directory deep."""
+    """Register the schema that `conf/config.yaml` puts first in its defaults list, the
+    `path_safe` resolver that keeps run-dir names one directory deep, and `data`, which
+    names a benchmark file where this run finds its data (`${data:gsm8k/train.jsonl}`)."""
     ConfigStore.instance().store(name="crescent_schema", node=Config)
     # `model.name=/data/llama3` in a run-dir name would otherwise nest directories.
     OmegaConf.register_new_resolver("path_safe", lambda text: text.replace("/", "_"),
                                     replace=True)
+    OmegaConf.register_new_resolver("data", _data_file, replace=True)
+
+
+def _data_file(rel: str, *, _root_: DictConfig) -> str:
+    from crescent.infra.data import require
+
+    return str(require(OmegaConf.select(_root_, "eval.data_dir", default=None), rel))

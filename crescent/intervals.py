@@ -61,3 +61,20 @@ def bootstrap(metric: str, per_doc: Sequence, paired: Sequence | None = None,
         values.append(value)
     low, high = np.quantile(values, [(1 - confidence) / 2, (1 + confidence) / 2])
     return float(low), float(high)
+
+
+def ratio_interval(numerator, denominator, seed: int = 0,
+                   confidence: float = CONFIDENCE) -> dict:
+    """{"value", "low", "high"}: sum(numerator) / sum(denominator) over items (a share when the
+    denominator is all ones, a precision when it marks the items counted) and its percentile
+    bootstrap interval, items resampled with replacement; None where nothing is counted."""
+    import numpy as np
+
+    num, den = np.asarray(numerator, dtype=float), np.asarray(denominator, dtype=float)
+    if den.sum() == 0:
+        return {"value": None, "low": None, "high": None}
+    pick = np.random.default_rng(seed).integers(0, len(num), (BOOTSTRAP_RESAMPLES, len(num)))
+    nums, dens = num[pick].sum(axis=1), den[pick].sum(axis=1)
+    ratios = nums[dens > 0] / dens[dens > 0]  # a resample that counts nothing has no ratio
+    low, high = np.quantile(ratios, [(1 - confidence) / 2, (1 + confidence) / 2])
+    return {"value": float(num.sum() / den.sum()), "low": float(low), "high": float(high)}

@@ -95,6 +95,8 @@ def collect(run: Path) -> dict:
         "scores": _scores(run, stats["evaluate"]),
         "reused": {k: v.get("reused") for k, v in (_read(run / "pipeline.json") or {}).items()},
         "wandb_id": wandb_id,
+        "model": OmegaConf.select(config, "model.name", default=None),
+        "audit": _read(run / "audit" / "audit.json"),  # the vote audit, where a run made one
     }
 
 
@@ -305,6 +307,19 @@ def latex(header: list[str], cells: list[list[str]]) -> str:
             + "\n".join(body) + "\n\\bottomrule\n\\end{tabular}\n")
 
 
+def audit_section(study: str, rows: list[dict], out: Path) -> str:
+    """The vote audit of each run (its model and point), and one precision-vs-kept-share plot
+    with a panel per run."""
+    from crescent.stages import audit
+
+    parts = [f"## {study}: vote audit\n"]
+    for r in rows:
+        parts.append(f"### {r['model']} ({r['point']})\n\n{audit.markdown(r['audit'])}\n")
+    path = audit.plot([(f"{r['model']}", r["audit"]) for r in rows], out / f"{study}_audit.png")
+    parts.append(f"![{path.stem}]({path.name})\n")
+    return "\n".join(parts)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="crescent-report", description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="run or multirun directories")
@@ -332,6 +347,11 @@ def main(argv: list[str] | None = None) -> None:
     md, tex = [], []
     summaries = {}
     for study, rows in studies.items():
+        audited = [r for r in rows if r["audit"]]
+        if audited:
+            md.append(audit_section(study, audited, out))
+        if audited and not any(r["scores"] for r in rows):
+            continue  # an audit study scores no model: no score table
         header, cells, notes = table(rows)
         summaries[study] = summarize(rows)
         md.append(f"## {study}\n\n{markdown(header, cells)}\n"

@@ -11,7 +11,7 @@ import logging
 import os
 from pathlib import Path
 
-from crescent.cache import STATS
+from crescent.cache import STATS, load_stage
 from crescent.infra.io import read_json
 
 logger = logging.getLogger(__name__)
@@ -24,22 +24,9 @@ def _rel(path: Path) -> str:
 
 
 def headline(stage: str, stats: dict) -> str:
-    """One stage's counts in a few words."""
-    if stage == "questions":
-        return (f"{stats.get('accepted')} of {stats.get('target')} questions accepted "
-                f"from {stats.get('candidates')} candidates")
-    if stage == "answers":
-        share = stats.get("truncated_share")
-        cut = f", {share:.0%} of samples cut at max_tokens" if isinstance(share, float) else ""
-        return (f"{stats.get('kept')} of {stats.get('questions_in')} questions kept "
-                f"(contaminated {stats.get('contaminated')}, dropped {stats.get('dropped') or 0}"
-                f"{cut})")
-    if stage == "finetune":
-        return (f"{stats.get('steps')} steps, train loss {_num(stats.get('train_loss_first'))} -> "
-                f"{_num(stats.get('train_loss_final'))}")
-    if stage == "evaluate":
-        return "; ".join(scores(stats)) or "no scores"
-    return ""
+    """One stage's counts in a few words: its module's `headline(stats)`, when it has one."""
+    said = getattr(load_stage(stage), "headline", None)
+    return said(stats) if said is not None and stats else ""
 
 
 def scores(stats: dict) -> list[str]:
@@ -51,16 +38,16 @@ def scores(stats: dict) -> list[str]:
     out = []
     for task, metrics in stats[base].items():
         for metric, value in metrics.items():
-            text = f"{task} {metric}: {base} {_num(value)}"
+            text = f"{task} {metric}: {base} {num(value)}"
             for label in others:
                 got = stats[label].get(task, {}).get(metric)
                 delta = stats.get("delta", {}).get(label, {}).get(task, {}).get(metric)
-                text += f", {label} {_num(got)} ({_num(delta, signed=True)})"
+                text += f", {label} {num(got)} ({num(delta, signed=True)})"
             out.append(text)
     return out
 
 
-def _num(value, signed: bool = False) -> str:
+def num(value, signed: bool = False) -> str:
     if not isinstance(value, (int, float)):
         return "-"
     return f"{value:+.4f}" if signed else f"{value:.4f}" if isinstance(value, float) else str(value)

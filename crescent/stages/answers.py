@@ -41,7 +41,8 @@ logger = logging.getLogger(__name__)
 SAMPLES_ENTRY = Stage("samples", ("seed", "model", "engine", "domain", "answers"),
                       upstream="questions", input_key="answers.input", version=2,
                       data="answers.decontaminate",
-                      resolved={"answers.samples": samples_per_question})  # None means voting.k
+                      resolved={"answers.samples": samples_per_question},
+                      added=("answers.limit",))  # None means voting.k
 # Version 2: preference pairs (prefs.jsonl, the dataset's `prefs` split) beside the SFT data.
 STAGE = Stage("answers", ("domain", "voting"), upstream="samples", version=2,
               entries=(SAMPLES_ENTRY,), added=("voting.rule",), generates=True)
@@ -58,7 +59,7 @@ def preflight(cfg: DictConfig) -> None:
     """Before any stage: the benchmark test sets are there, and `answers.input` reads."""
     benchmark_files(cfg)
     if cfg.answers.input:
-        load_questions(Path(cfg.answers.input))
+        load_questions(Path(cfg.answers.input), cfg.answers.limit)
 
 
 def benchmark_files(cfg: DictConfig) -> list[Path]:
@@ -78,7 +79,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     out = Path(run_dir) / STAGE.name
     k_max = samples_per_question(cfg)  # also: voting.k <= answers.samples, or a clear error
     questions = load_questions(Path(cfg.answers.input) if cfg.answers.input else
-                               Path(run_dir) / "questions" / QUESTIONS)
+                               Path(run_dir) / "questions" / QUESTIONS, cfg.answers.limit)
     answers = answer_format(cfg.domain.answer_type)
     # With the cache on, the samples are drawn into their own entry and linked here;
     # otherwise they are drawn here.
@@ -308,8 +309,9 @@ def _stats(cfg: DictConfig, questions: list[dict], records: list[dict], kept: li
     }
 
 
-def load_questions(path: Path) -> list[dict]:
-    """Questions with unique ids; rows without an `id` take their line number."""
+def load_questions(path: Path, limit: int | None = None) -> list[dict]:
+    """The first `limit` (None: all) questions, with unique ids; rows without an `id` take
+    their line number - 1."""
     if not path.exists():
         raise CrescentError(f"answers.input: {path} does not exist (run the questions stage "
                             f"or point answers.input at a questions.jsonl)")
@@ -324,6 +326,8 @@ def load_questions(path: Path) -> list[dict]:
             raise CrescentError(f"{path}:{line}: duplicate id {qid!r}")
         seen.add(qid)
         questions.append({"id": qid, "question": row["question"]})
+        if len(questions) == limit:
+            break
     if not questions:
         raise CrescentError(f"{path}: no questions to answer (the file is empty)")
     return questions
@@ -384,3 +388,12 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def _mean(values: list[float]):
     return round(sum(values) / len(values), 4) if values else None
+
+
+def headline(stats: dict) -> str:
+    """The summary's line for this stage."""
+    share = stats.get("truncated_share")
+    cut = f", {share:.0%} of samples cut at max_tokens" if isinstance(share, float) else ""
+    return (f"{stats.get('kept')} of {stats.get('questions_in')} questions kept "
+            f"(contaminated {stats.get('contaminated')}, dropped {stats.get('dropped') or 0}"
+            f"{cut})")

@@ -312,3 +312,10 @@ def _score_in_subprocess(label: str, label_dir: Path) -> None:
         )
     if not (label_dir / RESULTS).is_file():
         raise CrescentError(f"evaluate: scoring {label!r} wrote no {label_dir / RESULTS}")
+
+
+def headline(stats: dict) -> str:
+    """The summary's line for this stage: each score, base -> fine-tuned (delta)."""
+    from crescent.summary import scores
+
+    return "; ".join(scores(stats)) or "no scores"

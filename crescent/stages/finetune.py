@@ -249,3 +249,11 @@ def _make_logger(cfg: DictConfig, run_dir: Path):
     return WandbLogger(project=cfg.logger.project, id=run_id(run_dir), name=run_dir.name,
                        save_dir=str(run_dir), mode=cfg.logger.mode, group=run_group(cfg),
                        tags=list(cfg.logger.tags), resume="allow")
+
+
+def headline(stats: dict) -> str:
+    """The summary's line for this stage."""
+    from crescent.summary import num
+
+    return (f"{stats.get('steps')} steps, train loss {num(stats.get('train_loss_first'))} -> "
+            f"{num(stats.get('train_loss_final'))}")

@@ -336,3 +336,9 @@ def diversity(questions: list[str], index) -> dict:
         result["nn_similarity_mean"] = round(float(nearest.mean()), 4)
         result["nn_similarity_p95"] = round(float(np.percentile(nearest, 95)), 4)
     return result
+
+
+def headline(stats: dict) -> str:
+    """The summary's line for this stage."""
+    return (f"{stats.get('accepted')} of {stats.get('target')} questions accepted "
+            f"from {stats.get('candidates')} candidates")
