@@ -23,6 +23,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from crescent.cache import STAGES, STATS, is_done
+from crescent.config import DEFAULT_STAGES
 from crescent.errors import CrescentError
 from crescent.infra.io import read_json, read_jsonl
 
@@ -71,7 +72,7 @@ def collect(run: Path) -> dict:
              for stage in STAGES}
     point = [o for o in overrides if not o.startswith(("experiment=", "logger"))]
     wandb_id = (run / "wandb_id").read_text().strip() if (run / "wandb_id").exists() else None
-    listed = OmegaConf.select(config, "stages", default=None) or list(STAGES)
+    listed = OmegaConf.select(config, "stages", default=None) or DEFAULT_STAGES
     return {
         "run": str(run),
         "study": OmegaConf.select(config, "name", default=run.parent.name),

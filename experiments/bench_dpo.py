@@ -21,20 +21,23 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_engines import cpu_flags, write_result  # noqa: E402  (beside this script)
+
 ROOT = Path(__file__).resolve().parent.parent
-GSM8K = ROOT.parent / "shared" / "data" / "gsm8k" / "train.jsonl"
 
 
 def write_data(work: Path, n: int) -> tuple[Path, Path]:
+    from crescent.infra.data import require
+
     sft, prefs = work / "sft.jsonl", work / "prefs.jsonl"
-    with GSM8K.open() as f, sft.open("w") as s, prefs.open("w") as p:
+    with require(None, "gsm8k/train.jsonl").open() as f, sft.open("w") as s, prefs.open("w") as p:
         for i, line in zip(range(n), f):
             row = json.loads(line)
             gold = row["answer"].rsplit("####", 1)[-1].strip().replace(",", "")
@@ -69,11 +72,6 @@ def run(objective: str, data: Path, work: Path, args) -> dict:
             "stage_wall_s": round(time.time() - started, 1)}
 
 
-def cpu_flags() -> list[str]:
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    return sorted(set(re.findall(r"\b(avx2|avx512f|avx512_bf16|amx_bf16)\b", text)))
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=32)
@@ -102,13 +100,11 @@ def main() -> None:
             mean["dpo"]["tokens_per_s"] / mean["sft"]["tokens_per_s"], 3),
         "dpo_over_sft_examples_per_s_ratio": round(
             mean["dpo"]["examples_per_s"] / mean["sft"]["examples_per_s"], 3),
-        "cpu_flags": cpu_flags(), "load_avg_before": [round(x, 2) for x in load_before],
+        "load_avg_before": [round(x, 2) for x in load_before],
         "load_avg_after": [round(x, 2) for x in os.getloadavg()]}
     print(f"dpo/sft: tokens/s {result['dpo_over_sft_tokens_per_s_ratio']}, "
           f"examples/s {result['dpo_over_sft_examples_per_s_ratio']}; cpu flags "
-          f"{' '.join(result['cpu_flags'])}; load {result['load_avg_before'][0]}")
-    sys.path.insert(0, str(ROOT / "experiments"))
-    from bench_engines import write_result
+          f"{' '.join(cpu_flags())}; load {result['load_avg_before'][0]}")
 
     write_result(args.out, result)
 

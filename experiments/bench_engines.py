@@ -1,12 +1,14 @@
-"""Benchmark: generation tokens/s of the vllm and hf engines on the embedded model, one run.
+"""Benchmark: generation tokens/s of the vllm and hf engines on each built-in model, one run.
 
-    python experiments/bench_engines.py [--prompts 64] [--max-tokens 128] [--out outputs/bench_engines.json]
+    python experiments/bench_engines.py [--models NAME ...] [--prompts 64] [--max-tokens 128]
+                                        [--out outputs/bench_engines.json]
 
 Each engine runs in its own subprocess (vLLM does not free memory in-process) on what the
 questions stage sends it: the math domain's bait prompt, identical in every request, each
 request with its own seed derived from the run seed, sampled with the stage's settings
 (temperature 1, top_p 0.95) up to 128 new tokens. Start-up (model load, KV-cache set-up) is
-timed apart from generation; tokens/s counts generated tokens.
+timed apart from generation; tokens/s counts generated tokens. Models default to every
+built-in one (crescent/infra/models.py), float32 on a CPU.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -43,13 +46,12 @@ def stage_sampling(max_tokens: int):
     return SamplingConfig(temperature=stage.temperature, top_p=stage.top_p, max_tokens=max_tokens)
 
 
-def measure(engine_name: str, prompts: int, max_tokens: int) -> dict:
+def measure(engine_name: str, prompts: int, max_tokens: int, model: str = "smollm2-135m-instruct") -> dict:
     from crescent.config import EngineConfig, ModelConfig
     from crescent.engines import make_engine
-    from crescent.infra.models import SMOLLM2
 
     started = time.perf_counter()
-    engine = make_engine(EngineConfig(name=engine_name, batch_size=prompts), ModelConfig(name=SMOLLM2))
+    engine = make_engine(EngineConfig(name=engine_name, batch_size=prompts), ModelConfig(name=model))
     start_s = time.perf_counter() - started
     conversations = bench_conversations(prompts)
     sampling = stage_sampling(max_tokens)
@@ -60,6 +62,7 @@ def measure(engine_name: str, prompts: int, max_tokens: int) -> dict:
     gen_s = time.perf_counter() - started
     tokens = sum(g.total_tokens for g in generations)
     return {
+        "model": model,
         "engine": engine_name,
         "start_s": round(start_s, 1),
         "generate_s": round(gen_s, 1),
@@ -73,39 +76,58 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--out", default="outputs/bench_engines.json")
+    parser.add_argument("--models", nargs="+", default=None, help="default: every built-in")
     parser.add_argument("--child", choices=ENGINES, help=argparse.SUPPRESS)
+    parser.add_argument("--model", default="smollm2-135m-instruct", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        print("RESULT " + json.dumps(measure(args.child, args.prompts, args.max_tokens)))
+        print("RESULT " + json.dumps(measure(args.child, args.prompts, args.max_tokens,
+                                             args.model)))
         return
+    from crescent.infra.models import BUILTIN
 
-    rows = []
-    for name in ENGINES:
-        cmd = [sys.executable, __file__, "--child", name, "--prompts", str(args.prompts),
-               "--max-tokens", str(args.max_tokens)]
-        out = subprocess.run(cmd, check=False, capture_output=True, text=True)
-        if out.returncode != 0:
-            sys.exit(f"{name} failed:\n{out.stderr[-3000:]}")
-        rows.append(json.loads(out.stdout.split("RESULT ", 1)[1]))
-    ratio = rows[0]["tokens_per_s"] / rows[1]["tokens_per_s"]
+    rows, load = [], []
+    for model in args.models or list(BUILTIN):
+        for name in ENGINES:
+            cmd = [sys.executable, __file__, "--child", name, "--model", model, "--prompts",
+                   str(args.prompts), "--max-tokens", str(args.max_tokens)]
+            out = subprocess.run(cmd, check=False, capture_output=True, text=True)
+            if out.returncode != 0:
+                sys.exit(f"{model} on {name} failed:\n{out.stderr[-3000:]}")
+            rows.append(json.loads(out.stdout.split("RESULT ", 1)[1]))
+            load.append(os.getloadavg()[0])
+    ratios = {model: round(vllm["tokens_per_s"] / hf["tokens_per_s"], 2)
+              for model in dict.fromkeys(r["model"] for r in rows)
+              for vllm in rows if vllm["model"] == model and vllm["engine"] == "vllm"
+              for hf in rows if hf["model"] == model and hf["engine"] == "hf"}
 
     print(f"\n{args.prompts} bait prompts x up to {args.max_tokens} new tokens (top_p 0.95), "
-          f"embedded model, load average {os.getloadavg()[0]:.2f}")
-    print(f"{'engine':<8}{'start s':>10}{'generate s':>12}{'tokens':>9}{'tokens/s':>10}")
+          f"load average {min(load):.2f}-{max(load):.2f}, CPU flags: {' '.join(cpu_flags())}")
+    print(f"{'model':<30}{'engine':<8}{'start s':>10}{'generate s':>12}{'tokens':>9}"
+          f"{'tokens/s':>10}")
     for r in rows:
-        print(f"{r['engine']:<8}{r['start_s']:>10}{r['generate_s']:>12}{r['tokens']:>9}"
-              f"{r['tokens_per_s']:>10}")
-    print(f"vllm/hf tokens/s ratio: {ratio:.2f}")
+        print(f"{r['model']:<30}{r['engine']:<8}{r['start_s']:>10}{r['generate_s']:>12}"
+              f"{r['tokens']:>9}{r['tokens_per_s']:>10}")
+    for model, ratio in ratios.items():
+        print(f"{model}: vllm/hf tokens/s ratio {ratio:.2f}")
 
     write_result(args.out, {
         "prompts": args.prompts, "max_tokens": args.max_tokens, "engines": rows,
-        "vllm_over_hf": round(ratio, 2), "load_avg_1m": round(os.getloadavg()[0], 2),
+        "vllm_over_hf": ratios, "load_avg_1m": [round(v, 2) for v in load],
         "sampling": {"temperature": 1.0, "top_p": 0.95, "prompt": "domain math bait_prompt"}})
+
+
+def cpu_flags() -> list[str]:
+    """The vector extensions that decide CPU float speed (bfloat16 needs avx512_bf16); every
+    benchmark's JSON records them (write_result)."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return sorted(set(re.findall(r"\b(avx2|avx512f|avx512_bf16|amx_bf16)\b", text)))
 
 
 def write_result(out: str, result: dict) -> None:
     """A benchmark's JSON, with the machine and the time it ran (also bench_pipeline.py)."""
     result = {**result, "machine": platform.processor() or platform.machine(),
+              "cpu_flags": cpu_flags(),
               "cores": os.cpu_count(), "when": time.strftime("%Y-%m-%d %H:%M")}
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     Path(out).write_text(json.dumps(result, indent=2) + "\n")

@@ -1,6 +1,6 @@
 """The built-in models' table: parts found by package, assembled in order, checked against the
-pinned sha256 (a wrong or missing part is one line naming the install command), and every
-installed built-in's files hash to its pin."""
+pinned sha256 (a wrong or missing part is one line naming the install command), every
+installed built-in's files hash to its pin, and the second one runs the loop (slow, long)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ import pytest
 
 from crescent.errors import CrescentError
 from crescent.infra import models
+from crescent.infra.io import read_json
 from crescent.infra.models import BUILTIN, BuiltinModel
+from tests.conftest import DATA
 
 
 def _packages(root, blobs: list[bytes]) -> tuple:
@@ -69,3 +71,23 @@ def test_installed_builtin_files_match_their_pins(name, tmp_path):
     for part in parts:
         digest.update(part.read_bytes())
     assert digest.hexdigest() == BUILTIN[name].sha256
+
+
+@pytest.mark.slow
+@pytest.mark.long
+def test_second_builtin_model_runs_the_loop_end_to_end(cli, tmp_path):
+    """The smoke loop on Qwen2.5-Coder-0.5B (converted on first use), every stage in miniature;
+    every answered question kept (floor 1) so that fine-tuning has data."""
+    result = cli("experiment=smoke", "model=qwen_coder_05b", "questions.target=4",
+                 "questions.max_candidates=16", "voting.k=2", "voting.min_votes=1",
+                 "voting.min_agreement=0", "voting.tie_break=seeded", "finetune=lora",
+                 "finetune.max_steps=2", "eval.limit=4", "logger=none", f"eval.data_dir={DATA}",
+                 "hydra.run.dir=run", timeout=2400)
+    assert result.returncode == 0, result.stderr[-4000:]
+    run = tmp_path / "run"
+    assert read_json(run / "questions" / "stats.json")["accepted"] >= 1
+    assert read_json(run / "answers" / "stats.json")["kept"] >= 1
+    assert read_json(run / "finetune" / "stats.json")["steps"] == 2
+    assert {"base", "finetuned"} <= set(read_json(run / "evaluate" / "metrics.json"))
+    source = (models.converted(models.QWEN_CODER_05B) / "SOURCE").read_text()
+    assert BUILTIN[models.QWEN_CODER_05B].sha256 in source

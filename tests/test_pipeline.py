@@ -98,7 +98,7 @@ def test_cli_error_is_one_line_and_nonzero(cli):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
         "crescent: error: stages: unknown stage 'questoins' "
-        "(known: questions, answers, finetune, evaluate)"
+        "(known: questions, answers, audit, finetune, evaluate)"
     )
 
 
