@@ -13,6 +13,7 @@ FILES = {
                               b'{"id": 1, "question": "Caf\xe9 prices?"}\n',
     "latin1_sft.jsonl": b'{"messages": [{"role": "user", "content": "Caf\xe9"}]}\n',
     "list_id.jsonl": b'{"id": [1, 2], "question": "What is 2 + 2?"}\n',
+    "no_gold.jsonl": b'{"question": "What is 2 + 2?", "gold": 4}\n{"question": "And 3 + 3?"}\n',
 }
 # case: (overrides, the last line of stderr)
 CASES = {
@@ -42,6 +43,12 @@ CASES = {
     "8 an id that is a list": (["stages=[answers]", "answers.input=list_id.jsonl"],
                                "list_id.jsonl:1: id [1, 2] is not a string or an integer"),
     "9 run dir under a file": (["hydra.run.dir=blocker/run"], "blocker/run: Not a directory"),
+    "audit without gold answers": (["stages=[answers,audit]", "answers.input=no_gold.jsonl"],
+                                   "no_gold.jsonl:2: no gold answer (a `gold` field, or an "
+                                   "`answer` ending in '#### <answer>') for the audit"),
+    "a benchmark file that is not there": (["stages=[answers]",
+                                            "answers.input=${data:gsm8k/nope.jsonl}"],
+                                           "benchmark data "),
 }
 
 

@@ -41,8 +41,8 @@ logger = logging.getLogger(__name__)
 SAMPLES_ENTRY = Stage("samples", ("seed", "model", "engine", "domain", "answers"),
                       upstream="questions", input_key="answers.input", version=2,
                       data="answers.decontaminate",
-                      resolved={"answers.samples": samples_per_question},
-                      added=("answers.limit",))  # None means voting.k
+                      resolved={"answers.samples": samples_per_question},  # None: voting.k
+                      added=("answers.limit",))
 # Version 2: preference pairs (prefs.jsonl, the dataset's `prefs` split) beside the SFT data.
 STAGE = Stage("answers", ("domain", "voting"), upstream="samples", version=2,
               entries=(SAMPLES_ENTRY,), added=("voting.rule",), generates=True)
