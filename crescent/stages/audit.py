@@ -54,11 +54,11 @@ def gold_answers(cfg: DictConfig) -> dict:
     for line, row in numbered_jsonl(path):
         if cfg.answers.limit is not None and len(golds) == cfg.answers.limit:
             break
+        solution = str(row.get("answer", ""))  # GSM8K's: the final answer after `####`
         if "gold" in row:
             gold = reader.extract(str(row["gold"])) or str(row["gold"]).strip()
-        else:  # GSM8K's solution: the final answer after `####`
-            gold = reader.extract(str(row.get("answer", ""))) if "####" in str(
-                row.get("answer", "")) else None
+        else:
+            gold = reader.extract(solution) if "####" in solution else None
         if not gold:
             raise CrescentError(f"{path}:{line}: no gold answer (a `gold` field, or an `answer` "
                                 f"ending in '#### <answer>') for the audit")
