@@ -63,7 +63,7 @@ def _trl(reference, policy, tokenizer, out):
     return float(loss), metrics["rewards/chosen"][-1], metrics["rewards/rejected"][-1], grads
 
 
-def _ours(reference, policy, tokenizer):
+def _ours(reference, policy, tokenizer, fused: bool):
     import torch
     from omegaconf import OmegaConf
 
@@ -76,6 +76,8 @@ def _ours(reference, policy, tokenizer):
     data.setup("fit")
     module = DPOModule(fcfg, policy, "float32")
     module.configure_model()
+    assert module.fused_head  # the default path for this model: the LM head on labels only
+    module.fused_head = fused
     module.reference = reference_logps(reference, "float32", data.train, data._collate, 8, None)
     batch = data._collate(sorted(data.train, key=lambda e: e["index"]))
     loss, _ = module.compute_loss(batch)
@@ -88,13 +90,14 @@ def _ours(reference, policy, tokenizer):
 def test_dpo_loss_rewards_and_gradients_equal_trls(tiny, tmp_path):
     reference, policy, tokenizer = tiny
     trl_loss, trl_chosen, trl_rejected, trl_grads = _trl(reference, policy, tokenizer, tmp_path)
-    loss, chosen, rejected, grads, torch = _ours(reference, policy, tokenizer)
-    print(f"TRL: loss {trl_loss:.6f} rewards {trl_chosen:.6f} {trl_rejected:.6f}; "
-          f"crescent: loss {loss:.6f} rewards {chosen:.6f} {rejected:.6f}")
-    assert loss == pytest.approx(trl_loss, abs=1e-5)
-    assert chosen == pytest.approx(trl_chosen, abs=1e-5)
-    assert rejected == pytest.approx(trl_rejected, abs=1e-5)
-    assert chosen != rejected  # the batch is not degenerate: the comparison means something
-    assert grads.keys() == trl_grads.keys() and grads
-    for name in grads:
-        assert torch.allclose(grads[name], trl_grads[name], atol=1e-6, rtol=1e-4), name
+    for fused in (True, False):  # the fused LM head and the full logits agree with TRL alike
+        loss, chosen, rejected, grads, torch = _ours(reference, policy, tokenizer, fused)
+        print(f"TRL: loss {trl_loss:.6f} rewards {trl_chosen:.6f} {trl_rejected:.6f}; "
+              f"crescent (fused={fused}): loss {loss:.6f} rewards {chosen:.6f} {rejected:.6f}")
+        assert loss == pytest.approx(trl_loss, abs=1e-5)
+        assert chosen == pytest.approx(trl_chosen, abs=1e-5)
+        assert rejected == pytest.approx(trl_rejected, abs=1e-5)
+        assert chosen != rejected  # the batch is not degenerate: the comparison means something
+        assert grads.keys() == trl_grads.keys() and grads
+        for name in grads:
+            assert torch.allclose(grads[name], trl_grads[name], atol=1e-6, rtol=1e-4), name

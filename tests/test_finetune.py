@@ -193,13 +193,13 @@ def test_module_loss_is_the_same_with_and_without_the_fused_head(tmp_path, mode)
     fcfg = OmegaConf.structured(FinetuneConfig(mode=mode, lora_dropout=0.0))
     module = SFTModule(fcfg, _tiny_llama(tmp_path / "m"), "float32")
     module.configure_model()
-    assert module._fused_head
+    assert module.fused_head
     rows = [{"input_ids": [1, 5, 9, 13, 2, 7], "labels": [IGNORE_INDEX] * 3 + [13, 2, 7]},
             {"input_ids": [1, 4, 4, 2], "labels": [IGNORE_INDEX, 4, 4, 2]}]
     batch = collate(rows, pad_id=0)
     results = []
     for fused in (True, False):
-        module._fused_head = fused
+        module.fused_head = fused
         module.model.zero_grad()
         loss, n = module.compute_loss(batch)
         loss.backward()

@@ -179,6 +179,12 @@ class CausalLMModule(L.LightningModule):
         model.train()  # from_pretrained returns eval mode: LoRA dropout would be off
         self.model = model
         self.base = model.get_base_model() if f.mode == "lora" else model
+        from crescent.methods.fused_loss import fusable_head
+
+        # The loss may run the LM head itself on the trained positions (fused_loss.py);
+        # sharded strategies split the head's weight: they take the logits path.
+        self.fused_head = (f.fused_loss and fusable_head(self.base)
+                           and (f.strategy == "auto" or f.strategy.startswith("ddp")))
 
     # ---- steps
     def training_step(self, batch, batch_idx):

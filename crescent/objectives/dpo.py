@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from crescent.errors import CrescentError
 from crescent.infra.io import numbered_jsonl, read_json, write_json
+from crescent.methods.fused_loss import fusable_head, linear_cross_entropy
 from crescent.methods.sft_data import IGNORE_INDEX, collate
 from crescent.methods.training import CausalLMModule
 from crescent.objectives.sft import SFTDataModule
@@ -103,12 +104,22 @@ def encode_completion(tokenizer, prompt: list[dict], response: list[dict],
     return {"input_ids": ids, "labels": labels}
 
 
-def sequence_logps(model, batch: dict) -> torch.Tensor:
-    """Per row: the sum of the log-probabilities of its labelled tokens."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                   use_cache=False).logits[:, :-1].float()
+def sequence_logps(model, batch: dict, fused_base=None) -> torch.Tensor:
+    """Per row: the sum of the log-probabilities of its labelled tokens. With `fused_base`
+    (the model under any adapter, its head fusable) the LM head runs on the labelled positions
+    only, in chunks (fused_loss.py): neither the prompt's logits nor a (rows x tokens x vocab)
+    tensor are ever computed."""
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"],
+              "use_cache": False}
     targets = batch["labels"][:, 1:]
     mask = targets != IGNORE_INDEX
+    if fused_base is not None:
+        backbone = getattr(fused_base, fused_base.base_model_prefix)
+        hidden = backbone(**inputs).last_hidden_state[:, :-1]
+        weight = fused_base.get_output_embeddings().weight
+        return torch.stack([-linear_cross_entropy(hidden[r][mask[r]], weight, targets[r][mask[r]])
+                            for r in range(len(targets))])
+    logits = model(**inputs).logits[:, :-1].float()
     picked = logits.log_softmax(-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (picked * mask).sum(-1)
 
@@ -135,7 +146,7 @@ class DPOModule(CausalLMModule):
                                          self.fcfg.batch_size, self.work_dir)
 
     def compute_loss(self, batch: dict):
-        logps = sequence_logps(self.model, batch)
+        logps = sequence_logps(self.model, batch, self.base if self.fused_head else None)
         chosen, rejected = logps.chunk(2)
         ref = self.reference.to(logps.device)[batch["index"]]
         chosen_ratio, rejected_ratio = chosen - ref[:, 0], rejected - ref[:, 1]
@@ -180,7 +191,8 @@ def reference_logps(model_path: str, dtype: str, examples: list[dict], collate_f
     for start in range(0, len(examples), batch_size):
         part = examples[start : start + batch_size]
         batch = collate_fn(part)
-        chosen, rejected = sequence_logps(model, batch).chunk(2)
+        chosen, rejected = sequence_logps(model, batch,
+                                          model if fusable_head(model) else None).chunk(2)
         table[batch["index"], 0], table[batch["index"], 1] = chosen, rejected
     del model
     if path is not None:

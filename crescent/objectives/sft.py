@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from crescent.errors import CrescentError
-from crescent.methods.fused_loss import fusable_head, linear_cross_entropy
+from crescent.methods.fused_loss import linear_cross_entropy
 from crescent.methods.sft_data import (
     IGNORE_INDEX,
     ResumableBatchSampler,
@@ -116,10 +116,6 @@ class SFTModule(CausalLMModule):
         if self.model is not None:
             return
         super().configure_model()
-        f = self.fcfg
-        # Sharded strategies split the head's weight: they take the logits path.
-        self._fused_head = (f.fused_loss and fusable_head(self.base)
-                            and (f.strategy == "auto" or f.strategy.startswith("ddp")))
         self._slice_logits = "logits_to_keep" in inspect.signature(self.base.forward).parameters
 
     def compute_loss(self, batch: dict):
@@ -133,7 +129,7 @@ class SFTModule(CausalLMModule):
                   if k in batch}
         mask = targets != IGNORE_INDEX
         n = mask.sum()
-        if self._fused_head:
+        if self.fused_head:
             backbone = getattr(self.base, self.base.base_model_prefix)
             hidden = backbone(**inputs, use_cache=False).last_hidden_state[:, :-1]
             head = self.base.get_output_embeddings()
