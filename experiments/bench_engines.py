@@ -46,7 +46,8 @@ def stage_sampling(max_tokens: int):
     return SamplingConfig(temperature=stage.temperature, top_p=stage.top_p, max_tokens=max_tokens)
 
 
-def measure(engine_name: str, prompts: int, max_tokens: int, model: str = "smollm2-135m-instruct") -> dict:
+def measure(engine_name: str, prompts: int, max_tokens: int,
+            model: str = "smollm2-135m-instruct") -> dict:
     from crescent.config import EngineConfig, ModelConfig
     from crescent.engines import make_engine
 
