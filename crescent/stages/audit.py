@@ -102,8 +102,11 @@ def measure(cfg: DictConfig, records: list[dict], golds: dict, k_max: int, reade
     from crescent.engines import derive_seed
     from crescent.intervals import ratio_interval
     from crescent.methods.voting import vote
+    from crescent.stages.answers import counted_answers
 
-    counted = [_counted(r, k_max, cfg.voting.drop_truncated) for r in records]
+    counted = [counted_answers(r, k_max, cfg.voting.drop_truncated,
+                               f"audit: question {r['id']!r}", "answers.samples")[0]
+               for r in records]
     right = np.array([[a is not None and reader.equal(a, golds[r["id"]]) for a in answers]
                       for r, answers in zip(records, counted)], dtype=float)
     ones = np.ones(len(records))
@@ -133,16 +136,6 @@ def measure(cfg: DictConfig, records: list[dict], golds: dict, k_max: int, reade
     return {"questions": len(records), "k_max": k_max, "tie_break": str(cfg.voting.tie_break),
             "sample_accuracy": ratio_interval(right.mean(axis=1), ones),
             "by_k": by_k, "grid": grid}
-
-
-def _counted(record: dict, k_max: int, drop_truncated: bool) -> list:
-    """A question's extracted answers as the vote counts them (a cut sample abstains)."""
-    extracted = record["extracted"][:k_max]
-    if len(extracted) < k_max:
-        raise CrescentError(f"audit: question {record['id']!r} has {len(extracted)} samples, "
-                            f"fewer than answers.samples={k_max}")
-    truncated = list(record.get("truncated") or [False] * k_max)[:k_max]
-    return [None if cut and drop_truncated else a for a, cut in zip(extracted, truncated)]
 
 
 def _best(audit: dict) -> dict | None:
