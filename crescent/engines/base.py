@@ -97,6 +97,14 @@ class Engine:
             f"evaluate stage scores with lm-eval inside this job; run the evaluate stage with "
             f"an engine that does (vllm, ray_vllm or hf)")
 
+    @classmethod
+    def lm_eval_likelihood_model(cls, engine: EngineConfig, pretrained: str,
+                                 dtype: str) -> LmEvalModel:
+        """The lm-eval model type for tasks that score given text (log-likelihood, multiple
+        choice, bits per byte) rather than generate it: the same as `lm_eval_model` unless
+        the engine knows a faster one."""
+        return cls.lm_eval_model(engine, pretrained, dtype)
+
 
 def derive_seed(*parts: object) -> int:
     """A stable seed from any parts (run seed, stage, round, index), never Python's hash().

@@ -10,19 +10,24 @@ from crescent.infra.models import resolve_model
 from crescent.registry import ENGINES
 
 
+def hf_lm_eval_model(pretrained: str, dtype: str, max_length: int,
+                     batch_size: int) -> LmEvalModel:
+    """lm-eval's `hf` model type: transformers, batches sorted by length (longest first)."""
+    import torch
+
+    # lm-eval's hf model type assumes CUDA unless told otherwise.
+    return LmEvalModel("hf", {"pretrained": pretrained, "dtype": dtype, "max_length": max_length},
+                       batch_size=batch_size,
+                       device="cuda" if torch.cuda.is_available() else "cpu")
+
+
 @ENGINES.register("hf")
 class HFEngine(Engine):
     """transformers `generate`, batched with left padding, stopping at the chat EOS token."""
 
     @classmethod
     def lm_eval_model(cls, engine: EngineConfig, pretrained: str, dtype: str) -> LmEvalModel:
-        import torch
-
-        # lm-eval's hf model type assumes CUDA unless told otherwise.
-        return LmEvalModel("hf", {"pretrained": pretrained, "dtype": dtype,
-                                  "max_length": engine.max_model_len},
-                           batch_size=engine.batch_size,
-                           device="cuda" if torch.cuda.is_available() else "cpu")
+        return hf_lm_eval_model(pretrained, dtype, engine.max_model_len, engine.batch_size)
 
     def __init__(self, engine: EngineConfig, model: ModelConfig):
         import torch

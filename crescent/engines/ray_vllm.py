@@ -110,7 +110,9 @@ class RayVLLMEngine(Engine):
             ray.kill(replica)
         self.replicas = []
 
-    lm_eval_model = VLLMEngine.lm_eval_model  # lm-eval runs the replicas on Ray itself
+    # lm-eval runs the replicas on Ray itself
+    lm_eval_model = VLLMEngine.lm_eval_model
+    lm_eval_likelihood_model = VLLMEngine.lm_eval_likelihood_model
 
     def session(self, sampling, n):
         return RaySession(self.replicas, sampling, n)

@@ -6,6 +6,7 @@ import os
 
 from crescent.config import EngineConfig, ModelConfig
 from crescent.engines.base import Engine, Generation, LmEvalModel, derive_seed, resolve_dtype
+from crescent.engines.hf import hf_lm_eval_model
 from crescent.errors import CrescentError
 from crescent.infra.logs import verbose
 from crescent.infra.models import resolve_model
@@ -58,6 +59,10 @@ def cpu_environment(engine: EngineConfig) -> dict[str, str]:
 
 
 CPU_EXECUTOR = "uni"  # the single-process executor, the one that runs on CPU
+# Sequences per forward pass when lm-eval's hf type scores text on CPU: 16 (batches
+# sorted by length) kept the forward pass near the machine's float32 peak; longer batches
+# only hold more logits in memory (batch x length x vocabulary floats).
+CPU_LIKELIHOOD_BATCH = 16
 
 
 @ENGINES.register("vllm")
@@ -111,6 +116,16 @@ class VLLMEngine(Engine):
         if on_cpu():
             env, args["distributed_executor_backend"] = cpu_environment(engine), CPU_EXECUTOR
         return LmEvalModel("vllm", args, batch_size="auto", env=env)
+
+    @classmethod
+    def lm_eval_likelihood_model(cls, engine: EngineConfig, pretrained: str,
+                                 dtype: str) -> LmEvalModel:
+        if not on_cpu():
+            return cls.lm_eval_model(engine, pretrained, dtype)
+        # On CPU vLLM scored GSM8K's gold solutions at 0.3-0.8x a plain batched forward pass
+        # (its prompt log-probs), lm-eval's hf type at the forward pass's speed, to 1e-5
+        # bits per byte of vLLM's numbers (experiments/bench_evaluate.py).
+        return hf_lm_eval_model(pretrained, dtype, engine.max_model_len, CPU_LIKELIHOOD_BATCH)
 
     def close(self) -> None:
         """Shut the engine core down: its KV cache and weights outlive the last reference."""

@@ -10,6 +10,7 @@ memory in-process, and a label already scored survives a crash of the next.
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -50,13 +51,15 @@ def first_docs(limits: dict[str, int | None], manager=None) -> dict[str, list[in
 
 
 def score(spec: dict) -> None:
-    """Run lm-eval for one model; write per-sample logs, then the raw results (last)."""
-    for key, value in spec["env"].items():
-        os.environ.setdefault(key, value)
+    """Run lm-eval for one model, once per run of the spec (`runs`: a model type and its
+    tasks); write per-sample logs, then the runs' raw results merged into one (last)."""
+    for run in spec["runs"]:
+        for key, value in run["env"].items():
+            os.environ.setdefault(key, value)
     from crescent.registry import load_plugins
 
     load_plugins(spec.get("plugins", []))  # a plug-in may register its own lm-eval model type
-    if spec["model"] == "vllm":
+    if any(run["model"] == "vllm" for run in spec["runs"]):
         from crescent.engines.vllm_offline import answer_vllm_version_lookup
 
         answer_vllm_version_lookup()
@@ -73,24 +76,28 @@ def score(spec: dict) -> None:
     unknown = [t for t in spec["tasks"] if t not in manager.all_tasks]
     if unknown:
         raise CrescentError(f"eval.tasks: unknown lm-eval task(s): {', '.join(unknown)}")
-    limit, samples = one_limit(spec["limits"]), first_docs(spec["limits"], manager)
     lm_eval.evaluator.get_git_commit_hash = _git_hash
     if not logs.verbose():
-        _one_bar(spec["model"])
-    results = lm_eval.simple_evaluate(
-        model=spec["model"],
-        model_args=spec["model_args"],
-        tasks=spec["tasks"],
-        num_fewshot=spec["num_fewshot"],
-        batch_size=spec["batch_size"],
-        device=spec["device"],
-        limit=limit,
-        samples=samples,
-        log_samples=True,
-        apply_chat_template=spec["apply_chat_template"],
-        fewshot_as_multiturn=spec["fewshot_as_multiturn"],
-        task_manager=manager,
-    )
+        _one_bar({run["model"] for run in spec["runs"]})
+    runs = []
+    for run in spec["runs"]:
+        limits = {task: spec["limits"][task] for task in run["tasks"]}
+        runs.append(lm_eval.simple_evaluate(
+            model=run["model"],
+            model_args=run["model_args"],
+            tasks=run["tasks"],
+            num_fewshot=spec["num_fewshot"],
+            batch_size=run["batch_size"],
+            device=run["device"],
+            limit=one_limit(limits),
+            samples=first_docs(limits, manager),
+            log_samples=True,
+            apply_chat_template=spec["apply_chat_template"],
+            fewshot_as_multiturn=spec["fewshot_as_multiturn"],
+            task_manager=manager,
+        ))
+        gc.collect()  # the run's model, before the next one loads its own
+    results = merge_results(runs)
     out = Path(spec["out_dir"])
 
     def dumps(obj) -> str:
@@ -111,18 +118,33 @@ def score(spec: dict) -> None:
         json.loads(dumps(results)), indent=2, ensure_ascii=False) + "\n")
 
 
+def merge_results(runs: list[dict]) -> dict:
+    """lm-eval's results of several runs as one: the per-task tables (results, configs,
+    versions, n-shot, samples, ...) joined; `config` (the model and its arguments) of each
+    run kept in `run_configs`, the first one's as `config`."""
+    merged = dict(runs[0])
+    for other in runs[1:]:
+        for key, value in other.items():
+            if key != "config" and isinstance(value, dict) and isinstance(merged.get(key), dict):
+                merged[key] = {**merged[key], **value}
+    if len(runs) > 1:
+        merged["run_configs"] = [run.get("config") for run in runs]
+    return merged
+
+
 # The bar that follows the scoring itself: vLLM's over the requests lm-eval hands it all at
 # once, or lm-eval's over its hf batches.
 _SCORING_BARS = {"vllm": ("Processed prompts",),
                  "hf": ("Running loglikelihood requests", "Running generate_until requests")}
 
 
-def _one_bar(model_type: str) -> None:
+def _one_bar(model_types: set[str]) -> None:
     """lm-eval and vLLM draw up to seven bars per model (weights, requests built, tokenized,
-    rendered, ...), nested; all but the scoring bar are turned off in this child process."""
+    rendered, ...), nested; all but the scoring bars are turned off in this child process."""
     from tqdm import std
 
-    keep, init = _SCORING_BARS.get(model_type, ()), std.tqdm.__init__
+    keep = tuple(bar for kind in model_types for bar in _SCORING_BARS.get(kind, ()))
+    init = std.tqdm.__init__
 
     def init_unless_chatter(bar, *args, **kwargs):
         if not str(kwargs.get("desc") or "").startswith(keep):

@@ -3,16 +3,19 @@
 `<run dir>/evaluate/` holds
   tasks/                        Crescent's task YAMLs, data_files pointing into the benchmark
                                 data dir (`eval.data_dir`, else $CRESCENT_DATA, else the cache)
-  <label>/spec.json             what the child process was asked to score
-  <label>/command.txt           the same evaluation as an `lm_eval` command line
+  <label>/spec.json             what the child process was asked to score: its runs, each a
+                                model type and the tasks it scores
+  <label>/command.txt           the same evaluation as `lm_eval` command lines, one per run
   <label>/samples_<task>.jsonl  lm-eval's per-sample log
   <label>/results.json          lm-eval's raw results, written last: its presence means "scored"
   metrics.json                  {label: {task: {metric: value}}}
   table.md                      the comparison printed at the end, with deltas against `base`
 
 Each model is scored in its own process (crescent/methods/scoring.py). The engine decides how
-lm-eval loads the model (each engine's `lm_eval_model`); with the cache on, `base` is a cache
-entry of its own, scored once for every sweep point that fine-tunes the same student.
+lm-eval loads the model (each engine's `lm_eval_model`, and `lm_eval_likelihood_model` for
+tasks that score given text: on CPU vLLM hands those to lm-eval's hf type); with the cache on,
+`base` is a cache entry of its own, scored once for every sweep point that fine-tunes the same
+student.
 """
 
 from __future__ import annotations
@@ -58,6 +61,9 @@ SHIPPED_DATA_DIR = "../shared/data"  # where the shipped YAMLs' data_files point
 
 _DATA_FILE = re.compile(r'"' + re.escape(SHIPPED_DATA_DIR) + r'/([^"]+)"')
 _TASK_NAME = re.compile(r"^task:\s*(\S+)\s*$", re.MULTILINE)
+_OUTPUT_TYPE = re.compile(r"^output_type:\s*(\S+)\s*$", re.MULTILINE)
+# lm-eval's output types that score given text instead of generating it
+LIKELIHOOD_TYPES = {"loglikelihood", "loglikelihood_rolling", "multiple_choice"}
 
 
 def preflight(cfg: DictConfig) -> None:
@@ -184,13 +190,20 @@ def check_data(tasks: list[str], needs: dict[str, list[Path]]) -> None:
                 raise CrescentError(f"eval.tasks: {task} reads {missing(path)}")
 
 
+def shipped_output_types(tasks_dir: Path) -> dict[str, str]:
+    """task -> lm-eval output type, for the task YAMLs in `tasks_dir`."""
+    types = {}
+    for path in tasks_dir.glob("*.yaml"):
+        text = path.read_text(encoding="utf-8")
+        if match := _TASK_NAME.search(text):
+            output_type = _OUTPUT_TYPE.search(text)
+            types[match.group(1)] = output_type.group(1) if output_type else "generate_until"
+    return types
+
+
 def uses_stock_tasks(tasks: list[str], tasks_dir: Path) -> bool:
     """Whether lm-eval's own task index is needed (indexing it costs ~20 s on a small CPU)."""
-    ours = set()
-    for path in tasks_dir.glob("*.yaml"):
-        if match := _TASK_NAME.search(path.read_text(encoding="utf-8")):
-            ours.add(match.group(1))
-    return not set(tasks) <= ours
+    return not set(tasks) <= set(shipped_output_types(tasks_dir))
 
 
 # ------------------------------------------------------------------ models
@@ -221,31 +234,44 @@ def models_to_score(cfg: DictConfig, run_dir: Path) -> dict[str, str]:
 def lm_eval_spec(
     cfg: DictConfig, label: str, model: str, tasks: list[str], tasks_dir: Path, label_dir: Path
 ) -> dict:
-    """Everything the child process passes to `lm_eval.simple_evaluate`: the model as the
-    engine loads it in lm-eval (`lm_eval_model`), the tasks and their limits."""
+    """Everything the child process passes to `lm_eval.simple_evaluate`, once per run: each
+    run is a model as the engine loads it in lm-eval and the tasks it scores. Tasks that
+    score given text go to the engine's `lm_eval_likelihood_model`, the others (and lm-eval's
+    own tasks, whose types are not read here) to its `lm_eval_model`; one run when both are
+    the same. Likelihood runs come first: vLLM keeps its memory until the process ends."""
     from crescent.engines import resolve_dtype
     from crescent.registry import ENGINES
 
+    engine, dtype = ENGINES.get(cfg.engine.name), resolve_dtype(cfg.student.dtype)
     # A base model loaded by name keeps the student's revision; local dirs have none.
     revision = cfg.student.revision if label == BASE and not cfg.eval.models else None
-    loaded = ENGINES.get(cfg.engine.name).lm_eval_model(
-        cfg.engine, model, resolve_dtype(cfg.student.dtype))
-    if revision:
-        loaded.args["revision"] = revision
+    types = shipped_output_types(tasks_dir)
+    runs: list[dict] = []
+    for likelihood in (True, False):
+        mine = [t for t in tasks if (types.get(t) in LIKELIHOOD_TYPES) == likelihood]
+        if not mine:
+            continue
+        loader = engine.lm_eval_likelihood_model if likelihood else engine.lm_eval_model
+        loaded = loader(cfg.engine, model, dtype)
+        if revision:
+            loaded.args["revision"] = revision
+        run = {"model": loaded.type, "model_args": loaded.args, "batch_size": loaded.batch_size,
+               "device": loaded.device, "env": loaded.env, "tasks": mine}
+        same = next((r for r in runs if {**r, "tasks": mine} == run), None)
+        if same is not None:
+            same["tasks"] += mine
+        else:
+            runs.append(run)
     return {
         "label": label,
-        "model": loaded.type,
-        "model_args": loaded.args,
+        "runs": runs,
         "tasks": tasks,
         "include_path": str(tasks_dir),
         "include_defaults": uses_stock_tasks(tasks, tasks_dir),
         "num_fewshot": cfg.eval.num_fewshot,
         "limits": task_limits(cfg, tasks),
-        "batch_size": loaded.batch_size,
-        "device": loaded.device,
         "apply_chat_template": cfg.eval.apply_chat_template,
         "fewshot_as_multiturn": cfg.eval.fewshot_as_multiturn and cfg.eval.apply_chat_template,
-        "env": loaded.env,
         "plugins": list(OmegaConf.select(cfg, "plugins", default=None) or []),
         "out_dir": str(label_dir),
     }
@@ -257,19 +283,25 @@ def task_limits(cfg: DictConfig, tasks: list[str]) -> dict[str, int | None]:
 
 
 def lm_eval_command(spec: dict) -> str:
-    """The `lm_eval` command line that runs the same evaluation (written beside the results)."""
-    args = ",".join(f"{k}={v}" for k, v in spec["model_args"].items())
+    """The `lm_eval` command lines that run the same evaluation, one per run (written beside
+    the results)."""
+    return "\n".join(_run_command(spec, run) for run in spec["runs"])
+
+
+def _run_command(spec: dict, run: dict) -> str:
+    args = ",".join(f"{k}={v}" for k, v in run["model_args"].items())
     parts = [
-        *(f"{k}={v}" for k, v in spec["env"].items()),
-        "lm_eval", "--model", spec["model"], "--model_args", args,
-        "--tasks", ",".join(spec["tasks"]), "--include_path", spec["include_path"],
-        "--batch_size", str(spec["batch_size"]),
+        *(f"{k}={v}" for k, v in run["env"].items()),
+        "lm_eval", "--model", run["model"], "--model_args", args,
+        "--tasks", ",".join(run["tasks"]), "--include_path", spec["include_path"],
+        "--batch_size", str(run["batch_size"]),
     ]
-    if spec["device"]:
-        parts += ["--device", spec["device"]]
+    if run["device"]:
+        parts += ["--device", run["device"]]
     if spec["num_fewshot"] is not None:
         parts += ["--num_fewshot", str(spec["num_fewshot"])]
-    limit, samples = one_limit(spec["limits"]), first_docs(spec["limits"])
+    limits = {task: spec["limits"][task] for task in run["tasks"]}
+    limit, samples = one_limit(limits), first_docs(limits)
     if samples:
         parts += ["--samples", json.dumps(samples)]
     elif limit is not None:
