@@ -161,7 +161,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         apart = ",".join(f"{stage}:v{r['versions'].get(stage)}" for stage in mixed)
         settings[r["setting"] + (f" [{apart}]" if mixed else "")].append(r)
     tasks = sorted({t for r in rows for t in r["scores"]})
-    out = [_base_row(rows, tasks)]
+    out = _base_rows(rows, tasks)
     for setting, runs in settings.items():
         line = {"setting": setting, "n": len(runs), "runs": [r["run"] for r in runs],
                 "replicas": [r["replica"] for r in runs], "kept": _mean_of(runs, "kept"),
@@ -183,23 +183,37 @@ def summarize(rows: list[dict]) -> list[dict]:
                                              first.get("base", []))
         # Replicas with scores: a run still in progress is not one yet.
         line["n"] = max((cell["n"] for cell in line["cells"].values()), default=len(runs))
-        out.append(line)
+        if line["cells"] or line["examples"] or line["kept"] is not None:
+            out.append(line)  # else a study that fine-tunes nothing (scores models as they are)
     return out
 
 
-def _base_row(rows: list[dict], tasks: list[str]) -> dict:
-    """The base model's row: one score per distinct base evaluation (a shared base-score
-    entry makes that one), with a bootstrap interval over its documents."""
-    line = {"setting": "base model", "n": 1, "cells": {}, "deltas": {}, "kept": None,
-            "wandb": [], "runs": [], "replicas": [], "examples": 0, "votes": None}
-    for task in tasks:
-        scored = [r["scores"][task] for r in rows if r["scores"].get(task, {}).get("base")
-                  is not None]
-        if scored:
-            values = sorted({s["base"] for s in scored})
-            line["cells"][task] = _cell(values, scored[0]["per_doc"].get("base", []),
-                                        scored[0]["metric"])
-    return line
+def settings_of(summary: list[dict]) -> list[dict]:
+    """The setting rows of a summary, its base rows left out."""
+    return [line for line in summary if not line.get("base")]
+
+
+def _base_rows(rows: list[dict], tasks: list[str]) -> list[dict]:
+    """The base model's row, one per model where a study scores several: one score per
+    distinct base evaluation (a shared base-score entry makes that one), with a bootstrap
+    interval over its documents."""
+    models = list(dict.fromkeys(r["model"] for r in rows))
+    lines = []
+    for model in models:
+        mine = [r for r in rows if r["model"] == model]
+        label = "base model" if len(models) == 1 else f"base: {model}"
+        line = {"setting": label, "base": True, "n": 1, "cells": {}, "deltas": {},
+                "kept": None, "wandb": [], "runs": [], "replicas": [], "examples": 0,
+                "votes": None}
+        for task in tasks:
+            scored = [r["scores"][task] for r in mine
+                      if r["scores"].get(task, {}).get("base") is not None]
+            if scored:
+                values = sorted({s["base"] for s in scored})
+                line["cells"][task] = _cell(values, scored[0]["per_doc"].get("base", []),
+                                            scored[0]["metric"])
+        lines.append(line)
+    return lines
 
 
 def _mean_of(runs: list[dict], key: str):
@@ -231,7 +245,8 @@ def table(rows: list[dict]) -> tuple[list[str], list[list[str]], list[str]]:
     header.append("W&B runs")
     best = {}
     for task in tasks:
-        means = [line["cells"][task]["mean"] for line in summary[1:] if task in line["cells"]]
+        means = [line["cells"][task]["mean"] for line in settings_of(summary)
+                 if task in line["cells"]]
         if len(means) > 1:
             best[task] = min(means) if lower_is_better(metric[task]) else max(means)
     cells = []
@@ -239,7 +254,7 @@ def table(rows: list[dict]) -> tuple[list[str], list[list[str]], list[str]]:
         row = [row_label(line, summary), str(line["n"]), _fmt(line["examples"] or None)]
         for task in tasks:
             text = _show(line["cells"].get(task))
-            if line is not summary[0] and task in best and \
+            if not line.get("base") and task in best and \
                     line["cells"].get(task, {}).get("mean") == best[task]:
                 text = f"**{text}**"
             row += [text, _show(line["deltas"].get(task), signed=True)]
@@ -250,8 +265,8 @@ def table(rows: list[dict]) -> tuple[list[str], list[list[str]], list[str]]:
 
 def row_label(line: dict, summary: list[dict]) -> str:
     """A setting is labelled by what sets it apart: overrides every setting shares are left out."""
-    settings = [s["setting"] for s in summary[1:]]
-    if line is summary[0] or len(settings) < 2:
+    settings = [s["setting"] for s in settings_of(summary)]
+    if line.get("base") or len(settings) < 2:
         return line["setting"]
     shared = set.intersection(*(set(s.split(" ")) for s in settings))
     return " ".join(o for o in line["setting"].split(" ") if o not in shared) or line["setting"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crescent.report import row_label, summarize
+from crescent.report import row_label, settings_of, summarize
 
 
 def _err(cell: dict) -> float:
@@ -23,8 +23,10 @@ def plots(study: str, rows: list[dict], out: Path) -> list[Path]:
 
     from crescent.intervals import t_interval
 
-    summary = summarize(rows)[1:]
-    written = []
+    summary = settings_of(summarize(rows))
+    written = [_scores_plot(study, summarize(rows), out)]
+    if not summary:  # a study that scores models as they are: no funnel, no settings
+        return [p for p in written if p is not None]
     steps = ["candidates", "questions", "answered", "kept"]
     fig, ax = plt.subplots(figsize=(max(4, 1.5 * len(summary) + 2), 3.5))
     width = 0.8 / len(summary)
@@ -32,13 +34,12 @@ def plots(study: str, rows: list[dict], out: Path) -> list[Path]:
         runs = [r for r in rows if r["run"] in line["runs"]]
         counts = [t_interval([r["funnel"][s] or 0 for r in runs]) for s in steps]
         ax.bar([s + i * width for s in range(len(steps))], [c["mean"] for c in counts], width,
-               yerr=[c["half"] or 0 for c in counts], capsize=3, label=row_label(line, [{}, *summary]))
+               yerr=[c["half"] or 0 for c in counts], capsize=3, label=row_label(line, summary))
     ax.set_xticks([s + 0.4 - width / 2 for s in range(len(steps))], steps)
     ax.set_ylabel("items (mean over replicas)")
     ax.set_title(f"{study}: question funnel")
     ax.legend(fontsize="small")
     written.append(_save(fig, out / f"{study}_funnel.png"))
-    written.append(_scores_plot(study, summarize(rows), out))
     for axis, label in (("examples", "fine-tuning examples"), ("votes", "votes per question (k)")):
         if len({line[axis] for line in summary if line[axis] is not None and line["cells"]}) >= 2:
             written.append(_versus_plot(study, summary, axis, label, out))
