@@ -137,3 +137,27 @@ def test_a_corrupt_stats_file_is_one_line(tmp_path):
     with pytest.raises(SystemExit, match=r"crescent-report: error: .*answers/stats.json:1: not "
                                          r"valid JSON"):
         report.main([str(tmp_path)])
+
+
+def test_models_scored_as_they_are_get_one_base_row_each(tmp_path):
+    """A study that only scores models (experiment=model_scores): a base row per model, no
+    setting rows, no funnel."""
+    for model, accuracy in (("small-model", 0.02), ("larger-model", 0.3)):
+        run = tmp_path / f"model={model}"
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "config.yaml").write_text(
+            f"name: model_scores\nmodel:\n  name: {model}\n")
+        (run / ".hydra" / "overrides.yaml").write_text(f"- model={model}\n")
+        (run / "evaluate").mkdir()
+        (run / "evaluate" / "metrics.json").write_text(json.dumps(
+            {"base": {"gsm": {"exact_match": accuracy}}}))
+    report.main([str(tmp_path)])
+    rows = [report.collect(run) for run in report.find_runs([tmp_path])]
+    summary = report.summarize(rows)
+    assert [(line["setting"], line["cells"]["gsm"]["mean"]) for line in summary] == [
+        ("base: larger-model", 0.3), ("base: small-model", 0.02)]
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| base: larger-model | 1 | - | 0.3000 |" in md
+    assert "| base: small-model | 1 | - | 0.0200 |" in md
+    assert (tmp_path / "report" / "model_scores_scores.png").is_file()
+    assert not (tmp_path / "report" / "model_scores_funnel.png").exists()
