@@ -10,6 +10,9 @@ Per model (default: every built-in one), on the same documents:
   (a) the floor: the same (context, continuation) pairs the stage logged, scored by a plain
       batched forward pass in transformers (float32, length-sorted batches of 16, only the
       continuation positions' log-probs), model load included;
+  (d) the same task and documents through lm-eval's vllm type (vLLM's prompt log-probs: the
+      stage's path on CPU before it handed text scoring to lm-eval's hf type), child process
+      and start-up included as in (b);
   (c) `crescent_gsm8k_cot_zeroshot` on the first --cot-docs problems: the stage against raw
       vLLM (`vllm.LLM.generate`) on the prompts the stage logged, with its sampling (greedy,
       its stop strings and token limit), start-up included in both.
@@ -39,7 +42,8 @@ BPB, COT = "crescent_gsm8k_gold_bpb", "crescent_gsm8k_cot_zeroshot"
 
 
 def stage(model: str, task: str, docs: int, work: Path) -> tuple[float, list[dict]]:
-    """The evaluate stage on the base model alone: its scoring seconds and lm-eval's log."""
+    """The evaluate stage on the base model alone: its scoring seconds and lm-eval's log
+    (in `<work>/<task>/evaluate/base`)."""
     run = work / f"{task}"
     cmd = [sys.executable, "-m", "crescent", "stages=[evaluate]", f"model.name={model}",
            f"eval.tasks=[{task}]", f"eval.limit={docs}", "logger=none", "cache_dir=null",
@@ -52,6 +56,33 @@ def stage(model: str, task: str, docs: int, work: Path) -> tuple[float, list[dic
     seconds = stats["score_seconds"]["base"]
     log = run / "evaluate" / "base" / f"samples_{task}.jsonl"
     return seconds, [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def vllm_likelihood(label_dir: Path) -> tuple[float, list[dict]]:
+    """(d): the stage's spec in `label_dir` re-run with lm-eval's vllm type for every task."""
+    from crescent.config import EngineConfig
+    from crescent.engines.vllm_offline import VLLMEngine
+    from crescent.infra.io import read_json, write_json
+    from crescent.methods.scoring import run_of
+    from crescent.stages import evaluate
+
+    spec = read_json(label_dir / evaluate.SPEC)
+    pretrained = spec["runs"][0]["model_args"]["pretrained"]
+    vllm = VLLMEngine.lm_eval_model(EngineConfig(), pretrained, "float32")
+    out = label_dir.parent / "vllm"
+    spec["runs"] = [run_of(vllm, spec["tasks"])]
+    spec["out_dir"] = str(out)
+    write_json(out / evaluate.SPEC, spec)
+    started = time.perf_counter()
+    evaluate._score_in_subprocess("vllm", out)
+    seconds = time.perf_counter() - started
+    log = out / f"samples_{spec['tasks'][0]}.jsonl"
+    return seconds, [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def bits_per_byte(logged: list[dict]) -> float:
+    per_doc = [r["bits_per_byte"] for r in logged]
+    return -sum(ll for ll, _ in per_doc) / sum(b for _, b in per_doc) / math.log(2)
 
 
 def floor(path: str, pairs: list[tuple[str, str]], batch: int = 16) -> dict:
@@ -128,9 +159,8 @@ def measure(model: str, docs: int, cot_docs: int) -> dict:
         stage_s, logged = stage(model, BPB, docs, Path(tmp))
         pairs = [(r["arguments"]["gen_args_0"]["arg_0"], r["arguments"]["gen_args_0"]["arg_1"])
                  for r in logged]
-        per_doc = [r["bits_per_byte"] for r in logged]
-        stage_bpb = -sum(ll for ll, _ in per_doc) / sum(b for _, b in per_doc) / math.log(2)
         base = floor(path, pairs)
+        vllm_s, vllm_logged = vllm_likelihood(Path(tmp) / BPB / "evaluate" / "base")
         cot_s, cot_logged = stage(model, COT, cot_docs, Path(tmp))
     cot_tokens = sum(len(tokenizer(r["resps"][0][0], add_special_tokens=False).input_ids)
                      for r in cot_logged)
@@ -140,14 +170,19 @@ def measure(model: str, docs: int, cot_docs: int) -> dict:
         sys.exit(f"raw vLLM failed on {model}:\n{raw.stderr[-3000:]}")
     raw = json.loads(raw.stdout.split("RESULT ", 1)[1])
     bpb_stage_tps, bpb_floor_tps = base["tokens"] / stage_s, base["tokens"] / base["seconds"]
+    bpb_vllm_tps = base["tokens"] / vllm_s
     cot_stage_tps, cot_raw_tps = cot_tokens / cot_s, raw["tokens"] / raw["seconds"]
     return {
         "model": model, "docs": docs, "cot_docs": cot_docs,
         "bpb": {"stage_s": stage_s, "floor_s": base["seconds"], "tokens": base["tokens"],
                 "stage_tokens_per_s": round(bpb_stage_tps, 1),
                 "floor_tokens_per_s": round(bpb_floor_tps, 1),
-                "stage_bits_per_byte": stage_bpb, "floor_bits_per_byte": base["bits_per_byte"]},
+                "vllm_s": round(vllm_s, 2), "vllm_tokens_per_s": round(bpb_vllm_tps, 1),
+                "stage_bits_per_byte": bits_per_byte(logged),
+                "floor_bits_per_byte": base["bits_per_byte"],
+                "vllm_bits_per_byte": bits_per_byte(vllm_logged)},
         "bpb_ratio": round(bpb_stage_tps / bpb_floor_tps, 3),
+        "bpb_vllm_ratio": round(bpb_vllm_tps / bpb_floor_tps, 3),  # (d) / (a): the path before
         "cot": {"stage_s": cot_s, "raw_s": raw["seconds"], "stage_tokens": cot_tokens,
                 "raw_tokens": raw["tokens"], "stage_tokens_per_s": round(cot_stage_tps, 1),
                 "raw_tokens_per_s": round(cot_raw_tps, 1)},
@@ -174,12 +209,15 @@ def main() -> None:
         load.append(os.getloadavg()[0])
     print(f"\nload average {min(load):.2f}-{max(load):.2f}, CPU flags: {' '.join(cpu_flags())}")
     print(f"{'model':<30}{'task':<10}{'stage tok/s':>12}{'reference':>11}{'ratio':>7}"
-          f"{'stage bpb':>11}{'floor bpb':>11}")
+          f"{'stage bpb':>11}{'ref bpb':>11}")
     for r in rows:
         b, c = r["bpb"], r["cot"]
         print(f"{r['model']:<30}{'bpb':<10}{b['stage_tokens_per_s']:>12}"
               f"{b['floor_tokens_per_s']:>11}{r['bpb_ratio']:>7}"
               f"{b['stage_bits_per_byte']:>11.5f}{b['floor_bits_per_byte']:>11.5f}")
+        print(f"{r['model']:<30}{'bpb vllm':<10}{b['vllm_tokens_per_s']:>12}"
+              f"{b['floor_tokens_per_s']:>11}{r['bpb_vllm_ratio']:>7}"
+              f"{b['vllm_bits_per_byte']:>11.5f}{b['floor_bits_per_byte']:>11.5f}")
         print(f"{r['model']:<30}{'cot':<10}{c['stage_tokens_per_s']:>12}"
               f"{c['raw_tokens_per_s']:>11}{r['cot_ratio']:>7}")
     write_result(args.out, {"models": rows, "load_avg_1m": [round(v, 2) for v in load]})

@@ -481,8 +481,7 @@ def test_forward_pass_bits_per_byte_agree_with_vllm_prompt_logprobs(cli, tmp_pat
     assert [r["model"] for r in spec["runs"]] == ["hf" if on_cpu() else "vllm"]
     pretrained = spec["runs"][0]["model_args"]["pretrained"]
     vllm = VLLMEngine.lm_eval_model(EngineConfig(), pretrained, "float32")
-    spec["runs"] = [{"model": vllm.type, "model_args": vllm.args, "batch_size": vllm.batch_size,
-                     "device": vllm.device, "env": vllm.env, "tasks": [task]}]
+    spec["runs"] = [scoring.run_of(vllm, [task])]
     spec["out_dir"] = str(tmp_path / "vllm")
     write_json(tmp_path / "vllm" / evaluate.SPEC, spec)
     evaluate._score_in_subprocess("vllm", tmp_path / "vllm")

@@ -50,6 +50,12 @@ def first_docs(limits: dict[str, int | None], manager=None) -> dict[str, list[in
 
 
 
+def run_of(loaded, tasks: list[str]) -> dict:
+    """A spec's run: an engine's lm-eval model (`LmEvalModel`) and the tasks it scores."""
+    return {"model": loaded.type, "model_args": loaded.args, "batch_size": loaded.batch_size,
+            "device": loaded.device, "env": loaded.env, "tasks": list(tasks)}
+
+
 def score(spec: dict) -> None:
     """Run lm-eval for one model, once per run of the spec (`runs`: a model type and its
     tasks); write per-sample logs, then the runs' raw results merged into one (last)."""

@@ -46,7 +46,7 @@ from crescent.methods.metrics import (
     lower_is_better,
     metrics_of,
 )
-from crescent.methods.scoring import ERROR, RESULTS, SPEC, first_docs, one_limit
+from crescent.methods.scoring import ERROR, RESULTS, SPEC, first_docs, one_limit, run_of
 from crescent.stages import finetune
 
 logger = logging.getLogger(__name__)
@@ -255,8 +255,7 @@ def lm_eval_spec(
         loaded = loader(cfg.engine, model, dtype)
         if revision:
             loaded.args["revision"] = revision
-        run = {"model": loaded.type, "model_args": loaded.args, "batch_size": loaded.batch_size,
-               "device": loaded.device, "env": loaded.env, "tasks": mine}
+        run = run_of(loaded, mine)
         same = next((r for r in runs if {**r, "tasks": mine} == run), None)
         if same is not None:
             same["tasks"] += mine
