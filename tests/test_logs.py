@@ -54,9 +54,10 @@ def test_the_scorer_keeps_only_the_scoring_bar():
     code = (
         "from tqdm import tqdm\n"
         "from crescent.methods.scoring import _one_bar\n"
-        "_one_bar('vllm')\n"
-        "bars = [tqdm(total=3, desc=d) for d in ('Processed prompts', 'Rendering prompts', None)]\n"
+        "_one_bar({'vllm', 'hf'})\n"  # a likelihood run (hf) and a generation run (vllm)
+        "bars = [tqdm(total=3, desc=d) for d in ('Processed prompts', 'Rendering prompts', None,\n"
+        "        'Running loglikelihood requests')]\n"
         "print([b.disable for b in bars])\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[False, True, True]"
+    assert out.stdout.strip() == "[False, True, True, False]"
