@@ -124,7 +124,7 @@ class VLLMEngine(Engine):
             return cls.lm_eval_model(engine, pretrained, dtype)
         # Measured by experiments/bench_evaluate.py (SmolLM2, 200 GSM8K gold solutions, idle
         # AVX-512 CPU): lm-eval's hf type 0.86x a plain batched forward pass, vLLM's prompt
-        # log-probs 0.87x, bits per byte equal to 3e-8. On AVX2-only days vLLM was measured
+        # log-probs 0.87x, bits per byte equal to 5e-8. On AVX2-only days vLLM was measured
         # at 0.3-0.8x (another day, not one run): the hf type stays close to the floor on both.
         return hf_lm_eval_model(pretrained, dtype, engine.max_model_len, CPU_LIKELIHOOD_BATCH)
 
