@@ -23,8 +23,9 @@ def plots(study: str, rows: list[dict], out: Path) -> list[Path]:
 
     from crescent.intervals import t_interval
 
-    summary = settings_of(summarize(rows))
-    written = [_scores_plot(study, summarize(rows), out)]
+    everything = summarize(rows)
+    summary = settings_of(everything)
+    written = [_scores_plot(study, everything, out)]
     if not summary:  # a study that scores models as they are: no funnel, no settings
         return [p for p in written if p is not None]
     steps = ["candidates", "questions", "answered", "kept"]

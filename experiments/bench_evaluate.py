@@ -81,8 +81,10 @@ def vllm_likelihood(label_dir: Path) -> tuple[float, list[dict]]:
 
 
 def bits_per_byte(logged: list[dict]) -> float:
-    per_doc = [r["bits_per_byte"] for r in logged]
-    return -sum(ll for ll, _ in per_doc) / sum(b for _, b in per_doc) / math.log(2)
+    """The corpus bits per byte of lm-eval's per-document (log-likelihood, bytes) log."""
+    from crescent.intervals import aggregate
+
+    return aggregate("bits_per_byte", [r["bits_per_byte"] for r in logged])
 
 
 def floor(path: str, pairs: list[tuple[str, str]], batch: int = 16) -> dict:
