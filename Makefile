@@ -41,7 +41,7 @@ run: install
 # CRESCENT_CI_SAMPLE=<seed> picks another): what CI runs. `make test-all` runs every test.
 test: install install-qwen
 	CRESCENT_DATA=$${CRESCENT_DATA:-$(SHARED_DATA)} $(BIN)/pytest
-	CRESCENT_DATA=$${CRESCENT_DATA:-$(SHARED_DATA)} $(BIN)/pytest -m slow --sample-long=1
+	CRESCENT_DATA=$${CRESCENT_DATA:-$(SHARED_DATA)} $(BIN)/pytest -m slow --sample-long=1 --durations=8
 
 test-all: install install-qwen
 	CRESCENT_DATA=$${CRESCENT_DATA:-$(SHARED_DATA)} $(BIN)/pytest

@@ -128,11 +128,15 @@ def _scores(run: Path, eval_stats: dict) -> dict:
 
 
 def per_document(path: Path, metric: str) -> list:
-    """The metric's value per scored document (lm-eval's sample log), in document order."""
+    """The metric's value per scored document (lm-eval's sample log), in document order.
+    `metric` may name a filter ("exact_match,flexible-extract"): the log then holds one row per
+    document and filter, each under the bare metric name."""
     if not path.is_file():
         return []
-    rows = [r for r in read_jsonl(path) if metric in r]
-    return [r[metric] for r in sorted(rows, key=lambda r: r.get("doc_id", 0))]
+    name, _, filtered_by = metric.partition(",")
+    rows = [r for r in read_jsonl(path)
+            if name in r and (not filtered_by or r.get("filter") == filtered_by)]
+    return [r[name] for r in sorted(rows, key=lambda r: r.get("doc_id", 0))]
 
 
 def _fmt(value) -> str:

@@ -97,10 +97,16 @@ def floor(path: str, pairs: list[tuple[str, str]], batch: int = 16) -> dict:
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     encoded = []
     for context, continuation in pairs:
-        # As lm-eval does: the whole string encoded, the context's tokens split off.
+        n_bytes = len(continuation.encode("utf-8"))  # the metric divides by the target's bytes
+        # As lm-eval's _encode_pair does: the context's trailing whitespace (the chat template's
+        # "\n" after the assistant header) is scored as part of the continuation, the whole
+        # string encoded and the context's tokens split off.
+        n_spaces = len(context) - len(context.rstrip())
+        if n_spaces:
+            context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
         whole = tokenizer(context + continuation, add_special_tokens=False).input_ids
         n_context = len(tokenizer(context, add_special_tokens=False).input_ids)
-        encoded.append((whole, n_context, len(continuation.encode("utf-8"))))
+        encoded.append((whole, n_context, n_bytes))
     order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))
     logprob = [0.0] * len(encoded)
     with torch.inference_mode():

@@ -464,6 +464,7 @@ def test_base_is_scored_once_for_every_point_of_a_sweep(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # two lm-eval runs
 def test_forward_pass_bits_per_byte_agree_with_vllm_prompt_logprobs(cli, tmp_path):
     """The stage's bits per byte (lm-eval's hf type on CPU, the vllm engine's choice for
     scoring given text) equal lm-eval's vLLM numbers, which the studies used before, on the

@@ -92,6 +92,19 @@ def test_one_run_gets_a_bootstrap_interval_over_documents(tmp_path):
     assert bootstrap("exact_match", [1, 1, 1]) == (1.0, 1.0)
 
 
+def test_a_filtered_metric_reads_its_filters_rows_of_the_sample_log(tmp_path):
+    """lm-eval logs a filtered task (chain of thought's strict and flexible extraction) as one
+    row per document and filter, under the bare metric name."""
+    log = tmp_path / "samples_cot.jsonl"
+    rows = [{"doc_id": d, "filter": f, "exact_match": v}
+            for d, f, v in [(1, "strict-match", 0.0), (1, "flexible-extract", 1.0),
+                            (0, "strict-match", 0.0), (0, "flexible-extract", 0.0),
+                            (2, "strict-match", 1.0), (2, "flexible-extract", 1.0)]]
+    log.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    assert report.per_document(log, "exact_match,flexible-extract") == [0.0, 1.0, 1.0]
+    assert report.per_document(log, "exact_match,strict-match") == [0.0, 0.0, 1.0]
+
+
 def test_a_replica_still_running_is_not_counted(tmp_path):
     _run(tmp_path, "finetune.seed=1", 3, 0.9, 0.2, 10)
     _run(tmp_path, "finetune.seed=2", 3, 0.8, 0.1, 10)
