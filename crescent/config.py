@@ -40,7 +40,6 @@ def _choice(name: str, *values: str) -> type[Choice]:
 
 
 Dtype = _choice("Dtype", "auto", "bfloat16", "float16", "float32")
-DedupMethod = _choice("DedupMethod", "minilm", "self", "minhash", "none")
 TieBreak = _choice("TieBreak", "drop", "seeded")
 Representative = _choice("Representative", "first", "shortest", "canonical")
 QuestionSource = _choice("QuestionSource", "bait", "magpie", "seed_aug")
@@ -108,7 +107,7 @@ class DomainConfig:
 
 @dataclass
 class DedupConfig:
-    method: DedupMethod = DedupMethod.minilm  # embedder: minilm, self, minhash or none
+    method: str = "minilm"  # embedder (crescent/methods/dedup.py): minilm, self, minhash, none, or a plug-in's
     threshold: float = 0.85  # similarity at or above which a candidate is a duplicate
     batch_size: int = 64  # texts embedded per forward pass
     num_perm: int = 128  # minhash: permutations per signature (Jaccard resolution 1/num_perm)
@@ -327,9 +326,9 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not test(value):
             raise CrescentError(f"{key}={value}: expected {expected}")
-    from crescent.registry import ANSWER_FORMATS, ENGINES, OBJECTIVES, VOTE_RULES
+    from crescent.registry import ANSWER_FORMATS, EMBEDDERS, ENGINES, OBJECTIVES, VOTE_RULES
 
-    for registry in (ENGINES, VOTE_RULES, ANSWER_FORMATS, OBJECTIVES):
+    for registry in (ENGINES, VOTE_RULES, ANSWER_FORMATS, OBJECTIVES, EMBEDDERS):
         registry.check(OmegaConf.select(cfg, registry.key))  # one line naming the known ones
     if OmegaConf.select(cfg, "finetune.init"):
         OBJECTIVES.check(cfg.finetune.init)

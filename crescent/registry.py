@@ -1,7 +1,7 @@
 """Extension points: a registry per swappable part, keyed by the config value that selects it.
 
-Crescent's own engines, vote rules, answer formats (a domain's answer semantics) and
-fine-tuning objectives register here exactly as outside code does, with a decorator:
+Crescent's own engines, vote rules, answer formats (a domain's answer semantics),
+fine-tuning objectives and dedup embedders register here exactly as outside code does, with a decorator:
 
     from crescent.registry import VOTE_RULES
 
@@ -77,6 +77,8 @@ ANSWER_FORMATS = Registry("answer format", "domain.answer_type", {
     "math": "crescent.domains.math", "text": "crescent.domains.text"})
 OBJECTIVES = Registry("objective", "finetune.objective", {"sft": "crescent.objectives.sft",
                                                           "dpo": "crescent.objectives.dpo"})
+EMBEDDERS = Registry("dedup method", "dedup.method", {
+    name: "crescent.methods.dedup" for name in ("minilm", "self", "minhash", "none")})
 
 
 def load_entry_points() -> None:

@@ -1,5 +1,6 @@
-"""Extension points used from outside the package: a toy engine, vote rule, domain and objective
-(tests/toy_plugins.py, tests/plugin_conf/) selected by overrides, through the whole data path."""
+"""Extension points used from outside the package: a toy engine, vote rule, domain, objective
+and dedup embedder (tests/toy_plugins.py, tests/plugin_conf/) selected by overrides, through the
+whole data path."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from tests.conftest import DATA, ROOT, run_cli
 
 
 @pytest.mark.slow
-def test_toy_engine_vote_rule_domain_and_objective_from_a_plugin(tmp_path):
+def test_toy_engine_vote_rule_domain_objective_and_embedder_from_a_plugin(tmp_path):
     from tests import toy_plugins
 
     # Importable as tests.toy_plugins: the CLI runs with this checkout on PYTHONPATH.
@@ -18,7 +19,7 @@ def test_toy_engine_vote_rule_domain_and_objective_from_a_plugin(tmp_path):
         "plugins=[tests.toy_plugins]",
         f"hydra.searchpath=[file://{ROOT / 'tests' / 'plugin_conf'}]",
         "engine=hf", "engine.name=short_hf", "domain=parity", "voting.rule=first",
-        "finetune.objective=shifted_sft",
+        "finetune.objective=shifted_sft", "dedup.method=first_word",
         "stages=[questions,answers,finetune]", "questions.target=4",
         "questions.max_candidates=16", "questions.batch_size=8",
         "questions.sampling.max_tokens=60", "voting.k=2", "voting.min_votes=1",
@@ -28,6 +29,13 @@ def test_toy_engine_vote_rule_domain_and_objective_from_a_plugin(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "run"
 
+    # The embedder: no two accepted questions start with the same word, and the final set's
+    # nearest-neighbour similarity is its exact 0 (a sentence embedder never gives 0).
+    questions = list(read_jsonl(run / "questions" / "questions.jsonl"))
+    firsts = [toy_plugins.first_word(q["question"]) for q in questions]
+    assert questions and len(set(firsts)) == len(firsts)
+    diversity = read_json(run / "questions" / "stats.json")["diversity"]
+    assert diversity.get("nn_similarity_mean") in (0, None)
     # The engine: completions cut at its cap, though the stage asked for 128 tokens.
     samples = list(read_jsonl(run / "answers" / "samples.jsonl"))
     assert samples and all(t <= toy_plugins.CAP for s in samples for t in s["completion_tokens"])

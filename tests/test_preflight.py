@@ -44,8 +44,9 @@ CASES = {
                                "list_id.jsonl:1: id [1, 2] is not a string or an integer"),
     "9 run dir under a file": (["hydra.run.dir=blocker/run"], "blocker/run: Not a directory"),
     "audit without gold answers": (["stages=[answers,audit]", "answers.input=no_gold.jsonl"],
-                                   "no_gold.jsonl:2: no gold answer (a `gold` field, or an "
-                                   "`answer` ending in '#### <answer>') for the audit"),
+                                   "no_gold.jsonl: question id 1 has no gold answer (a `gold` "
+                                   "field, or an `answer` ending in '#### <answer>') for the "
+                                   "audit"),
     "a benchmark file that is not there": (["stages=[answers]",
                                             "answers.input=${data:gsm8k/nope.jsonl}"],
                                            "benchmark data "),

@@ -1,20 +1,24 @@
-"""A plug-in from outside the package: one toy entry at each of Crescent's four extension points.
+"""A plug-in from outside the package: one toy entry at each of Crescent's extension points.
 
 Loaded with `plugins=[tests.toy_plugins]`; its domain's prompts are
 tests/plugin_conf/domain/parity.yaml, found with `hydra.searchpath=[file://tests/plugin_conf]`.
-tests/test_plugins.py selects all four and runs questions -> answers -> finetune.
+tests/test_plugins.py selects them all and runs questions -> answers -> finetune.
 """
 
 from __future__ import annotations
 
 import re
+import zlib
+
+import numpy as np
 
 from crescent.config import SamplingConfig
 from crescent.domains import AnswerFormat
 from crescent.engines.hf import HFEngine
+from crescent.methods.dedup import VectorIndex
 from crescent.methods.voting import Vote, group_answers
 from crescent.objectives.sft import SFTModule
-from crescent.registry import ANSWER_FORMATS, ENGINES, OBJECTIVES, VOTE_RULES
+from crescent.registry import ANSWER_FORMATS, EMBEDDERS, ENGINES, OBJECTIVES, VOTE_RULES
 
 CAP = 40  # new tokens per completion the toy engine allows, whatever the stage asks for
 SHIFT = 10.0  # what the toy objective adds to the SFT loss (the gradients stay SFT's)
@@ -65,3 +69,28 @@ class ShiftedSFT(SFTModule):
     def compute_loss(self, batch):
         loss, weight = super().compute_loss(batch)
         return loss + SHIFT, weight
+
+
+def first_word(text: str) -> str:
+    return (text.split() or [""])[0].lower()
+
+
+class FirstWord:
+    """Two questions are duplicates when they start with the same word: a one-hot vector per
+    first word, so cosine similarity is exactly 1 (same word) or 0."""
+
+    DIM = 1 << 16
+
+    def embed(self, texts):
+        vectors = np.zeros((len(texts), self.DIM), dtype=np.float32)
+        for row, text in enumerate(texts):
+            vectors[row, zlib.crc32(first_word(text).encode()) % self.DIM] = 1.0
+        return vectors
+
+    def make_index(self):
+        return VectorIndex(self.DIM)
+
+
+@EMBEDDERS.register("first_word")
+def first_word_embedder(dedup_cfg, model_cfg):
+    return FirstWord()

@@ -20,6 +20,7 @@ import numpy as np
 from crescent.config import DedupConfig, ModelConfig
 from crescent.errors import CrescentError
 from crescent.methods.minhash import MinHashEmbedder, SignatureIndex, shingles  # noqa: F401
+from crescent.registry import EMBEDDERS
 
 logger = logging.getLogger(__name__)
 
@@ -53,14 +54,28 @@ class Embedder(Protocol):
 
 
 def make_embedder(cfg: DedupConfig, model_cfg: Optional[ModelConfig] = None) -> Optional[Embedder]:
-    """The embedder `dedup.method` names; `self` embeds with the generator `model_cfg`."""
-    if cfg.method == "none":
-        return None
-    if cfg.method == "minilm":
-        return MiniLMEmbedder(cfg.batch_size)
-    if cfg.method == "minhash":
-        return MinHashEmbedder(cfg.num_perm, cfg.shingle)
-    # self, the one method left (DedupMethod allows no other)
+    """The embedder `dedup.method` names (None: no dedup). An entry of `EMBEDDERS` is a
+    factory `(dedup_cfg, generator_model_cfg) -> Embedder | None`."""
+    return EMBEDDERS.get(cfg.method)(cfg, model_cfg)
+
+
+@EMBEDDERS.register("none")
+def _no_dedup(cfg: DedupConfig, model_cfg: Optional[ModelConfig]) -> None:
+    return None
+
+
+@EMBEDDERS.register("minilm")
+def _minilm(cfg: DedupConfig, model_cfg: Optional[ModelConfig]) -> Embedder:
+    return MiniLMEmbedder(cfg.batch_size)
+
+
+@EMBEDDERS.register("minhash")
+def _minhash(cfg: DedupConfig, model_cfg: Optional[ModelConfig]) -> Embedder:
+    return MinHashEmbedder(cfg.num_perm, cfg.shingle)
+
+
+@EMBEDDERS.register("self")
+def _self(cfg: DedupConfig, model_cfg: Optional[ModelConfig]) -> Embedder:
     if model_cfg is None:
         raise CrescentError("dedup.method='self' needs the generator's model config")
     return SelfEmbedder(model_cfg, cfg.depth, cfg.batch_size)

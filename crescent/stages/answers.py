@@ -318,9 +318,9 @@ def _stats(cfg: DictConfig, questions: list[dict], records: list[dict], kept: li
     }
 
 
-def load_questions(path: Path, limit: int | None = None) -> list[dict]:
+def load_questions(path: Path, limit: int | None = None, keep: tuple[str, ...] = ()) -> list[dict]:
     """The first `limit` (None: all) questions, with unique ids; rows without an `id` take
-    their line number - 1."""
+    their line number - 1. The fields named in `keep` are copied where a row has them."""
     if not path.exists():
         raise CrescentError(f"answers.input: {path} does not exist (run the questions stage "
                             f"or point answers.input at a questions.jsonl)")
@@ -334,7 +334,8 @@ def load_questions(path: Path, limit: int | None = None) -> list[dict]:
         if qid in seen:
             raise CrescentError(f"{path}:{line}: duplicate id {qid!r}")
         seen.add(qid)
-        questions.append({"id": qid, "question": row["question"]})
+        questions.append({"id": qid, "question": row["question"],
+                          **{field: row[field] for field in keep if field in row}})
         if len(questions) == limit:
             break
     if not questions:

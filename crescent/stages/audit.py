@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from crescent.cache import STATS, Stage
 from crescent.errors import CrescentError
-from crescent.infra.io import atomic_write_text, numbered_jsonl, read_jsonl, write_json
+from crescent.infra.io import atomic_write_text, read_jsonl, write_json
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +42,9 @@ def preflight(cfg: DictConfig) -> None:
 
 def gold_answers(cfg: DictConfig) -> dict:
     """id -> gold answer (extracted as the domain reads answers) of `answers.input`'s questions,
-    with the ids the answers stage gives them (an `id` field, else the line number - 1)."""
+    read as the answers stage reads them (same ids, same limit)."""
     from crescent.domains import answer_format
+    from crescent.stages.answers import load_questions
 
     if not cfg.answers.input:
         raise CrescentError("audit: needs questions with known answers: set answers.input to a "
@@ -51,18 +52,16 @@ def gold_answers(cfg: DictConfig) -> dict:
                             "'${data:gsm8k/train.jsonl}'")
     path, reader = Path(cfg.answers.input), answer_format(cfg.domain.answer_type)
     golds = {}
-    for line, row in numbered_jsonl(path):
-        if cfg.answers.limit is not None and len(golds) == cfg.answers.limit:
-            break
+    for row in load_questions(path, cfg.answers.limit, keep=("gold", "answer")):
         solution = str(row.get("answer", ""))  # GSM8K's: the final answer after `####`
         if "gold" in row:
             gold = reader.extract(str(row["gold"])) or str(row["gold"]).strip()
         else:
             gold = reader.extract(solution) if "####" in solution else None
         if not gold:
-            raise CrescentError(f"{path}:{line}: no gold answer (a `gold` field, or an `answer` "
-                                f"ending in '#### <answer>') for the audit")
-        golds[row.get("id", line - 1)] = gold
+            raise CrescentError(f"{path}: question id {row['id']!r} has no gold answer (a `gold` "
+                                f"field, or an `answer` ending in '#### <answer>') for the audit")
+        golds[row["id"]] = gold
     return golds
 
 
@@ -214,7 +213,7 @@ def headline(stats: dict) -> str:
     best = stats.get("best_precision")
     single = stats.get("sample_accuracy") or {}
     text = f"{stats.get('questions')} questions, one sample right {single.get('value', 0):.3f}"
-    if best:
-        text += (f"; best kept precision {best['precision']['value']:.3f} at k={best['k']}, "
+    if best:  # ranked by the interval's lower bound: a high value on few kept is not "best"
+        text += (f"; surest kept precision {_show(best['precision'])} at k={best['k']}, "
                  f"floor {best['floor']} ({best['kept_share']['value']:.0%} kept)")
     return text
