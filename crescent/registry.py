@@ -1,7 +1,7 @@
 """Extension points: a registry per swappable part, keyed by the config value that selects it.
 
-Crescent's own engines, vote rules, answer formats (a domain's answer semantics),
-fine-tuning objectives and dedup embedders register here exactly as outside code does, with a decorator:
+Crescent's own engines, vote rules, answer formats (a domain's answer semantics), fine-tuning
+objectives and dedup embedders register here exactly as outside code does, with a decorator:
 
     from crescent.registry import VOTE_RULES
 
