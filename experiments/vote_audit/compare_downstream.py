@@ -16,31 +16,30 @@ import sys
 from pathlib import Path
 
 from crescent.intervals import bootstrap
-from crescent.report import per_document
+from crescent.report import collect
 
-TASK, METRIC = "crescent_gsm8k_cot_zeroshot", "exact_match,flexible-extract"
-
-
-def scores(run: Path, label: str) -> list[float]:
-    return [float(x) for x in per_document(run / "evaluate" / label / f"samples_{TASK}.jsonl",
-                                           METRIC)]
+TASK = "crescent_gsm8k_cot_zeroshot"
+PAIRS = (("setting=crescent", "setting=no_vote"), ("setting=crescent", "base"),
+         ("setting=no_vote", "base"))
 
 
 def main(sweep: Path) -> dict:
-    runs = sorted(p for p in sweep.iterdir() if (p / "evaluate").is_dir())
+    # The report's own reading of each run: its setting (replica keys left out) and, for the
+    # task's headline metric, every scored document's value per model label.
+    runs = [collect(p) for p in sorted(sweep.iterdir()) if (p / "evaluate").is_dir()]
+    metric = runs[0]["scores"][TASK]["metric"]
     by_setting: dict[str, list[list[float]]] = {}
     for run in runs:
-        setting = next(part.split("=")[1] for part in run.name.split(",")
-                       if part.startswith("setting="))
-        by_setting.setdefault(setting, []).append(scores(run, "finetuned"))
+        by_setting.setdefault(run["setting"], []).append(
+            [float(x) for x in run["scores"][TASK]["per_doc"]["finetuned"]])
     mean = {s: [sum(col) / len(col) for col in zip(*rows)] for s, rows in by_setting.items()}
-    mean["base"] = scores(runs[0], "base")
-    result = {"task": TASK, "metric": METRIC, "documents": len(mean["base"]),
+    mean["base"] = [float(x) for x in runs[0]["scores"][TASK]["per_doc"]["base"]]
+    result = {"task": TASK, "metric": metric, "documents": len(mean["base"]),
               "replicas": {s: len(rows) for s, rows in by_setting.items()},
               "mean": {s: sum(v) / len(v) for s, v in mean.items()}, "differences": {}}
-    for a, b in (("crescent", "no_vote"), ("crescent", "base"), ("no_vote", "base")):
+    for a, b in PAIRS:
         diff = result["mean"][a] - result["mean"][b]
-        low, high = bootstrap(METRIC, mean[a], mean[b])
+        low, high = bootstrap(metric, mean[a], mean[b])
         result["differences"][f"{a} - {b}"] = {"value": diff, "low": low, "high": high}
         print(f"{a} - {b}: {diff:+.4f} [{low:+.4f}, {high:+.4f}]  (95% paired bootstrap over "
               f"{len(mean[a])} problems)")
