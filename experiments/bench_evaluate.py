@@ -8,11 +8,12 @@ Per model (default: every built-in one), on the same documents:
       process and start-up included) on `crescent_gsm8k_gold_bpb`, the first --docs GSM8K test
       gold solutions;
   (a) the floor: the same (context, continuation) pairs the stage logged, scored by a plain
-      batched forward pass in transformers (float32, length-sorted batches of 16, only the
-      continuation positions' log-probs), model load included;
+      batched forward pass in transformers (float32, length-sorted batches of 16, right
+      padding and no attention mask, the LM head and log-softmax at the continuation
+      positions only), model load included;
   (d) the same task and documents through lm-eval's vllm type (vLLM's prompt log-probs: the
-      stage's path on CPU before it handed text scoring to lm-eval's hf type), child process
-      and start-up included as in (b);
+      stage's path on CPU before it handed text scoring to a forward pass, crescent-hf), child
+      process and start-up included as in (b);
   (c) `crescent_gsm8k_cot_zeroshot` on the first --cot-docs problems: the stage against raw
       vLLM (`vllm.LLM.generate`) on the prompts the stage logged, with its sampling (greedy,
       its stop strings and token limit), start-up included in both.
@@ -113,11 +114,11 @@ def floor(path: str, pairs: list[tuple[str, str]], batch: int = 16) -> dict:
         for start in range(0, len(order), batch):
             rows = [encoded[i] for i in order[start:start + batch]]
             width = max(len(ids) for ids, _, _ in rows)
-            ids = torch.full((len(rows), width), tokenizer.pad_token_id or 0)
-            mask = torch.zeros((len(rows), width), dtype=torch.long)
+            ids = torch.zeros((len(rows), width), dtype=torch.long)
             for j, (tokens, _, _) in enumerate(rows):
-                ids[j, :len(tokens)], mask[j, :len(tokens)] = torch.tensor(tokens), 1
-            hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+                ids[j, :len(tokens)] = torch.tensor(tokens)
+            # Right padding: a causal model's real positions never see it, so no mask.
+            hidden = model.model(input_ids=ids, use_cache=False).last_hidden_state
             for j, (tokens, n_context, _) in enumerate(rows):
                 # Only the continuation's positions go through the LM head.
                 positions = torch.arange(n_context - 1, len(tokens) - 1)

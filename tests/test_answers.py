@@ -135,6 +135,7 @@ def test_bad_input_is_named(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # four vLLM start-ups
 def test_embedded_model_answers_20_questions_killed_and_resumed(tmp_path):
     """vLLM on the embedded model; SIGKILLed at 3 seeded points, then run to the end."""
     questions = ROOT / "tests" / "assets" / "questions20.jsonl"

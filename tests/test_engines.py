@@ -64,9 +64,11 @@ def test_identical_prompts_give_distinct_samples(engine):
 
 @pytest.mark.slow
 def test_hf_same_seed_same_samples():
-    first = _sample("hf", 32, seed=7)
-    assert _sample("hf", 32, seed=7) == first
-    assert _sample("hf", 32, seed=8) != first
+    # 8 samples: one batch of separate requests and one of n samples, as with 32, at a quarter
+    # of the decoding.
+    first = _sample("hf", 8, seed=7)
+    assert _sample("hf", 8, seed=7) == first
+    assert _sample("hf", 8, seed=8) != first
 
 
 _OVER_BUDGET = """

@@ -119,11 +119,11 @@ def test_hf_spec_and_its_command_line(tmp_path):
     tasks_dir = evaluate.TASKS_SRC
     spec = evaluate.lm_eval_spec(cfg, "base", "/m", ["crescent_gsm8k"], tasks_dir, tmp_path / "b")
     [run] = spec["runs"]
-    assert run["model"] == "hf" and run["device"] == "cpu" and run["env"] == {}
+    assert run["model"] == "crescent-hf" and run["device"] == "cpu" and run["env"] == {}
     assert run["model_args"] == {"pretrained": "/m", "dtype": "float32", "max_length": 2048}
     assert spec["include_defaults"] is False  # only our tasks: lm-eval's index is not built
     assert evaluate.lm_eval_command(spec) == (
-        f"lm_eval --model hf --model_args pretrained=/m,dtype=float32,max_length=2048 "
+        f"crescent-lm-eval --model crescent-hf --model_args pretrained=/m,dtype=float32,max_length=2048 "
         f"--tasks crescent_gsm8k --include_path {tasks_dir} --batch_size 32 --device cpu "
         f"--num_fewshot 5 --limit 10 --apply_chat_template --log_samples --output_path {tmp_path}/b"
     )
@@ -166,18 +166,20 @@ def test_vllm_spec_on_cpu_uses_the_engine_settings(tmp_path):
 
 
 def test_likelihood_tasks_are_scored_by_a_forward_pass_on_cpu(tmp_path):
-    """On CPU the vllm engine hands text-scoring tasks to lm-eval's hf type, first, and
+    """On CPU the vllm engine hands text-scoring tasks to crescent-hf, first, and
     generation to vLLM: two runs, two command lines, each with its own tasks and limits."""
     cfg = _cfg("eval.limit=7", "+eval.limits.crescent_gsm8k_cot_zeroshot=3")
     tasks = ["crescent_gsm8k_cot_zeroshot", "crescent_gsm8k_gold_bpb", "crescent_math500"]
     spec = evaluate.lm_eval_spec(cfg, "base", "/m", tasks, evaluate.TASKS_SRC, tmp_path)
     likelihood, generation = spec["runs"]
-    assert likelihood["model"] == "hf" and likelihood["tasks"] == ["crescent_gsm8k_gold_bpb"]
+    assert likelihood["model"] == "crescent-hf"
+    assert likelihood["tasks"] == ["crescent_gsm8k_gold_bpb"]
     assert likelihood["batch_size"] == 16 and likelihood["device"] == "cpu"
     assert generation["model"] == "vllm"
     assert generation["tasks"] == ["crescent_gsm8k_cot_zeroshot", "crescent_math500"]
     bpb_line, cot_line = evaluate.lm_eval_command(spec).splitlines()
-    assert "--model hf " in bpb_line and "--limit 7" in bpb_line and "VLLM" not in bpb_line
+    assert "--model crescent-hf " in bpb_line and "--limit 7" in bpb_line
+    assert "VLLM" not in bpb_line
     assert bpb_line.endswith(f"--log_samples --output_path {tmp_path}")
     assert cot_line.startswith("VLLM_CPU_KVCACHE_SPACE=") and "--model vllm " in cot_line
     assert '--samples \'{"crescent_gsm8k_cot_zeroshot": [0, 1, 2], "crescent_math500": [0, 1, ' \
@@ -185,9 +187,33 @@ def test_likelihood_tasks_are_scored_by_a_forward_pass_on_cpu(tmp_path):
     # The hf engine scores everything itself: one run.
     [run] = evaluate.lm_eval_spec(_cfg("engine=hf"), "base", "/m", tasks, evaluate.TASKS_SRC,
                                   tmp_path)["runs"]
-    assert run["model"] == "hf" and run["tasks"] == ["crescent_gsm8k_gold_bpb",
+    assert run["model"] == "crescent-hf" and run["tasks"] == ["crescent_gsm8k_gold_bpb",
                                                      "crescent_gsm8k_cot_zeroshot",
                                                      "crescent_math500"]
+
+
+def test_continuation_head_scores_as_lm_evals_hf_type():
+    """crescent-hf against lm-eval's own hf type, in one process on the embedded model:
+    gold solutions of different lengths, a multiple-choice set (one-token continuations
+    sharing a context: lm-eval's cache), and a pair cut from the left at max_length."""
+    from lm_eval.models.huggingface import HFLM
+
+    from crescent.engines.lm_eval_hf import ContinuationHeadLM
+    from crescent.infra.models import resolve_model
+
+    lm = ContinuationHeadLM(pretrained=resolve_model("smollm2-135m-instruct"), device="cpu",
+                            dtype="float32", batch_size=3, max_length=160)
+    with open(DATA / "gsm8k" / "test.jsonl", encoding="utf-8") as f:
+        rows = [json.loads(next(f)) for _ in range(5)]
+    pairs = [(f"Question: {r['question']}\nAnswer:", f" {task_utils.gold_solution(r['answer'])}")
+             for r in rows]
+    pairs += [("The capital of France is", choice) for choice in (" Paris", " Rome", " A")]
+    requests = [((c, x), *lm._encode_pair(c, x)) for c, x in pairs]
+    assert any(len(c) + len(x) > 161 for _, c, x in requests)  # one is cut at max_length
+    ours, stock = lm._loglikelihood_tokens(requests), HFLM._loglikelihood_tokens(lm, requests)
+    assert [greedy for _, greedy in ours] == [greedy for _, greedy in stock]
+    assert max(abs(a - b) for (a, _), (b, _) in zip(ours, stock)) < 1e-4  # nats per request
+    assert ours[5][0] > ours[6][0]  # the model prefers Paris: the continuations were scored
 
 
 def test_runs_results_merge_into_one(tmp_path):
@@ -466,7 +492,7 @@ def test_base_is_scored_once_for_every_point_of_a_sweep(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.long  # two lm-eval runs
 def test_forward_pass_bits_per_byte_agree_with_vllm_prompt_logprobs(cli, tmp_path):
-    """The stage's bits per byte (lm-eval's hf type on CPU, the vllm engine's choice for
+    """The stage's bits per byte (crescent-hf on CPU, the vllm engine's choice for
     scoring given text) equal lm-eval's vLLM numbers, which the studies used before, on the
     same documents to 1e-4."""
     from crescent.config import EngineConfig
@@ -479,7 +505,7 @@ def test_forward_pass_bits_per_byte_agree_with_vllm_prompt_logprobs(cli, tmp_pat
     assert run.returncode == 0, run.stderr[-3000:]
     ours = tmp_path / "run" / "evaluate" / "base"
     spec = read_json(ours / evaluate.SPEC)
-    assert [r["model"] for r in spec["runs"]] == ["hf" if on_cpu() else "vllm"]
+    assert [r["model"] for r in spec["runs"]] == ["crescent-hf" if on_cpu() else "vllm"]
     pretrained = spec["runs"][0]["model_args"]["pretrained"]
     vllm = VLLMEngine.lm_eval_model(EngineConfig(), pretrained, "float32")
     spec["runs"] = [scoring.run_of(vllm, [task])]

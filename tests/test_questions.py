@@ -199,6 +199,7 @@ def killed_and_rerun(tmp_path_factory):
 
 
 @pytest.mark.slow
+@pytest.mark.long  # four vLLM start-ups (the fixture, shared with the next test)
 def test_kill_and_rerun_loses_and_duplicates_nothing(killed_and_rerun):
     out, seen = killed_and_rerun
     assert whole_records(out / "questions.jsonl", "id") == list(range(TARGET))
@@ -212,6 +213,7 @@ def test_kill_and_rerun_loses_and_duplicates_nothing(killed_and_rerun):
 
 
 @pytest.mark.slow
+@pytest.mark.long
 def test_every_accepted_pair_is_below_threshold(killed_and_rerun):
     # Recomputed independently of crescent.methods.dedup: the packaged model, plain cosine.
     import importlib.util

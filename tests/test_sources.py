@@ -83,7 +83,8 @@ def test_source_errors_are_one_clear_line(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("source,engine", [("magpie", "vllm"), ("magpie", "hf"),
+@pytest.mark.parametrize("source,engine", [("magpie", "vllm"),
+                                           pytest.param("magpie", "hf", marks=pytest.mark.long),
                                            ("seed_aug", "vllm")])
 def test_baseline_sources_fill_the_questions_stage(cli, tmp_path, source, engine):
     run = cli("stages=[questions]", f"engine={engine}", f"questions.source={source}",

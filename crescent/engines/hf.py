@@ -12,11 +12,12 @@ from crescent.registry import ENGINES
 
 def hf_lm_eval_model(pretrained: str, dtype: str, max_length: int,
                      batch_size: int) -> LmEvalModel:
-    """lm-eval's `hf` model type: transformers, batches sorted by length (longest first)."""
+    """lm-eval's `hf` model type as `crescent-hf` (crescent/engines/lm_eval_hf.py: the LM head
+    only where text is scored): transformers, batches sorted by length (longest first)."""
     import torch
 
     # lm-eval's hf model type assumes CUDA unless told otherwise.
-    return LmEvalModel("hf", {"pretrained": pretrained, "dtype": dtype, "max_length": max_length},
+    return LmEvalModel("crescent-hf", {"pretrained": pretrained, "dtype": dtype, "max_length": max_length},
                        batch_size=batch_size,
                        device="cuda" if torch.cuda.is_available() else "cpu")
 

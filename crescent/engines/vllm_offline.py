@@ -59,9 +59,8 @@ def cpu_environment(engine: EngineConfig) -> dict[str, str]:
 
 
 CPU_EXECUTOR = "uni"  # the single-process executor, the one that runs on CPU
-# Sequences per forward pass when lm-eval's hf type scores text on CPU: 16 (batches
-# sorted by length) kept the forward pass near the machine's float32 peak; longer batches
-# only hold more logits in memory (batch x length x vocabulary floats).
+# Sequences per forward pass when crescent-hf scores text on CPU: 16 (batches sorted by
+# length) kept the forward pass near the machine's float32 peak; longer ones only pad more.
 CPU_LIKELIHOOD_BATCH = 16
 
 

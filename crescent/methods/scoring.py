@@ -24,6 +24,8 @@ from crescent.infra.io import atomic_write_text, read_json
 RESULTS = "results.json"
 SPEC = "spec.json"
 ERROR = "error.txt"
+# lm-eval model types of Crescent's own: name -> "module:class", imported when a run uses it.
+LM_EVAL_MODELS = {"crescent-hf": "crescent.engines.lm_eval_hf:ContinuationHeadLM"}
 
 
 def one_limit(limits: dict[str, int | None]) -> int | None:
@@ -64,6 +66,7 @@ def score(spec: dict) -> None:
             os.environ.setdefault(key, value)
     from crescent.registry import load_plugins
 
+    register_lm_eval_models()
     load_plugins(spec.get("plugins", []))  # a plug-in may register its own lm-eval model type
     if any(run["model"] == "vllm" for run in spec["runs"]):
         from crescent.engines.vllm_offline import answer_vllm_version_lookup
@@ -124,6 +127,26 @@ def score(spec: dict) -> None:
         json.loads(dumps(results)), indent=2, ensure_ascii=False) + "\n")
 
 
+def register_lm_eval_models() -> None:
+    """Make Crescent's lm-eval model types (`LM_EVAL_MODELS`) known to lm-eval, lazily."""
+    import lm_eval.models  # noqa: F401  lm-eval fills its registry only while it is empty
+    from lm_eval.api.registry import model_registry
+
+    for name, target in LM_EVAL_MODELS.items():
+        if name not in model_registry:
+            model_registry.register(name, target=target)
+
+
+def lm_eval_cli() -> None:
+    """`crescent-lm-eval`: lm-eval's command line with Crescent's model types registered
+    (the command lines a label's `command.txt` holds for them)."""
+    from lm_eval.__main__ import cli_evaluate
+
+    register_lm_eval_models()
+    sys.argv[0] = "lm_eval"
+    cli_evaluate()
+
+
 def merge_results(runs: list[dict]) -> dict:
     """lm-eval's results of several runs as one: the per-task tables (results, configs,
     versions, n-shot, samples, ...) joined; `config` (the model and its arguments) of each
@@ -140,8 +163,8 @@ def merge_results(runs: list[dict]) -> dict:
 
 # The bar that follows the scoring itself: vLLM's over the requests lm-eval hands it all at
 # once, or lm-eval's over its hf batches.
-_SCORING_BARS = {"vllm": ("Processed prompts",),
-                 "hf": ("Running loglikelihood requests", "Running generate_until requests")}
+_HF_BARS = ("Running loglikelihood requests", "Running generate_until requests")
+_SCORING_BARS = {"vllm": ("Processed prompts",), "hf": _HF_BARS, "crescent-hf": _HF_BARS}
 
 
 def _one_bar(model_types: set[str]) -> None:

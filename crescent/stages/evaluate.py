@@ -13,7 +13,8 @@
 
 Each model is scored in its own process (crescent/methods/scoring.py). The engine decides how
 lm-eval loads the model (each engine's `lm_eval_model`, and `lm_eval_likelihood_model` for
-tasks that score given text: on CPU vLLM hands those to lm-eval's hf type); with the cache on,
+tasks that score given text: on CPU vLLM hands those to `crescent-hf`, lm-eval's hf type with
+the LM head at the scored positions only, crescent/engines/lm_eval_hf.py); with the cache on,
 `base` is a cache entry of its own, scored once for every sweep point that fine-tunes the same
 student.
 """
@@ -46,7 +47,15 @@ from crescent.methods.metrics import (
     lower_is_better,
     metrics_of,
 )
-from crescent.methods.scoring import ERROR, RESULTS, SPEC, first_docs, one_limit, run_of
+from crescent.methods.scoring import (
+    ERROR,
+    LM_EVAL_MODELS,
+    RESULTS,
+    SPEC,
+    first_docs,
+    one_limit,
+    run_of,
+)
 from crescent.stages import finetune
 
 logger = logging.getLogger(__name__)
@@ -289,9 +298,11 @@ def lm_eval_command(spec: dict) -> str:
 
 def _run_command(spec: dict, run: dict) -> str:
     args = ",".join(f"{k}={v}" for k, v in run["model_args"].items())
+    # Crescent's own model types are known to lm-eval's command line as crescent-lm-eval.
+    program = "crescent-lm-eval" if run["model"] in LM_EVAL_MODELS else "lm_eval"
     parts = [
         *(f"{k}={v}" for k, v in run["env"].items()),
-        "lm_eval", "--model", run["model"], "--model_args", args,
+        program, "--model", run["model"], "--model_args", args,
         "--tasks", ",".join(run["tasks"]), "--include_path", spec["include_path"],
         "--batch_size", str(run["batch_size"]),
     ]
