@@ -121,10 +121,10 @@ class VLLMEngine(Engine):
                                  dtype: str) -> LmEvalModel:
         if not on_cpu():
             return cls.lm_eval_model(engine, pretrained, dtype)
-        # Measured by experiments/bench_evaluate.py (SmolLM2, 200 GSM8K gold solutions, idle
-        # AVX-512 CPU): lm-eval's hf type 0.86x a plain batched forward pass, vLLM's prompt
-        # log-probs 0.87x, bits per byte equal to 5e-8. On AVX2-only days vLLM was measured
-        # at 0.3-0.8x (another day, not one run): the hf type stays close to the floor on both.
+        # Measured by experiments/bench_evaluate.py (200 GSM8K gold solutions, one run, AVX-512
+        # CPU): crescent-hf 0.88x (SmolLM2) and 1.00x (Qwen2.5-0.5B) of a plain forward pass,
+        # vLLM's prompt log-probs 0.84x and 0.88x, bits per byte equal to 1e-7. On AVX2-only
+        # days vLLM's path was measured at 0.3-0.8x (another day, not one run).
         return hf_lm_eval_model(pretrained, dtype, engine.max_model_len, CPU_LIKELIHOOD_BATCH)
 
     def close(self) -> None:
