@@ -216,6 +216,17 @@ def test_continuation_head_scores_as_lm_evals_hf_type():
     assert ours[5][0] > ours[6][0]  # the model prefers Paris: the continuations were scored
 
 
+def test_crescent_model_types_are_known_to_lm_eval():
+    from lm_eval.api.registry import get_model
+
+    from crescent.engines.lm_eval_hf import ContinuationHeadLM
+
+    scoring.register_lm_eval_models()
+    assert get_model("crescent-hf") is ContinuationHeadLM
+    assert get_model("hf").__name__ == "HFLM"  # lm-eval's own types are still there
+    assert (Path(sys.executable).parent / "crescent-lm-eval").is_file()  # command.txt's program
+
+
 def test_runs_results_merge_into_one(tmp_path):
     bpb = {"results": {"a": {"bpb": 0.7}}, "n-shot": {"a": 0}, "config": {"model": "hf"},
            "samples": {"a": [1]}, "date": 1.0}
@@ -369,7 +380,7 @@ def test_stage_and_lm_eval_command_line_give_identical_scores(cli, tmp_path):
 
     base = resolve_model("smollm2-135m-instruct")
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    task, limit, shots = "crescent_gsm8k", 10, 5
+    task, limit, shots = "crescent_gsm8k", 4, 5  # 4 generations each way: minutes on hf
     started = time.time()
     run = cli("stages=[evaluate]", "engine=hf", f"eval.tasks=[{task}]", f"eval.limit={limit}",
               f"eval.num_fewshot={shots}", f"eval.data_dir={DATA}", "hydra.run.dir=run",

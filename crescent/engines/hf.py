@@ -17,7 +17,8 @@ def hf_lm_eval_model(pretrained: str, dtype: str, max_length: int,
     import torch
 
     # lm-eval's hf model type assumes CUDA unless told otherwise.
-    return LmEvalModel("crescent-hf", {"pretrained": pretrained, "dtype": dtype, "max_length": max_length},
+    return LmEvalModel("crescent-hf",
+                       {"pretrained": pretrained, "dtype": dtype, "max_length": max_length},
                        batch_size=batch_size,
                        device="cuda" if torch.cuda.is_available() else "cpu")
 

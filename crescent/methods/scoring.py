@@ -143,7 +143,6 @@ def lm_eval_cli() -> None:
     from lm_eval.__main__ import cli_evaluate
 
     register_lm_eval_models()
-    sys.argv[0] = "lm_eval"
     cli_evaluate()
 
 
