@@ -123,8 +123,9 @@ def test_hf_spec_and_its_command_line(tmp_path):
     assert run["model_args"] == {"pretrained": "/m", "dtype": "float32", "max_length": 2048}
     assert spec["include_defaults"] is False  # only our tasks: lm-eval's index is not built
     assert evaluate.lm_eval_command(spec) == (
-        f"crescent-lm-eval --model crescent-hf --model_args pretrained=/m,dtype=float32,max_length=2048 "
-        f"--tasks crescent_gsm8k --include_path {tasks_dir} --batch_size 32 --device cpu "
+        f"crescent-lm-eval --model crescent-hf "
+        f"--model_args pretrained=/m,dtype=float32,max_length=2048 --tasks crescent_gsm8k "
+        f"--include_path {tasks_dir} --batch_size 32 --device cpu "
         f"--num_fewshot 5 --limit 10 --apply_chat_template --log_samples --output_path {tmp_path}/b"
     )
 

@@ -11,10 +11,10 @@ training seed's spread: read it beside crescent-report's replica intervals.
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
+from crescent.infra.io import write_json
 from crescent.intervals import bootstrap
 from crescent.report import collect
 
@@ -44,8 +44,7 @@ def main(sweep: Path) -> dict:
         print(f"{a} - {b}: {diff:+.4f} [{low:+.4f}, {high:+.4f}]  (95% paired bootstrap over "
               f"{len(mean[a])} problems)")
     out = sweep / "report" / "compare_downstream.json"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+    write_json(out, result)
     print(f"wrote {out}")
     return result
 
