@@ -32,7 +32,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Optional
+from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -61,19 +61,19 @@ class Stage:
 
     name: str
     keys: tuple[str, ...] = ()  # config keys that determine the output
-    upstream: Optional[str] = None  # the stage or entry whose output it reads by default
-    input_key: Optional[str] = None  # config key of an explicit input that replaces upstream
+    upstream: str | None = None  # the stage or entry whose output it reads by default
+    input_key: str | None = None  # config key of an explicit input that replaces upstream
     # Bump when the same config would now give other output (rules, cleaning, templates).
     version: int = 1
     # Benchmark files read: a config key holding a list of them, or "*" for every pinned one.
-    data: Optional[str] = None
+    data: str | None = None
     exclude: tuple[str, ...] = ()  # dotted keys left out of the hash (machine paths)
     # dotted key -> its value as the stage resolves it (a default that follows another key)
     resolved: dict[str, Callable[[DictConfig], Any]] = field(default_factory=dict)
     # dotted keys added after entries were made: left out of the hash while at the schema's
     # default, so that those entries (which that default reproduces) stay valid
     added: tuple[str, ...] = ()
-    entries: tuple["Stage", ...] = ()  # cache entries the stage keeps beside its own
+    entries: tuple[Stage, ...] = ()  # cache entries the stage keeps beside its own
     generates: bool = False  # uses `cfg.engine`: shares the process's engine, others free it
 
 
@@ -275,7 +275,7 @@ class Entry:
     def done(self) -> bool:
         return is_done(self.dir)
 
-    def open(self) -> "Entry":
+    def open(self) -> Entry:
         """Create the entry's dir and record what its key hashes."""
         self.dir.mkdir(parents=True, exist_ok=True)
         write_json(self.dir / KEY_FILE, self.parts)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Optional
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
@@ -62,7 +61,7 @@ LoggerMode = _choice("LoggerMode", "offline", "online", "disabled")
 @dataclass
 class ModelConfig:
     name: str = MISSING  # built-in name, Hugging Face hub id or local directory
-    revision: Optional[str] = None  # hub branch, tag or commit; ignored for local dirs
+    revision: str | None = None  # hub branch, tag or commit; ignored for local dirs
     dtype: Dtype = Dtype.auto  # bfloat16, float16, float32, or auto: bfloat16 on GPU, float32 on CPU
 
 
@@ -74,11 +73,11 @@ class EngineConfig:
     enforce_eager: bool = True  # vllm: skip graph capture; starts far faster on CPU
     tensor_parallel_size: int = 1  # vllm: GPUs one model is split over
     data_parallel_size: int = 1  # vllm, ray_vllm: model replicas (Ray actors), each on tensor_parallel_size GPUs
-    ray_address: Optional[str] = None  # ray_vllm: None starts Ray on this node; "auto" joins a running cluster
+    ray_address: str | None = None  # ray_vllm: None starts Ray on this node; "auto" joins a running cluster
     gpu_memory_utilization: float = 0.9  # vllm: share of accelerator memory vLLM may reserve
     cpu_kvcache_gib: int = 4  # vllm on CPU: KV-cache GiB (VLLM_CPU_KVCACHE_SPACE), unless set in env
     endpoints: list[str] = field(default_factory=list)  # openai: base URLs, e.g. http://host:8000/v1
-    served_model: Optional[str] = None  # openai: model name on the servers; default: the model path
+    served_model: str | None = None  # openai: model name on the servers; default: the model path
     concurrency: int = 32  # openai: requests in flight at once, over all endpoints
     max_retries: int = 5  # openai: retries of a failed request (each on the next endpoint)
     retry_backoff_s: float = 2.0  # openai: first retry wait, doubled per retry (at most 60 s)
@@ -101,8 +100,8 @@ class DomainConfig:
     answer_type: str = "math"  # answer format (crescent/domains/): how final answers are read and compared: math (numbers, LaTeX), text, or a plug-in's
     final_answer_line: str = "The answer is: {answer}"  # last line of every training response
     max_question_chars: int = 1000  # cleaned questions longer than this are rejected
-    seed_prompt: Optional[str] = None  # questions.source=seed_aug: user turn; {seed} is filled in
-    magpie_system: Optional[str] = None  # questions.source=magpie: system turn; None: the template's own
+    seed_prompt: str | None = None  # questions.source=seed_aug: user turn; {seed} is filled in
+    magpie_system: str | None = None  # questions.source=magpie: system turn; None: the template's own
 
 
 @dataclass
@@ -125,7 +124,7 @@ class VotingConfig:
     representative: Representative = Representative.first  # which response of the winning group becomes the training target: first, shortest, canonical
     drop_truncated: bool = True  # a sample cut at answers.sampling.max_tokens abstains (its answer was never written)
     pairs: int = 1  # preference pairs per kept question (prefs.jsonl): a winning sample chosen, a losing one rejected; 0: none
-    match_kept_of_k: Optional[int] = None  # keep at most as many questions as voting with this k (other settings as here) keeps from the same samples: the no-vote control at the consensus set's size
+    match_kept_of_k: int | None = None  # keep at most as many questions as voting with this k (other settings as here) keeps from the same samples: the no-vote control at the consensus set's size
 
 
 @dataclass
@@ -134,7 +133,7 @@ class QuestionsConfig:
     max_candidates: int = 5000  # budget of generated candidates (bait + rewrites)
     max_rewrites: int = 2  # "make it different" rounds per rejected candidate
     source: QuestionSource = QuestionSource.bait  # fresh candidates: bait (domain.bait_prompt), magpie (bare pre-query chat template), seed_aug (rewrites of questions.seeds)
-    seeds: Optional[str] = None  # source=seed_aug: JSON Lines of seed questions (a `question` field each)
+    seeds: str | None = None  # source=seed_aug: JSON Lines of seed questions (a `question` field each)
     batch_size: int = 64  # candidates decided together (one embedding pass and index search)
     sampling: SamplingConfig = field(
         default_factory=lambda: SamplingConfig(temperature=1.0, top_p=0.95, max_tokens=256)
@@ -143,8 +142,8 @@ class QuestionsConfig:
 
 @dataclass
 class AnswersConfig:
-    input: Optional[str] = None  # questions.jsonl to answer; default: this run's questions stage. ${data:gsm8k/train.jsonl} names a benchmark file
-    limit: Optional[int] = None  # answer only the input's first N questions; None: all
+    input: str | None = None  # questions.jsonl to answer; default: this run's questions stage. ${data:gsm8k/train.jsonl} names a benchmark file
+    limit: int | None = None  # answer only the input's first N questions; None: all
     samples: int | None = None  # k_max: samples drawn per question (cached); the vote uses the first voting.k; None: voting.k
     decontaminate: list[str] = field(  # benchmark test sets (JSON Lines in the benchmark data dir)
         default_factory=lambda: ["gsm8k/test.jsonl", "math500/test.jsonl"]
@@ -159,9 +158,9 @@ class AnswersConfig:
 @dataclass
 class FinetuneConfig:
     objective: str = "sft"  # training objective (crescent/objectives/): sft, dpo, or a plug-in's
-    init: Optional[str] = None  # start from this config's fine-tune with that objective (sft: SFT then DPO); null: the student
-    input: Optional[str] = None  # sft.jsonl or a `datasets` save_to_disk dir; default: answers/sft.jsonl
-    max_examples: Optional[int] = None  # train on the input's first N conversations; None: all
+    init: str | None = None  # start from this config's fine-tune with that objective (sft: SFT then DPO); null: the student
+    input: str | None = None  # sft.jsonl or a `datasets` save_to_disk dir; default: answers/sft.jsonl
+    max_examples: int | None = None  # train on the input's first N conversations; None: all
     fraction: float = 1.0  # then train on the first share of them (a data-volume point: 0.25, 0.5)
     seed: int | None = None  # shuffle, validation split and LoRA init; None: the run seed (a replica key that leaves the data cached)
     max_steps: int = 1000  # optimiser steps; -1: max_epochs alone decides
@@ -210,14 +209,14 @@ class FinetuneConfig:
 class EvalConfig:
     # lm-eval tasks: the offline crescent_* ones (crescent/tasks/) or stock ones (need the hub)
     tasks: list[str] = field(default_factory=lambda: ["crescent_gsm8k_gold_bpb"])
-    limit: Optional[int] = None  # examples per task; None means all
+    limit: int | None = None  # examples per task; None means all
     # task -> examples, in place of `limit` for that task (a generation task on fewer documents
     # than a cheap log-likelihood one); each task's first N documents, as `limit` takes them
-    limits: dict[str, Optional[int]] = field(default_factory=dict)
-    num_fewshot: Optional[int] = None  # few-shot examples for every task; None: each task's own
+    limits: dict[str, int | None] = field(default_factory=dict)
+    num_fewshot: int | None = None  # few-shot examples for every task; None: each task's own
     # gsm8k/ and math500/ for the offline tasks and decontamination; None: $CRESCENT_DATA, else
     # the crescent cache's data/ (`crescent-data fetch`), resolved at run time (crescent/infra/data.py)
-    data_dir: Optional[str] = None
+    data_dir: str | None = None
     # label -> model (built-in name, hub id or local dir) to score instead of the default pair:
     # `base` (the student) and `finetuned` (this run's finetune/model, when it exists)
     models: dict[str, str] = field(default_factory=dict)
@@ -230,7 +229,7 @@ class LoggerConfig:
     name: LoggerName = LoggerName.wandb  # wandb or none
     project: str = "crescent"  # W&B project
     mode: LoggerMode = LoggerMode.offline  # W&B mode: offline (sync later with `wandb sync`), online, disabled
-    group: Optional[str] = None  # W&B group; default: the multirun sweep dir, else the run name
+    group: str | None = None  # W&B group; default: the multirun sweep dir, else the run name
     tags: list[str] = field(default_factory=list)  # W&B tags
 
 
@@ -239,7 +238,7 @@ class Config:
     name: str = "default"  # run name: the run dir is outputs/<name>/<overrides>
     seed: int = 0  # run seed: every sampling call derives its own seed from it
     stages: list[str] = field(default_factory=lambda: list(DEFAULT_STAGES))  # stages to run, in order
-    cache_dir: Optional[str] = "outputs/cache"  # stage outputs shared by config hash; null: none
+    cache_dir: str | None = "outputs/cache"  # stage outputs shared by config hash; null: none
     accept_stale: bool = False  # reuse a run-dir stage made by another stage version (pipeline.py)
     verbose: bool = False  # show vLLM/transformers/lm-eval/Lightning logs; off: crescent's lines only
     plugins: list[str] = field(default_factory=list)  # modules imported first: they register engines, vote rules, answer formats, objectives

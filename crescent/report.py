@@ -53,7 +53,7 @@ def headline(metrics: dict) -> tuple[str, float] | None:
                if isinstance(v, (int, float)) and "stderr" not in k}
     if not numbers:
         return None
-    name = sorted(numbers)[0]
+    name = min(numbers)
     return name, float(numbers[name])
 
 

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engines import cpu_flags, write_result  # noqa: E402  (beside this script)
+from bench_engines import cpu_flags, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,7 +60,8 @@ def run(objective: str, data: Path, work: Path, args) -> dict:
          f"finetune.batch_size={args.batch_size}", "finetune.val_fraction=0",
          "finetune.checkpoint_every_n_steps=0", "finetune.progress_bar=false",
          "finetune.max_length=512", "logger=none", "cache_dir=null", f"hydra.run.dir={out}"],
-        cwd=work, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+        cwd=work, capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)),
+        check=False)
     if proc.returncode != 0:
         sys.exit(f"bench_dpo: the {objective} run failed:\n{proc.stderr[-3000:]}")
     stats = json.loads((out / "finetune" / "stats.json").read_text())

@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engines import cpu_flags, write_result  # noqa: E402  (beside this script)
+from bench_engines import cpu_flags, write_result
 
 ROOT = Path(__file__).resolve().parent.parent
 BPB, COT = "crescent_gsm8k_gold_bpb", "crescent_gsm8k_cot_zeroshot"
@@ -50,7 +50,7 @@ def stage(model: str, task: str, docs: int, work: Path) -> tuple[float, list[dic
            f"eval.tasks=[{task}]", f"eval.limit={docs}", "logger=none", "cache_dir=null",
            f"hydra.run.dir={run}"]
     out = subprocess.run(cmd, cwd=work, capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)), check=False)
     if out.returncode != 0:
         sys.exit(f"the evaluate stage failed on {model}:\n{out.stderr[-3000:]}")
     stats = json.loads((run / "evaluate" / "stats.json").read_text())
@@ -174,7 +174,7 @@ def measure(model: str, docs: int, cot_docs: int) -> dict:
     cot_tokens = sum(len(tokenizer(r["resps"][0][0], add_special_tokens=False).input_ids)
                      for r in cot_logged)
     raw = subprocess.run([sys.executable, __file__, "--raw-vllm", path],
-                         input=json.dumps(cot_logged), capture_output=True, text=True)
+                         input=json.dumps(cot_logged), capture_output=True, text=True, check=False)
     if raw.returncode != 0:
         sys.exit(f"raw vLLM failed on {model}:\n{raw.stderr[-3000:]}")
     raw = json.loads(raw.stdout.split("RESULT ", 1)[1])

@@ -37,7 +37,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from crescent.config import DedupConfig  # noqa: E402
+from crescent.config import DedupConfig
 
 DATA = ROOT.parent / "shared" / "data" / "gsm8k"
 

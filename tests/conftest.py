@@ -32,7 +32,7 @@ def run_cli(*overrides: str, cwd: Path, timeout: float = 900) -> subprocess.Comp
         env=env,
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=timeout, check=False,
     )
 
 

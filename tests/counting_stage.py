@@ -19,7 +19,7 @@ def run(cfg, run_dir):
     out = run_dir / "counting"
     path = out / "items.jsonl"
     have = {r["id"] for r in read_jsonl(path)} if path.exists() else set()
-    crash_at = int(os.environ.get("COUNTING_CRASH_AT", -1))
+    crash_at = int(os.environ.get("COUNTING_CRASH_AT", "-1"))
     n = OmegaConf.select(cfg, "n", default=N)
     with JsonlAppender(path) as items:
         for i in range(n):

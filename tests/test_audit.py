@@ -5,9 +5,9 @@ prints equal a count by hand over samples.jsonl and the gold answers."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
-import re
 from collections import Counter
 
 import pytest
@@ -29,7 +29,8 @@ RUN = ["stages=[answers,audit]", "answers.input=questions.jsonl", "engine=hf",
 
 def _cell(table: str, k: int, floor: int) -> tuple[int, str]:
     """(kept, precision) of one row of the printed audit table."""
-    row = re.search(rf"^\| {k} \| {floor} of {k} \| (\d+) \| [^|]+ \| ([^|]+) \|$", table, re.M)
+    row = re.search(rf"^\| {k} \| {floor} of {k} \| (\d+) \| [^|]+ \| ([^|]+) \|$", table,
+                    re.MULTILINE)
     assert row, f"no row for k={k}, floor={floor} in\n{table}"
     return int(row.group(1)), row.group(2).strip().strip("*").split(" ")[0]
 
@@ -71,7 +72,7 @@ def test_audit_precision_equals_a_hand_count(tmp_path):
     # crescent-report renders the same table and the precision-vs-kept-share plot.
 
     report = subprocess.run([sys.executable, "-m", "crescent.report", str(run)], cwd=tmp_path,
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, check=False)
     assert report.returncode == 0, report.stderr
     assert "vote audit" in report.stdout and table.splitlines()[2] in report.stdout
     assert [p.stat().st_size > 0 for p in (run / "report").glob("*_audit.png")] == [True]

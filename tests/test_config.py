@@ -71,7 +71,7 @@ def test_help_lists_the_config_groups(cli):
     result = cli("--help")
     assert result.returncode == 0, result.stderr
     groups = dict(line.strip().split(": ", 1) for line in result.stdout.splitlines()
-                  if line.startswith("dedup: ") or line.startswith("engine: "))
+                  if line.startswith(("dedup: ", "engine: ")))
     assert "minilm" in groups["dedup"].split(", ") and "hf" in groups["engine"].split(", ")
 
 

@@ -71,9 +71,8 @@ def test_atomic_write_leaves_no_temp_file(tmp_path):
 
 def test_a_full_disk_names_the_file():
     # /dev/full answers every write with ENOSPC, as a full disk does at flush or close.
-    with pytest.raises(OSError) as e:
-        with JsonlAppender(Path("/dev/full")) as log:
-            log.write({"id": 0})
+    with pytest.raises(OSError) as e, JsonlAppender(Path("/dev/full")) as log:
+        log.write({"id": 0})
     assert e.value.filename == "/dev/full" and e.value.errno == errno.ENOSPC
 
 

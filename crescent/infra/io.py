@@ -9,9 +9,10 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Self
 
 from crescent.errors import CrescentError
 
@@ -154,7 +155,7 @@ class JsonlAppender:
         with naming(self.path):
             self._file.close()
 
-    def __enter__(self) -> "JsonlAppender":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:

