@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from crescent.config import register_configs
-from crescent.errors import CrescentError
+from crescent.errors import CrescentError, crescent_cause, fail
 from crescent.registry import load_entry_points
 
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # ships in the package
@@ -46,13 +45,6 @@ def main() -> None:
 INTERRUPTED = "interrupted; the same command resumes"
 
 
-def fail(message: str, code: int = 1) -> None:
-    """The one line a user is owed, and the exit code (130: interrupted, as a shell reports
-    Ctrl-C)."""
-    print(f"crescent: {message}", file=sys.stderr, flush=True)
-    sys.exit(code)
-
-
 def config_error(e: Exception) -> str:
     """One line for a composition error: the key and what is wrong with its value."""
     cause = e.__cause__ or e
@@ -64,26 +56,17 @@ def config_error(e: Exception) -> str:
     return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
-def _crescent_cause(e: BaseException) -> CrescentError | None:
-    """The CrescentError that OmegaConf wrapped (it chains it as the context), if any."""
-    while e is not None and not isinstance(e, CrescentError):
-        e = e.__cause__ or e.__context__
-    return e
-
-
 @hydra.main(config_path=CONF_DIR, config_name="config", version_base="1.3")
 def run(cfg: DictConfig) -> None:
     from omegaconf.errors import InterpolationResolutionError
 
-    from crescent.infra import data, logs
+    from crescent.infra import logs
 
     logs.setup(bool(cfg.get("verbose", False)))
     # Heavy modules load here, after Hydra has handled --help and --cfg.
-    from crescent.config import validate
+    from crescent.checks import check
     from crescent.infra.tracking import make_tracker
-    from crescent.overrides import check_added_keys
     from crescent.pipeline import run_pipeline
-    from crescent.registry import load_plugins
     from crescent.summary import print_summary
 
     hydra_cfg = HydraConfig.get()
@@ -92,10 +75,7 @@ def run(cfg: DictConfig) -> None:
     overrides = OmegaConf.to_container(hydra_cfg.overrides.task, resolve=False)
     tracker = None
     try:
-        load_plugins(cfg.plugins)  # what they register must exist before the config is checked
-        check_added_keys(overrides)
-        validate(cfg)
-        data.fill_data_dir(cfg)
+        check(cfg, overrides)  # again: a launcher may run this job on another machine
         tracker = make_tracker(cfg, run_dir, overrides)
         started = time.time()
         summary = run_pipeline(cfg, run_dir, tracker)
@@ -103,7 +83,7 @@ def run(cfg: DictConfig) -> None:
     except CrescentError as e:
         fail(f"error: {e}")
     except InterpolationResolutionError as e:
-        ours = _crescent_cause(e)  # our resolver's (`${data:...}`) error, said as such
+        ours = crescent_cause(e)  # our resolver's (`${data:...}`) error, said as such
         if ours is None:
             raise
         fail(f"error: {ours}")

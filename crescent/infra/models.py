@@ -58,10 +58,27 @@ def cache_dir() -> Path:
     return Path(os.environ.get("CRESCENT_CACHE", Path.home() / ".cache" / "crescent"))
 
 
+def converted_dir(name: str) -> Path:
+    return cache_dir() / "models" / name
+
+
 def resolve_model(name: str) -> str:
     """Return what `from_pretrained` / vLLM should load for the configured model name."""
     if name in BUILTIN:
         return str(converted(name))
+    return _path_or_hub_id(name)
+
+
+def check_model(name: str) -> None:
+    """Fail now, in one line, where `resolve_model` would fail later; converts nothing."""
+    if name in BUILTIN:
+        if not (converted_dir(name) / "config.json").is_file():
+            part_paths(name)  # the parts to convert from are there
+        return
+    _path_or_hub_id(name)
+
+
+def _path_or_hub_id(name: str) -> str:
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -100,7 +117,7 @@ def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
 
 def converted(name: str) -> Path:
     """The dense checkpoint of built-in model `name`, converted on first use."""
-    target = cache_dir() / "models" / name
+    target = converted_dir(name)
     if (target / "config.json").is_file():
         return target
     parts = part_paths(name)

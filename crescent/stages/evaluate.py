@@ -21,6 +21,7 @@ student.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -77,10 +78,12 @@ LIKELIHOOD_TYPES = {"loglikelihood", "loglikelihood_rolling", "multiple_choice"}
 
 def preflight(cfg: DictConfig) -> None:
     """Before any stage: tasks named and known (the shipped ones, else lm-eval's), the
-    benchmark files they read there, and an engine that lm-eval can score with."""
+    benchmark files they read there, an engine that lm-eval can score with, and the models
+    to score there."""
     import tempfile
 
     from crescent.infra.data import data_dir
+    from crescent.infra.models import check_model
     from crescent.registry import ENGINES
 
     tasks = list(cfg.eval.tasks)
@@ -91,14 +94,27 @@ def preflight(cfg: DictConfig) -> None:
     check_data(tasks, shipped)
     unknown = [task for task in tasks if task not in shipped]
     if unknown:  # indexing lm-eval's own tasks takes ~20 s: only when one is named
-        from lm_eval.tasks import TaskManager
-
-        known = TaskManager().all_tasks
-        unknown = [task for task in unknown if task not in known]
+        unknown = [task for task in unknown if task not in lm_eval_tasks()]
         if unknown:
             raise CrescentError(f"eval.tasks: unknown lm-eval task(s): {', '.join(unknown)} "
                                 f"(shipped: {', '.join(sorted(shipped))})")
     ENGINES.get(cfg.engine.name).lm_eval_model(cfg.engine, cfg.student.name, "float32")
+    for label, name in (cfg.eval.models or {}).items():
+        try:
+            check_model(str(name))
+        except CrescentError as e:
+            raise CrescentError(f"eval.models.{label}: {e}") from None
+    if not cfg.eval.models:
+        check_model(cfg.student.name)
+
+
+@functools.cache
+def lm_eval_tasks() -> frozenset[str]:
+    """lm-eval's own task names, indexed once a process (~20 s): a sweep's points are checked
+    before its first job starts, and each job checks again in the same process."""
+    from lm_eval.tasks import TaskManager
+
+    return frozenset(TaskManager().all_tasks)
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:

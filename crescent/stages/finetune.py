@@ -41,7 +41,11 @@ METRICS = "metrics.jsonl"
 
 
 def preflight(cfg: DictConfig) -> None:
-    """Before any stage: an explicit `finetune.input` reads as the objective's examples."""
+    """Before any stage: the student is there, and an explicit `finetune.input` reads as the
+    objective's examples."""
+    from crescent.infra.models import check_model
+
+    check_model(cfg.student.name)
     if cfg.finetune.input:
         from crescent.registry import OBJECTIVES
 
