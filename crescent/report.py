@@ -31,6 +31,10 @@ from crescent.infra.io import read_json, read_jsonl
 _LOWER_IS_BETTER = ("bits_per_byte", "bpb", "perplexity", "loss")
 # Overrides that make replicas of one setting rather than settings of their own.
 REPLICA_KEYS = ("seed", "finetune.seed")
+# Overrides that change how a run ran, not what it produced: a run resumed with
+# `stages=[evaluate]` or `verbose=true` stays the row (and the replica) it was.
+NOT_A_SETTING = ("experiment", "stages", "cache_dir", "verbose", "accept_stale", "name")
+NOT_A_SETTING_GROUPS = ("logger", "hydra")  # these keys and every key under them
 
 
 def find_runs(dirs: list[Path]) -> list[Path]:
@@ -70,7 +74,7 @@ def collect(run: Path) -> dict:
     config = OmegaConf.load(run / ".hydra" / "config.yaml")
     stats = {stage: _read(run / stage / STATS) or {}
              for stage in STAGES}
-    point = [o for o in overrides if not o.startswith(("experiment=", "logger"))]
+    point = [o for o in overrides if not _not_a_setting(o.lstrip("+~").split("=")[0])]
     wandb_id = (run / "wandb_id").read_text().strip() if (run / "wandb_id").exists() else None
     listed = OmegaConf.select(config, "stages", default=None) or DEFAULT_STAGES
     return {
@@ -99,6 +103,10 @@ def collect(run: Path) -> dict:
         "model": OmegaConf.select(config, "model.name", default=None),
         "audit": _read(run / "audit" / "audit.json"),  # the vote audit, where a run made one
     }
+
+
+def _not_a_setting(key: str) -> bool:
+    return key in NOT_A_SETTING or key.split(".")[0] in NOT_A_SETTING_GROUPS
 
 
 def _eval_limits(config) -> dict:
