@@ -79,12 +79,15 @@ def _check_or_exit(config: DictConfig, where: str = "") -> None:
     runs, on the machine it runs on); a mistake found exits with its line."""
     from hydra.core.hydra_config import HydraConfig
 
+    from crescent.infra import logs
     from crescent.pipeline import preflight
 
     HydraConfig.instance().set_config(config)  # as the job will see it: `${hydra:...}` resolves
     task = copy.deepcopy(config)
     with open_dict(task):
         del task["hydra"]
+    # Before the checks import any library: some read their quiet settings once, at import.
+    logs.setup(bool(task.get("verbose", False)))
     try:
         check(task, OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
         preflight(task)
