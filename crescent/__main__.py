@@ -11,7 +11,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from crescent.config import register_configs
-from crescent.errors import CrescentError, crescent_cause, fail
+from crescent.errors import CrescentError, fail, user_mistake
 from crescent.registry import load_entry_points
 
 CONF_DIR = str(Path(__file__).resolve().parent / "conf")  # ships in the package
@@ -80,13 +80,11 @@ def run(cfg: DictConfig) -> None:
         started = time.time()
         summary = run_pipeline(cfg, run_dir, tracker)
         print_summary(run_dir, summary, time.time() - started)
-    except CrescentError as e:
-        fail(f"error: {e}")
-    except InterpolationResolutionError as e:
-        ours = crescent_cause(e)  # our resolver's (`${data:...}`) error, said as such
-        if ours is None:
+    except (CrescentError, InterpolationResolutionError) as e:
+        mistake = user_mistake(e)  # also our resolver's (`${data:...}`), said as such
+        if mistake is None:
             raise
-        fail(f"error: {ours}")
+        fail(f"error: {mistake}")
     except OSError as e:
         if e.filename is None:  # not about a path the user gave: a bug, keep its traceback
             raise

@@ -15,7 +15,7 @@ import copy
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from crescent.errors import crescent_cause, fail
+from crescent.errors import fail, user_mistake
 
 
 def check(cfg: DictConfig, overrides: list[str]) -> None:
@@ -92,7 +92,7 @@ def _check_or_exit(config: DictConfig, where: str = "") -> None:
         check(task, OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
         preflight(task)
     except Exception as e:
-        mistake = crescent_cause(e)  # also one our `${data:...}` resolver raised
+        mistake = user_mistake(e)  # as the job tells them (crescent/__main__.py)
         if mistake is None:
             raise  # a bug: Hydra warns with it, and the job's own check runs
         fail(f"error: {where}{mistake}")

@@ -9,8 +9,14 @@ class CrescentError(Exception):
     """An error the user can fix: printed as one line, exit code 1, no traceback."""
 
 
-def crescent_cause(e: BaseException) -> CrescentError | None:
-    """The CrescentError that `e` is or wraps (OmegaConf chains a resolver's as the context)."""
+def user_mistake(e: BaseException) -> CrescentError | None:
+    """The CrescentError that `e` is, or that OmegaConf wrapped while resolving one of our
+    resolvers (`${data:...}`: it chains ours as the context); None for anything else (a bug,
+    whose traceback is kept)."""
+    from omegaconf.errors import InterpolationResolutionError
+
+    if not isinstance(e, (CrescentError, InterpolationResolutionError)):
+        return None
     while e is not None and not isinstance(e, CrescentError):
         e = e.__cause__ or e.__context__
     return e

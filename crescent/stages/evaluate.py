@@ -99,12 +99,9 @@ def preflight(cfg: DictConfig) -> None:
             raise CrescentError(f"eval.tasks: unknown lm-eval task(s): {', '.join(unknown)} "
                                 f"(shipped: {', '.join(sorted(shipped))})")
     ENGINES.get(cfg.engine.name).lm_eval_model(cfg.engine, cfg.student.name, "float32")
-    for label, name in (cfg.eval.models or {}).items():
-        try:
-            check_model(str(name))
-        except CrescentError as e:
-            raise CrescentError(f"eval.models.{label}: {e}") from None
-    if not cfg.eval.models:
+    if cfg.eval.models:
+        _named_models(cfg, check_model)
+    else:
         check_model(cfg.student.name)
 
 
@@ -240,19 +237,24 @@ def models_to_score(cfg: DictConfig, run_dir: Path) -> dict[str, str]:
     from crescent.infra.models import resolve_model
 
     if cfg.eval.models:
-        models = {}
-        for label, name in cfg.eval.models.items():
-            try:
-                models[str(label)] = resolve_model(str(name))
-            except CrescentError as e:
-                raise CrescentError(f"eval.models.{label}: {e}") from None
-        return models
+        return _named_models(cfg, resolve_model)
     models = {BASE: resolve_model(cfg.student.name)}
     finetuned = run_dir / finetune.STAGE.name / finetune.MODEL_DIR
     if (finetuned / "config.json").is_file():
         models[FINETUNED] = str(finetuned.resolve())
     else:
         logger.info(f"crescent: evaluate: no model in {finetuned}: scoring base only")
+    return models
+
+
+def _named_models(cfg: DictConfig, find) -> dict:
+    """label -> `find(name)` for each `eval.models` entry; an error names its entry."""
+    models = {}
+    for label, name in cfg.eval.models.items():
+        try:
+            models[str(label)] = find(str(name))
+        except CrescentError as e:
+            raise CrescentError(f"eval.models.{label}: {e}") from None
     return models
 
 
