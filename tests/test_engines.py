@@ -43,123 +43,69 @@ def test_hub_ids_pass_through():
     assert resolve_model("meta-llama/Meta-Llama-3-8B-Instruct") == "meta-llama/Meta-Llama-3-8B-Instruct"
 
 
-def _sample(engine: str, count: int, seed: int) -> list[str]:
-    result = subprocess.run(
-        [sys.executable, str(HERE / "sample_engine.py"), engine, str(count), str(seed)],
-        capture_output=True,
-        text=True,
-        timeout=900, check=False,
-    )
+def _engine_checks(*args: str) -> dict:
+    """Runs tests/engine_checks.py in a fresh process (see its docstring) and returns its result."""
+    result = subprocess.run([sys.executable, str(HERE / "engine_checks.py"), *args],
+                            capture_output=True, text=True, timeout=900, check=False)
     assert result.returncode == 0, result.stderr[-3000:]
     line = next(l for l in result.stdout.splitlines() if l.startswith("RESULT "))
-    return json.loads(line[len("RESULT "):])["texts"]
+    return json.loads(line[len("RESULT "):])
+
+
+# One process per engine serves all of its checks: a vLLM start-up costs about 40 s on CPU.
+@pytest.fixture(scope="module")
+def vllm_checks() -> dict:
+    return _engine_checks("vllm", "32:0")
+
+
+@pytest.fixture(scope="module")
+def hf_checks() -> dict:
+    # 8 samples: one batch of separate requests and one of n samples, as with 32, at a quarter
+    # of the decoding.
+    return _engine_checks("hf", "32:0", "8:7", "8:8")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["hf", "vllm"])
-def test_identical_prompts_give_distinct_samples(engine):
-    texts = _sample(engine, 32, seed=0)
+def test_identical_prompts_give_distinct_samples(engine, request):
+    texts = request.getfixturevalue(f"{engine}_checks")["samples"]["32:0"]
     assert len(texts) == 32
     assert len(set(texts)) >= 28, f"only {len(set(texts))} distinct of 32"
 
 
 @pytest.mark.slow
-def test_hf_same_seed_same_samples():
-    # 8 samples: one batch of separate requests and one of n samples, as with 32, at a quarter
-    # of the decoding.
-    first = _sample("hf", 8, seed=7)
-    assert _sample("hf", 8, seed=7) == first
-    assert _sample("hf", 8, seed=8) != first
-
-
-_OVER_BUDGET = """
-from crescent.config import EngineConfig, ModelConfig, SamplingConfig
-from crescent.engines.vllm_offline import VLLMEngine
-from crescent.infra.models import SMOLLM2
-engine = VLLMEngine(EngineConfig(), ModelConfig(name=SMOLLM2))
-budget = engine.llm.llm_engine.vllm_config.scheduler_config.max_num_batched_tokens
-text = "Solve this problem step by step and explain every step carefully. " * 12
-conversations = [[{"role": "user", "content": f"{i}: {text}"}] for i in range(40)]
-gens = engine.chat(conversations, SamplingConfig(max_tokens=4), n=3, seed=1)
-print("RESULT", 3 * sum(g.prompt_tokens for g in gens), budget, sum(len(g.texts) for g in gens))
-"""
+def test_hf_same_seed_same_samples(hf_checks):
+    # Another process, after no other sampling: each call's seed alone decides its samples.
+    first = hf_checks["samples"]["8:7"]
+    assert _engine_checks("hf", "8:7")["samples"]["8:7"] == first
+    assert hf_checks["samples"]["8:8"] != first
 
 
 @pytest.mark.slow
-def test_vllm_seeded_batch_larger_than_one_step():
+def test_vllm_seeded_batch_larger_than_one_step(vllm_checks):
     # 120 seeded samples whose prompts overflow one scheduler step: on CPU vLLM crashed when
     # it split a seeded prompt over two steps.
-    result = subprocess.run([sys.executable, "-c", _OVER_BUDGET], capture_output=True, text=True,
-                            timeout=900, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    prompt_tokens, budget, samples = map(int, result.stdout.split("RESULT ")[1].split())
-    assert prompt_tokens > budget
-    assert samples == 120
-
-
-_SHARED = """
-from crescent.config import EngineConfig, ModelConfig
-from crescent.engines import make_engine, release_engines
-from crescent.infra.models import SMOLLM2
-def rss_mib():
-    return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) // 1024
-before = rss_mib()
-engine = make_engine(EngineConfig(), ModelConfig(name=SMOLLM2))
-loaded = rss_mib()
-same = make_engine(EngineConfig(), ModelConfig(name=SMOLLM2)) is engine
-del engine
-release_engines()
-print("RESULT", same, before, loaded, rss_mib())
-"""
+    over = vllm_checks["over_budget"]
+    assert over["prompt_tokens"] > over["budget"]
+    assert over["samples"] == 120
 
 
 @pytest.mark.slow
-def test_one_vllm_engine_per_process_whose_memory_comes_back_on_release():
+def test_one_vllm_engine_per_process_whose_memory_comes_back_on_release(vllm_checks):
     # The questions and answers stages get the same engine; the fine-tune after them gets its
     # memory (a dropped vLLM engine kept all of it: a second one doubled the process).
-    result = subprocess.run([sys.executable, "-c", _SHARED], capture_output=True, text=True,
-                            timeout=900, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    same, *mib = result.stdout.split("RESULT ")[1].split()
-    before, loaded, released = map(int, mib)
-    assert same == "True"
-    assert loaded - before > 2000, mib  # the KV cache and the weights
-    assert loaded - released > 0.6 * (loaded - before), mib
-
-
-_STREAMED = """
-from crescent.config import EngineConfig, ModelConfig, SamplingConfig
-from crescent.engines import Request, make_engine
-from crescent.engines.vllm_offline import sampling_params
-from crescent.infra.models import SMOLLM2
-from crescent.engines.streaming import generate_in_order
-engine = make_engine(EngineConfig(), ModelConfig(name=SMOLLM2))
-sampling = SamplingConfig(temperature=1.0, top_p=0.95, max_tokens=48)
-requests = [Request([{"role": "user", "content": f"Write a math problem about {i} apples."}],
-                    seed=1000 + i) for i in range(24)]
-streamed, order = {}, []
-def take(i, generation):
-    order.append(i)
-    streamed[i] = generation.texts
-    return True
-generate_in_order(engine, sampling, 2, 5, lambda i: requests[i] if i < 24 else None, take)
-together = engine.llm.chat([r.input for r in requests],
-                           [sampling_params(sampling, 2, r.seed) for r in requests], use_tqdm=False)
-same = sum(streamed[i] == [c.text for c in out.outputs] for i, out in enumerate(together))
-print("RESULT", order == list(range(24)), same)
-"""
+    assert vllm_checks["same_engine"]
+    mib = vllm_checks["rss_mib"]
+    assert mib["loaded"] - mib["before"] > 2000, mib  # the KV cache and the weights
+    assert mib["loaded"] - mib["released"] > 0.6 * (mib["loaded"] - mib["before"]), mib
 
 
 @pytest.mark.slow
-def test_streamed_requests_sample_what_one_chat_call_samples():
-    # 5 requests in flight, refilled as each finishes, against all 24 in one LLM.chat call:
-    # each request's own seed decides its samples, whatever else shares the engine with it.
-    result = subprocess.run([sys.executable, "-c", _STREAMED], capture_output=True, text=True,
-                            timeout=900, check=False)
-    assert result.returncode == 0, result.stderr[-3000:]
-    in_order, same = result.stdout.split("RESULT ")[1].split()
-    assert in_order == "True"
-    assert int(same) == 24, f"{same} of 24 requests sampled the same"
+def test_streamed_requests_sample_what_one_chat_call_samples(vllm_checks):
+    # Each request's own seed decides its samples, whatever else shares the engine with it.
+    streamed = vllm_checks["streamed"]
+    assert streamed["in_order"]
+    assert streamed["same"] == streamed["requests"] == 24, streamed
 
 
 _CONVERT = (
