@@ -38,8 +38,21 @@ def main() -> None:
         if e.filename is None or user_wants_traceback:
             raise
         fail(f"error: {e.filename}: {e.strerror}")
+    except ValueError as e:
+        if not hydras_flag_check(e) or user_wants_traceback:
+            raise
+        fail(f"error: {e}")
     except KeyboardInterrupt:
         fail(INTERRUPTED, 130)
+
+
+def hydras_flag_check(e: ValueError) -> bool:
+    """Whether Hydra raised it itself while reading its flags (`-m` with `--cfg`, `--resolve`
+    alone): a usage mistake, not a bug in a stage."""
+    tb = e.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb.tb_frame.f_code.co_name == "_run_hydra"
 
 
 INTERRUPTED = "interrupted; the same command resumes"

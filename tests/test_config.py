@@ -67,6 +67,14 @@ def test_cfg_job_prints_composed_config(cli):
     assert "smollm2-135m-instruct" in result.stdout and "threshold: 0.85" in result.stdout
 
 
+def test_conflicting_hydra_flags_are_one_line(cli):
+    result = cli("-m", "--cfg", "job")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "crescent: error: Only one of --run, --multirun, --cfg, --info and --shell_completion "
+        "can be specified"]
+
+
 def test_help_lists_the_config_groups(cli):
     result = cli("--help")
     assert result.returncode == 0, result.stderr
