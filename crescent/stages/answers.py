@@ -217,8 +217,11 @@ def _sample(cfg: DictConfig, clean: list[dict], log: JsonlAppender, bar, k_max: 
         return True
 
     if clean:  # no engine started when nothing is left
-        generate_in_order(make_engine(cfg.engine, cfg.model), acfg.sampling, k_max,
-                          max(1, cfg.engine.batch_size // k_max), request, take)
+        window = max(1, cfg.engine.batch_size // k_max)
+        # Taken in input order, the first after its slowest sample: why the bar may sit at 0.
+        bar.set_postfix_str(f"{min(window, len(clean))} questions x {k_max} samples in flight")
+        generate_in_order(make_engine(cfg.engine, cfg.model), acfg.sampling, k_max, window,
+                          request, take)
     return tokens, cut
 
 
