@@ -18,14 +18,14 @@ from crescent.engines import Request, generate_in_order, make_engine, release_en
 from crescent.infra.models import SMOLLM2
 
 BAIT = [{"role": "user", "content": "Write one new math word problem. Reply with the problem only."}]
+SAMPLING = SamplingConfig(temperature=1.0, top_p=0.95, max_tokens=48)  # questions stage, short
 
 
 def bait_samples(engine, count: int, seed: int) -> list[str]:
     """`count` samples of the bait prompt: half as separate identical requests, half as n
     samples of one request (both must vary)."""
-    sampling = SamplingConfig(temperature=1.0, top_p=0.95, max_tokens=48)
-    separate = engine.chat([BAIT] * (count // 2), sampling, n=1, seed=seed)
-    together = engine.chat([BAIT], sampling, n=count - count // 2, seed=seed + 1)
+    separate = engine.chat([BAIT] * (count // 2), SAMPLING, n=1, seed=seed)
+    together = engine.chat([BAIT], SAMPLING, n=count - count // 2, seed=seed + 1)
     return [g.texts[0] for g in separate] + together[0].texts
 
 
@@ -37,7 +37,6 @@ def streamed_against_one_call(engine) -> dict:
     """5 requests in flight, refilled as each finishes, against all 24 in one `LLM.chat` call."""
     from crescent.engines.vllm_offline import sampling_params
 
-    sampling = SamplingConfig(temperature=1.0, top_p=0.95, max_tokens=48)
     requests = [Request([{"role": "user", "content": f"Write a math problem about {i} apples."}],
                         seed=1000 + i) for i in range(24)]
     streamed, order = {}, []
@@ -47,12 +46,14 @@ def streamed_against_one_call(engine) -> dict:
         streamed[i] = generation.texts
         return True
 
-    generate_in_order(engine, sampling, 2, 5, lambda i: requests[i] if i < 24 else None, take)
+    generate_in_order(engine, SAMPLING, 2, 5,
+                      lambda i: requests[i] if i < len(requests) else None, take)
     together = engine.llm.chat([r.input for r in requests],
-                               [sampling_params(sampling, 2, r.seed) for r in requests],
+                               [sampling_params(SAMPLING, 2, r.seed) for r in requests],
                                use_tqdm=False)
     same = sum(streamed[i] == [c.text for c in out.outputs] for i, out in enumerate(together))
-    return {"in_order": order == list(range(24)), "same": same, "requests": 24}
+    return {"in_order": order == list(range(len(requests))), "same": same,
+            "requests": len(requests)}
 
 
 def seeded_batch_over_one_step(engine) -> dict:
