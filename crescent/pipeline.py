@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from crescent import cache
 from crescent.errors import CrescentError
 from crescent.infra.io import read_json, write_json
+from crescent.infra.precision import precision_line
 from crescent.infra.provenance import provenance
 from crescent.infra.tracking import Tracker
 
@@ -44,6 +45,8 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict:
             cache.link(Path(run_dir) / name, found.dir)
 
     info = provenance(cfg) if OmegaConf.select(cfg, "model.name") else {}
+    if info:
+        logger.info("crescent: %s", precision_line(info["precision"]))
     tracker.record_provenance(info)
     summary = {}
     try:

@@ -29,33 +29,45 @@ ENGINES = ["vllm", "hf"]
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
 
-def bench_conversations(prompts: int) -> list[list[dict]]:
-    """The questions stage's bait request, `prompts` times: the same in every engine benchmark
-    (also bench_scale.py)."""
+def bench_conversations(prompts: int, workload: str = "questions") -> list[list[dict]]:
+    """What a stage sends, `prompts` requests: the questions stage's bait request (the same in
+    every engine benchmark, also bench_scale.py), or the answers stage's prompt on the first
+    GSM8K test questions (longer outputs: chain of thought)."""
     from omegaconf import OmegaConf
 
-    bait = OmegaConf.load(CONF / "domain" / "math.yaml").bait_prompt
-    return [[{"role": "user", "content": bait}] for _ in range(prompts)]
+    domain = OmegaConf.load(CONF / "domain" / "math.yaml")
+    if workload == "questions":
+        return [[{"role": "user", "content": domain.bait_prompt}] for _ in range(prompts)]
+    from itertools import islice
+
+    from crescent.infra.data import require
+    from crescent.infra.io import read_jsonl
+
+    rows = islice(read_jsonl(require(None, "gsm8k/test.jsonl")), prompts)
+    return [[{"role": "user", "content": domain.answer_prompt.format(question=r["question"])}]
+            for r in rows]
 
 
-def stage_sampling(max_tokens: int):
-    """The questions stage's sampling settings (its config defaults), `max_tokens` long."""
-    from crescent.config import QuestionsConfig, SamplingConfig
+def stage_sampling(max_tokens: int, workload: str = "questions"):
+    """The stage's sampling settings (its config defaults), `max_tokens` long."""
+    from crescent.config import AnswersConfig, QuestionsConfig, SamplingConfig
 
-    stage = QuestionsConfig().sampling
+    stage = (QuestionsConfig() if workload == "questions" else AnswersConfig()).sampling
     return SamplingConfig(temperature=stage.temperature, top_p=stage.top_p, max_tokens=max_tokens)
 
 
 def measure(engine_name: str, prompts: int, max_tokens: int,
-            model: str = "smollm2-135m-instruct") -> dict:
+            model: str = "smollm2-135m-instruct", dtype: str = "float32",
+            workload: str = "questions") -> dict:
     from crescent.config import EngineConfig, ModelConfig
     from crescent.engines import make_engine
 
     started = time.perf_counter()
-    engine = make_engine(EngineConfig(name=engine_name, batch_size=prompts), ModelConfig(name=model))
+    engine = make_engine(EngineConfig(name=engine_name, batch_size=prompts),
+                         ModelConfig(name=model, dtype=dtype))
     start_s = time.perf_counter() - started
-    conversations = bench_conversations(prompts)
-    sampling = stage_sampling(max_tokens)
+    conversations = bench_conversations(prompts, workload)
+    sampling = stage_sampling(max_tokens, workload)
     started = time.perf_counter()
     # One seed for the call: the engine derives each request's own from it (identical prompts
     # with one shared seed would return identical samples).
@@ -65,6 +77,8 @@ def measure(engine_name: str, prompts: int, max_tokens: int,
     return {
         "model": model,
         "engine": engine_name,
+        "dtype": dtype,
+        "workload": workload,
         "start_s": round(start_s, 1),
         "generate_s": round(gen_s, 1),
         "tokens": tokens,

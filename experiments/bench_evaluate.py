@@ -42,13 +42,14 @@ ROOT = Path(__file__).resolve().parent.parent
 BPB, COT = "crescent_gsm8k_gold_bpb", "crescent_gsm8k_cot_zeroshot"
 
 
-def stage(model: str, task: str, docs: int, work: Path) -> tuple[float, list[dict]]:
+def stage(model: str, task: str, docs: int, work: Path,
+          dtype: str = "float32") -> tuple[float, list[dict]]:
     """The evaluate stage on the base model alone: its scoring seconds and lm-eval's log
     (in `<work>/<task>/evaluate/base`)."""
     run = work / f"{task}"
     cmd = [sys.executable, "-m", "crescent", "stages=[evaluate]", f"model.name={model}",
-           f"eval.tasks=[{task}]", f"eval.limit={docs}", "logger=none", "cache_dir=null",
-           f"hydra.run.dir={run}"]
+           f"model.dtype={dtype}", f"eval.tasks=[{task}]", f"eval.limit={docs}", "logger=none",
+           "cache_dir=null", f"hydra.run.dir={run}"]
     out = subprocess.run(cmd, cwd=work, capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=str(ROOT)), check=False)
     if out.returncode != 0:

@@ -115,7 +115,7 @@ def test_math500_scoring_reads_boxed_and_final_lines():
 
 
 def test_hf_spec_and_its_command_line(tmp_path):
-    cfg = _cfg("engine=hf", "eval.limit=10", "eval.num_fewshot=5")
+    cfg = _cfg("engine=hf", "eval.limit=10", "eval.num_fewshot=5", "model.dtype=float32")
     tasks_dir = evaluate.TASKS_SRC
     spec = evaluate.lm_eval_spec(cfg, "base", "/m", ["crescent_gsm8k"], tasks_dir, tmp_path / "b")
     [run] = spec["runs"]
@@ -376,8 +376,8 @@ def _by_doc(samples: list[dict]) -> dict[tuple, dict]:
 def test_stage_and_lm_eval_command_line_give_identical_scores(cli, tmp_path):
     import torch
 
-    from crescent.engines import resolve_dtype
     from crescent.infra.models import resolve_model
+    from crescent.infra.precision import resolve_dtype
 
     base = resolve_model("smollm2-135m-instruct")
     device = "cuda" if torch.cuda.is_available() else "cpu"

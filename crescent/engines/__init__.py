@@ -24,7 +24,6 @@ from crescent.engines.base import (  # noqa: F401  (the interface, importable fr
     LmEvalModel,
     Request,
     derive_seed,
-    resolve_dtype,
 )
 from crescent.engines.streaming import generate_in_order  # noqa: F401
 from crescent.registry import ENGINES

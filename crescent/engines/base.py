@@ -1,4 +1,4 @@
-"""What every engine shares: requests, generations, seeds, dtypes, and the engine base class.
+"""What every engine shares: requests, generations, seeds, and the engine base class.
 
 An engine takes chat conversations (or raw prompts) and returns `n` sampled completions of
 each. Engines are registered in `crescent.registry.ENGINES` under their `engine.name` and
@@ -114,15 +114,3 @@ def derive_seed(*parts: object) -> int:
     """
     digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") >> 2
-
-
-def resolve_dtype(dtype: str) -> str:
-    """`auto`: bfloat16 on GPUs; float32 on CPUs, where bfloat16 matmuls without AVX512-BF16
-    ran several times slower here."""
-    if dtype != "auto":
-        return dtype
-    import torch
-
-    return "bfloat16" if torch.cuda.is_available() else "float32"
-
-

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from crescent.config import EngineConfig, ModelConfig
-from crescent.engines.base import Engine, Generation, LmEvalModel, derive_seed, resolve_dtype
+from crescent.engines.base import Engine, Generation, LmEvalModel, derive_seed
 from crescent.errors import CrescentError
 from crescent.infra.logs import verbose
 from crescent.infra.models import resolve_model
+from crescent.infra.precision import resolve_dtype
 from crescent.registry import ENGINES
 
 

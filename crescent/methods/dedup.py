@@ -169,8 +169,8 @@ class SelfEmbedder:
         from transformers import AutoConfig, AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        from crescent.engines import resolve_dtype
         from crescent.infra.models import resolve_model
+        from crescent.infra.precision import resolve_dtype
 
         path = resolve_model(model.name)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -34,19 +34,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch.utils.data import DataLoader
 
-from crescent.engines import resolve_dtype
 from crescent.infra.io import JsonlAppender, atomic_write_text, resume_jsonl, umask_modes
+from crescent.infra.precision import resolve_dtype
 
 # ------------------------------------------------------------------------------------- settings
-
-
-def resolve_precision(precision: str, accelerator: str) -> str:
-    """`auto`: bf16-mixed on a GPU (16-mixed where bf16 is missing), 32-true on CPU."""
-    if precision != "auto":
-        return precision
-    if accelerator != "cpu" and torch.cuda.is_available():
-        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
-    return "32-true"
 
 
 def load_dtype(precision: str) -> str:

@@ -266,7 +266,7 @@ def lm_eval_spec(
     score given text go to the engine's `lm_eval_likelihood_model`, the others (and lm-eval's
     own tasks, whose types are not read here) to its `lm_eval_model`; one run when both are
     the same. Likelihood runs come first: vLLM keeps its memory until the process ends."""
-    from crescent.engines import resolve_dtype
+    from crescent.infra.precision import resolve_dtype
     from crescent.registry import ENGINES
 
     engine, dtype = ENGINES.get(cfg.engine.name), resolve_dtype(cfg.student.dtype)

@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 from crescent.cache import STATS, Stage
 from crescent.errors import CrescentError
 from crescent.infra.io import read_json, read_jsonl, write_json
+from crescent.infra.precision import resolve_precision
 
 logger = logging.getLogger(__name__)
 
@@ -79,7 +80,7 @@ def train(cfg: DictConfig, run_dir: Path, out: Path, start: str) -> Path:
 
     examples = _select(f, objective.load_examples(input_path))
     model_path, tokenizer = _load_student(start)
-    precision = training.resolve_precision(f.precision, f.accelerator)
+    precision = resolve_precision(f.precision, f.accelerator)
     # finetune.seed replicates the fine-tune alone (shuffle, split, LoRA init): the data
     # stages' cache keys do not hold it, so replicas share their questions and answers.
     seed = cfg.seed if f.seed is None else f.seed

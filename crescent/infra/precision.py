@@ -1,0 +1,86 @@
+"""Numeric precision, decided in one place: the dtype a model loads in for generation, scoring
+and dedup states (`model.dtype`, `student.dtype`), and the precision Lightning trains in
+(`finetune.precision`), each from `auto` by the hardware.
+
+On a GPU: bfloat16 (training in bf16-mixed, or 16-mixed where bf16 is missing). On a CPU:
+bfloat16 where it has bfloat16 matrix units (AMX tiles, `amx_bf16`, or AVX512-BF16,
+`avx512_bf16`), float32 elsewhere: on AVX2-only CPUs bfloat16 matmuls ran several times slower
+than float32 here. Training keeps float32 master weights (bf16-mixed) where it picks bfloat16.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from pathlib import Path
+
+# CPU flags (as /proc/cpuinfo names them) that give bfloat16 matrix work its own hardware.
+BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    """This machine's CPU flags (empty where /proc/cpuinfo is missing: float32 then)."""
+    path = Path("/proc/cpuinfo")
+    text = path.read_text() if path.exists() else ""
+    found = re.search(r"^flags\s*:(.*)$", text, re.MULTILINE)
+    return frozenset(found.group(1).split()) if found else frozenset()
+
+
+def cpu_dtype(flags: frozenset[str] | set[str]) -> str:
+    """The dtype `auto` means on a CPU with these flags."""
+    return "bfloat16" if any(flag in flags for flag in BF16_FLAGS) else "float32"
+
+
+def _gpu() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def resolve_dtype(dtype: str) -> str:
+    """A model's load dtype: `auto` by the hardware (this module's docstring), else as given."""
+    if dtype != "auto":
+        return dtype
+    return "bfloat16" if _gpu() else cpu_dtype(cpu_flags())
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """Lightning's precision: `auto` by the hardware the run trains on, else as given."""
+    if precision != "auto":
+        return precision
+    if accelerator != "cpu" and _gpu():
+        import torch
+
+        return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+    return "bf16-mixed" if cpu_dtype(cpu_flags()) == "bfloat16" else "32-true"
+
+
+def describe(dtype: str) -> dict:
+    """What `dtype` resolves to here and why: printed in a run's first lines and kept in every
+    stage's stats.json."""
+    resolved = resolve_dtype(dtype)
+    if dtype != "auto":
+        why = "set explicitly"
+    elif _gpu():
+        why = "GPU"
+    else:
+        has = [flag for flag in BF16_FLAGS if flag in cpu_flags()]
+        why = f"CPU has {', '.join(has)}" if has else f"CPU has none of {', '.join(BF16_FLAGS)}"
+    return {"configured": dtype, "resolved": resolved, "why": why}
+
+
+def run_precision(cfg) -> dict:
+    """Every precision a run uses, resolved: kept in its provenance (each stage's stats.json)."""
+    return {"model.dtype": describe(cfg.model.dtype), "student.dtype": describe(cfg.student.dtype),
+            "finetune.precision": resolve_precision(cfg.finetune.precision,
+                                                    cfg.finetune.accelerator)}
+
+
+def precision_line(chosen: dict) -> str:
+    """`run_precision` in one line, printed among a run's first lines."""
+    model, student = chosen["model.dtype"], chosen["student.dtype"]
+    line = f"dtype {model['configured']} -> {model['resolved']} ({model['why']})"
+    if student != model:
+        line += f", student {student['configured']} -> {student['resolved']}"
+    return f"{line}; training {chosen['finetune.precision']}"
