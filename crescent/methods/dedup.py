@@ -187,10 +187,14 @@ class SelfEmbedder:
             # The skipped layers' weights would be listed as unexpected keys, at length.
             verbosity = hf_logging.get_verbosity()
             hf_logging.set_verbosity_error()
+            # `auto` embeds in float32 on CPU: in bfloat16 a text's vector moves with its
+            # batch's shape (5e-5 here), and accept/reject is a threshold on those vectors, so
+            # a resumed run could decide differently. The pass is short (questions only).
+            dtype = "float32" if model.dtype == "auto" and self.device == "cpu" else model.dtype
             try:
                 self.model = AutoModel.from_pretrained(
                     path, revision=model.revision,
-                    dtype=getattr(torch, resolve_dtype(model.dtype)), **extra,
+                    dtype=getattr(torch, resolve_dtype(dtype)), **extra,
                 ).to(self.device).eval()
             finally:
                 hf_logging.set_verbosity(verbosity)

@@ -198,9 +198,11 @@ class CausalLMModule(L.LightningModule):
             {"params": [p for _, p in named if p.ndim < 2], "weight_decay": 0.0},
         ]
         # The fused kernel (transformers' default optimiser too) is one pass over all
-        # weights; sharded strategies keep the per-parameter loop.
+        # weights; sharded strategies keep the per-parameter loop, and so does mixed
+        # precision: Lightning refuses to clip gradients for an optimiser that unscales them.
         fused = (f.strategy == "auto" or f.strategy.startswith("ddp")) and all(
-            p.device.type in ("cpu", "cuda") and p.is_floating_point() for _, p in named)
+            p.device.type in ("cpu", "cuda") and p.is_floating_point() for _, p in named) and (
+            not str(self.trainer.precision).endswith("mixed"))
         optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=f.lr,
                                       betas=tuple(f.betas), fused=fused)
         total = int(self.trainer.estimated_stepping_batches)
