@@ -124,6 +124,8 @@ class VotingConfig:
     representative: Representative = Representative.first  # which response of the winning group becomes the training target: first, shortest, canonical
     drop_truncated: bool = True  # a sample cut at answers.sampling.max_tokens abstains (its answer was never written)
     pairs: int = 1  # preference pairs per kept question (prefs.jsonl): a winning sample chosen, a losing one rejected; 0: none
+    gold_control: str | None = None  # control: train on as many of this file's questions (GSM8K style: question, gold solution ending in `#### n`) as the vote keeps, with their gold solutions, in place of the kept pairs
+    shuffle_labels: bool = False  # control: each kept question trains on another kept question's response (seeded), so the data keep the vote's format and lose its answers
     match_kept_of_k: int | None = None  # keep at most as many questions as voting with this k (other settings as here) keeps from the same samples: the no-vote control at the consensus set's size
 
 

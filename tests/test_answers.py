@@ -296,3 +296,38 @@ def test_no_vote_control_keeps_as_many_as_the_consensus_vote(tmp_path, monkeypat
     stats = read_json(control / "stats.json")
     assert stats["kept"] == 2 and stats["dropped"]["over_match"] == 2
     assert "voting.match_kept_of_k) | 2 |" in (control / "DATASET.md").read_text()
+
+
+def test_shuffled_and_gold_controls_keep_the_votes_size(tmp_path, monkeypatch):
+    # setting=shuffled deals the kept responses out again (none keeps its own); setting=gold
+    # trains on as many GSM8K training questions as the vote keeps, with their gold solutions.
+    monkeypatch.setattr(engines, "make_engine", lambda *a: ScriptedEngine())
+    from crescent.stages import answers
+
+    common = [f"answers.input={_questions(tmp_path)}", "answers.samples=4"]
+    voted = list(read_jsonl(answers.run(_cfg(*common), tmp_path / "crescent") / "qa.jsonl"))
+    shuffled = list(read_jsonl(answers.run(_cfg(*common, "setting=shuffled"),
+                                           tmp_path / "shuffled") / "qa.jsonl"))
+    assert [q["question"] for q in shuffled] == [q["question"] for q in voted]
+    assert [q["response"] for q in shuffled] == [voted[1]["response"], voted[0]["response"]]
+    assert [q["answer"] for q in shuffled] == [voted[1]["answer"], voted[0]["answer"]]
+
+    gold_dir = answers.run(_cfg(*common, "setting=gold"), tmp_path / "gold")
+    gold = list(read_jsonl(gold_dir / "qa.jsonl"))
+    train = [json.loads(line) for line in (DATA / "gsm8k" / "train.jsonl").open()][:2]
+    assert [q["question"] for q in gold] == [t["question"] for t in train]
+    assert gold[0]["answer"] == "72" and "<<" not in gold[0]["response"]
+    assert gold[0]["response"].endswith("\nThe answer is: 72")
+    assert read_json(gold_dir / "stats.json")["kept"] == 2
+    sft = [json.loads(line) for line in (gold_dir / "sft.jsonl").open()]
+    assert sft[1]["messages"][1]["content"] == gold[1]["response"]
+
+
+def test_shuffled_labels_is_a_seeded_cycle():
+    from crescent.stages.answers import shuffle_labels
+
+    qa = [{"id": i, "question": f"q{i}", "answer": str(i), "response": f"r{i}"} for i in range(9)]
+    once, again = shuffle_labels(qa, 3), shuffle_labels(qa, 3)
+    assert once == again and once != shuffle_labels(qa, 4)
+    assert all(q["response"] != f"r{q['id']}" for q in once)
+    assert sorted(q["response"] for q in once) == sorted(q["response"] for q in qa)

@@ -45,7 +45,9 @@ SAMPLES_ENTRY = Stage("samples", ("seed", "model", "engine", "domain", "answers"
                       added=("answers.limit",))
 # Version 2: preference pairs (prefs.jsonl, the dataset's `prefs` split) beside the SFT data.
 STAGE = Stage("answers", ("domain", "voting"), upstream="samples", version=2,
-              entries=(SAMPLES_ENTRY,), added=("voting.rule",), generates=True)
+              entries=(SAMPLES_ENTRY,), added=("voting.rule", "voting.shuffle_labels",
+                                                       "voting.gold_control"),
+              generates=True)
 SAMPLES = "samples.jsonl"  # every question once: its samples (or why it was not sampled)
 VOTES = "votes.jsonl"  # every question once: the vote over its first voting.k samples
 SAMPLING = "sampling.json"  # in a samples cache entry: what drawing them cost
@@ -60,6 +62,8 @@ def preflight(cfg: DictConfig) -> None:
     benchmark_files(cfg)
     if cfg.answers.input:
         load_questions(Path(cfg.answers.input), cfg.answers.limit)
+    if cfg.voting.gold_control and not Path(cfg.voting.gold_control).is_file():
+        raise CrescentError(f"voting.gold_control: {cfg.voting.gold_control}: no such file")
 
 
 def benchmark_files(cfg: DictConfig) -> list[Path]:
@@ -74,6 +78,7 @@ def benchmark_files(cfg: DictConfig) -> list[Path]:
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     from crescent.domains import answer_format
+    from crescent.engines import derive_seed
     from crescent.stages.questions import QUESTIONS
 
     out = Path(run_dir) / STAGE.name
@@ -95,7 +100,12 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
                                for r in voted])
     pairs = [pair for r in voted for pair in preference_pairs(
         r, cfg.voting.pairs, cfg.voting.drop_truncated, answers)]
-    kept = write_datasets(out, voted, cfg.domain, pairs)
+    kept = kept_rows(voted, cfg.domain)
+    if cfg.voting.shuffle_labels:
+        kept = shuffle_labels(kept, derive_seed(cfg.seed, "shuffle_labels"))
+    if cfg.voting.gold_control:
+        kept = gold_rows(Path(cfg.voting.gold_control), len(kept), cfg.domain)
+    write_datasets(out, kept, pairs)
     stats = _stats(cfg, questions, voted, kept, sampling)
     stats["pairs"] = len(pairs)  # preference pairs in prefs.jsonl
     stats["pair_questions"] = len({p["id"] for p in pairs})  # kept questions with a loser
@@ -309,7 +319,7 @@ def _stats(cfg: DictConfig, questions: list[dict], records: list[dict], kept: li
         "dropped": dict(Counter(r["reason"] for r in answered if r["reason"])),
         "kept": len(kept),
         "yield": round(len(kept) / len(questions), 4) if questions else None,
-        "mean_agreement_kept": _mean([r["agreement"] for r in kept]),
+        "mean_agreement_kept": _mean([r["agreement"] for r in answered if r["reason"] is None]),
         "mean_agreement_answered": _mean([r["agreement"] for r in answered]),
         "agreement_histogram": agreement_histogram(answered, cfg.voting.k),
         "tokens": sampling["tokens"],
@@ -354,21 +364,23 @@ def training_response(record: dict, domain: DictConfig) -> str:
     return f"{body}\n{domain.final_answer_line.format(answer=record['answer'])}".lstrip()
 
 
-def write_datasets(out: Path, records: list[dict], domain: DictConfig,
-                   pairs: list[dict]) -> list[dict]:
-    """qa.jsonl, sft.jsonl, prefs.jsonl and the `datasets` copy (split `train`: the kept
-    questions; `prefs`: the pairs, when there are any), in input order; returns the qa rows.
+def kept_rows(records: list[dict], domain: DictConfig) -> list[dict]:
+    """The kept questions as qa rows, in input order: the voted answer and its response."""
+    return [{"id": r["id"], "question": r["question"], "answer": r["answer"],
+             "response": training_response(r, domain), "votes": r["votes"],
+             "agreement": r["agreement"], "n_samples": len(r["samples"])}
+            for r in records if r["reason"] is None]
+
+
+def write_datasets(out: Path, qa: list[dict], pairs: list[dict]) -> None:
+    """qa.jsonl, sft.jsonl, prefs.jsonl and the `datasets` copy (split `train`: the qa rows;
+    `prefs`: the pairs, when there are any).
 
     The SFT user turn is the bare question, so the tuned model answers questions step by step
     without being given the answer instruction.
     """
     import datasets
 
-    qa = []
-    for r in (r for r in records if r["reason"] is None):
-        qa.append({"id": r["id"], "question": r["question"], "answer": r["answer"],
-                   "response": training_response(r, domain), "votes": r["votes"],
-                   "agreement": r["agreement"], "n_samples": len(r["samples"])})
     sft = [{"messages": [{"role": "user", "content": q["question"]},
                          {"role": "assistant", "content": q["response"]}]} for q in qa]
     _write_jsonl(out / QA, qa)
@@ -386,7 +398,47 @@ def write_datasets(out: Path, records: list[dict], domain: DictConfig,
     datasets.DatasetDict(splits).save_to_disk(str(tmp))
     shutil.rmtree(final, ignore_errors=True)
     tmp.rename(final)
-    return qa
+
+
+def shuffle_labels(qa: list[dict], seed: int) -> list[dict]:
+    """The shuffled-labels control: each question gets another kept question's response
+    and answer (a seeded cycle through all of them: none keeps its own when there are two
+    or more), so what is left to learn from the data is their format."""
+    import random
+
+    order = list(range(len(qa)))
+    random.Random(seed).shuffle(order)
+    donor = {order[i]: order[i - 1] for i in range(len(order))}
+    return [{**q, "answer": qa[donor[i]]["answer"], "response": qa[donor[i]]["response"],
+             "response_of": qa[donor[i]]["id"]} for i, q in enumerate(qa)]
+
+
+def gold_rows(path: Path, n: int, domain: DictConfig) -> list[dict]:
+    """The gold ceiling: the first `n` questions of a GSM8K-style file with their gold
+    solutions, calculator annotations (`<<48/2=24>>`) removed and the `#### n` line written
+    as the domain's final-answer line, so only the labels' correctness differs from the
+    vote's pairs."""
+    import re
+
+    from crescent.infra.io import read_jsonl
+
+    rows = []
+    for i, row in enumerate(read_jsonl(path)):
+        if len(rows) == n:
+            break
+        body, _, answer = row["answer"].rpartition("####")
+        if not body:
+            raise CrescentError(f"voting.gold_control: {path}:{i + 1}: the gold solution has "
+                                f"no '#### <answer>' line")
+        answer = answer.strip().replace(",", "")
+        body = re.sub(r"<<[^>]*>>", "", body).rstrip()
+        rows.append({"id": row.get("id", i), "question": row["question"], "answer": answer,
+                     "response": f"{body}\n{domain.final_answer_line.format(answer=answer)}",
+                     "votes": {}, "agreement": None, "n_samples": 0})
+    if len(rows) < n:
+        raise CrescentError(f"voting.gold_control: {path} has {len(rows)} questions, fewer "
+                            f"than the {n} the vote keeps")
+    return rows
 
 
 def agreement_histogram(answered: list[dict], k: int) -> dict[str, int]:
