@@ -8,7 +8,9 @@ lm-eval logged. Runs that differ only in a replica key (`seed`, `finetune.seed`)
 of one setting. One table per study (the run's `name`), as in a paper's main table: rows =
 the base model and each setting, columns = benchmarks; a cell is the mean ± the 95% Student t
 half-width over the n replicas, or with one replica a 95% bootstrap interval over the scored
-documents, and each setting's paired delta against the base with its interval. Markdown and
+documents, and each setting's paired delta against the base with its interval. Below it,
+each setting against the base (and `--against` another setting) document by document: the
+per-document scores averaged over replicas, a bootstrap over the documents. Markdown and
 LaTeX, best fine-tuned mean in bold; PNG plots (funnel, score per setting, score against data
 volume or votes when a study varies them) all carry error bars.
 """
@@ -313,6 +315,54 @@ def footnotes(rows: list[dict], tasks: list[str]) -> list[str]:
     return notes
 
 
+def _per_doc_mean(replicas: list[list]) -> list:
+    """Each document's value averaged over a setting's replicas ((log-likelihood, bytes)
+    pairs average their log-likelihood: the bytes are the document's)."""
+    if isinstance(replicas[0][0], (list, tuple)):
+        return [(sum(p[0] for p in doc) / len(doc), doc[0][1]) for doc in zip(*replicas)]
+    return [sum(doc) / len(doc) for doc in zip(*replicas)]
+
+
+def paired(rows: list[dict], against: str | None = None) -> list[dict]:
+    """Each setting against the base and against the `against` setting, document by document:
+    per task, a setting's per-document score averaged over its replicas, the difference of the
+    corpus metric and its 95% percentile bootstrap over the documents (the same draw for both
+    sides). It measures how much the benchmark's sample could move a gap, not the training
+    seed's spread (the table's t intervals over replicas)."""
+    from crescent.intervals import aggregate, bootstrap
+
+    out = []
+    for task in sorted({t for r in rows for t in r["scores"]}):
+        scored = [r for r in rows if r["scores"].get(task, {}).get("per_doc", {}).get("finetuned")]
+        if not scored:
+            continue
+        metric = scored[0]["scores"][task]["metric"]
+        by_setting = defaultdict(list)
+        for r in scored:
+            by_setting[r["setting"]].append(r["scores"][task]["per_doc"]["finetuned"])
+        docs = {s: _per_doc_mean(v) for s, v in by_setting.items() if len({len(x) for x in v}) == 1}
+        base = next((r["scores"][task]["per_doc"].get("base") for r in scored
+                     if r["scores"][task]["per_doc"].get("base")), None)
+        for setting, mine in docs.items():
+            for name, other in (("base", base), (against, docs.get(against))):
+                if not other or name == setting or len(other) != len(mine):
+                    continue
+                value = aggregate(metric, mine) - aggregate(metric, other)
+                ci = bootstrap(metric, mine, other)
+                out.append({"task": task, "metric": metric, "setting": setting, "against": name,
+                            "replicas": len(by_setting[setting]), "documents": len(mine),
+                            "difference": value, "ci": list(ci) if ci else None})
+    return out
+
+
+def paired_markdown(lines: list[dict]) -> str:
+    rows = [[f"{p['task']} {p['metric']}", f"{p['setting']} - {p['against']}", str(p["replicas"]),
+             str(p["documents"]), f"{p['difference']:+.4f}",
+             f"[{p['ci'][0]:+.4f}, {p['ci'][1]:+.4f}]" if p["ci"] else "-"] for p in lines]
+    return markdown(["task", "difference", "replicas", "documents", "value",
+                     "95% paired bootstrap over documents"], rows)
+
+
 def markdown(header: list[str], cells: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(c) + " |" for c in cells]) + "\n"
@@ -352,6 +402,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="crescent-report", description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="run or multirun directories")
     parser.add_argument("--out", type=Path, help="where to write (default: <first dir>/report)")
+    parser.add_argument("--against", metavar="SETTING",
+                        help="also pair every setting with this one, document by document "
+                             "(e.g. setting=no_vote); every setting is paired with the base")
     args = parser.parse_args(argv)
     for d in args.dirs:
         if not d.is_dir():
@@ -373,7 +426,7 @@ def main(argv: list[str] | None = None) -> None:
     except CrescentError as e:
         sys.exit(f"crescent-report: error: {e}")
     md, tex = [], []
-    summaries = {}
+    summaries, pairs = {}, {}
     for study, rows in studies.items():
         audited = [r for r in rows if r["audit"]]
         if audited:
@@ -384,6 +437,12 @@ def main(argv: list[str] | None = None) -> None:
         summaries[study] = summarize(rows)
         md.append(f"## {study}\n\n{markdown(header, cells)}\n"
                   + "".join(f"- {note}\n" for note in notes))
+        pairs[study] = paired(rows, args.against)
+        if pairs[study]:
+            md.append(f"### {study}: paired over documents\n\n{paired_markdown(pairs[study])}\n"
+                      "Each setting's per-document score is averaged over its replicas; the "
+                      "interval resamples the documents (the benchmark's sample), not the "
+                      "training seeds.\n")
         tex.append(f"% {study}\n{latex(header, cells)}" + "".join(f"% {n}\n" for n in notes))
         for path in plots(study, rows, out):
             md.append(f"![{path.stem}]({path.name})\n")
@@ -393,7 +452,7 @@ def main(argv: list[str] | None = None) -> None:
         for r in rows:
             for score in r["scores"].values():
                 score.pop("per_doc", None)
-    (out / "report.json").write_text(json.dumps({"runs": studies, "tables": summaries},
+    (out / "report.json").write_text(json.dumps({"runs": studies, "tables": summaries, "paired": pairs},
                                                 indent=2) + "\n")
     print("\n".join(md))
     print(f"crescent-report: {len(runs)} runs -> {out}/report.md, report.tex, report.json")

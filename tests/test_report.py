@@ -185,3 +185,34 @@ def test_a_run_resumed_with_other_stages_stays_its_row_and_replica(tmp_path):
     rows = [report.collect(run) for run in report.find_runs([tmp_path])]
     assert [row["setting"] for row in rows] == ["(defaults)", "(defaults)"]
     assert [line["n"] for line in report.summarize(rows)] == [1, 2]  # the base row, the pooled one
+
+
+def test_settings_are_paired_with_base_and_a_named_setting_document_by_document(tmp_path):
+    # Two replicas of crescent, one of no_vote, on 4 problems; sample logs as lm-eval writes them.
+    correct = {"setting=crescent,finetune.seed=0": [1, 1, 0, 1],
+               "setting=crescent,finetune.seed=1": [1, 0, 0, 1],
+               "setting=no_vote,finetune.seed=0": [0, 1, 0, 0]}
+    base = [0, 0, 0, 1]
+    for point, docs in correct.items():
+        _run(tmp_path, point, 4, 0.9, sum(docs) / 4, 10)
+        run = tmp_path / point
+        overrides = run / ".hydra" / "overrides.yaml"
+        overrides.write_text(overrides.read_text().replace(",finetune.seed", "\n- finetune.seed"))
+        for label, values in (("base", base), ("finetuned", docs)):
+            (run / "evaluate" / label).mkdir()
+            (run / "evaluate" / label / "samples_gsm.jsonl").write_text("".join(
+                json.dumps({"doc_id": i, "exact_match": v}) + "\n" for i, v in enumerate(values)))
+    report.main([str(tmp_path), "--against", "setting=no_vote"])
+    pairs = {(p["setting"], p["against"]): p
+             for p in json.loads((tmp_path / "report" / "report.json").read_text())["paired"]
+             ["lr_sweep"]}
+    # crescent per problem over its 2 replicas: 1, 0.5, 0, 1 (mean 0.625); no_vote 0.25; base 0.25
+    assert pairs[("setting=crescent", "base")]["difference"] == pytest.approx(0.375)
+    assert pairs[("setting=crescent", "setting=no_vote")]["difference"] == pytest.approx(0.375)
+    assert pairs[("setting=crescent", "base")]["replicas"] == 2
+    assert pairs[("setting=no_vote", "base")]["difference"] == pytest.approx(0.0)
+    low, high = pairs[("setting=crescent", "base")]["ci"]
+    assert low <= 0.375 <= high and low >= -1 and high <= 1
+    assert ("setting=no_vote", "setting=no_vote") not in pairs
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| gsm exact_match | setting=crescent - setting=no_vote | 2 | 4 | +0.3750 |" in md
