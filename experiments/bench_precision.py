@@ -2,6 +2,7 @@
 
     python experiments/bench_precision.py [--models NAME ...] [--prompts 32] [--max-tokens 256]
                                           [--target 16] [--docs 100] [--train-steps 6]
+                                          [--accuracy 250]
                                           [--out outputs/bench_precision.json]
 
 Per built-in model (default: every one) and dtype, each in its own process:
@@ -17,6 +18,10 @@ Per built-in model (default: every one) and dtype, each in its own process:
            on the first GSM8K train problems with their gold solutions, finetune.precision
            32-true against bf16-mixed (float32 master weights, bfloat16 autocast): trained
            tokens/s and the first and last step's loss.
+Accuracy (--accuracy N, 0 skips it): GSM8K 0-shot chain of thought on the first N test
+problems by Qwen2.5-Coder-0.5B at each dtype (`crescent stages=[evaluate]` in
+outputs/precision_pair/<dtype>: a re-run reuses a finished one), exact match (flexible
+extract) paired problem by problem: the difference with a 95% bootstrap over the problems.
 Peak: cores x clock x FLOPs per cycle per core: float32 on AVX-512 64 (two FMA units x 16 lanes
 x 2), on AVX2 32; bfloat16 on AMX 1024 (one TMUL tile op: 16 x 32 bf16 pairs a cycle, 2 FLOPs
 each), on AVX512-BF16 128 (vdpbf16ps: 32 pairs x 2 units), else the float32 figure. Achieved
@@ -124,6 +129,30 @@ def scoring_row(model: str, dtype: str, docs: int, work: Path) -> dict:
 
 
 TRAINING = {"float32": "32-true", "bfloat16": "bf16-mixed"}
+COT, EXACT = "crescent_gsm8k_cot_zeroshot", "exact_match,flexible-extract"
+
+
+def accuracy_pair(docs: int) -> dict:
+    from crescent.intervals import bootstrap
+    from crescent.report import per_document
+
+    right, seconds = {}, {}
+    for dtype in DTYPES:
+        run = ROOT / "outputs" / "precision_pair" / dtype
+        child([sys.executable, "-m", "crescent", "stages=[evaluate]", "model=qwen_coder_05b",
+               f"model.dtype={dtype}", f"eval.tasks=[{COT}]", f"eval.limit={docs}", "logger=none",
+               f"hydra.run.dir={run}"], f"GSM8K chain of thought in {dtype}", cwd=ROOT)
+        right[dtype] = per_document(run / "evaluate" / "base" / f"samples_{COT}.jsonl", EXACT)
+        seconds[dtype] = json.loads((run / "evaluate" / "stats.json").read_text())[
+            "score_seconds"].get("base")
+    fp32, bf16 = right["float32"], right["bfloat16"]
+    low, high = bootstrap("exact_match", bf16, fp32)
+    return {"model": "qwen2.5-coder-0.5b-instruct", "task": COT, "metric": EXACT,
+            "problems": len(fp32), "float32": sum(fp32) / len(fp32),
+            "bfloat16": sum(bf16) / len(bf16), "difference": (sum(bf16) - sum(fp32)) / len(fp32),
+            "ci": [low, high], "only_float32_right": sum(a > b for a, b in zip(fp32, bf16)),
+            "only_bfloat16_right": sum(b > a for a, b in zip(fp32, bf16)),
+            "score_seconds": seconds}
 
 
 def training_row(model: str, dtype: str, steps: int, work: Path) -> dict:
@@ -163,6 +192,7 @@ def main() -> None:
     parser.add_argument("--target", type=int, default=16)
     parser.add_argument("--docs", type=int, default=100)
     parser.add_argument("--train-steps", type=int, default=6)
+    parser.add_argument("--accuracy", type=int, default=250, metavar="N")
     parser.add_argument("--out", default="outputs/bench_precision.json")
     args = parser.parse_args()
     from crescent.infra.models import BUILTIN
@@ -188,6 +218,7 @@ def main() -> None:
                 print(json.dumps([stages[-1], scoring[-1], training[-1]]), flush=True)
                 load.append(os.getloadavg()[0])
 
+    accuracy = accuracy_pair(args.accuracy) if args.accuracy else None
     print(f"\nCPU flags: {' '.join(cpu_flags())}; load average {min(load):.2f}-{max(load):.2f}; "
           f"model.dtype=auto here: {describe('auto')['resolved']}")
     print(f"peak: {peak['cores']} cores x {peak['mhz']:.0f} MHz x "
@@ -214,10 +245,16 @@ def main() -> None:
         for r in (r for r in training if r["model"] == model):
             print(f"{model:<30}training loss   {r['precision']}: step 1 {r['first_loss']}, "
                   f"step {r['steps']} {r['last_loss']}")
+    if accuracy:
+        a = accuracy
+        print(f"GSM8K CoT exact match, {a['problems']} problems: float32 {a['float32']:.3f}, "
+              f"bfloat16 {a['bfloat16']:.3f}, difference {a['difference']:+.3f} "
+              f"[{a['ci'][0]:+.3f}, {a['ci'][1]:+.3f}] (paired bootstrap); right in one only: "
+              f"float32 {a['only_float32_right']}, bfloat16 {a['only_bfloat16_right']}")
     write_result(args.out, {
         "prompts": args.prompts, "max_tokens": args.max_tokens, "target": args.target,
         "docs": args.docs, "train_steps": args.train_steps, "engines": engines, "stages": stages,
-        "scoring": scoring, "training": training,
+        "scoring": scoring, "training": training, "accuracy": accuracy,
         "peak": peak, "auto": describe("auto"), "load_avg_1m": [round(v, 2) for v in load]})
 
 

@@ -34,22 +34,24 @@ def kill_points(seed: int, low: int, high: int, count: int = 3) -> list[int]:
 def kill_then_finish(overrides: list[str], cwd: Path, stage_dir: Path,
                      progress: Callable[[], int], points: list[int], seed: int,
                      timeout: float = 900) -> list[int]:
-    """Run `crescent <overrides>` once per kill point, SIGKILL it there, then run it to the
-    end; returns the progress seen at each kill."""
+    """Run `crescent <overrides>` once per kill point, SIGKILL it (and its children) there,
+    then run it to the end; returns the progress seen at each kill."""
     args = [sys.executable, "-m", "crescent", *overrides]
     env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="offline")
     rng = random.Random(seed)
     seen = []
     for point in points:
+        # A session of its own: the kill takes the run's child processes too (DDP's other
+        # ranks, engine workers), as a node failure would.
         proc = subprocess.Popen(args, cwd=cwd, env=env, stdout=subprocess.DEVNULL,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, start_new_session=True)
         deadline = time.time() + timeout
         while proc.poll() is None and progress() < point and time.time() < deadline:
             time.sleep(0.05)
         time.sleep(rng.uniform(0, 0.5))
         assert proc.poll() is None, (
             f"ended before the kill at {point}: {proc.stderr.read()[-3000:]}")
-        proc.send_signal(signal.SIGKILL)
+        os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         proc.stderr.close()
         seen.append(progress())

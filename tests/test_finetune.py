@@ -389,3 +389,34 @@ def test_sft_then_dpo_starts_from_the_sft_rows_own_entry(tmp_path):
     assert f"starting from {sft_entry / 'model'}" in second.stdout + second.stderr
     reference = read_json(tmp_path / "sft_dpo" / "finetune" / "reference_logps.json")
     assert len(reference) == 16  # the reference is the SFT model, the student of this fine-tune
+
+
+@pytest.mark.slow
+@pytest.mark.long
+def test_ddp_on_two_cpu_processes_trains_as_one_and_resumes_after_a_kill(tmp_path):
+    # The same global batch of 8: one process with 2 micro-batches of 4 accumulated, or two
+    # gloo ranks with 4 each (rank r takes batches r, r + 2, ...: the same 8 rows a step).
+    # float32 throughout, so the two differ only by the order of the sums.
+    steps = 6
+    common = [*TINY, "finetune.val_fraction=0", "finetune.precision=32-true",
+              f"finetune.max_steps={steps}", "finetune.lr=1e-4", "finetune.batch_size=4",
+              "finetune.accelerator=cpu"]
+    one = run_cli(*common, "finetune.accumulate_grad_batches=2", "hydra.run.dir=one",
+                  cwd=tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    out = tmp_path / "ddp" / "finetune"
+    ddp = [*common, "finetune.strategy=ddp", "finetune.devices=2",
+           "finetune.checkpoint_every_n_steps=2", "hydra.run.dir=ddp"]
+    seen = kill_then_finish(ddp, tmp_path, out, lambda: lines(out / "metrics.jsonl"),
+                            kill_points(seed=8, low=3, high=5, count=1), seed=8)
+    stats = read_json(out / "stats.json")
+    assert stats["world_size"] == 2 and stats["steps"] == steps
+    assert 0 < stats["resumed_from_step"] < steps
+    assert whole_records(out / "metrics.jsonl", "step") == list(range(1, steps + 1))
+    single = [r["loss"] for r in read_jsonl(tmp_path / "one" / "finetune" / "metrics.jsonl")]
+    double = [r["loss"] for r in read_jsonl(out / "metrics.jsonl")]
+    assert double == pytest.approx(single, rel=1e-3), (single, double)
+    assert single[-1] < single[0]
+    _reload_and_generate(out / "model")
+    print(f"\nDDP killed at {seen} steps logged; losses, 1 process: {single}; 2 processes: "
+          f"{double}")

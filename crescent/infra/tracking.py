@@ -108,6 +108,9 @@ def run_group(cfg: DictConfig) -> str:
 
 
 def make_tracker(cfg: DictConfig, run_dir: Path, overrides: list[str] = ()) -> Tracker:
-    if cfg.logger.name == "wandb":
+    from crescent.infra.logs import rank
+
+    # One W&B run per job: a fine-tune's other ranks log through Lightning's rank-zero logger.
+    if cfg.logger.name == "wandb" and rank() == 0:
         return WandbTracker(cfg, run_dir, run_group(cfg), list(overrides))
     return Tracker()

@@ -272,12 +272,15 @@ class StepMetrics(L.Callback):
         self._logged_step = step
         now = time.perf_counter()
         seconds, self._last = now - self._last, now
-        loss = float(self._loss_sum / self._micro)
+        loss_sum, micro = float(self._loss_sum), self._micro
         tokens, loss_tokens = self._tokens, self._loss_tokens
-        if trainer.world_size > 1:
+        if trainer.world_size > 1:  # the step's loss over every rank's micro-batches, as DDP trains it
             total = trainer.strategy.reduce(
-                torch.tensor([tokens, loss_tokens], device=pl_module.device), reduce_op="sum")
-            tokens, loss_tokens = (int(x) for x in total.tolist())
+                torch.tensor([tokens, loss_tokens, loss_sum, micro], dtype=torch.float64,
+                             device=pl_module.device), reduce_op="sum")
+            tokens, loss_tokens, loss_sum, micro = total.tolist()
+            tokens, loss_tokens = int(tokens), int(loss_tokens)
+        loss = loss_sum / micro
         self.tokens_this_run += tokens
         pl_module.log_dict({"train/loss": loss, "train/lr": self._lr,
                             "train/tokens_per_s": tokens / max(seconds, 1e-9)},

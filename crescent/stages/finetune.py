@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 # finetune.seed lives in the finetune group: replicas of a fine-tune share the data above.
 STAGE = Stage("finetune", ("seed", "student", "finetune"), upstream="answers",
-              input_key="finetune.input", version=1,
+              input_key="finetune.input", version=1, distributed=True,
               added=("finetune.objective", "finetune.init", "finetune.beta", "finetune.margin_weight",
                      "finetune.sft_weight"))
 MODEL_DIR = "model"  # the trained student, a Hugging Face save_pretrained dir
