@@ -195,7 +195,7 @@ class FinetuneConfig:
     gradient_clip_val: float = 1.0  # clip the gradient norm to this; 0: no clipping
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower
     fused_loss: bool = True  # LM head + cross-entropy in chunks on trained tokens only (no full logits)
-    precision: Precision = Precision.auto  # Lightning precision; auto: bf16-mixed on GPU and on CPUs with amx_bf16/avx512_bf16, else 32-true
+    precision: Precision = Precision.auto  # Lightning precision; auto: bf16-mixed on GPU, 32-true on CPU (crescent/infra/precision.py)
     accelerator: Accelerator = Accelerator.auto  # Lightning accelerator: auto, cpu, gpu, cuda, mps, tpu
     devices: str = "auto"  # Lightning devices: auto, a count ("4") or a list ("0,1")
     strategy: Strategy = Strategy.auto  # Lightning strategy: auto, ddp, fsdp, deepspeed_stage_2, ...

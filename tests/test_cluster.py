@@ -24,7 +24,8 @@ TINY = ["experiment=smoke", "engine=hf", "dedup=minhash", "questions.target=8",
         "voting.min_votes=1", "voting.min_agreement=0", "answers.sampling.max_tokens=128",
         "finetune.max_steps=3", "finetune.batch_size=2", "finetune.max_length=256",
         "finetune.val_fraction=0", "eval.limit=20", f"eval.data_dir={DATA}", "logger=none",
-        "hydra.sweep.subdir=${hydra.job.num}"]
+        "hydra.sweep.subdir=${hydra.job.num}",
+        "engine.batch_size=3"]  # one question's samples at a time: the cancel lands mid-stage
 # One CPU a job: the two points run at once on a 2-core node.
 SLURM = ["hydra/launcher=slurm_cpu", "hydra.launcher.partition=cpu",
          "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=4",
@@ -79,5 +80,14 @@ def test_slurm_sweep_shares_the_cache_and_resumes_after_scancel(slurm, tmp_path)
     assert read_json(generated / "answers" / "stats.json")["resumed_with"] >= answered > 0
     assert all(read_json(run / "finetune" / "stats.json")["steps"] == 3 for run in runs)
     assert all((run / "evaluate" / "metrics.json").exists() for run in runs)
-    states = [job["JobState"] for job in slurm.completions()]
+    # The launcher returns once the results are written, a moment before Slurm ends the jobs.
+    for _ in range(60):
+        jobs = slurm.completions()
+        if len(jobs) == 4:
+            break
+        time.sleep(1)
+    states = [job["JobState"] for job in jobs]
     assert states.count("CANCELLED") == 2 and states.count("COMPLETED") == 2, states
+    print("\nsqueue before scancel:\n" + "\n".join(queue) + "\njob completions:\n" + "\n".join(
+        f"{j['JobId']} {j['Name']} {j['JobState']} {j['StartTime']} {j['EndTime']} {j['NodeList']}"
+        for j in jobs))

@@ -27,8 +27,7 @@ def test_auto_dtype_per_cpu_flag_set(flags, dtype, monkeypatch):
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset(flags))
     monkeypatch.setattr(precision, "_gpu", lambda: False)
     assert precision.resolve_dtype("auto") == dtype
-    assert precision.resolve_precision("auto", "cpu") == (
-        "bf16-mixed" if dtype == "bfloat16" else "32-true")
+    assert precision.resolve_precision("auto", "cpu") == "32-true"  # training: float32 on CPU
     assert precision.resolve_precision("auto", "auto") == precision.resolve_precision("auto", "cpu")
     # What a user sets is kept whatever the CPU.
     assert precision.resolve_dtype("float32") == "float32"
@@ -57,7 +56,7 @@ def test_the_run_records_what_auto_chose(monkeypatch):
     assert chosen["model.dtype"] == {"configured": "auto", "resolved": "bfloat16",
                                      "why": "CPU has amx_bf16, avx512_bf16"}
     assert chosen["student.dtype"]["resolved"] == "float32"
-    assert chosen["finetune.precision"] == "bf16-mixed"
+    assert chosen["finetune.precision"] == "32-true"
     assert precision.precision_line(chosen) == (
         "dtype auto -> bfloat16 (CPU has amx_bf16, avx512_bf16), student float32 -> float32; "
-        "training bf16-mixed")
+        "training 32-true")
