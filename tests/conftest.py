@@ -66,3 +66,14 @@ def pytest_terminal_summary(terminalreporter, config):
         seed, keep, total = config.crescent_sampled
         terminalreporter.write_line(f"long tests: ran {len(keep)} of {total} (seed {seed}): "
                                     + ", ".join(keep))
+
+
+# The smoke experiment in miniature on the hf engine (8 questions x 3 samples, 3 steps), for
+# sweeps: each point in `multirun/smoke/<job number>`.
+TINY_SMOKE = ["experiment=smoke", "engine=hf", "dedup=minhash", "questions.target=8",
+              "questions.max_candidates=16", "questions.batch_size=16",
+              "questions.sampling.max_tokens=96", "answers.samples=3", "voting.k=3",
+              "voting.min_votes=1", "voting.min_agreement=0", "answers.sampling.max_tokens=128",
+              "finetune.max_steps=3", "finetune.batch_size=2", "finetune.max_length=256",
+              "finetune.val_fraction=0", "eval.limit=20", f"eval.data_dir={DATA}", "logger=none",
+              "hydra.sweep.subdir=${hydra.job.num}"]

@@ -13,19 +13,12 @@ import time
 import pytest
 
 from crescent.infra.io import read_json
-from tests.conftest import DATA, ROOT
+from tests.conftest import ROOT, TINY_SMOKE
 from tests.killing import lines
 from tests.slurm_local import LocalSlurm, available
 
-# The smoke experiment in miniature on the hf engine: 8 questions x 3 samples, 3 steps.
-TINY = ["experiment=smoke", "engine=hf", "dedup=minhash", "questions.target=8",
-        "questions.max_candidates=16", "questions.batch_size=16",
-        "questions.sampling.max_tokens=96", "answers.samples=3", "voting.k=3",
-        "voting.min_votes=1", "voting.min_agreement=0", "answers.sampling.max_tokens=128",
-        "finetune.max_steps=3", "finetune.batch_size=2", "finetune.max_length=256",
-        "finetune.val_fraction=0", "eval.limit=20", f"eval.data_dir={DATA}", "logger=none",
-        "hydra.sweep.subdir=${hydra.job.num}",
-        "engine.batch_size=3"]  # one question's samples at a time: the cancel lands mid-stage
+# One question's samples at a time: the cancel lands mid-stage.
+TINY = [*TINY_SMOKE, "engine.batch_size=3"]
 # One CPU a job: the two points run at once on a 2-core node.
 SLURM = ["hydra/launcher=slurm_cpu", "hydra.launcher.partition=cpu",
          "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=4",

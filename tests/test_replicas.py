@@ -10,15 +10,8 @@ import pytest
 
 from crescent import report
 from crescent.infra.io import read_json
-from tests.conftest import DATA
+from tests.conftest import TINY_SMOKE as TINY
 
-TINY = ["experiment=smoke", "engine=hf", "dedup=minhash", "questions.target=8",
-        "questions.max_candidates=16", "questions.batch_size=16",
-        "questions.sampling.max_tokens=96", "answers.samples=3", "voting.k=3",
-        "voting.min_votes=1", "voting.min_agreement=0", "answers.sampling.max_tokens=128",
-        "finetune.max_steps=3", "finetune.batch_size=2", "finetune.max_length=256",
-        "finetune.val_fraction=0", "eval.limit=20", f"eval.data_dir={DATA}", "logger=none",
-        "hydra.sweep.subdir=${hydra.job.num}"]
 BPB = "crescent_gsm8k_gold_bpb"
 
 
