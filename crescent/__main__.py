@@ -64,6 +64,9 @@ def config_error(e: Exception) -> str:
     key = getattr(cause, "full_key", None)
     if key:
         message = str(getattr(cause, "msg", cause)).splitlines()[0]
+        if "not in struct" in message and ".options." in f".{key}":
+            # A component's own setting is not in the schema until it is added.
+            return f"{key}: not set yet; a component's option is added with `+` (+{key}=...)"
         return f"{key}: {message}"
     text = str(e).split("Config search path")[0]  # Hydra's list of where it looked
     return " ".join(line.strip() for line in text.splitlines() if line.strip())

@@ -1,9 +1,16 @@
 """The stage table and the artefact cache: keys, entries, links, locks, the DONE marker.
 
 A stage is a module with `run(cfg, run_dir) -> Path` and a `STAGE` declaration (`Stage`): the
-config keys that determine its output, its upstream, its version and the cache entries it keeps
-beside its own (`entries`: the answers stage's samples, the evaluate stage's base-model scores).
+config keys that determine its output, what it reads (`upstream`) and writes (`outputs`), its
+version and the cache entries it keeps beside its own (`entries`: the answers stage's samples,
+the evaluate stage's base-model scores). Stages are registered in `crescent.registry.STAGES`.
 The runner (crescent/pipeline.py) and the stages use the same objects from here.
+
+Wiring: a stage reads the output of its `upstream` stage, or of the last stage listed before it
+in `cfg.stages` that `provides` the same (a filter between answers and finetune declares
+`upstream="answers", provides="answers"`, and finetune then trains on the filter's files), or of
+the stage its input key names (`finetune.input=filter`). `input_path` gives a stage the file,
+and the same choice enters its cache key.
 
 With `cache_dir` set, a stage's dir is a link to `<cache_dir>/<name>/<key>`, where the key
 hashes the config that determines the output (its own keys and its upstream's key, or the
@@ -22,7 +29,6 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import importlib
 import json
 import logging
 import os
@@ -36,24 +42,16 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from crescent.config import operational_defaults
 from crescent.errors import CrescentError
-from crescent.infra.io import atomic_write_text, write_json
+from crescent.infra.io import atomic_write_text, hash_file, write_json
+from crescent.registry import COMPONENTS, STAGES
 
 logger = logging.getLogger(__name__)
 
 DONE = "DONE"  # written last and atomically: the entry is complete
 STATS = "stats.json"  # every stage's counts, wall time and provenance
 KEY_FILE = "cache_key.json"  # what an entry's key hashes, for whoever reads the cache
-
-# The one stage table, in data-flow order: name -> the module that declares and runs it.
-STAGES: dict[str, str] = {
-    "questions": "crescent.stages.questions",
-    "answers": "crescent.stages.answers",
-    "audit": "crescent.stages.audit",
-    "finetune": "crescent.stages.finetune",
-    "evaluate": "crescent.stages.evaluate",
-}
-
 
 @dataclass(frozen=True, eq=False)
 class Stage:
@@ -62,7 +60,9 @@ class Stage:
     name: str
     keys: tuple[str, ...] = ()  # config keys that determine the output
     upstream: str | None = None  # the stage or entry whose output it reads by default
-    input_key: str | None = None  # config key of an explicit input that replaces upstream
+    input_key: str | None = None  # config key of an explicit input (a path, or a stage's name)
+    outputs: tuple[str, ...] = ()  # the files (or dirs) in its dir that later stages read
+    provides: str | None = None  # the stage whose outputs it stands in for downstream (a filter)
     # Bump when the same config would now give other output (rules, cleaning, templates).
     version: int = 1
     # Benchmark files read: a config key holding a list of them, or "*" for every pinned one.
@@ -81,27 +81,25 @@ class Stage:
 
 
 def load_stage(name: str) -> ModuleType:
-    """The stage's module, checked to declare the stage it is listed as."""
-    if name not in STAGES:
-        raise CrescentError(f"stages: unknown stage {name!r} (known: {', '.join(STAGES)})")
-    path = STAGES[name]
+    """The stage's module, checked to declare the stage it is registered as."""
     try:
-        module = importlib.import_module(path)
+        module = STAGES.get(name)
     except ModuleNotFoundError as e:
-        if e.name != path:  # a missing dependency inside the stage: not ours to hide
+        if e.name != STAGES._builtins.get(name):  # a missing dependency inside the stage
             raise
         raise CrescentError(f"stage {name!r} is not implemented yet") from None
     declared = getattr(module, "STAGE", None)
     if not isinstance(declared, Stage) or declared.name != name:
-        raise CrescentError(f"stage {name!r}: {path} declares no STAGE = Stage({name!r}, ...)")
+        where = getattr(module, "__name__", module)
+        raise CrescentError(f"stage {name!r}: {where} declares no STAGE = Stage({name!r}, ...)")
     return module
 
 
 def _declared(name: str) -> tuple[str, Stage]:
     """The stage that keeps `name` (a stage keeps itself) and the declaration of `name`."""
-    if name in STAGES:
+    if name in STAGES.names():
         return name, load_stage(name).STAGE
-    for stage in STAGES:
+    for stage in STAGES.in_order():
         for entry in load_stage(stage).STAGE.entries:
             if entry.name == name:
                 return stage, entry
@@ -118,6 +116,54 @@ def owner(name: str) -> str:
     return _declared(name)[0]
 
 
+def provider(cfg: DictConfig, name: str) -> str | None:
+    """The stage (or entry) whose output stage or entry `name` reads: the one its input key
+    names, else the last stage listed before it that provides its upstream, else its upstream.
+    None: it reads no stage's output (or an explicit input file)."""
+    stage = spec(name)
+    explicit = OmegaConf.select(cfg, stage.input_key) if stage.input_key else None
+    if explicit and explicit in STAGES.names():
+        return explicit
+    if explicit or not stage.upstream:
+        return None
+    listed = list(OmegaConf.select(cfg, "stages", default=None) or [])
+    me = owner(name)
+    before = listed[:listed.index(me)] if me in listed else []
+    for other in reversed(before):
+        if (spec(other).provides or other) == stage.upstream and other != me:
+            return other
+    return stage.upstream
+
+
+def upstream_stages(cfg: DictConfig, names: list[str]) -> list[str]:
+    """The stages, outside `names`, whose outputs the stages `names` read (transitively)."""
+    found: list[str] = []
+    seen: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        source = provider(cfg, name)
+        if source is None or source in seen:
+            continue
+        seen.add(source)
+        if owner(source) not in names and owner(source) not in found:
+            found.append(owner(source))
+        todo.append(source)
+    return found
+
+
+def input_path(cfg: DictConfig, run_dir: Path, name: str, file: str) -> Path:
+    """Where stage `name` finds `file` of the stage it reads (`provider`): in the run dir."""
+    source = provider(cfg, name)
+    if source is None:
+        raise CrescentError(f"{name}: reads no stage's output (its input is a file)")
+    outputs = spec(source).outputs
+    if outputs and file.split("/")[0] not in outputs:
+        raise CrescentError(f"{name}: reads {file} from stage {source!r}, which writes "
+                            f"{', '.join(outputs)}")
+    return Path(run_dir) / owner(source) / file  # an entry's files are linked into its stage's
+
+
 def stage_key(cfg: DictConfig, name: str) -> tuple[str, dict]:
     """The cache key of a stage's (or entry's) output, and what it hashes."""
     stage = spec(name)
@@ -125,18 +171,35 @@ def stage_key(cfg: DictConfig, name: str) -> tuple[str, dict]:
     for key, value_of in stage.resolved.items():
         _set(parts, key, value_of(cfg))
     explicit = OmegaConf.select(cfg, stage.input_key) if stage.input_key else None
-    if explicit:
-        # What counts is the input's content, not where it lies.
+    source = provider(cfg, name)
+    if source is not None:
+        # A stage named as the input is the one a listed stage would be: the same key.
+        if stage.input_key:
+            _replace(parts, stage.input_key, None)
+        parts["upstream"] = stage_key(cfg, source)[0]
+    elif explicit:  # what counts is the input's content, not where it lies
         _drop(parts, stage.input_key)
         parts["input_sha256"] = content_hash(Path(explicit), stage.input_key)
-    elif stage.upstream:
-        parts["upstream"] = stage_key(cfg, stage.upstream)[0]
     if stage.data:
         parts["benchmarks"] = _data_identity(cfg, stage.data)
     for key in stage.exclude:
         _drop(parts, key)
+    if name in STAGES.names():  # a plug-in stage's own settings
+        where = STAGES.options_key_of(name)
+        own = STAGES.options(name, OmegaConf.select(cfg, where, default=None), where)
+        if own:
+            parts["stage_options"] = {name: own}
+    for registry in COMPONENTS:  # a component's own settings, at their defaults where not given
+        node, last = _parent(parts, registry.options_key)
+        if node is not None and last in node:
+            node[last] = registry.options(OmegaConf.select(cfg, registry.key), node[last])
+            if not node[last]:
+                del node[last]  # none: the key of a component without options, as before them
+    for key, default in operational_defaults(cfg).items():
+        _replace(parts, key, default)  # outputs do not depend on them: hashed at the default
     for key in stage.added:
-        if OmegaConf.select(cfg, key) == OmegaConf.select(_schema(), key):
+        node, last = _parent(parts, key)
+        if node is not None and node.get(last) == _plain(OmegaConf.select(_schema(), key)):
             _drop(parts, key)
     parts["version"] = stage.version
     digest = hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(),
@@ -162,6 +225,12 @@ def _set(parts: dict, dotted: str, value) -> None:
         node[last] = value
 
 
+def _replace(parts: dict, dotted: str, value) -> None:
+    node, last = _parent(parts, dotted)
+    if node is not None and last in node:
+        node[last] = value
+
+
 def _drop(parts: dict, dotted: str) -> None:
     node, last = _parent(parts, dotted)
     if node is not None:
@@ -169,7 +238,10 @@ def _drop(parts: dict, dotted: str) -> None:
 
 
 def _parent(parts: dict, dotted: str) -> tuple[dict | None, str]:
-    """The dict that holds a dotted key's last part (None when the path is not there)."""
+    """The dict that holds a dotted key's last part (None when the path is not there); a
+    stage's dotted `keys` are held as they are (`{"voting.rule": ...}`)."""
+    if dotted in parts:
+        return parts, dotted
     *path, last = dotted.split(".")
     node = parts
     for step in path:
@@ -192,9 +264,7 @@ def content_hash(path: Path, what: str) -> str:
     digest = hashlib.sha256()
     for file in files:
         digest.update(str(file.relative_to(path) if path.is_dir() else "").encode())
-        with file.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+        hash_file(file, digest)
     return digest.hexdigest()
 
 

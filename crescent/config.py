@@ -5,18 +5,27 @@ Every default lives here, once: a group YAML under `conf/` holds only what its o
 value of the wrong type, or a choice outside its Enum fails when the config is composed, before
 any stage runs; `validate` checks the ranges that types cannot express, and the names of the
 extension points (engine, vote rule, answer format, objective: crescent/registry.py), which
-plug-ins can extend and an Enum therefore cannot list.
+plug-ins can extend and an Enum therefore cannot list, and the selected component's own
+settings (its group's `options` node, against the dataclass it registered).
+
+A setting marked `operational` (`field(..., metadata=OPERATIONAL)`: where servers are, how
+many requests are in flight, how often a checkpoint is written) changes how a run goes, never
+what it writes: cache keys hold it at its default (`operational_defaults`), so moving servers
+reuses every entry.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
 DEFAULT_STAGES = ["questions", "answers", "finetune", "evaluate"]
+OPERATIONAL = {"operational": True}  # field metadata: not part of any cache key
 
 
 class Choice(str, Enum):
@@ -67,21 +76,22 @@ class ModelConfig:
 
 @dataclass
 class EngineConfig:
-    name: str = "vllm"  # backend (crescent/engines/): vllm (offline LLM.chat), ray_vllm (vLLM replicas on Ray), hf (transformers generate), openai (servers), or a plug-in's
+    name: str = "vllm"  # backend (crescent/engines/): vllm (offline, one request at a time), ray_vllm (vLLM replicas on Ray), hf (transformers generate), openai (servers), or a plug-in's
     batch_size: int = 256  # samples in flight (all replicas together; n samples of a question count n); hf: per generate call
     max_model_len: int = 2048  # context window given to the engine (prompt + completion tokens)
     enforce_eager: bool = True  # vllm: skip graph capture; starts far faster on CPU
     tensor_parallel_size: int = 1  # vllm: GPUs one model is split over
-    data_parallel_size: int = 1  # vllm, ray_vllm: model replicas (Ray actors), each on tensor_parallel_size GPUs
-    ray_address: str | None = None  # ray_vllm: None starts Ray on this node; "auto" joins a running cluster
-    gpu_memory_utilization: float = 0.9  # vllm: share of accelerator memory vLLM may reserve
-    cpu_kvcache_gib: int = 4  # vllm on CPU: KV-cache GiB (VLLM_CPU_KVCACHE_SPACE), unless set in env
-    endpoints: list[str] = field(default_factory=list)  # openai: base URLs, e.g. http://host:8000/v1
-    served_model: str | None = None  # openai: model name on the servers; default: the model path
-    concurrency: int = 32  # openai: requests in flight at once, over all endpoints
-    max_retries: int = 5  # openai: retries of a failed request (each on the next endpoint)
-    retry_backoff_s: float = 2.0  # openai: first retry wait, doubled per retry (at most 60 s)
-    request_timeout_s: float = 600.0  # openai: seconds before a request counts as failed
+    data_parallel_size: int = field(default=1, metadata=OPERATIONAL)  # vllm, ray_vllm: model replicas (Ray actors), each on tensor_parallel_size GPUs
+    ray_address: str | None = field(default=None, metadata=OPERATIONAL)  # ray_vllm: None starts Ray on this node; "auto" joins a running cluster
+    gpu_memory_utilization: float = field(default=0.9, metadata=OPERATIONAL)  # vllm: share of accelerator memory vLLM may reserve
+    cpu_kvcache_gib: int = field(default=4, metadata=OPERATIONAL)  # vllm on CPU: KV-cache GiB (VLLM_CPU_KVCACHE_SPACE), unless set in env
+    endpoints: list[str] = field(default_factory=list, metadata=OPERATIONAL)  # openai: base URLs, e.g. http://host:8000/v1
+    served_model: str | None = field(default=None, metadata=OPERATIONAL)  # openai: model name on the servers; default: the model path
+    concurrency: int = field(default=32, metadata=OPERATIONAL)  # openai: requests in flight at once, over all endpoints
+    max_retries: int = field(default=5, metadata=OPERATIONAL)  # openai: retries of a failed request (each on the next endpoint)
+    retry_backoff_s: float = field(default=2.0, metadata=OPERATIONAL)  # openai: first retry wait, doubled per retry (at most 60 s)
+    request_timeout_s: float = field(default=600.0, metadata=OPERATIONAL)  # openai: seconds before a request counts as failed
+    options: dict[str, Any] = field(default_factory=dict)  # a plug-in engine's own settings
 
 
 @dataclass
@@ -102,6 +112,7 @@ class DomainConfig:
     max_question_chars: int = 1000  # cleaned questions longer than this are rejected
     seed_prompt: str | None = None  # questions.source=seed_aug: user turn; {seed} is filled in
     magpie_system: str | None = None  # questions.source=magpie: system turn; None: the template's own
+    options: dict[str, Any] = field(default_factory=dict)  # a plug-in answer format's own settings
 
 
 @dataclass
@@ -112,6 +123,7 @@ class DedupConfig:
     num_perm: int = 128  # minhash: permutations per signature (Jaccard resolution 1/num_perm)
     shingle: int = 1  # minhash: words per shingle (every number is the same word, `#`)
     depth: float = 0.5  # self: share of the generator's layers run before pooling (rest not loaded)
+    options: dict[str, Any] = field(default_factory=dict)  # a plug-in embedder's own settings
 
 
 @dataclass
@@ -126,6 +138,7 @@ class VotingConfig:
     pairs: int = 1  # preference pairs per kept question (prefs.jsonl): a winning sample chosen, a losing one rejected; 0: none
     gold_control: str | None = None  # control: train on as many of this file's questions (GSM8K style: question, gold solution ending in `#### n`) as the vote keeps, with their gold solutions, in place of the kept pairs
     shuffle_labels: bool = False  # control: each kept question trains on another kept question's response (seeded), so the data keep the vote's format and lose its answers
+    options: dict[str, Any] = field(default_factory=dict)  # a plug-in vote rule's own settings
     match_kept_of_k: int | None = None  # keep at most as many questions as voting with this k (other settings as here) keeps from the same samples: the no-vote control at the consensus set's size
 
 
@@ -160,6 +173,7 @@ class AnswersConfig:
 @dataclass
 class FinetuneConfig:
     objective: str = "sft"  # training objective (crescent/objectives/): sft, dpo, or a plug-in's
+    options: dict[str, Any] = field(default_factory=dict)  # a plug-in objective's own settings
     init: str | None = None  # start from this config's fine-tune with that objective (sft: SFT then DPO); null: the student
     input: str | None = None  # sft.jsonl or a `datasets` save_to_disk dir; default: answers/sft.jsonl
     max_examples: int | None = None  # train on the input's first N conversations; None: all
@@ -200,11 +214,11 @@ class FinetuneConfig:
     devices: str = "auto"  # Lightning devices: auto, a count ("4") or a list ("0,1")
     strategy: Strategy = Strategy.auto  # Lightning strategy: auto, ddp, fsdp, deepspeed_stage_2, ...
     num_nodes: int = 1  # machines; devices x num_nodes processes in all
-    checkpoint_every_n_steps: int = 100  # write checkpoints/last.ckpt every N steps (resume point)
-    keep_checkpoints: bool = False  # keep checkpoints/ once the model is saved
-    log_every_n_steps: int = 10  # logger cadence in optimiser steps
-    num_workers: int = 0  # DataLoader worker processes
-    progress_bar: bool = True  # a bar over the fine-tune's optimiser steps, with the loss
+    checkpoint_every_n_steps: int = field(default=100, metadata=OPERATIONAL)  # write checkpoints/last.ckpt every N steps (resume point)
+    keep_checkpoints: bool = field(default=False, metadata=OPERATIONAL)  # keep checkpoints/ once the model is saved
+    log_every_n_steps: int = field(default=10, metadata=OPERATIONAL)  # logger cadence in optimiser steps
+    num_workers: int = field(default=0, metadata=OPERATIONAL)  # DataLoader worker processes
+    progress_bar: bool = field(default=True, metadata=OPERATIONAL)  # a bar over the fine-tune's optimiser steps, with the loss
 
 
 @dataclass
@@ -222,6 +236,8 @@ class EvalConfig:
     # label -> model (built-in name, hub id or local dir) to score instead of the default pair:
     # `base` (the student) and `finetuned` (this run's finetune/model, when it exists)
     models: dict[str, str] = field(default_factory=dict)
+    # dirs of lm-eval task YAMLs beside the shipped crescent/tasks/ (a domain's own benchmarks)
+    include_path: list[str] = field(default_factory=list)
     apply_chat_template: bool = True  # prompts and few-shot turns in each model's chat template
     fewshot_as_multiturn: bool = True  # few-shot examples as user/assistant turns (with template)
 
@@ -243,7 +259,8 @@ class Config:
     cache_dir: str | None = "outputs/cache"  # stage outputs shared by config hash; null: none
     accept_stale: bool = False  # reuse a run-dir stage made by another stage version (pipeline.py)
     verbose: bool = False  # show vLLM/transformers/lm-eval/Lightning logs; off: crescent's lines only
-    plugins: list[str] = field(default_factory=list)  # modules imported first: they register engines, vote rules, answer formats, objectives
+    plugins: list[str] = field(default_factory=list)  # modules imported first: they register engines, vote rules, answer formats, objectives, stages
+    stage_options: dict[str, Any] = field(default_factory=dict)  # a plug-in stage's own settings, by stage name
     model: ModelConfig = field(default_factory=ModelConfig)  # the generator
     student: ModelConfig = field(default_factory=ModelConfig)  # the model fine-tuned
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -327,10 +344,19 @@ def validate(cfg: DictConfig) -> None:
         value = OmegaConf.select(cfg, key)
         if not test(value):
             raise CrescentError(f"{key}={value}: expected {expected}")
-    from crescent.registry import ANSWER_FORMATS, EMBEDDERS, ENGINES, OBJECTIVES, VOTE_RULES
+    from crescent.registry import COMPONENTS, OBJECTIVES, STAGES
 
-    for registry in (ENGINES, VOTE_RULES, ANSWER_FORMATS, OBJECTIVES, EMBEDDERS):
-        registry.check(OmegaConf.select(cfg, registry.key))  # one line naming the known ones
+    for registry in COMPONENTS:
+        name = OmegaConf.select(cfg, registry.key)
+        registry.check(name)  # one line naming the known ones
+        # The component reads its settings, defaults filled in, from its group's options.
+        options = registry.options(name, OmegaConf.select(cfg, registry.options_key))
+        OmegaConf.update(cfg, registry.options_key, options, merge=False)
+    for name in dict.fromkeys([*cfg.stages, *(cfg.get("stage_options") or {})]):
+        where = STAGES.options_key_of(name)
+        options = STAGES.options(name, OmegaConf.select(cfg, where), where)
+        if options:
+            OmegaConf.update(cfg, where, options, merge=False)
     if OmegaConf.select(cfg, "finetune.init"):
         OBJECTIVES.check(cfg.finetune.init)
     voting, finetune = cfg.voting, cfg.finetune
@@ -348,6 +374,33 @@ def validate(cfg: DictConfig) -> None:
     if finetune.max_steps == -1 and finetune.max_epochs == -1:
         raise CrescentError("finetune.max_steps and finetune.max_epochs are both -1: "
                             "set one of them")
+
+
+def operational_defaults(cfg: DictConfig) -> dict[str, Any]:
+    """Dotted key -> default of every setting marked operational, in the schema and in the
+    options of the components `cfg` selects."""
+    from crescent.registry import COMPONENTS, STAGES
+
+    found = dict(_operational(Config(), ""))
+    for registry in COMPONENTS:
+        name = OmegaConf.select(cfg, registry.key, default=None)
+        schema = registry.options_schema(name) if name else None
+        if schema is not None:
+            found.update(_operational(schema(), f"{registry.options_key}."))
+    for name in OmegaConf.select(cfg, "stage_options", default=None) or {}:
+        schema = STAGES.options_schema(name)
+        if schema is not None:
+            found.update(_operational(schema(), f"{STAGES.options_key_of(name)}."))
+    return found
+
+
+def _operational(defaults, prefix: str):
+    for f in dataclasses.fields(defaults):
+        value = getattr(defaults, f.name)
+        if f.metadata.get("operational"):
+            yield prefix + f.name, value
+        elif dataclasses.is_dataclass(value):
+            yield from _operational(value, f"{prefix}{f.name}.")
 
 
 def register_configs() -> None:

@@ -1,8 +1,9 @@
 """Pipeline runner: runs `cfg.stages` in order, each in `<run dir>/<stage>/`, skipping finished ones.
 
-A stage (crescent/cache.py's table) is a module with `run(cfg, run_dir) -> Path` that writes its
-artefacts and `stats.json` into its stage dir and resumes from whatever partial output it finds
-there, and optionally `preflight(cfg)`, run for every listed stage before the first one starts.
+A stage (registered in crescent/registry.py's `STAGES`, declared as crescent/cache.py says) is a
+module with `run(cfg, run_dir) -> Path` that writes its artefacts and `stats.json` into its
+stage dir and resumes from whatever partial output it finds there, and optionally
+`preflight(cfg)`, run for every listed stage before the first one starts.
 The runner writes the `DONE` marker, atomically and last, once the stage has returned. With the
 cache on, the stage dir is a link to the stage's cache entry, locked while the stage runs.
 
@@ -44,10 +45,10 @@ def run_pipeline(cfg: DictConfig, run_dir: Path, tracker: Tracker) -> dict:
         for module in (m for m in modules.values() if m.STAGE.distributed):
             module.run(cfg, run_dir)
         return {}
-    # Finished upstream outputs of this config join the run dir, so `stages=[finetune]`
-    # finds the answers an earlier run (or another sweep point) produced.
-    for name in cache.STAGES:
-        found = None if name in modules else cache.entry(cfg, run_dir, name)
+    # Finished outputs the listed stages read join the run dir, so `stages=[finetune]` finds
+    # the answers an earlier run (or another sweep point) produced.
+    for name in cache.upstream_stages(cfg, list(modules)):
+        found = cache.entry(cfg, run_dir, name)
         if found is not None and found.done:
             cache.check_intact(name, found.dir)
             cache.link(Path(run_dir) / name, found.dir)

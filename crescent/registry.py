@@ -1,20 +1,33 @@
 """Extension points: a registry per swappable part, keyed by the config value that selects it.
 
 Crescent's own engines, vote rules, answer formats (a domain's answer semantics), fine-tuning
-objectives and dedup embedders register here exactly as outside code does, with a decorator:
+objectives, dedup embedders and stages register here exactly as outside code does, with a
+decorator:
 
     from crescent.registry import VOTE_RULES
 
-    @VOTE_RULES.register("unanimous")
-    def unanimous(answers, responses, cfg, seed, answer_format): ...
+    @dataclass
+    class UnanimousOptions:
+        at_least: int = 3
 
-and are then selected by one override (`voting.rule=unanimous`). Outside modules are imported
-before the config is checked: those named in the `plugins` config key, and every module an
-installed package declares under the `crescent.plugins` entry-point group (README, "Plug-ins").
+    @VOTE_RULES.register("unanimous", options=UnanimousOptions)
+    def unanimous(answers, responses, cfg, seed, answer_format): ...  # reads cfg.options.at_least
+
+and are then selected by one override (`voting.rule=unanimous`). A component's own settings are
+its `options` dataclass: they live in the `options` node of its config group
+(`voting.options.at_least=4`), filled with the dataclass's defaults and checked against it (types,
+unknown keys) before any stage runs; a field with `metadata={"operational": True}` stays out of
+cache keys (crescent/config.py). A stage registers its module, `STAGES.register("filter",
+options=...)(sys.modules[__name__])`; its own settings live in `stage_options.filter`.
+
+Outside modules are imported before the config is checked: those named in the `plugins` config
+key, and every module an installed package declares under the `crescent.plugins` entry-point
+group (README, "Plug-ins").
 """
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import sys
@@ -36,17 +49,65 @@ class Registry:
         self.what, self.key = what, key
         self._builtins = builtins  # name -> the module whose import registers it
         self._entries: dict[str, Any] = {}
+        self._options: dict[str, type] = {}  # name -> the dataclass of its own settings
 
-    def register(self, name: str) -> Callable[[Any], Any]:
-        """Decorator: make the decorated class or function the `name` entry."""
+    def register(self, name: str, options: type | None = None) -> Callable[[Any], Any]:
+        """Decorator: make the decorated class or function the `name` entry; `options`, a
+        dataclass, declares the settings of its own (the group's `options` node)."""
         def add(obj):
             if name in self._entries and self._entries[name] is not obj:
                 raise CrescentError(f"{self.key}: two {self.what}s registered as {name!r}: "
                                     f"{_where(self._entries[name])} and {_where(obj)}")
             self._entries[name] = obj
+            if options is not None:
+                self._options[name] = options
             return obj
 
         return add
+
+    @property
+    def options_key(self) -> str:
+        """Where the selected component's own settings live: `<group>.options`."""
+        return f"{self.key.rsplit('.', 1)[0]}.options"
+
+    def options(self, name: str, given: Any, where: str | None = None) -> dict:
+        """`given` (the options node at `where`, default `options_key`) checked against
+        `name`'s options dataclass and filled with its defaults; one line naming the key and
+        what is wrong otherwise."""
+        from omegaconf import OmegaConf
+        from omegaconf.errors import OmegaConfBaseException
+
+        where = where or self.options_key
+
+        given = OmegaConf.to_container(given, resolve=True) if OmegaConf.is_config(given) \
+            else dict(given or {})
+        if not given and name not in self._options:
+            return {}  # nothing to check, no defaults to fill (and no backend to import)
+        self.get(name)  # registers its options
+        schema = self._options.get(name)
+        if schema is None:
+            if given:
+                raise CrescentError(f"{where}: {self.what} {name!r} takes no options "
+                                    f"(given: {', '.join(map(str, given))})")
+            return {}
+        known = OmegaConf.structured(schema)
+        for key in given:
+            if key not in known:
+                near = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
+                hint = f" (did you mean {near[0]}?)" if near else ""
+                raise CrescentError(
+                    f"{where}.{key}: not an option of {self.what} {name!r}{hint}; "
+                    f"its options: {', '.join(known)}")
+        try:
+            return OmegaConf.to_container(OmegaConf.merge(known, given), resolve=True)
+        except OmegaConfBaseException as e:
+            message = str(getattr(e, "msg", e)).splitlines()[0]
+            raise CrescentError(f"{where}.{e.key}: {message}") from None
+
+    def options_schema(self, name: str) -> type | None:
+        """The options dataclass `name` registered (None: it takes none, or is a built-in not
+        imported yet: those keep their settings in the schema)."""
+        return self._options.get(name)
 
     def check(self, name: str) -> None:
         """A one-line error unless `name` is registered (or built in)."""
@@ -79,6 +140,38 @@ OBJECTIVES = Registry("objective", "finetune.objective", {"sft": "crescent.objec
                                                           "dpo": "crescent.objectives.dpo"})
 EMBEDDERS = Registry("dedup method", "dedup.method", {
     name: "crescent.methods.dedup" for name in ("minilm", "self", "minhash", "none")})
+# Components whose own settings sit in their group's `options` node, checked with the config.
+COMPONENTS = (ENGINES, VOTE_RULES, ANSWER_FORMATS, OBJECTIVES, EMBEDDERS)
+
+
+class StageRegistry(Registry):
+    """Stages are modules (a `STAGE` declaration and `run`, crescent/cache.py): a built-in one
+    is its module, imported when first asked for; outside code registers its own module. A
+    stage's own settings are `stage_options.<name>`."""
+
+    def options_key_of(self, name: str) -> str:
+        return f"stage_options.{name}"
+
+    def check(self, name: str) -> None:
+        if name not in self._entries and name not in self._builtins:
+            raise CrescentError(f"stages: unknown stage {name!r} (known: "
+                                f"{', '.join(self.in_order())})")
+
+    def get(self, name: str) -> Any:
+        self.check(name)
+        if name not in self._entries:
+            self._entries[name] = importlib.import_module(self._builtins[name])
+        return self._entries[name]
+
+    def in_order(self) -> list[str]:
+        """The built-in stages in data-flow order, then the registered ones."""
+        return [*self._builtins, *(name for name in self._entries if name not in self._builtins)]
+
+
+# The stage table: name -> the module that declares and runs it.
+STAGES = StageRegistry("stage", "stages", {
+    name: f"crescent.stages.{name}" for name in ("questions", "answers", "audit", "finetune",
+                                                  "evaluate")})
 
 
 def load_entry_points() -> None:

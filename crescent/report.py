@@ -24,12 +24,15 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from crescent.cache import STAGES, STATS, is_done
+from crescent.cache import STATS, is_done
 from crescent.config import DEFAULT_STAGES
 from crescent.errors import CrescentError
 from crescent.infra.io import read_json, read_jsonl
+from crescent.methods.metrics import lower_is_better as metrics_lower_is_better
+from crescent.registry import STAGES
 
-# Metrics where lower is better; everything else is higher-is-better.
+# Metrics where lower is better, for results that do not say (lm-eval writes each task's
+# `higher_is_better`, which `_scores` keeps); everything else is higher-is-better.
 _LOWER_IS_BETTER = ("bits_per_byte", "bpb", "perplexity", "loss")
 # Overrides that make replicas of one setting rather than settings of their own.
 REPLICA_KEYS = ("seed", "finetune.seed")
@@ -63,8 +66,11 @@ def headline(metrics: dict) -> tuple[str, float] | None:
     return name, float(numbers[name])
 
 
-def lower_is_better(metric: str) -> bool:
-    return any(word in metric for word in _LOWER_IS_BETTER)
+def lower_is_better(score: dict) -> bool:
+    """A task's score (`_scores`): lower is better as lm-eval declared it, else by its name."""
+    if score.get("higher_is_better") is not None:
+        return not score["higher_is_better"]
+    return any(word in score["metric"] for word in _LOWER_IS_BETTER)
 
 
 def collect(run: Path) -> dict:
@@ -75,7 +81,7 @@ def collect(run: Path) -> dict:
         if (run / ".hydra" / "overrides.yaml").exists() else []
     config = OmegaConf.load(run / ".hydra" / "config.yaml")
     stats = {stage: _read(run / stage / STATS) or {}
-             for stage in STAGES}
+             for stage in STAGES.in_order()}
     point = [o for o in overrides if not _not_a_setting(o.lstrip("+~").split("=")[0])]
     wandb_id = (run / "wandb_id").read_text().strip() if (run / "wandb_id").exists() else None
     listed = OmegaConf.select(config, "stages", default=None) or DEFAULT_STAGES
@@ -87,7 +93,7 @@ def collect(run: Path) -> dict:
                    or "(defaults)",
         "unfinished": [stage for stage in listed if not is_done(run / stage)],
         # stage -> the version that wrote it: rows of other versions are not pooled
-        "versions": {stage: stats[stage].get("stage_version") for stage in STAGES
+        "versions": {stage: stats[stage].get("stage_version") for stage in STAGES.in_order()
                      if stats[stage]},
         "replica": " ".join(o for o in point if o.split("=")[0] in REPLICA_KEYS),
         "votes": OmegaConf.select(config, "voting.k", default=None),
@@ -128,9 +134,13 @@ def _scores(run: Path, eval_stats: dict) -> dict:
         for task, metrics in tasks.items():
             picked = headline(metrics)
             if picked:
-                entry = scores.setdefault(task, {"metric": picked[0], "per_doc": {},
-                                                 "docs": (eval_stats.get("n_samples") or {})
-                                                 .get(task)})
+                results = _read(run / "evaluate" / label / "results.json") or {}
+                declared = (task, picked[0].partition(",")[0]) in \
+                    metrics_lower_is_better({label: results})
+                entry = scores.setdefault(task, {
+                    "metric": picked[0], "per_doc": {},
+                    "higher_is_better": (not declared) if "higher_is_better" in results else None,
+                    "docs": (eval_stats.get("n_samples") or {}).get(task)})
                 entry[label] = picked[1]
                 entry["per_doc"][label] = per_document(
                     run / "evaluate" / label / f"samples_{task}.jsonl", picked[0])
@@ -251,18 +261,18 @@ def table(rows: list[dict]) -> tuple[list[str], list[list[str]], list[str]]:
     """Header, cells and footnotes of one study's paper table; best fine-tuned mean in bold."""
     summary = summarize(rows)
     tasks = sorted({t for r in rows for t in r["scores"]})
-    metric = {t: next(r["scores"][t]["metric"] for r in rows if t in r["scores"]) for t in tasks}
+    score = {t: next(r["scores"][t] for r in rows if t in r["scores"]) for t in tasks}
+    lower = {t: lower_is_better(score[t]) for t in tasks}
     header = ["setting", "n", "examples"]  # the pairs each fine-tune trained on
     for task in tasks:
-        arrow = "↓" if lower_is_better(metric[task]) else "↑"
-        header += [f"{task} {metric[task]} {arrow}", "Δ vs base"]
+        header += [f"{task} {score[task]['metric']} {'↓' if lower[task] else '↑'}", "Δ vs base"]
     header.append("W&B runs")
     best = {}
     for task in tasks:
         means = [line["cells"][task]["mean"] for line in settings_of(summary)
                  if task in line["cells"]]
         if len(means) > 1:
-            best[task] = min(means) if lower_is_better(metric[task]) else max(means)
+            best[task] = min(means) if lower[task] else max(means)
     cells = []
     for line in summary:
         row = [row_label(line, summary), str(line["n"]), _fmt(line["examples"] or None)]
@@ -288,7 +298,7 @@ def row_label(line: dict, summary: list[dict]) -> str:
 
 def mixed_versions(rows: list[dict]) -> list[str]:
     """The stages that runs of one study wrote with different stage versions."""
-    return [stage for stage in STAGES
+    return [stage for stage in STAGES.in_order()
             if len({r["versions"][stage] for r in rows if r["versions"].get(stage)}) > 1]
 
 

@@ -4,14 +4,16 @@ or take its time over each (COUNTING_DELAY_S), so that two processes overlap."""
 from __future__ import annotations
 
 import os
+import sys
 import time
 
 from omegaconf import OmegaConf
 
 from crescent.cache import Stage
 from crescent.infra.io import JsonlAppender, read_jsonl, write_json
+from crescent.registry import STAGES
 
-STAGE = Stage("counting", ("n",))
+STAGE = Stage("counting", ("n",), outputs=("items.jsonl",))
 N = 10
 
 
@@ -31,3 +33,6 @@ def run(cfg, run_dir):
             items.write({"id": i})
     write_json(out / "stats.json", {"items": n, "resumed_from": len(have)})
     return out
+
+
+STAGES.register(STAGE.name)(sys.modules[__name__])  # a stage from outside is its module

@@ -26,8 +26,9 @@ class RecordingTracker(Tracker):
 
 
 @pytest.fixture
-def counting(monkeypatch):
-    monkeypatch.setitem(cache.STAGES, "counting", "tests.counting_stage")
+def counting():
+    import tests.counting_stage  # noqa: F401  (registers the stage)
+
     return OmegaConf.create({"stages": ["counting"]})
 
 
@@ -88,7 +89,9 @@ def test_unknown_stage_fails_before_any_stage_runs(counting, tmp_path):
 
 
 def test_unimplemented_stage_says_so(monkeypatch, tmp_path):
-    monkeypatch.setitem(cache.STAGES, "later", "crescent.not_written_yet")
+    from crescent.registry import STAGES
+
+    monkeypatch.setitem(STAGES._builtins, "later", "crescent.not_written_yet")
     with pytest.raises(CrescentError, match="stage 'later' is not implemented yet"):
         pipeline.run_pipeline(OmegaConf.create({"stages": ["later"]}), tmp_path, Tracker())
 
@@ -103,9 +106,9 @@ def test_cli_error_is_one_line_and_nonzero(cli):
 
 
 @pytest.fixture
-def two_stages(monkeypatch):
-    monkeypatch.setitem(cache.STAGES, "counting", "tests.counting_stage")
-    monkeypatch.setitem(cache.STAGES, "summing", "tests.summing_stage")
+def two_stages():
+    import tests.counting_stage
+    import tests.summing_stage  # noqa: F401
 
 
 def _run(tmp_path, run, **cfg):
@@ -139,7 +142,7 @@ from crescent import cache, pipeline
 from crescent.infra import logs
 from crescent.infra.tracking import Tracker
 logs.setup()
-cache.STAGES["counting"] = "tests.counting_stage"
+import tests.counting_stage  # registers the stage
 cfg = OmegaConf.create({"stages": ["counting"], "n": 20, "cache_dir": sys.argv[2]})
 pipeline.run_pipeline(cfg, Path(sys.argv[1]), Tracker())
 """

@@ -35,7 +35,9 @@ CASES = {
                                    "finetune, evaluate"),
     "4 typo under +": (["+dedup.thresold=0.9"], "+dedup.thresold: not a config key (did you mean "
                                                 "dedup.threshold?); `+` adds keys only where the "
-                                                "schema is open: eval.limits, eval.models"),
+                                                "schema is open: stage_options, engine.options, domain.options, "
+                                                "dedup.options, voting.options, finetune.options, "
+                                                "eval.limits, eval.models"),
     "8 answers.input not UTF-8": (["stages=[answers,finetune]",
                                    "answers.input=latin1_questions.jsonl"],
                                   "latin1_questions.jsonl:2: not UTF-8 text (byte 27 of the line)"),

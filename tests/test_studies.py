@@ -58,7 +58,7 @@ def test_smoke_lr_sweep_shares_upstream_stages_and_reports(cli, tmp_path):
 
 def test_local_parallel_launcher_runs_the_points_in_joblib_processes(cli, tmp_path):
     # The cheapest real job: an instant test stage, added by a plug-in in each worker.
-    result = cli("-m", "hydra/launcher=local_parallel", "plugins=[tests.counting_plugin]",
+    result = cli("-m", "hydra/launcher=local_parallel", "plugins=[tests.counting_stage]",
                  "stages=[counting]", "logger=none", "seed=1,2")
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Joblib.Parallel(n_jobs=2" in result.stdout + result.stderr

@@ -11,7 +11,6 @@ Cache keys use these content hashes, never a machine path.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import os
 import shutil
@@ -22,7 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from crescent.errors import CrescentError
-from crescent.infra.io import FILE_MODE
+from crescent.infra.io import FILE_MODE, hash_file
 
 ENV = "CRESCENT_DATA"
 FETCH = "crescent-data fetch"
@@ -89,11 +88,7 @@ def _sha256_cached(path: str) -> str:
 
 @lru_cache(maxsize=64)
 def _sha256(path: str, size: int, mtime_ns: int) -> str:  # size, mtime: the cache's key
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
+    return hash_file(path).hexdigest()
 
 
 def fill_data_dir(cfg) -> None:

@@ -6,6 +6,7 @@ of its own), so the CLI prints it in one line; files get the process umask's per
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -68,6 +69,20 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def write_json(path: Path, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def hash_file(path: Path, digest=None):
+    """`digest` (a new sha256 by default) fed the file's bytes, a MiB at a time."""
+    digest = digest or hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            digest.update(block)
+    return digest
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """JSON Lines, one row a line, written atomically."""
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def read_json(path: Path) -> Any:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from crescent.errors import CrescentError
-from crescent.infra.io import umask_modes
+from crescent.infra.io import hash_file, umask_modes
 
 logger = logging.getLogger(__name__)
 
@@ -107,14 +107,6 @@ def part_paths(name: str) -> list[Path]:
     return paths
 
 
-def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def converted(name: str) -> Path:
     """The dense checkpoint of built-in model `name`, converted on first use."""
     target = converted_dir(name)
@@ -152,7 +144,7 @@ def _assemble(name: str, parts: list[Path], out: Path) -> Path:
     the pinned sha256."""
     expected = BUILTIN[name].sha256
     if len(parts) == 1:
-        got, path = file_sha256(parts[0]), parts[0]
+        got, path = hash_file(parts[0]).hexdigest(), parts[0]
     else:
         digest = hashlib.sha256()
         with open(out, "wb") as f:

@@ -9,7 +9,6 @@ log at the end, each written atomically.
 
 from __future__ import annotations
 
-import json
 import logging
 import shutil
 import time
@@ -24,12 +23,12 @@ from crescent.config import samples_per_question
 from crescent.errors import CrescentError
 from crescent.infra.io import (
     JsonlAppender,
-    atomic_write_text,
     numbered_jsonl,
     read_json,
     read_jsonl,
     resume_jsonl,
     write_json,
+    write_jsonl,
 )
 from crescent.methods.dataset_card import write_card
 from crescent.methods.preferences import preference_pairs
@@ -45,6 +44,8 @@ SAMPLES_ENTRY = Stage("samples", ("seed", "model", "engine", "domain", "answers"
                       added=("answers.limit",))
 # Version 2: preference pairs (prefs.jsonl, the dataset's `prefs` split) beside the SFT data.
 STAGE = Stage("answers", ("domain", "voting"), upstream="samples", version=2,
+              outputs=("qa.jsonl", "sft.jsonl", "prefs.jsonl", "votes.jsonl", "samples.jsonl",
+                       "dataset"),
               entries=(SAMPLES_ENTRY,), added=("voting.rule", "voting.shuffle_labels",
                                                        "voting.gold_control"),
               generates=True)
@@ -83,8 +84,10 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
 
     out = Path(run_dir) / STAGE.name
     k_max = samples_per_question(cfg)  # also: voting.k <= answers.samples, or a clear error
-    questions = load_questions(Path(cfg.answers.input) if cfg.answers.input else
-                               Path(run_dir) / "questions" / QUESTIONS, cfg.answers.limit)
+    source = cache.provider(cfg, SAMPLES_ENTRY.name)
+    questions = load_questions(
+        Path(cfg.answers.input) if source is None else
+        cache.input_path(cfg, run_dir, SAMPLES_ENTRY.name, QUESTIONS), cfg.answers.limit)
     answers = answer_format(cfg.domain.answer_type)
     # With the cache on, the samples are drawn into their own entry and linked here;
     # otherwise they are drawn here.
@@ -96,7 +99,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     voted = [revote(cfg, r, answers) for r in records]
     if cfg.voting.match_kept_of_k is not None:
         voted = cap_to_match(cfg, records, voted, answers)
-    _write_jsonl(out / VOTES, [{k: v for k, v in r.items() if k not in ("samples", "extracted")}
+    write_jsonl(out / VOTES, [{k: v for k, v in r.items() if k not in ("samples", "extracted")}
                                for r in voted])
     pairs = [pair for r in voted for pair in preference_pairs(
         r, cfg.voting.pairs, cfg.voting.drop_truncated, answers)]
@@ -383,9 +386,9 @@ def write_datasets(out: Path, qa: list[dict], pairs: list[dict]) -> None:
 
     sft = [{"messages": [{"role": "user", "content": q["question"]},
                          {"role": "assistant", "content": q["response"]}]} for q in qa]
-    _write_jsonl(out / QA, qa)
-    _write_jsonl(out / SFT, sft)
-    _write_jsonl(out / PREFS, pairs)
+    write_jsonl(out / QA, qa)
+    write_jsonl(out / SFT, sft)
+    write_jsonl(out / PREFS, pairs)
 
     rows = [{"id": str(q["id"]), "question": q["question"], "answer": q["answer"],
              "agreement": q["agreement"], "messages": s["messages"]} for q, s in zip(qa, sft)]
@@ -445,10 +448,6 @@ def agreement_histogram(answered: list[dict], k: int) -> dict[str, int]:
     """Questions by how many of the k samples agreed with the plurality answer."""
     counts = Counter(max(r["votes"].values(), default=0) for r in answered)
     return {f"{v}/{k}": counts.get(v, 0) for v in range(k + 1)}
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def _mean(values: list[float]):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from crescent import cache
 from crescent.cache import STATS, Stage
 from crescent.errors import CrescentError
 from crescent.infra.io import atomic_write_text, read_jsonl, write_json
@@ -28,8 +29,9 @@ from crescent.infra.io import atomic_write_text, read_jsonl, write_json
 logger = logging.getLogger(__name__)
 
 # Re-votes the samples entry: the floors and k are swept here, so they stay out of the key.
-STAGE = Stage("audit", ("domain.answer_type", "voting.rule", "voting.tie_break",
-                        "voting.drop_truncated"), upstream="samples")
+STAGE = Stage("audit", ("domain.answer_type", "domain.options", "voting.rule",
+                        "voting.options", "voting.tie_break", "voting.drop_truncated"),
+              upstream="samples")
 AUDIT = "audit.json"
 TABLE = "audit.md"
 PLOT = "audit.png"
@@ -71,7 +73,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     from crescent.stages.answers import NOT_SAMPLED, SAMPLES
 
     out = Path(run_dir) / STAGE.name
-    samples = Path(run_dir) / "answers" / SAMPLES
+    samples = cache.input_path(cfg, run_dir, STAGE.name, SAMPLES)
     if not samples.is_file():
         raise CrescentError(f"audit: {samples} not found: run the answers stage first")
     golds, reader = gold_answers(cfg), answer_format(cfg.domain.answer_type)

@@ -62,10 +62,15 @@ from crescent.stages import finetune
 logger = logging.getLogger(__name__)
 
 # The base model's scores: the same for every sweep point that fine-tunes the same student.
+# eval.data_dir is a machine path: the data's hashes stand for it; eval.include_path's task
+# files count by their content.
+_TASK_DIRS = {"eval.include_path": lambda cfg: [
+    cache.content_hash(Path(d), "eval.include_path") for d in cfg.eval.include_path]}
 BASE_ENTRY = Stage("evaluate_base", ("student", "engine", "eval"), version=1, data="*",
-                   exclude=("eval.data_dir",))  # a machine path: the data's hashes stand for it
+                   exclude=("eval.data_dir",), resolved=_TASK_DIRS, added=("eval.include_path",))
 STAGE = Stage("evaluate", ("model", "engine", "eval"), upstream="finetune", version=1, data="*",
-              exclude=("eval.data_dir",), entries=(BASE_ENTRY,))
+              exclude=("eval.data_dir",), resolved=_TASK_DIRS, added=("eval.include_path",),
+              entries=(BASE_ENTRY,))
 TASKS_SRC = Path(__file__).resolve().parents[1] / "tasks"
 SHIPPED_DATA_DIR = "../shared/data"  # where the shipped YAMLs' data_files point
 
@@ -90,7 +95,7 @@ def preflight(cfg: DictConfig) -> None:
     if not tasks:
         raise CrescentError("eval.tasks: no tasks given")
     with tempfile.TemporaryDirectory() as tmp:
-        shipped = render_tasks(data_dir(cfg.eval.data_dir), Path(tmp))[1]
+        shipped = render_tasks(data_dir(cfg.eval.data_dir), Path(tmp), cfg.eval.include_path)[1]
     check_data(tasks, shipped)
     unknown = [task for task in tasks if task not in shipped]
     if unknown:  # indexing lm-eval's own tasks takes ~20 s: only when one is named
@@ -119,7 +124,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     tasks = list(cfg.eval.tasks)
     from crescent.infra.data import data_dir
 
-    tasks_dir, needs = render_tasks(data_dir(cfg.eval.data_dir), out / "tasks")
+    tasks_dir, needs = render_tasks(data_dir(cfg.eval.data_dir), out / "tasks",
+                                    cfg.eval.include_path)
     check_data(tasks, needs)
     models = models_to_score(cfg, Path(run_dir))
 
@@ -184,22 +190,29 @@ def _shared_base(cfg: DictConfig, run_dir: Path) -> cache.Entry | None:
 # ------------------------------------------------------------------ tasks and data
 
 
-def render_tasks(data_dir: str | Path, dest: Path) -> tuple[Path, dict[str, list[Path]]]:
-    """Copy the shipped task YAMLs (and their utils.py) to `dest`, data_files rewritten to
-    absolute paths under `data_dir`. Returns `dest` and the data files each task reads."""
+def render_tasks(data_dir: str | Path, dest: Path, include: list[str] = ()
+                 ) -> tuple[Path, dict[str, list[Path]]]:
+    """Copy the shipped task YAMLs (and their utils.py), then those of every `include` dir
+    (`eval.include_path`: a domain's own tasks, their .py files too), to `dest`, data_files
+    rewritten to absolute paths under `data_dir`. Returns `dest` and the data files each task
+    reads."""
     data_dir = Path(data_dir).expanduser().absolute()
     dest.mkdir(parents=True, exist_ok=True)
     needs: dict[str, list[Path]] = {}
-    for src in sorted(TASKS_SRC.glob("*.yaml")):
-        text = src.read_text(encoding="utf-8")
-        files = [data_dir / rel for rel in _DATA_FILE.findall(text)]
-        # A JSON string is a valid YAML double-quoted scalar, whatever the path holds.
-        text = _DATA_FILE.sub(lambda m: json.dumps(str(data_dir / m.group(1))), text)
-        name = _TASK_NAME.search(text)
-        if name:
-            needs[name.group(1)] = files
-        atomic_write_text(dest / src.name, text)
-    shutil.copyfile(TASKS_SRC / "utils.py", dest / "utils.py")
+    for folder in (TASKS_SRC, *map(Path, include)):
+        if not folder.is_dir():
+            raise CrescentError(f"eval.include_path: {folder} is not a directory")
+        for src in sorted(folder.glob("*.yaml")):
+            text = src.read_text(encoding="utf-8")
+            files = [data_dir / rel for rel in _DATA_FILE.findall(text)]
+            # A JSON string is a valid YAML double-quoted scalar, whatever the path holds.
+            text = _DATA_FILE.sub(lambda m: json.dumps(str(data_dir / m.group(1))), text)
+            name = _TASK_NAME.search(text)
+            if name:
+                needs[name.group(1)] = files
+            atomic_write_text(dest / src.name, text)
+        for code in sorted(folder.glob("*.py")):
+            shutil.copyfile(code, dest / code.name)
     return dest, needs
 
 
@@ -239,7 +252,7 @@ def models_to_score(cfg: DictConfig, run_dir: Path) -> dict[str, str]:
     if cfg.eval.models:
         return _named_models(cfg, resolve_model)
     models = {BASE: resolve_model(cfg.student.name)}
-    finetuned = run_dir / finetune.STAGE.name / finetune.MODEL_DIR
+    finetuned = cache.input_path(cfg, run_dir, STAGE.name, finetune.MODEL_DIR)
     if (finetuned / "config.json").is_file():
         models[FINETUNED] = str(finetuned.resolve())
     else:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from crescent import cache
 from crescent.cache import STATS, Stage
 from crescent.errors import CrescentError
 from crescent.infra.io import read_json, read_jsonl, write_json
@@ -32,7 +33,7 @@ logger = logging.getLogger(__name__)
 
 # finetune.seed lives in the finetune group: replicas of a fine-tune share the data above.
 STAGE = Stage("finetune", ("seed", "student", "finetune"), upstream="answers",
-              input_key="finetune.input", version=1, distributed=True,
+              input_key="finetune.input", outputs=("model",), version=1, distributed=True,
               added=("finetune.objective", "finetune.init", "finetune.beta", "finetune.margin_weight",
                      "finetune.sft_weight"))
 MODEL_DIR = "model"  # the trained student, a Hugging Face save_pretrained dir
@@ -47,7 +48,7 @@ def preflight(cfg: DictConfig) -> None:
     from crescent.infra.models import check_model
 
     check_model(cfg.student.name)
-    if cfg.finetune.input:
+    if cfg.finetune.input and cache.provider(cfg, STAGE.name) is None:  # a file, not a stage
         from crescent.registry import OBJECTIVES
 
         OBJECTIVES.get(cfg.finetune.objective).load_examples(Path(cfg.finetune.input))
@@ -68,7 +69,7 @@ def train(cfg: DictConfig, run_dir: Path, out: Path, start: str) -> Path:
 
     f = cfg.finetune
     objective = OBJECTIVES.get(f.objective)
-    input_path = _check_input(f, run_dir, objective.input_file)
+    input_path = _check_input(cfg, run_dir, objective.input_file)
     if (out / MODEL_DIR / "config.json").is_file() and (out / STATS).is_file():
         return out  # trained and saved; only the DONE marker was missing
     started = time.time()
@@ -111,7 +112,6 @@ def _initial_model(cfg: DictConfig, run_dir: Path) -> str:
     own finetune entry, so a study's SFT row and its SFT-then-DPO row train it once."""
     from omegaconf import OmegaConf
 
-    from crescent import cache
     from crescent.config import FinetuneConfig
     from crescent.registry import OBJECTIVES
 
@@ -121,6 +121,7 @@ def _initial_model(cfg: DictConfig, run_dir: Path) -> str:
     first = OmegaConf.merge(cfg, {"finetune": {
         "objective": cfg.finetune.init, "init": None, "input": None,
         **{key: getattr(FinetuneConfig(), key) for key in own}}})
+    first.finetune.options = OBJECTIVES.options(cfg.finetune.init, {})  # the init's own, not ours
     entry = cache.entry(first, run_dir, STAGE.name)
     if entry is None:  # the cache is off: it lives in this stage dir
         where = run_dir / STAGE.name / f"init_{cfg.finetune.init}"
@@ -141,9 +142,14 @@ def _initial_model(cfg: DictConfig, run_dir: Path) -> str:
 # ------------------------------------------------------------------------------------- steps
 
 
-def _check_input(f: DictConfig, run_dir: Path, default: str) -> Path:
-    """`finetune.input`, or the answers stage's `default` file of this run; it must exist."""
-    input_path = Path(f.input) if f.input else run_dir / "answers" / default
+def _check_input(cfg: DictConfig, run_dir: Path, default: str) -> Path:
+    """`finetune.input` (a file), or the objective's `default` file of the stage it reads in
+    this run (the answers stage, a filter listed before it, or the stage `finetune.input`
+    names); it must exist."""
+    if cache.provider(cfg, STAGE.name) is None:
+        input_path = Path(cfg.finetune.input)
+    else:
+        input_path = cache.input_path(cfg, run_dir, STAGE.name, default)
     if not input_path.exists():
         raise CrescentError(f"finetune.input: {input_path}: no such file or directory")
     return input_path

@@ -36,7 +36,7 @@ from crescent.methods.cleaning import clean_question
 logger = logging.getLogger(__name__)
 
 STAGE = Stage("questions", ("seed", "model", "engine", "domain", "dedup", "questions"),
-              version=2, generates=True)
+              outputs=("questions.jsonl", "rejected.jsonl"), version=2, generates=True)
 QUESTIONS = "questions.jsonl"  # accepted, numbered by id
 REJECTED = "rejected.jsonl"  # every rejected candidate, with its reason
 
@@ -205,10 +205,13 @@ def _decide(cfg, block: list[tuple[int, str]], state: _State, embedder, index) -
     """Clean, then accept or reject each candidate of a block against the index and the block,
     in order, until `target`; queue a rewrite for each duplicate. Returns how many were
     accepted."""
+    from crescent.domains import answer_format
     from crescent.methods.dedup import decide
 
     qcfg = cfg.questions
-    cleaned = [(c, raw, *clean_question(raw, cfg.domain.max_question_chars)) for c, raw in block]
+    # A domain's own cleaning, where its answer format brings one (choices a question lists).
+    clean = getattr(answer_format(cfg.domain.answer_type), "clean_question", clean_question)
+    cleaned = [(c, raw, *clean(raw, cfg.domain.max_question_chars)) for c, raw in block]
     texts = [text for _, _, text, reason in cleaned if not reason]
     if index is None or not texts:
         decided, vectors = [None] * len(texts), None
