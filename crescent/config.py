@@ -157,7 +157,7 @@ class QuestionsConfig:
 
 @dataclass
 class AnswersConfig:
-    input: str | None = None  # questions.jsonl to answer; default: this run's questions stage. ${data:gsm8k/train.jsonl} names a benchmark file
+    input: str | None = None  # questions.jsonl to answer, or a stage's name; default: this run's questions stage. ${data:gsm8k/train.jsonl} names a benchmark file
     limit: int | None = None  # answer only the input's first N questions; None: all
     samples: int | None = None  # k_max: samples drawn per question (cached); the vote uses the first voting.k; None: voting.k
     decontaminate: list[str] = field(  # benchmark test sets (JSON Lines in the benchmark data dir)
@@ -175,7 +175,7 @@ class FinetuneConfig:
     objective: str = "sft"  # training objective (crescent/objectives/): sft, dpo, or a plug-in's
     options: dict[str, Any] = field(default_factory=dict)  # a plug-in objective's own settings
     init: str | None = None  # start from this config's fine-tune with that objective (sft: SFT then DPO); null: the student
-    input: str | None = None  # sft.jsonl or a `datasets` save_to_disk dir; default: answers/sft.jsonl
+    input: str | None = None  # sft.jsonl or a `datasets` save_to_disk dir, or a stage's name (its files); default: the answers stage's (or a filter's listed before finetune)
     max_examples: int | None = None  # train on the input's first N conversations; None: all
     fraction: float = 1.0  # then train on the first share of them (a data-volume point: 0.25, 0.5)
     seed: int | None = None  # shuffle, validation split and LoRA init; None: the run seed (a replica key that leaves the data cached)

@@ -134,7 +134,7 @@ COT, EXACT = "crescent_gsm8k_cot_zeroshot", "exact_match,flexible-extract"
 
 def accuracy_pair(docs: int) -> dict:
     from crescent.intervals import bootstrap
-    from crescent.report import per_document
+    from crescent.report.runs import per_document
 
     right, seconds = {}, {}
     for dtype in DTYPES:

@@ -8,6 +8,7 @@ import math
 import pytest
 
 from crescent import report
+from crescent.report import runs, tables
 
 
 def _run(root, point, k, bpb_tuned, acc_tuned, kept):
@@ -65,8 +66,8 @@ def test_replicas_pool_into_one_row_with_t_intervals(tmp_path):
     for run in tmp_path.iterdir():  # the dir name above is one override: split it
         overrides = run / ".hydra" / "overrides.yaml"
         overrides.write_text(overrides.read_text().replace(",finetune.seed", "\n- finetune.seed"))
-    rows = [report.collect(run) for run in report.find_runs([tmp_path])]
-    summary = report.summarize(rows)
+    rows = [runs.collect(run) for run in runs.find_runs([tmp_path])]
+    summary = tables.summarize(rows)
     assert [line["n"] for line in summary] == [1, 1, 3]
     tuned = [0.90, 0.86, 0.95]
     mean = sum(tuned) / 3
@@ -75,7 +76,7 @@ def test_replicas_pool_into_one_row_with_t_intervals(tmp_path):
     cell, delta = summary[2]["cells"]["bpb"], summary[2]["deltas"]["bpb"]
     assert cell["mean"] == pytest.approx(mean) and cell["half"] == pytest.approx(half)
     assert delta["mean"] == pytest.approx(mean - 1.0) and delta["half"] == pytest.approx(half)
-    _, cells, _ = report.table(rows)
+    _, cells, _ = tables.table(rows)
     assert cells[2][:4] == ["finetune.lr=1e-5", "3", "10", f"{mean:.4f} ± {half:.4f}"]
     assert cells[2][4] == f"{mean - 1:+.4f} ± {half:.4f}"
 
@@ -101,8 +102,8 @@ def test_a_filtered_metric_reads_its_filters_rows_of_the_sample_log(tmp_path):
                             (0, "strict-match", 0.0), (0, "flexible-extract", 0.0),
                             (2, "strict-match", 1.0), (2, "flexible-extract", 1.0)]]
     log.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert report.per_document(log, "exact_match,flexible-extract") == [0.0, 1.0, 1.0]
-    assert report.per_document(log, "exact_match,strict-match") == [0.0, 0.0, 1.0]
+    assert runs.per_document(log, "exact_match,flexible-extract") == [0.0, 1.0, 1.0]
+    assert runs.per_document(log, "exact_match,strict-match") == [0.0, 0.0, 1.0]
 
 
 def test_a_replica_still_running_is_not_counted(tmp_path):
@@ -164,8 +165,8 @@ def test_models_scored_as_they_are_get_one_base_row_each(tmp_path):
         (run / "evaluate" / "metrics.json").write_text(json.dumps(
             {"base": {"gsm": {"exact_match": accuracy}}}))
     report.main([str(tmp_path)])
-    rows = [report.collect(run) for run in report.find_runs([tmp_path])]
-    summary = report.summarize(rows)
+    rows = [runs.collect(run) for run in runs.find_runs([tmp_path])]
+    summary = tables.summarize(rows)
     assert [(line["setting"], line["cells"]["gsm"]["mean"]) for line in summary] == [
         ("base: larger-model", 0.3), ("base: small-model", 0.02)]
     md = (tmp_path / "report" / "report.md").read_text()
@@ -182,9 +183,9 @@ def test_a_run_resumed_with_other_stages_stays_its_row_and_replica(tmp_path):
     resumed = tmp_path / "finetune.seed=2" / ".hydra" / "overrides.yaml"
     resumed.write_text(resumed.read_text() + "- stages=[evaluate]\n- verbose=true\n"
                        "- hydra.run.dir=elsewhere\n")
-    rows = [report.collect(run) for run in report.find_runs([tmp_path])]
+    rows = [runs.collect(run) for run in runs.find_runs([tmp_path])]
     assert [row["setting"] for row in rows] == ["(defaults)", "(defaults)"]
-    assert [line["n"] for line in report.summarize(rows)] == [1, 2]  # the base row, the pooled one
+    assert [line["n"] for line in tables.summarize(rows)] == [1, 2]  # the base row, the pooled one
 
 
 def test_settings_are_paired_with_base_and_a_named_setting_document_by_document(tmp_path):

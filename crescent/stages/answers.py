@@ -61,7 +61,7 @@ PREFS = "prefs.jsonl"  # preference pairs from the same votes: a winner chosen, 
 def preflight(cfg: DictConfig) -> None:
     """Before any stage: the benchmark test sets are there, and `answers.input` reads."""
     benchmark_files(cfg)
-    if cfg.answers.input:
+    if cfg.answers.input and cache.provider(cfg, SAMPLES_ENTRY.name) is None:  # a file
         load_questions(Path(cfg.answers.input), cfg.answers.limit)
     if cfg.voting.gold_control and not Path(cfg.voting.gold_control).is_file():
         raise CrescentError(f"voting.gold_control: {cfg.voting.gold_control}: no such file")

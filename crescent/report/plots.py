@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from crescent.report import row_label, settings_of, summarize
+from crescent.report.tables import row_label, settings_of, summarize
 
 
 def _err(cell: dict) -> float:

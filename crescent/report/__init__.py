@@ -1,0 +1,89 @@
+"""`crescent-report <run or multirun dir>...`: paper tables and plots from finished runs.
+
+Every run under the given dirs is read back (`runs.py`: overrides, funnel, scores per document
+and each metric's direction as lm-eval declared it); runs that differ only in a replica key are
+replicas of one setting; one table per study, as in a paper's main table, in Markdown and LaTeX,
+with each setting paired against the base (and `--against` another setting) document by
+document (`tables.py`); PNG plots with error bars (`plots.py`: funnel, score per setting, score
+against data volume or votes when a study varies them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+from crescent.errors import CrescentError
+from crescent.report.runs import collect, find_runs
+from crescent.report.tables import (
+    audit_section,
+    latex,
+    markdown,
+    paired,
+    paired_markdown,
+    summarize,
+    table,
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="crescent-report", description=__doc__.splitlines()[0])
+    parser.add_argument("dirs", nargs="+", type=Path, help="run or multirun directories")
+    parser.add_argument("--out", type=Path, help="where to write (default: <first dir>/report)")
+    parser.add_argument("--against", metavar="SETTING",
+                        help="also pair every setting with this one, document by document "
+                             "(e.g. setting=no_vote); every setting is paired with the base")
+    args = parser.parse_args(argv)
+    for d in args.dirs:
+        if not d.is_dir():
+            sys.exit(f"crescent-report: error: {d} is not a directory")
+    runs = find_runs(args.dirs)
+    if not runs:
+        sys.exit(f"crescent-report: error: no runs (dirs with .hydra/) under "
+                 f"{', '.join(map(str, args.dirs))}")
+    out = args.out or args.dirs[0] / "report"
+    out.mkdir(parents=True, exist_ok=True)
+
+    from crescent.report.plots import plots  # matplotlib: only when writing
+
+    studies = defaultdict(list)
+    try:
+        for run in runs:
+            row = collect(run)
+            studies[row["study"]].append(row)
+    except CrescentError as e:
+        sys.exit(f"crescent-report: error: {e}")
+    md, tex = [], []
+    summaries, pairs = {}, {}
+    for study, rows in studies.items():
+        audited = [r for r in rows if r["audit"]]
+        if audited:
+            md.append(audit_section(study, audited, out))
+        if audited and not any(r["scores"] for r in rows):
+            continue  # an audit study scores no model: no score table
+        header, cells, notes = table(rows)
+        summaries[study] = summarize(rows)
+        md.append(f"## {study}\n\n{markdown(header, cells)}\n"
+                  + "".join(f"- {note}\n" for note in notes))
+        pairs[study] = paired(rows, args.against)
+        if pairs[study]:
+            md.append(f"### {study}: paired over documents\n\n{paired_markdown(pairs[study])}\n"
+                      "Each setting's per-document score is averaged over its replicas; the "
+                      "interval resamples the documents (the benchmark's sample), not the "
+                      "training seeds.\n")
+        tex.append(f"% {study}\n{latex(header, cells)}" + "".join(f"% {n}\n" for n in notes))
+        for path in plots(study, rows, out):
+            md.append(f"![{path.stem}]({path.name})\n")
+    (out / "report.md").write_text("\n".join(md))
+    (out / "report.tex").write_text("\n".join(tex))
+    for rows in studies.values():  # per-document scores stay in the run dirs
+        for r in rows:
+            for score in r["scores"].values():
+                score.pop("per_doc", None)
+    (out / "report.json").write_text(json.dumps({"runs": studies, "tables": summaries, "paired": pairs},
+                                                indent=2) + "\n")
+    print("\n".join(md))
+    print(f"crescent-report: {len(runs)} runs -> {out}/report.md, report.tex, report.json")

@@ -1,0 +1,5 @@
+"""`python -m crescent.report`, as `crescent-report`."""
+
+from crescent.report import main
+
+main()

@@ -1,0 +1,150 @@
+"""Runs read back for crescent-report: every Hydra job dir under the given dirs (found by its
+`.hydra/` folder) is one run: its sweep overrides, the question funnel from the stages'
+`stats.json`, and per task the headline metric of the base and the fine-tuned model from
+`evaluate/metrics.json` (the base's scores come from the shared base-score cache entry that
+`evaluate/base` links to), its direction as lm-eval declared it, with the per-document scores
+lm-eval logged."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from crescent.cache import STATS, is_done
+from crescent.config import DEFAULT_STAGES
+from crescent.infra.io import read_json, read_jsonl
+from crescent.methods.metrics import lower_is_better as metrics_lower_is_better
+from crescent.registry import STAGES
+
+# Metrics where lower is better, for results that do not say (lm-eval writes each task's
+# `higher_is_better`, which `_scores` keeps); everything else is higher-is-better.
+_LOWER_IS_BETTER = ("bits_per_byte", "bpb", "perplexity", "loss")
+
+
+# Overrides that make replicas of one setting rather than settings of their own.
+REPLICA_KEYS = ("seed", "finetune.seed")
+
+
+# Overrides that change how a run ran, not what it produced: a run resumed with
+# `stages=[evaluate]` or `verbose=true` stays the row (and the replica) it was.
+NOT_A_SETTING = ("experiment", "stages", "cache_dir", "verbose", "accept_stale", "name")
+
+
+NOT_A_SETTING_GROUPS = ("logger", "hydra")  # these keys and every key under them
+
+
+def find_runs(dirs: list[Path]) -> list[Path]:
+    runs = []
+    for top in dirs:
+        for root, subdirs, _ in os.walk(top):  # links into the cache are not followed
+            if ".hydra" in subdirs:
+                runs.append(Path(root))
+                subdirs.clear()
+    return sorted(runs)
+
+
+def _read(path: Path):
+    return read_json(path) if path.is_file() else None
+
+
+def headline(metrics: dict) -> tuple[str, float] | None:
+    """The metric a table shows for a task: the first non-stderr number, by name."""
+    numbers = {k: v for k, v in metrics.items()
+               if isinstance(v, (int, float)) and "stderr" not in k}
+    if not numbers:
+        return None
+    name = min(numbers)
+    return name, float(numbers[name])
+
+
+def lower_is_better(score: dict) -> bool:
+    """A task's score (`_scores`): lower is better as lm-eval declared it, else by its name."""
+    if score.get("higher_is_better") is not None:
+        return not score["higher_is_better"]
+    return any(word in score["metric"] for word in _LOWER_IS_BETTER)
+
+
+def collect(run: Path) -> dict:
+    """One run: what it varied, its funnel, its scores (with their per-document values)."""
+    from omegaconf import OmegaConf
+
+    overrides = OmegaConf.load(run / ".hydra" / "overrides.yaml") \
+        if (run / ".hydra" / "overrides.yaml").exists() else []
+    config = OmegaConf.load(run / ".hydra" / "config.yaml")
+    stats = {stage: _read(run / stage / STATS) or {}
+             for stage in STAGES.in_order()}
+    point = [o for o in overrides if not _not_a_setting(o.lstrip("+~").split("=")[0])]
+    wandb_id = (run / "wandb_id").read_text().strip() if (run / "wandb_id").exists() else None
+    listed = OmegaConf.select(config, "stages", default=None) or DEFAULT_STAGES
+    return {
+        "run": str(run),
+        "study": OmegaConf.select(config, "name", default=run.parent.name),
+        "point": " ".join(point) or "(defaults)",
+        "setting": " ".join(o for o in point if o.split("=")[0] not in REPLICA_KEYS)
+                   or "(defaults)",
+        "unfinished": [stage for stage in listed if not is_done(run / stage)],
+        # stage -> the version that wrote it: rows of other versions are not pooled
+        "versions": {stage: stats[stage].get("stage_version") for stage in STAGES.in_order()
+                     if stats[stage]},
+        "replica": " ".join(o for o in point if o.split("=")[0] in REPLICA_KEYS),
+        "votes": OmegaConf.select(config, "voting.k", default=None),
+        "eval_limits": _eval_limits(config),
+        "funnel": {
+            "candidates": stats["questions"].get("candidates"),
+            "questions": stats["questions"].get("accepted"),
+            "answered": stats["answers"].get("answered"),
+            "kept": stats["answers"].get("kept"),
+        },
+        "examples": stats["finetune"].get("examples", stats["answers"].get("kept")),
+        "scores": _scores(run, stats["evaluate"]),
+        "reused": {k: v.get("reused") for k, v in (_read(run / "pipeline.json") or {}).items()},
+        "wandb_id": wandb_id,
+        "model": OmegaConf.select(config, "model.name", default=None),
+        "audit": _read(run / "audit" / "audit.json"),  # the vote audit, where a run made one
+    }
+
+
+def _not_a_setting(key: str) -> bool:
+    return key in NOT_A_SETTING or key.split(".")[0] in NOT_A_SETTING_GROUPS
+
+
+def _eval_limits(config) -> dict:
+    """task -> the documents limit its scores used (None: the full set), as evaluate sets it."""
+    from omegaconf import OmegaConf
+
+    limit = OmegaConf.select(config, "eval.limit", default=None)
+    per_task = OmegaConf.select(config, "eval.limits", default=None) or {}
+    return {task: per_task.get(task, limit)
+            for task in OmegaConf.select(config, "eval.tasks", default=None) or []}
+
+
+def _scores(run: Path, eval_stats: dict) -> dict:
+    """task -> {metric, docs, <label>: value, per_doc: {label: [value per document]}}."""
+    scores = {}
+    for label, tasks in (_read(run / "evaluate" / "metrics.json") or {}).items():
+        for task, metrics in tasks.items():
+            picked = headline(metrics)
+            if picked:
+                results = _read(run / "evaluate" / label / "results.json") or {}
+                declared = (task, picked[0].partition(",")[0]) in \
+                    metrics_lower_is_better({label: results})
+                entry = scores.setdefault(task, {
+                    "metric": picked[0], "per_doc": {},
+                    "higher_is_better": (not declared) if "higher_is_better" in results else None,
+                    "docs": (eval_stats.get("n_samples") or {}).get(task)})
+                entry[label] = picked[1]
+                entry["per_doc"][label] = per_document(
+                    run / "evaluate" / label / f"samples_{task}.jsonl", picked[0])
+    return scores
+
+
+def per_document(path: Path, metric: str) -> list:
+    """The metric's value per scored document (lm-eval's sample log), in document order.
+    `metric` may name a filter ("exact_match,flexible-extract"): the log then holds one row per
+    document and filter, each under the bare metric name."""
+    if not path.is_file():
+        return []
+    name, _, filtered_by = metric.partition(",")
+    rows = [r for r in read_jsonl(path)
+            if name in r and (not filtered_by or r.get("filter") == filtered_by)]
+    return [r[name] for r in sorted(rows, key=lambda r: r.get("doc_id", 0))]
