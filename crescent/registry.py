@@ -78,7 +78,6 @@ class Registry:
         from omegaconf.errors import OmegaConfBaseException
 
         where = where or self.options_key
-
         given = OmegaConf.to_container(given, resolve=True) if OmegaConf.is_config(given) \
             else dict(given or {})
         if not given and name not in self._options:
@@ -160,7 +159,13 @@ class StageRegistry(Registry):
     def get(self, name: str) -> Any:
         self.check(name)
         if name not in self._entries:
-            self._entries[name] = importlib.import_module(self._builtins[name])
+            path = self._builtins[name]
+            try:
+                self._entries[name] = importlib.import_module(path)
+            except ModuleNotFoundError as e:
+                if e.name != path:  # a missing dependency inside the stage: not ours to hide
+                    raise
+                raise CrescentError(f"stage {name!r} is not implemented yet") from None
         return self._entries[name]
 
     def in_order(self) -> list[str]:
