@@ -76,7 +76,7 @@ class ModelConfig:
 
 @dataclass
 class EngineConfig:
-    name: str = "vllm"  # backend (crescent/engines/): vllm (offline, one request at a time), ray_vllm (vLLM replicas on Ray), hf (transformers generate), openai (servers), or a plug-in's
+    name: str = "vllm"  # backend (crescent/engines/): vllm (offline, requests streamed), ray_vllm (vLLM replicas on Ray), hf (transformers generate), openai (servers), or a plug-in's
     batch_size: int = 256  # samples in flight (all replicas together; n samples of a question count n); hf: per generate call
     max_model_len: int = 2048  # context window given to the engine (prompt + completion tokens)
     enforce_eager: bool = True  # vllm: skip graph capture; starts far faster on CPU
