@@ -61,11 +61,11 @@ from crescent.stages import finetune
 
 logger = logging.getLogger(__name__)
 
-# The base model's scores: the same for every sweep point that fine-tunes the same student.
 # eval.data_dir is a machine path: the data's hashes stand for it; eval.include_path's task
 # files count by their content.
 _TASK_DIRS = {"eval.include_path": lambda cfg: [
     cache.content_hash(Path(d), "eval.include_path") for d in cfg.eval.include_path]}
+# The base model's scores: the same for every sweep point that fine-tunes the same student.
 BASE_ENTRY = Stage("evaluate_base", ("student", "engine", "eval"), version=1, data="*",
                    exclude=("eval.data_dir",), resolved=_TASK_DIRS, added=("eval.include_path",))
 STAGE = Stage("evaluate", ("model", "engine", "eval"), upstream="finetune", version=1, data="*",
