@@ -120,17 +120,20 @@ def _eval_limits(config) -> dict:
 
 def _scores(run: Path, eval_stats: dict) -> dict:
     """task -> {metric, docs, <label>: value, per_doc: {label: [value per document]}}."""
+    scored = _read(run / "evaluate" / "metrics.json") or {}
+    # Each metric's direction as lm-eval declared it in the models' results (None: undeclared).
+    results = {label: _read(run / "evaluate" / label / "results.json") or {} for label in scored}
+    declared = {task for r in results.values() for task in r.get("higher_is_better", {})}
+    lower = metrics_lower_is_better(results)
     scores = {}
-    for label, tasks in (_read(run / "evaluate" / "metrics.json") or {}).items():
+    for label, tasks in scored.items():
         for task, metrics in tasks.items():
             picked = headline(metrics)
             if picked:
-                results = _read(run / "evaluate" / label / "results.json") or {}
-                declared = (task, picked[0].partition(",")[0]) in \
-                    metrics_lower_is_better({label: results})
                 entry = scores.setdefault(task, {
                     "metric": picked[0], "per_doc": {},
-                    "higher_is_better": (not declared) if "higher_is_better" in results else None,
+                    "higher_is_better": (task, picked[0].partition(",")[0]) not in lower
+                    if task in declared else None,
                     "docs": (eval_stats.get("n_samples") or {}).get(task)})
                 entry[label] = picked[1]
                 entry["per_doc"][label] = per_document(
