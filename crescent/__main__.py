@@ -64,9 +64,13 @@ def config_error(e: Exception) -> str:
     key = getattr(cause, "full_key", None)
     if key:
         message = str(getattr(cause, "msg", cause)).splitlines()[0]
-        if "not in struct" in message and ".options." in f".{key}":
-            # A component's own setting is not in the schema until it is added.
-            return f"{key}: not set yet; a component's option is added with `+` (+{key}=...)"
+        if "not in struct" in message:
+            from crescent.overrides import open_dicts
+
+            # A key under an open dict (eval.limits, a component's options) is the user's to add.
+            parent = next((d for d in open_dicts() if key.startswith(f"{d}.")), None)
+            if parent:
+                return f"{key}: not set yet; a key under {parent} is added with `+` (+{key}=...)"
         return f"{key}: {message}"
     text = str(e).split("Config search path")[0]  # Hydra's list of where it looked
     return " ".join(line.strip() for line in text.splitlines() if line.strip())

@@ -31,7 +31,7 @@ def check_added_keys(overrides: list[str]) -> None:
             hint = f" (did you mean {near[0]}?)" if near else ""
             raise CrescentError(
                 f"+{key}: not a config key{hint}; `+` adds keys only where the schema is open: "
-                f"{', '.join(_open_dicts(schema))}")
+                f"{', '.join(open_dicts())}")
 
 
 def _declared(node, parts: list[str]) -> bool:
@@ -54,5 +54,7 @@ def _keys(node, prefix: str = "") -> list[str]:
     return keys
 
 
-def _open_dicts(schema) -> list[str]:
+def open_dicts() -> list[str]:
+    """The schema's open dicts: keys under them are added with `+` (`eval.limits`, options)."""
+    schema = OmegaConf.structured(Config)
     return [k for k in _keys(schema) if OmegaConf.get_type(OmegaConf.select(schema, k)) is dict]

@@ -38,6 +38,10 @@ CASES = {
                                                 "schema is open: stage_options, engine.options, domain.options, "
                                                 "dedup.options, voting.options, finetune.options, "
                                                 "eval.limits, eval.models"),
+    "4 open-dict key without +": (["eval.limits.crescent_gsm8k=3"],
+                                  "eval.limits.crescent_gsm8k: not set yet; a key under "
+                                  "eval.limits is added with `+` "
+                                  "(+eval.limits.crescent_gsm8k=...)"),
     "8 answers.input not UTF-8": (["stages=[answers,finetune]",
                                    "answers.input=latin1_questions.jsonl"],
                                   "latin1_questions.jsonl:2: not UTF-8 text (byte 27 of the line)"),
