@@ -17,6 +17,7 @@ reuses every entry.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -381,7 +382,7 @@ def operational_defaults(cfg: DictConfig) -> dict[str, Any]:
     options of the components `cfg` selects."""
     from crescent.registry import COMPONENTS, STAGES
 
-    found = dict(_operational(Config(), ""))
+    found = dict(_schema_operational())
     for registry in COMPONENTS:
         name = OmegaConf.select(cfg, registry.key, default=None)
         schema = registry.options_schema(name) if name else None
@@ -392,6 +393,12 @@ def operational_defaults(cfg: DictConfig) -> dict[str, Any]:
         if schema is not None:
             found.update(_operational(schema(), f"{STAGES.options_key_of(name)}."))
     return found
+
+
+@functools.cache
+def _schema_operational() -> tuple:
+    """The schema's operational settings: walked once a process (every cache key asks)."""
+    return tuple(_operational(Config(), ""))
 
 
 def _operational(defaults, prefix: str):
