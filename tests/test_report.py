@@ -217,3 +217,56 @@ def test_settings_are_paired_with_base_and_a_named_setting_document_by_document(
     assert ("setting=no_vote", "setting=no_vote") not in pairs
     md = (tmp_path / "report" / "report.md").read_text()
     assert "| gsm exact_match | setting=crescent - setting=no_vote | 2 | 4 | +0.3750 |" in md
+
+
+def test_a_second_scoring_pass_adds_its_columns_to_the_same_rows(tmp_path):
+    """`stages=[finetune,evaluate] eval.tasks=[math] eval.limit=null` on the same points scores
+    the same fine-tunes (the same cache entries) on another benchmark: one row per setting,
+    with both benchmarks."""
+    for seed in (0, 1):
+        _run(tmp_path, f"finetune.seed={seed}", 4, 0.9, 0.2 + seed / 10, 10)
+        scored = tmp_path / f"eval.limit=null,finetune.seed={seed}"
+        (scored / ".hydra").mkdir(parents=True)
+        (scored / "finetune").symlink_to(tmp_path / f"finetune.seed={seed}" / "finetune")
+        (scored / ".hydra" / "config.yaml").write_text(
+            "name: lr_sweep\nstages: [finetune, evaluate]\n"
+            "eval:\n  tasks: [math]\n  limit: null\n")
+        (scored / ".hydra" / "overrides.yaml").write_text(
+            f"- eval.limit=null\n- eval.tasks=[math]\n- finetune.seed={seed}\n- seed=3\n")
+        (scored / "evaluate").mkdir()
+        (scored / "evaluate" / "metrics.json").write_text(json.dumps(
+            {"base": {"math": {"math_verify": 0.05}},
+             "finetuned": {"math": {"math_verify": 0.06 + seed / 100}}}))
+    rows = runs.merge_passes([runs.collect(run) for run in runs.find_runs([tmp_path])])
+    assert len(rows) == 2 and {r["run"] for r in rows} == {
+        str(tmp_path / "finetune.seed=0"), str(tmp_path / "finetune.seed=1")}
+    setting = tables.settings_of(tables.summarize(rows))
+    assert len(setting) == 1 and setting[0]["n"] == 2
+    assert setting[0]["cells"]["math"]["mean"] == pytest.approx(0.065)
+    assert setting[0]["cells"]["gsm"]["mean"] == pytest.approx(0.25)
+    assert rows[0]["eval_limits"]["math"] is None  # the full set, from the pass that scored it
+
+
+def test_compute_counts_a_shared_output_once(tmp_path):
+    """Two points that link one questions entry: its hours count once, each fine-tune's own."""
+    entry = tmp_path / "cache" / "questions" / "key"
+    entry.mkdir(parents=True)
+    (entry / "stats.json").write_text(json.dumps({"accepted": 16, "wall_time_s": 3600}))
+    sweep = tmp_path / "multirun"
+    for lr in ("1e-5", "1e-4"):
+        _run(sweep, f"finetune.lr={lr}", 3, 0.9, 0.2, 10)
+        run = sweep / f"finetune.lr={lr}"
+        for stage in ("questions", "finetune"):
+            (run / stage / "stats.json").unlink()
+            (run / stage).rmdir()
+        (run / "questions").symlink_to(entry)
+        (run / "finetune").mkdir()
+        (run / "finetune" / "stats.json").write_text(json.dumps({"wall_time_s": 1800}))
+    rows = [runs.collect(run) for run in runs.find_runs([sweep])]
+    cost = tables.compute_cost(rows)
+    assert cost["stages"]["questions"] == {"hours": 1.0, "outputs": 1}
+    assert cost["stages"]["finetune"] == {"hours": 1.0, "outputs": 2}
+    assert cost["hours"] == pytest.approx(2.0)
+    report.main([str(sweep)])
+    assert "Compute: 2.00 h in all (questions 1.00 h (1 computed), finetune 1.00 h (2 computed)):" \
+        in (sweep / "report" / "report.md").read_text()

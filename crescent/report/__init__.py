@@ -4,7 +4,8 @@ Every run under the given dirs is read back (`runs.py`: overrides, funnel, score
 and each metric's direction as lm-eval declared it); runs that differ only in a replica key are
 replicas of one setting; one table per study, as in a paper's main table, in Markdown and LaTeX,
 with each setting paired against the base (and `--against` another setting) document by
-document (`tables.py`); PNG plots with error bars (`plots.py`: funnel, score per setting, score
+document, and the study's compute in hours, each cache entry counted once (`tables.py`); a
+second scoring pass of the same fine-tunes (`eval.*` overrides) adds columns to their rows; PNG plots with error bars (`plots.py`: funnel, score per setting, score
 against data volume or votes when a study varies them).
 """
 
@@ -17,9 +18,11 @@ from collections import defaultdict
 from pathlib import Path
 
 from crescent.errors import CrescentError
-from crescent.report.runs import collect, find_runs
+from crescent.report.runs import collect, find_runs, merge_passes
 from crescent.report.tables import (
     audit_section,
+    compute_cost,
+    cost_markdown,
     latex,
     markdown,
     paired,
@@ -47,8 +50,6 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or args.dirs[0] / "report"
     out.mkdir(parents=True, exist_ok=True)
 
-    from crescent.report.plots import plots  # matplotlib: only when writing
-
     studies = defaultdict(list)
     try:
         for run in runs:
@@ -57,33 +58,43 @@ def main(argv: list[str] | None = None) -> None:
     except CrescentError as e:
         sys.exit(f"crescent-report: error: {e}")
     md, tex = [], []
-    summaries, pairs = {}, {}
-    for study, rows in studies.items():
+    summaries, pairs, costs = {}, {}, {}
+    for study in studies:
+        studies[study] = rows = merge_passes(studies[study])
         audited = [r for r in rows if r["audit"]]
         if audited:
             md.append(audit_section(study, audited, out))
-        if audited and not any(r["scores"] for r in rows):
-            continue  # an audit study scores no model: no score table
-        header, cells, notes = table(rows)
-        summaries[study] = summarize(rows)
-        md.append(f"## {study}\n\n{markdown(header, cells)}\n"
-                  + "".join(f"- {note}\n" for note in notes))
-        pairs[study] = paired(rows, args.against)
-        if pairs[study]:
-            md.append(f"### {study}: paired over documents\n\n{paired_markdown(pairs[study])}\n"
-                      "Each setting's per-document score is averaged over its replicas; the "
-                      "interval resamples the documents (the benchmark's sample), not the "
-                      "training seeds.\n")
-        tex.append(f"% {study}\n{latex(header, cells)}" + "".join(f"% {n}\n" for n in notes))
-        for path in plots(study, rows, out):
-            md.append(f"![{path.stem}]({path.name})\n")
+        if not audited or any(r["scores"] for r in rows):  # an audit study scores no model
+            md.append(_score_section(study, rows, args.against, out, tex, summaries, pairs))
+        costs[study] = compute_cost(rows)
+        md.append(cost_markdown(costs[study]))
     (out / "report.md").write_text("\n".join(md))
     (out / "report.tex").write_text("\n".join(tex))
     for rows in studies.values():  # per-document scores stay in the run dirs
         for r in rows:
             for score in r["scores"].values():
                 score.pop("per_doc", None)
-    (out / "report.json").write_text(json.dumps({"runs": studies, "tables": summaries, "paired": pairs},
-                                                indent=2) + "\n")
+    (out / "report.json").write_text(json.dumps({"runs": studies, "tables": summaries, "paired": pairs,
+                                                "cost": costs}, indent=2) + "\n")
     print("\n".join(md))
     print(f"crescent-report: {len(runs)} runs -> {out}/report.md, report.tex, report.json")
+
+
+def _score_section(study: str, rows: list[dict], against: str | None, out: Path,
+                   tex: list[str], summaries: dict, pairs: dict) -> str:
+    """One study's score table, its paired differences and its plots, in Markdown (and the
+    table in LaTeX)."""
+    from crescent.report.plots import plots  # matplotlib: only when writing
+
+    header, cells, notes = table(rows)
+    summaries[study] = summarize(rows)
+    md = [f"## {study}\n\n{markdown(header, cells)}\n" + "".join(f"- {note}\n" for note in notes)]
+    pairs[study] = paired(rows, against)
+    if pairs[study]:
+        md.append(f"### {study}: paired over documents\n\n{paired_markdown(pairs[study])}\n"
+                  "Each setting's per-document score is averaged over its replicas; the "
+                  "interval resamples the documents (the benchmark's sample), not the "
+                  "training seeds.\n")
+    tex.append(f"% {study}\n{latex(header, cells)}" + "".join(f"% {n}\n" for n in notes))
+    md += [f"![{path.stem}]({path.name})\n" for path in plots(study, rows, out)]
+    return "\n".join(md)

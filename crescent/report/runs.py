@@ -30,7 +30,9 @@ REPLICA_KEYS = ("seed", "finetune.seed")
 NOT_A_SETTING = ("experiment", "stages", "cache_dir", "verbose", "accept_stale", "name")
 
 
-NOT_A_SETTING_GROUPS = ("logger", "hydra")  # these keys and every key under them
+# These keys and every key under them. `eval`: a second scoring pass of the same fine-tunes
+# (`stages=[finetune,evaluate] eval.tasks=[...]`) adds columns to their rows (`merge_passes`).
+NOT_A_SETTING_GROUPS = ("logger", "hydra", "eval")
 
 
 def find_runs(dirs: list[Path]) -> list[Path]:
@@ -82,6 +84,9 @@ def collect(run: Path) -> dict:
         "point": " ".join(point) or "(defaults)",
         "setting": " ".join(o for o in point if o.split("=")[0] not in REPLICA_KEYS)
                    or "(defaults)",
+        "stages": list(listed),
+        # what the run scored: another scoring pass of the same fine-tune links the same dir
+        "fine_tune": str((run / "finetune").resolve()) if (run / "finetune").is_dir() else None,
         "unfinished": [stage for stage in listed if not is_done(run / stage)],
         # stage -> the version that wrote it: rows of other versions are not pooled
         "versions": {stage: stats[stage].get("stage_version") for stage in STAGES.in_order()
@@ -101,7 +106,33 @@ def collect(run: Path) -> dict:
         "wandb_id": wandb_id,
         "model": OmegaConf.select(config, "model.name", default=None),
         "audit": _read(run / "audit" / "audit.json"),  # the vote audit, where a run made one
+        # [stage, where its output lies, the seconds it took there]: a cache entry that several
+        # runs link to is one computation
+        "cost": [[stage, str((run / stage).resolve()), stats[stage]["wall_time_s"]]
+                 for stage in listed if stats.get(stage, {}).get("wall_time_s") is not None],
     }
+
+
+def merge_passes(rows: list[dict]) -> list[dict]:
+    """Runs that scored one fine-tune (the same cache entry) at one point, e.g. a second
+    scoring pass on other tasks, as one row: the run that lists the most stages, with every
+    pass's scores (a task scored twice: the pass that scored more documents)."""
+    points: dict[tuple, list[dict]] = {}
+    for r in rows:
+        points.setdefault((r["study"], r["point"], r["fine_tune"] or r["run"]), []).append(r)
+    merged = []
+    for passes in points.values():
+        first, *others = sorted(passes, key=lambda r: -len(r["stages"]))
+        for other in others:
+            for task, score in other["scores"].items():
+                have = first["scores"].get(task)
+                if have is None or (score["docs"] or 0) > (have["docs"] or 0):
+                    first["scores"][task] = score
+                    first["eval_limits"][task] = other["eval_limits"].get(task)
+            first["unfinished"] += [f"{stage} of {other['run']}" for stage in other["unfinished"]]
+            first["cost"] += other["cost"]
+        merged.append(first)
+    return merged
 
 
 def _not_a_setting(key: str) -> bool:

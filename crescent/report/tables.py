@@ -181,6 +181,26 @@ def footnotes(rows: list[dict], tasks: list[str]) -> list[str]:
     return notes
 
 
+def compute_cost(rows: list[dict]) -> dict:
+    """Hours of computing behind a study's runs, per stage and in all: each stage output (a
+    cache entry, or a run's own dir) counted once, however many runs link to it."""
+    seconds: dict[str, dict[str, float]] = defaultdict(dict)
+    for r in rows:
+        for stage, where, spent in r["cost"]:
+            seconds[stage][where] = spent
+    stages = {stage: {"hours": sum(spent.values()) / 3600, "outputs": len(spent)}
+              for stage, spent in seconds.items()}
+    return {"hours": sum(s["hours"] for s in stages.values()), "stages": stages}
+
+
+def cost_markdown(cost: dict) -> str:
+    parts = ", ".join(f"{stage} {s['hours']:.2f} h ({s['outputs']} computed)"
+                      for stage, s in cost["stages"].items())
+    return (f"Compute: {cost['hours']:.2f} h in all ({parts}): the stages' own wall times, an "
+            "output that several runs share counted once, a stage resumed after an interruption "
+            "by its last attempt only.\n")
+
+
 def _per_doc_mean(replicas: list[list]) -> list:
     """Each document's value averaged over a setting's replicas ((log-likelihood, bytes)
     pairs average their log-likelihood: the bytes are the document's)."""
