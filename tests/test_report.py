@@ -270,3 +270,48 @@ def test_compute_counts_a_shared_output_once(tmp_path):
     report.main([str(sweep)])
     assert "Compute: 2.00 h in all (questions 1.00 h (1 computed), finetune 1.00 h (2 computed)):" \
         in (sweep / "report" / "report.md").read_text()
+
+
+def test_the_volume_curve_has_a_line_per_vote_floor_with_the_audits_precision(tmp_path):
+    """The plateau plot: crescent and a quarter of its pairs at floor 2 of 4, floor 3 of 4 on
+    the same samples; a vote audit of the same model gives each floor's label precision."""
+    import numpy as np
+
+    from crescent.intervals import ratio_interval
+    from crescent.report import plots
+
+    kept2, right2 = np.array([1.0] * 4 + [0.0] * 6), np.array([1.0] * 3 + [0.0] * 7)
+    kept3, right3 = np.array([1.0] * 2 + [0.0] * 8), np.array([1.0] * 2 + [0.0] * 8)
+    ones = np.ones(10)
+    audit = {"questions": 10, "k_max": 4, "tie_break": "drop",
+             "sample_accuracy": ratio_interval(right2, ones), "by_k": [],
+             "grid": [{"k": 4, "floor": f, "kept": int(kept.sum()),
+                       "kept_share": ratio_interval(kept, ones),
+                       "precision": ratio_interval(right, kept)}
+                      for f, kept, right in ((2, kept2, right2), (3, kept3, right3))]}
+    audited = tmp_path / "audit"
+    (audited / ".hydra").mkdir(parents=True)
+    (audited / ".hydra" / "config.yaml").write_text(
+        "name: vote_audit\nmodel:\n  name: m\nstages: [answers, audit]\n")
+    (audited / "audit").mkdir()
+    (audited / "audit" / "audit.json").write_text(json.dumps(audit))
+    for point, floor, kept, examples, accuracy in (("setting=crescent", 2, 66, 66, 0.21),
+                                                   ("setting=volume_25", 2, 66, 17, 0.2),
+                                                   ("setting=floor_3", 3, 37, 37, 0.22)):
+        _run(tmp_path, point, 4, 0.9, accuracy, kept)
+        run = tmp_path / point
+        (run / ".hydra" / "config.yaml").write_text(
+            f"name: volume\nmodel:\n  name: m\nvoting:\n  k: 4\n  min_votes: {floor}\n")
+        (run / "answers" / "stats.json").write_text(json.dumps({"answered": 150, "kept": kept}))
+        (run / "finetune" / "stats.json").write_text(json.dumps({"examples": examples}))
+    report.main([str(tmp_path)])
+    assert (tmp_path / "report" / "volume_score_vs_examples.png").read_bytes()[:4] == b"\x89PNG"
+    rows = [runs.collect(run) for run in runs.find_runs([tmp_path])]
+    summary = tables.settings_of(tables.summarize([r for r in rows if r["study"] == "volume"]))
+    audits = [r for r in rows if r["audit"]]
+    floor2 = [line for line in summary if line["floor"] == 2]
+    assert plots._floor_label(floor2, audits).startswith(
+        "floor 2 of 4, 44% kept, labels right 75% [")
+    assert plots._floor_label([line for line in summary if line["floor"] == 3], audits) \
+        .startswith("floor 3 of 4, 25% kept, labels right 100% [")
+    assert plots._floor_label(floor2, []) == "floor 2 of 4, 44% kept"

@@ -59,13 +59,15 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"crescent-report: error: {e}")
     md, tex = [], []
     summaries, pairs, costs = {}, {}, {}
+    audits = [r for rows in studies.values() for r in rows if r["audit"]]  # for every study's plots
     for study in studies:
         studies[study] = rows = merge_passes(studies[study])
         audited = [r for r in rows if r["audit"]]
         if audited:
             md.append(audit_section(study, audited, out))
         if not audited or any(r["scores"] for r in rows):  # an audit study scores no model
-            md.append(_score_section(study, rows, args.against, out, tex, summaries, pairs))
+            md.append(_score_section(study, rows, args.against, audits, out, tex, summaries,
+                                     pairs))
         costs[study] = compute_cost(rows)
         md.append(cost_markdown(costs[study]))
     (out / "report.md").write_text("\n".join(md))
@@ -80,8 +82,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"crescent-report: {len(runs)} runs -> {out}/report.md, report.tex, report.json")
 
 
-def _score_section(study: str, rows: list[dict], against: str | None, out: Path,
-                   tex: list[str], summaries: dict, pairs: dict) -> str:
+def _score_section(study: str, rows: list[dict], against: str | None, audits: list[dict],
+                   out: Path, tex: list[str], summaries: dict, pairs: dict) -> str:
     """One study's score table, its paired differences and its plots, in Markdown (and the
     table in LaTeX)."""
     from crescent.report.plots import plots  # matplotlib: only when writing
@@ -96,5 +98,5 @@ def _score_section(study: str, rows: list[dict], against: str | None, out: Path,
                   "interval resamples the documents (the benchmark's sample), not the "
                   "training seeds.\n")
     tex.append(f"% {study}\n{latex(header, cells)}" + "".join(f"% {n}\n" for n in notes))
-    md += [f"![{path.stem}]({path.name})\n" for path in plots(study, rows, out)]
+    md += [f"![{path.stem}]({path.name})\n" for path in plots(study, rows, out, audits)]
     return "\n".join(md)

@@ -1,5 +1,8 @@
 """crescent-report's plots, every one with error bars: the question funnel, the scores per
-setting, and score against examples (data volume) or votes."""
+setting, and score against examples (data volume) or votes, a panel per task with the base
+model's score as a line; against data volume, one line per vote floor where the settings vote
+with several, labelled with the floor's kept share and, from a vote audit of the same model in
+the report, its labels' precision."""
 
 from __future__ import annotations
 
@@ -15,7 +18,9 @@ def _err(cell: dict) -> float:
     return (cell["ci"][1] - cell["ci"][0]) / 2 if cell["ci"] else 0.0
 
 
-def plots(study: str, rows: list[dict], out: Path) -> list[Path]:
+def plots(study: str, rows: list[dict], out: Path, audits: list[dict] = ()) -> list[Path]:
+    """The study's plots; `audits`: vote-audit runs in the same report, whose label precision
+    at each vote floor labels the score-vs-examples lines of the same model."""
     import matplotlib
 
     matplotlib.use("Agg")  # files only, no display
@@ -43,7 +48,7 @@ def plots(study: str, rows: list[dict], out: Path) -> list[Path]:
     written.append(_save(fig, out / f"{study}_funnel.png"))
     for axis, label in (("examples", "fine-tuning examples"), ("votes", "votes per question (k)")):
         if len({line[axis] for line in summary if line[axis] is not None and line["cells"]}) >= 2:
-            written.append(_versus_plot(study, summary, axis, label, out))
+            written.append(_versus_plot(study, everything, axis, label, out, audits))
     return [p for p in written if p is not None]
 
 
@@ -67,22 +72,57 @@ def _scores_plot(study: str, summary: list[dict], out: Path) -> Path | None:
     return _save(fig, out / f"{study}_scores.png")
 
 
-def _versus_plot(study: str, summary: list[dict], axis: str, label: str, out: Path) -> Path:
-    """Fine-tuned score against data volume or votes, one line per task, with error bars."""
+def _versus_plot(study: str, everything: list[dict], axis: str, label: str, out: Path,
+                 audits: list[dict]) -> Path:
+    """Fine-tuned score against data volume or votes, one line per task, with error bars.
+    Against data volume, where the settings vote with different floors, one line per task and
+    floor: the plateau question (does a higher floor's fewer, surer labels beat more of them?),
+    each floor with its kept share and, from a vote audit of the same model, its labels'
+    precision. The base model's score is a dashed line."""
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for task in sorted({t for line in summary for t in line["cells"]}):
-        points = sorted((line[axis], line["cells"][task]["mean"], _err(line["cells"][task]))
-                        for line in summary if line[axis] is not None and task in line["cells"])
-        if points:
-            x, y, err = zip(*points)
-            ax.errorbar(x, y, yerr=err, marker="o", capsize=4, label=task)
-    ax.set_xlabel(label)
-    ax.set_ylabel("fine-tuned score (95% interval)")
-    ax.set_title(f"{study}: score vs {label}")
-    ax.legend(fontsize="small")
+    summary = settings_of(everything)
+    floors = {line["floor"] for line in summary if line["cells"]}
+    by_floor = axis == "examples" and len(floors) > 1
+    tasks = sorted({t for line in summary for t in line["cells"]})
+    fig, axes = plt.subplots(1, len(tasks), figsize=((6 if by_floor else 4.5) * len(tasks), 3.8),
+                             squeeze=False)
+    for ax, task in zip(axes[0], tasks):  # a panel per task: their scales differ
+        for floor in sorted(floors, key=str) if by_floor else [None]:
+            lines = [line for line in summary if line[axis] is not None and task in line["cells"]
+                     and (floor is None or line["floor"] == floor)]
+            points = sorted((line[axis], line["cells"][task]["mean"], _err(line["cells"][task]))
+                            for line in lines)
+            if points:
+                x, y, err = zip(*points)
+                ax.errorbar(x, y, yerr=err, marker="o", capsize=4,
+                            label=_floor_label(lines, audits) if by_floor else "fine-tuned")
+        for base in (line for line in everything if line.get("base") and task in line["cells"]):
+            ax.axhline(base["cells"][task]["mean"], color="grey", linestyle="--",
+                       label=base["setting"])
+        ax.set_xlabel(label)
+        ax.set_ylabel("fine-tuned score (95% interval)")
+        ax.set_title(task, fontsize="small")
+        ax.legend(fontsize="x-small")
+    fig.suptitle(f"{study}: score vs {label}")
     return _save(fig, out / f"{study}_score_vs_{axis}.png")
+
+
+def _floor_label(lines: list[dict], audits: list[dict]) -> str:
+    """'floor 2 of 4, 44% kept, labels right 58% [48%, 67%] (audit)' for settings of one floor:
+    the kept share of the largest of them (the others train on a part of it), the precision
+    from the vote audit of their model at that k and floor, where the report has one."""
+    widest = max(lines, key=lambda line: line["examples"] or 0)
+    k, floor = widest["votes"], widest["floor"]
+    text = f"floor {floor} of {k}"
+    if widest["kept"] is not None and widest.get("answered"):
+        text += f", {widest['kept'] / widest['answered']:.0%} kept"
+    cell = next((c for r in audits if r["model"] == widest["model"]
+                 for c in r["audit"]["grid"] if (c["k"], c["floor"]) == (k, floor)), None)
+    if cell is not None and cell["precision"]["value"] is not None:
+        p = cell["precision"]
+        text += f", labels right {p['value']:.0%} [{p['low']:.0%}, {p['high']:.0%}] (audit)"
+    return text
 
 
 def _save(fig, path: Path) -> Path:

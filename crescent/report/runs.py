@@ -93,6 +93,7 @@ def collect(run: Path) -> dict:
                      if stats[stage]},
         "replica": " ".join(o for o in point if o.split("=")[0] in REPLICA_KEYS),
         "votes": OmegaConf.select(config, "voting.k", default=None),
+        "floor": OmegaConf.select(config, "voting.min_votes", default=None),
         "eval_limits": _eval_limits(config),
         "funnel": {
             "candidates": stats["questions"].get("candidates"),

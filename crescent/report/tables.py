@@ -45,9 +45,10 @@ def summarize(rows: list[dict]) -> list[dict]:
     for setting, runs in settings.items():
         line = {"setting": setting, "n": len(runs), "runs": [r["run"] for r in runs],
                 "replicas": [r["replica"] for r in runs], "kept": _mean_of(runs, "kept"),
+                "answered": _mean_of(runs, "answered"),
                 "wandb": [r["wandb_id"] for r in runs if r["wandb_id"]], "cells": {},
                 "deltas": {}, "examples": _mean_of(runs, "examples"),
-                "votes": runs[0]["votes"]}
+                "votes": runs[0]["votes"], "floor": runs[0]["floor"], "model": runs[0]["model"]}
         for task in tasks:
             scored = [r["scores"][task] for r in runs if r["scores"].get(task, {}).get("finetuned")
                       is not None]
@@ -83,8 +84,8 @@ def _base_rows(rows: list[dict], tasks: list[str]) -> list[dict]:
         mine = [r for r in rows if r["model"] == model]
         label = "base model" if len(models) == 1 else f"base: {model}"
         line = {"setting": label, "base": True, "n": 1, "cells": {}, "deltas": {},
-                "kept": None, "wandb": [], "runs": [], "replicas": [], "examples": 0,
-                "votes": None}
+                "kept": None, "answered": None, "wandb": [], "runs": [], "replicas": [], "examples": 0,
+                "votes": None, "floor": None, "model": model}
         for task in tasks:
             scored = [r["scores"][task] for r in mine
                       if r["scores"].get(task, {}).get("base") is not None]
