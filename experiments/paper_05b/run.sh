@@ -4,17 +4,19 @@
 #   bash experiments/paper_05b/run.sh logger=none     (extra arguments go to every crescent run)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-# 1. The main table: 7 settings x 3 fine-tune replicas (finetune.seed), GSM8K and gold bits per byte.
-crescent -m experiment=paper_05b "$@"
+# 1. One replica of every row of the main table first: a whole table, if a narrow one, early.
+crescent -m experiment=paper_05b finetune.seed=0 "$@"
 # 2. The volume curve and the vote floor on generation A, with crescent's own point (from the cache).
 crescent -m experiment=paper_05b setting=crescent,volume_25,volume_50,floor_3 finetune.seed=0 \
   hydra.sweep.dir=multirun/paper_05b_volume "$@"
 # 3. Label precision per floor: the vote audit of the same model, sampled as the study samples.
 crescent experiment=vote_audit model=qwen_coder_05b answers.samples=4 \
   hydra.run.dir=multirun/paper_05b_volume/audit "$@"
-# 4. MATH-500, a second scoring pass of the crescent and no_vote fine-tunes (from the cache).
+# 4. The other two replicas of every row (the seed-0 jobs are skipped).
+crescent -m experiment=paper_05b "$@"
+# 5. MATH-500, a second scoring pass of the crescent and no_vote fine-tunes (from the cache).
 crescent -m experiment=paper_05b stages=[finetune,evaluate] eval.tasks=[crescent_math500] \
   eval.limit=null setting=crescent,no_vote "$@"
-# 5. The table, the paired differences, the plots, the compute.
+# 6. The table, the paired differences, the plots, the compute.
 crescent-report multirun/paper_05b --against setting=no_vote
 crescent-report multirun/paper_05b_volume     # the volume runs and the audit under it
