@@ -14,6 +14,7 @@ override that reuses it anyway. (Cache entries never get there: the version is i
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from contextlib import nullcontext
@@ -108,6 +109,7 @@ def _run_stage(module: ModuleType, cfg: DictConfig, run_dir: Path, tracker: Trac
         tracker.log_stats(stage.name, {**_metrics(stats), "reused": 1})
         return {"reused": True, "wall_time_s": stats.get("wall_time_s")}
     out.mkdir(parents=True, exist_ok=True)
+    _warn_if_cpu_busy()
     logger.info("crescent: %s: running in %s", stage.name, out)
     started = time.time()
     module.run(cfg, run_dir)
@@ -123,6 +125,19 @@ def _run_stage(module: ModuleType, cfg: DictConfig, run_dir: Path, tracker: Trac
     cache.mark_done(out)
     logger.info("crescent: %s: done in %.1f s", stage.name, stats["wall_time_s"])
     return {"reused": False, "wall_time_s": stats["wall_time_s"]}
+
+
+@functools.cache
+def _warn_if_cpu_busy() -> None:
+    """Once a process, before the first stage it runs: on a machine without a GPU, a line when
+    other processes already keep the CPU busy (crescent/infra/load.py)."""
+    import torch
+
+    from crescent.infra.load import busy_warning
+
+    warning = None if torch.cuda.is_available() else busy_warning()
+    if warning:
+        logger.warning("crescent: warning: %s", warning)
 
 
 def _check_version(cfg: DictConfig, stage: cache.Stage, out: Path, stats: dict) -> None:

@@ -2,6 +2,11 @@
 
     python experiments/bench_engines.py [--models NAME ...] [--prompts 64] [--max-tokens 128]
                                         [--out outputs/bench_engines.json]
+    python experiments/bench_engines.py --top-p [--models NAME ...] [--dtype auto]
+
+`--top-p` instead times the vllm engine on the answers stage's workload (GSM8K questions,
+temperature 0.7, top-p 0.95) with crescent's nucleus (crescent/engines/cpu_top_p.py) and with
+vLLM's own top-p, which sorts the vocabulary, and, as the floor, with top-p off.
 
 Each engine runs in its own subprocess (vLLM does not free memory in-process) on what the
 questions stage sends it: the math domain's bait prompt, identical in every request, each
@@ -58,7 +63,9 @@ def stage_sampling(max_tokens: int, workload: str = "questions"):
 
 def measure(engine_name: str, prompts: int, max_tokens: int,
             model: str = "smollm2-135m-instruct", dtype: str = "float32",
-            workload: str = "questions") -> dict:
+            workload: str = "questions", top_p: str = "crescent") -> dict:
+    """One engine's start-up and generation; `top_p`: crescent's nucleus (on CPU vLLM), vLLM's
+    own sort (`vllm`), or none (`off`, top-p 1)."""
     from crescent.config import EngineConfig, ModelConfig
     from crescent.engines import make_engine
 
@@ -68,6 +75,13 @@ def measure(engine_name: str, prompts: int, max_tokens: int,
     start_s = time.perf_counter() - started
     conversations = bench_conversations(prompts, workload)
     sampling = stage_sampling(max_tokens, workload)
+    if top_p == "off":
+        sampling.top_p = 1.0
+    elif top_p == "vllm":
+        from vllm.v1.sample.ops import topk_topp_sampler as ops
+
+        ops.apply_top_k_top_p = getattr(ops.apply_top_k_top_p, "original",
+                                        ops.apply_top_k_top_p)
     started = time.perf_counter()
     # One seed for the call: the engine derives each request's own from it (identical prompts
     # with one shared seed would return identical samples).
@@ -79,6 +93,7 @@ def measure(engine_name: str, prompts: int, max_tokens: int,
         "engine": engine_name,
         "dtype": dtype,
         "workload": workload,
+        "top_p": top_p,
         "start_s": round(start_s, 1),
         "generate_s": round(gen_s, 1),
         "tokens": tokens,
@@ -94,22 +109,27 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=None, help="default: every built-in")
     parser.add_argument("--child", choices=ENGINES, help=argparse.SUPPRESS)
     parser.add_argument("--model", default="smollm2-135m-instruct", help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--top-p", action="store_true",
+                        help="crescent's top-p against vLLM's sort and none, on the vllm engine")
+    parser.add_argument("--child-workload", default="questions", help=argparse.SUPPRESS)
+    parser.add_argument("--child-top-p", default="crescent", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         print("RESULT " + json.dumps(measure(args.child, args.prompts, args.max_tokens,
-                                             args.model)))
+                                             args.model, args.dtype, args.child_workload,
+                                             args.child_top_p)))
         return
     from crescent.infra.models import BUILTIN
+
+    if args.top_p:
+        compare_top_p(args, args.models or list(BUILTIN))
+        return
 
     rows, load = [], []
     for model in args.models or list(BUILTIN):
         for name in ENGINES:
-            cmd = [sys.executable, __file__, "--child", name, "--model", model, "--prompts",
-                   str(args.prompts), "--max-tokens", str(args.max_tokens)]
-            out = subprocess.run(cmd, check=False, capture_output=True, text=True)
-            if out.returncode != 0:
-                sys.exit(f"{model} on {name} failed:\n{out.stderr[-3000:]}")
-            rows.append(json.loads(out.stdout.split("RESULT ", 1)[1]))
+            rows.append(child(args, name, model))
             load.append(os.getloadavg()[0])
     ratios = {model: round(vllm["tokens_per_s"] / hf["tokens_per_s"], 2)
               for model in dict.fromkeys(r["model"] for r in rows)
@@ -130,6 +150,44 @@ def main() -> None:
         "prompts": args.prompts, "max_tokens": args.max_tokens, "engines": rows,
         "vllm_over_hf": ratios, "load_avg_1m": [round(v, 2) for v in load],
         "sampling": {"temperature": 1.0, "top_p": 0.95, "prompt": "domain math bait_prompt"}})
+
+
+def child(args, engine: str, model: str, workload: str = "questions",
+          top_p: str = "crescent") -> dict:
+    """`measure` in a process of its own (vLLM does not free memory in-process)."""
+    cmd = [sys.executable, __file__, "--child", engine, "--model", model, "--prompts",
+           str(args.prompts), "--max-tokens", str(args.max_tokens), "--dtype", args.dtype,
+           "--child-workload", workload, "--child-top-p", top_p]
+    out = subprocess.run(cmd, check=False, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{model} on {engine} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.split("RESULT ", 1)[1])
+
+
+def compare_top_p(args, models: list[str]) -> None:
+    """The answers workload on the vllm engine with each top-p: crescent's, vLLM's, none."""
+    rows, load = [], []
+    for model in models:
+        for top_p in ("crescent", "vllm", "off"):
+            rows.append(child(args, "vllm", model, "answers", top_p))
+            load.append(os.getloadavg()[0])
+    print(f"\n{args.prompts} GSM8K questions x up to {args.max_tokens} new tokens, answers stage "
+          f"sampling, dtype {args.dtype}, load average {min(load):.2f}-{max(load):.2f}, CPU "
+          f"flags: {' '.join(cpu_flags())}")
+    print(f"{'model':<30}{'top-p':<10}{'generate s':>12}{'tokens':>9}{'tokens/s':>10}")
+    for r in rows:
+        print(f"{r['model']:<30}{r['top_p']:<10}{r['generate_s']:>12}{r['tokens']:>9}"
+              f"{r['tokens_per_s']:>10}")
+    speedup = {}
+    for model in models:
+        rate = {r["top_p"]: r["tokens_per_s"] for r in rows if r["model"] == model}
+        speedup[model] = round(rate["crescent"] / rate["vllm"], 2)
+        print(f"{model}: crescent's top-p {speedup[model]:.2f}x vLLM's; "
+              f"{rate['crescent'] / rate['off']:.2f} of no top-p's rate")
+    write_result(args.out.replace(".json", "_top_p.json"),
+                 {"prompts": args.prompts, "max_tokens": args.max_tokens, "dtype": args.dtype,
+                  "runs": rows, "crescent_over_vllm": speedup,
+                  "load_avg_1m": [round(v, 2) for v in load]})
 
 
 def cpu_flags() -> list[str]:

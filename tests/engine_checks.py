@@ -5,7 +5,8 @@ line, `RESULT <json>`:
     engine_checks.py hf 32:0 8:7    samples of one identical bait prompt, for each COUNT:SEED
     engine_checks.py vllm 32:0      the same on offline vLLM, then that engine's own checks:
                                     one engine per configuration, memory back on release,
-                                    streamed requests, a seeded batch over one scheduler step
+                                    streamed requests, a seeded batch over one scheduler step,
+                                    top-p samples against vLLM's own top-p
 """
 
 from __future__ import annotations
@@ -66,6 +67,32 @@ def seeded_batch_over_one_step(engine) -> dict:
             "samples": sum(len(g.texts) for g in gens)}
 
 
+def top_p_against_vllm_sort(engine) -> dict:
+    """The same seeded top-p samples through crescent's nucleus (crescent/engines/cpu_top_p.py)
+    and through vLLM's own sort."""
+    from vllm.v1.sample.ops import topk_topp_sampler as ops
+
+    patched = ops.apply_top_k_top_p
+    conversations = [[{"role": "user", "content": f"Write a math problem about {i} pears."}]
+                     for i in range(16)]
+    calls = []
+
+    def counted(logits, k, p):
+        calls.append(p is not None and bool((p < 1).any()))
+        return patched(logits, k, p)
+
+    ops.apply_top_k_top_p = counted
+    try:
+        ours = engine.chat(conversations, SAMPLING, n=2, seed=5)
+        ops.apply_top_k_top_p = patched.original
+        theirs = engine.chat(conversations, SAMPLING, n=2, seed=5)
+    finally:
+        ops.apply_top_k_top_p = patched
+    return {"patched": getattr(patched, "crescent_nucleus", False), "requests": 16,
+            "steps_with_top_p": sum(calls),
+            "same": sum(a.texts == b.texts for a, b in zip(ours, theirs))}
+
+
 def main(engine_name: str, jobs: list[str]) -> dict:
     # float32: in bfloat16 a request's samples also depend on what shares its batch (the
     # rounding follows the batch's shape), so streamed requests drift from one chat call.
@@ -82,6 +109,7 @@ def main(engine_name: str, jobs: list[str]) -> dict:
         result["same_engine"] = make_engine(config, model) is engine
         result["streamed"] = streamed_against_one_call(engine)
         result["over_budget"] = seeded_batch_over_one_step(engine)
+        result["top_p"] = top_p_against_vllm_sort(engine)
         del engine
         release_engines()
         result["rss_mib"] = {"before": before, "loaded": loaded, "released": rss_mib()}

@@ -108,6 +108,45 @@ def test_streamed_requests_sample_what_one_chat_call_samples(vllm_checks):
     assert streamed["same"] == streamed["requests"] == 24, streamed
 
 
+@pytest.mark.slow
+def test_vllm_top_p_without_the_vocabulary_sort_samples_what_vllm_samples(vllm_checks):
+    top_p = vllm_checks["top_p"]
+    assert top_p["patched"] and top_p["steps_with_top_p"] >= 40  # one a decoding step
+    assert top_p["same"] == top_p["requests"] == 16, top_p
+
+
+@pytest.mark.parametrize("candidates", [1024, 8])  # 8: most rows go on past the candidates
+def test_nucleus_keeps_the_tokens_a_full_sort_keeps(candidates, monkeypatch):
+    """Against top-p's definition by a full sort (vLLM's rule: a token is dropped when it and
+    every less likely token hold at most 1 - p; the most likely always stays)."""
+    import torch
+
+    from crescent.engines import cpu_top_p
+
+    def by_sort(logits, k, p):
+        assert k is None
+        ordered, index = logits.sort(dim=-1)
+        drop = ordered.softmax(dim=-1).cumsum(dim=-1) <= 1 - p.unsqueeze(1)
+        drop[:, -1] = False
+        return logits.scatter(1, index, ordered.masked_fill(drop, -float("inf")))
+
+    monkeypatch.setattr(cpu_top_p, "CANDIDATES", candidates)
+    generator = torch.Generator().manual_seed(0)
+    # Peaked and flat rows, and rows that sample without top-p (p = 1).
+    logits = torch.randn(12, 5000, generator=generator) * torch.tensor(
+        [8.0, 4.0, 2.0, 1.0, 0.5, 0.1] * 2).unsqueeze(1)
+    p = torch.tensor([0.95, 0.9, 0.5, 0.95, 0.99, 0.95, 1.0, 0.8, 0.95, 0.3, 0.95, 1.0])
+    ours = cpu_top_p.nucleus(logits.clone(), None, p, by_sort)
+    reference = by_sort(logits.clone(), None, p)
+    assert torch.equal(ours.isfinite(), reference.isfinite())
+    assert torch.equal(ours[ours.isfinite()], logits[ours.isfinite()])  # kept ones untouched
+    kept = ours.isfinite().sum(dim=1)
+    assert kept[6] == kept[11] == 5000 and kept[0] < kept[3] < kept[5]  # p=1 rows keep all
+    # No top-p, or a top-k: vLLM's own function.
+    assert cpu_top_p.nucleus(logits, None, None, lambda *args: "vllm's") == "vllm's"
+    assert cpu_top_p.nucleus(logits, torch.tensor([5] * 12), p, lambda *args: "vllm's") == "vllm's"
+
+
 _CONVERT = (
     "from crescent.infra import logs; from crescent.infra.models import resolve_model; "
     "logs.setup(); print('PATH', resolve_model('smollm2-135m-instruct'))"

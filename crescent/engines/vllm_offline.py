@@ -83,6 +83,9 @@ class VLLMEngine(Engine):
         if cpu:
             for key, value in cpu_environment(engine).items():
                 os.environ.setdefault(key, value)
+            from crescent.engines.cpu_top_p import patch_vllm_sampler
+
+            patch_vllm_sampler()  # top-p without sorting the vocabulary: same samples, faster
         from vllm import LLM
 
         self.llm = LLM(

@@ -1,0 +1,40 @@
+"""The busy-CPU check: a process spinning beside this one is seen; this process's own work is not."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+
+from crescent.infra import load
+
+
+def test_a_process_spinning_beside_this_one_is_seen():
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert load.others_busy_cores(1.0) >= 0.6
+        assert "cores busy" in load.busy_warning()
+    finally:
+        spinner.kill()
+        spinner.wait()
+
+
+def test_this_process_own_work_is_left_out():
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            pass
+
+    before = load.others_busy_cores(1.0)  # whatever else this machine runs now
+    thread = threading.Thread(target=spin)
+    thread.start()
+    try:
+        during = load.others_busy_cores(1.0)
+    finally:
+        stop.set()
+        thread.join()
+    # One core of spinning in this process moves the figure by far less than a core.
+    assert during - before < 0.5, (before, during)
