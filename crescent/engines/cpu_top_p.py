@@ -38,7 +38,8 @@ def nucleus(logits: torch.Tensor, k: torch.Tensor | None, p: torch.Tensor | None
     probs = (top - some.logsumexp(dim=-1, keepdim=True)).exp()
     keep = probs.cumsum(dim=-1) - probs < p  # what the tokens above each one hold
     keep[:, 0] = True
-    cut = torch.full_like(some, -float("inf")).scatter_(1, index, top.masked_fill(~keep, -float("inf")))
+    cut = torch.full_like(some, -float("inf"))
+    cut.scatter_(1, index, top.masked_fill(~keep, -float("inf")))
     open_ended = keep[:, -1].nonzero().flatten()  # the last candidate kept: the nucleus may go on
     if open_ended.numel():
         cut[open_ended] = fallback(some[open_ended], None, p[open_ended].squeeze(1))

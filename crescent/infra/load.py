@@ -1,10 +1,11 @@
 """Is the CPU already busy? A run on a CPU-only machine checks once, before its first stage.
 
 vLLM, the fine-tune and the scorer each spread their work over every core. Two such processes
-on one small machine do not share it evenly: on a 2-core AMX CPU, vLLM generated 497 tokens/s
-alone and 26-28 tokens/s beside a study's generation (64 prompts x 128 tokens, bfloat16,
-2026-12-06, README "Benchmarks"), 18x slower, because the threads of both wait on each other.
-A run that starts beside another one says so in one line, so that its hours are not a mystery.
+on one small machine do not share it evenly: on a 2-core AMX CPU, vLLM generated 54.5 tokens/s
+alone and 7.9 and 8.0 when two generations ran at once, 6.9x slower each where a fair share
+is 2x, because the threads of both wait on each other (experiments/bench_contention.py,
+2026-12-06, README "Benchmarks"). A run that starts beside another one says so in one line, so
+that its hours are not a mystery.
 """
 
 from __future__ import annotations
@@ -43,5 +44,5 @@ def busy_warning() -> str | None:
         return None
     cores = len(os.sched_getaffinity(0))
     return (f"other processes keep {busy:.1f} of this machine's {cores} cores busy: generation, "
-            "fine-tuning and scoring use every core, and beside another such job they ran up to "
-            "18x slower on a 2-core CPU (README: Benchmarks)")
+            "fine-tuning and scoring use every core, and beside another such job they ran about "
+            "7x slower on a 2-core CPU (README: Benchmarks)")

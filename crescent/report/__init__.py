@@ -5,8 +5,9 @@ and each metric's direction as lm-eval declared it); runs that differ only in a 
 replicas of one setting; one table per study, as in a paper's main table, in Markdown and LaTeX,
 with each setting paired against the base (and `--against` another setting) document by
 document, and the study's compute in hours, each cache entry counted once (`tables.py`); a
-second scoring pass of the same fine-tunes (`eval.*` overrides) adds columns to their rows; PNG plots with error bars (`plots.py`: funnel, score per setting, score
-against data volume or votes when a study varies them).
+second scoring pass of the same fine-tunes (`eval.*` overrides) adds columns to their rows; PNG
+plots with error bars (`plots.py`: funnel, score per setting, score against data volume or
+votes when a study varies them).
 """
 
 from __future__ import annotations
