@@ -15,30 +15,23 @@ of a stage when other processes keep the CPU busy (crescent/infra/load.py).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_engines import write_result
-
-ENGINES_SCRIPT = Path(__file__).resolve().parent / "bench_engines.py"
+from bench_engines import child_command, child_result, write_result
 
 
 def start(args) -> subprocess.Popen:
-    cmd = [sys.executable, str(ENGINES_SCRIPT), "--child", "vllm", "--model", args.model,
-           "--prompts", str(args.prompts), "--max-tokens", str(args.max_tokens),
-           "--dtype", args.dtype]
-    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(child_command(args, "vllm", args.model), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def result(child: subprocess.Popen) -> dict:
     out, err = child.communicate()
-    if child.returncode != 0:
-        sys.exit(f"the vllm generation failed:\n{err[-3000:]}")
-    return json.loads(out.split("RESULT ", 1)[1])
+    return child_result(child.returncode, out, err, "the vllm generation")
 
 
 def main() -> None:

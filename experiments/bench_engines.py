@@ -152,16 +152,27 @@ def main() -> None:
         "sampling": {"temperature": 1.0, "top_p": 0.95, "prompt": "domain math bait_prompt"}})
 
 
+def child_command(args, engine: str, model: str, workload: str = "questions",
+                  top_p: str = "crescent") -> list[str]:
+    """The command that runs `measure` in a process of its own (vLLM does not free memory
+    in-process); `child_result` reads what it printed."""
+    return [sys.executable, __file__, "--child", engine, "--model", model, "--prompts",
+            str(args.prompts), "--max-tokens", str(args.max_tokens), "--dtype", args.dtype,
+            "--child-workload", workload, "--child-top-p", top_p]
+
+
+def child_result(returncode: int, stdout: str, stderr: str, what: str) -> dict:
+    if returncode != 0:
+        sys.exit(f"{what} failed:\n{stderr[-3000:]}")
+    return json.loads(stdout.split("RESULT ", 1)[1])
+
+
 def child(args, engine: str, model: str, workload: str = "questions",
           top_p: str = "crescent") -> dict:
-    """`measure` in a process of its own (vLLM does not free memory in-process)."""
-    cmd = [sys.executable, __file__, "--child", engine, "--model", model, "--prompts",
-           str(args.prompts), "--max-tokens", str(args.max_tokens), "--dtype", args.dtype,
-           "--child-workload", workload, "--child-top-p", top_p]
-    out = subprocess.run(cmd, check=False, capture_output=True, text=True)
-    if out.returncode != 0:
-        sys.exit(f"{model} on {engine} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.split("RESULT ", 1)[1])
+    """`measure` in a process of its own, waited for."""
+    out = subprocess.run(child_command(args, engine, model, workload, top_p), check=False,
+                         capture_output=True, text=True)
+    return child_result(out.returncode, out.stdout, out.stderr, f"{model} on {engine}")
 
 
 def compare_top_p(args, models: list[str]) -> None:
