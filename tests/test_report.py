@@ -315,3 +315,15 @@ def test_the_volume_curve_has_a_line_per_vote_floor_with_the_audits_precision(tm
     assert plots._floor_label([line for line in summary if line["floor"] == 3], audits) \
         .startswith("floor 3 of 4, 25% kept, labels right 100% [")
     assert plots._floor_label(floor2, []) == "floor 2 of 4, 44% kept"
+
+
+def test_an_audit_still_sampling_is_said_unfinished_not_an_empty_table(tmp_path):
+    audited = tmp_path / "audit"
+    (audited / ".hydra").mkdir(parents=True)
+    (audited / ".hydra" / "config.yaml").write_text(
+        "name: vote_audit\nmodel:\n  name: m\nstages: [answers, audit]\n")
+    (audited / "answers").mkdir()  # answers in progress, no audit/audit.json yet
+    report.main([str(tmp_path)])
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert f"## vote_audit: vote audit\n\nNot finished yet: {audited}\n" in md
+    assert "## vote_audit\n" not in md  # no score table of a study that scores no model

@@ -63,12 +63,18 @@ def main(argv: list[str] | None = None) -> None:
     audits = [r for rows in studies.values() for r in rows if r["audit"]]  # for every study's plots
     for study in studies:
         studies[study] = rows = merge_passes(studies[study])
-        audited = [r for r in rows if r["audit"]]
+        audit_runs = [r for r in rows if "audit" in r["stages"]]
+        audited = [r for r in audit_runs if r["audit"]]
         if audited:
             md.append(audit_section(study, audited, out))
-        if not audited or any(r["scores"] for r in rows):  # an audit study scores no model
-            md.append(_score_section(study, rows, args.against, audits, out, tex, summaries,
-                                     pairs))
+        elif audit_runs:  # still sampling: say so rather than print an empty table
+            md.append(f"## {study}: vote audit\n\nNot finished yet: "
+                      f"{', '.join(r['run'] for r in audit_runs)}\n")
+        if not audit_runs or any(r["scores"] for r in rows):  # an audit study scores no model
+            section, table_tex, summaries[study], pairs[study] = _score_section(
+                study, rows, args.against, audits, out)
+            md.append(section)
+            tex.append(table_tex)
         costs[study] = compute_cost(rows)
         md.append(cost_markdown(costs[study]))
     (out / "report.md").write_text("\n".join(md))
@@ -84,20 +90,19 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _score_section(study: str, rows: list[dict], against: str | None, audits: list[dict],
-                   out: Path, tex: list[str], summaries: dict, pairs: dict) -> str:
-    """One study's score table, its paired differences and its plots, in Markdown (and the
-    table in LaTeX)."""
+                   out: Path) -> tuple[str, str, list[dict], list[dict]]:
+    """One study's score table, its paired differences and its plots: (Markdown, the table in
+    LaTeX, the table's summary and the paired differences for report.json)."""
     from crescent.report.plots import plots  # matplotlib: only when writing
 
     header, cells, notes = table(rows)
-    summaries[study] = summarize(rows)
     md = [f"## {study}\n\n{markdown(header, cells)}\n" + "".join(f"- {note}\n" for note in notes)]
-    pairs[study] = paired(rows, against)
-    if pairs[study]:
-        md.append(f"### {study}: paired over documents\n\n{paired_markdown(pairs[study])}\n"
+    differences = paired(rows, against)
+    if differences:
+        md.append(f"### {study}: paired over documents\n\n{paired_markdown(differences)}\n"
                   "Each setting's per-document score is averaged over its replicas; the "
                   "interval resamples the documents (the benchmark's sample), not the "
                   "training seeds.\n")
-    tex.append(f"% {study}\n{latex(header, cells)}" + "".join(f"% {n}\n" for n in notes))
     md += [f"![{path.stem}]({path.name})\n" for path in plots(study, rows, out, audits)]
-    return "\n".join(md)
+    table_tex = f"% {study}\n{latex(header, cells)}" + "".join(f"% {n}\n" for n in notes)
+    return "\n".join(md), table_tex, summarize(rows), differences
