@@ -331,3 +331,17 @@ def test_shuffled_labels_is_a_seeded_cycle():
     assert once == again and once != shuffle_labels(qa, 4)
     assert all(q["response"] != f"r{q['id']}" for q in once)
     assert sorted(q["response"] for q in once) == sorted(q["response"] for q in qa)
+
+
+def test_gold_rows_name_the_line_of_a_solution_without_its_answer(tmp_path):
+    from omegaconf import OmegaConf
+
+    from crescent.stages.answers import gold_rows
+
+    train = tmp_path / "train.jsonl"
+    train.write_text('{"question": "q1", "answer": "1 + 1 = <<1+1=2>>2\\n#### 2"}\n\n'
+                     '{"question": "q2", "answer": "no answer line"}\n')
+    domain = OmegaConf.create({"final_answer_line": "The answer is: {answer}"})
+    assert gold_rows(train, 1, domain)[0]["response"] == "1 + 1 = 2\nThe answer is: 2"
+    with pytest.raises(CrescentError, match=f"{train}:3: the gold solution has no"):
+        gold_rows(train, 2, domain)

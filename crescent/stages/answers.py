@@ -423,15 +423,15 @@ def gold_rows(path: Path, n: int, domain: DictConfig) -> list[dict]:
     vote's pairs."""
     import re
 
-    from crescent.infra.io import read_jsonl
+    from crescent.infra.io import numbered_jsonl
 
     rows = []
-    for i, row in enumerate(read_jsonl(path)):
+    for i, (lineno, row) in enumerate(numbered_jsonl(path)):
         if len(rows) == n:
             break
         body, _, answer = row["answer"].rpartition("####")
         if not body:
-            raise CrescentError(f"voting.gold_control: {path}:{i + 1}: the gold solution has "
+            raise CrescentError(f"voting.gold_control: {path}:{lineno}: the gold solution has "
                                 f"no '#### <answer>' line")
         answer = answer.strip().replace(",", "")
         body = re.sub(r"<<[^>]*>>", "", body).rstrip()
