@@ -14,9 +14,9 @@ crescent experiment=vote_audit model=qwen_coder_05b answers.samples=4 \
   hydra.run.dir=multirun/paper_05b_volume/audit "$@"
 # 4. The other two replicas of every row (the seed-0 jobs are skipped).
 crescent -m experiment=paper_05b "$@"
-# 5. MATH-500, a second scoring pass of the crescent and no_vote fine-tunes (from the cache).
+# 5. MATH-500, a second scoring pass of every fine-tune (from the cache), about 5 minutes each.
 crescent -m experiment=paper_05b stages=[finetune,evaluate] eval.tasks=[crescent_math500] \
-  eval.limit=null setting=crescent,no_vote "$@"
+  eval.limit=null "$@"
 # 6. The table, the paired differences, the plots, the compute.
 report() {
   crescent-report multirun/paper_05b --against setting=no_vote
