@@ -186,7 +186,8 @@ class FinetuneConfig:
     batch_size: int = 8  # examples per micro-batch per device (before accumulation)
     accumulate_grad_batches: int = 1  # micro-batches per optimiser step
     max_length: int = 2048  # tokens per example (or packed row); longer ones are cut from the right
-    packing: bool = False  # pack several examples into one row of max_length (position ids restart)
+    packing: bool = False  # pack several examples into one row of max_length (position ids restart): fewer, fuller steps
+    padding_free: bool = True  # sft: each micro-batch's examples run as one row, no padding (position ids restart, no attention across examples): the same steps and loss, no compute on padding
     val_fraction: float = 0.05  # share of examples held out for validation; 0: none
     val_every_n_steps: int = 0  # validate every N optimiser steps; 0: at epoch ends only
     shuffle: bool = True  # reshuffle the training split every epoch (seeded by the run seed)
@@ -194,6 +195,7 @@ class FinetuneConfig:
     lora_r: int = 16  # LoRA rank
     lora_alpha: int = 32  # LoRA scaling numerator (scale = alpha / r)
     lora_dropout: float = 0.05  # dropout on the LoRA branch
+    lora_base_dtype: Dtype = Dtype.auto  # lora: dtype the frozen base weights are held and multiplied in; the adapters, their optimiser and the residual stream stay float32. auto: student.dtype's (bfloat16 on GPU and on CPUs with bf16 units, else float32)
     lora_target_modules: list[str] = field(  # module names that get adapters; ["all-linear"] works too
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                  "down_proj"]

@@ -19,6 +19,7 @@ from crescent.methods.sft_data import (
     encode_conversation,
     load_conversations,
     pack,
+    padding_free,
 )
 from tests.conftest import run_cli
 from tests.killing import kill_points, kill_then_finish, lines, whole_records
@@ -210,6 +211,97 @@ def test_module_loss_is_the_same_with_and_without_the_fused_head(tmp_path, mode)
     assert grads_a.keys() == grads_b.keys() and grads_a
     for k in grads_a:
         assert (grads_a[k] - grads_b[k]).abs().max() < 1e-5, k
+
+
+def _grads(module) -> dict:
+    return {k: p.grad.clone() for k, p in module.model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_padding_free_batches_give_the_padded_loss_and_gradients(tmp_path, mode):
+    from omegaconf import OmegaConf
+
+    from crescent.config import FinetuneConfig
+    from crescent.objectives.sft import SFTModule
+
+    fcfg = OmegaConf.structured(FinetuneConfig(mode=mode, lora_dropout=0.0))
+    module = SFTModule(fcfg, _tiny_llama(tmp_path / "m"), "float32")
+    module.configure_model()
+    # The second row is labelled from its first token: in one row its left neighbour (the
+    # first row's last token) must not be trained to predict it.
+    rows = [{"input_ids": [1, 5, 9, 13, 2, 7], "labels": [IGNORE_INDEX] * 3 + [13, 2, 7]},
+            {"input_ids": [3, 4, 4, 2], "labels": [3, 4, 4, 2]},
+            {"input_ids": [1, 8], "labels": [IGNORE_INDEX, 8]}]
+    batch = collate(rows, pad_id=0)
+    results = []
+    for free in (True, False):
+        fcfg.padding_free = free
+        module.model.zero_grad()
+        loss, n = module.compute_loss(batch)
+        loss.backward()
+        results.append((float(loss.detach()), int(n), _grads(module)))
+    (a, n_a, grads_a), (b, n_b, grads_b) = results
+    assert n_a == n_b == 7 and abs(a - b) < 1e-5
+    for k in grads_a:
+        assert (grads_a[k] - grads_b[k]).abs().max() < 1e-5, k
+    one_row = padding_free(batch)
+    assert one_row["input_ids"].tolist() == [[1, 5, 9, 13, 2, 7, 3, 4, 4, 2, 1, 8]]
+    assert one_row["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 0, 1]]
+
+
+def test_lora_on_a_bfloat16_base_keeps_float32_where_training_needs_it(tmp_path):
+    import torch
+    from omegaconf import OmegaConf
+    from transformers import AutoModelForCausalLM
+
+    from crescent.config import FinetuneConfig
+    from crescent.methods.training import LowPrecisionLinear, save_model
+    from crescent.objectives.sft import SFTModule
+
+    path = _tiny_llama(tmp_path / "m")
+    fcfg = OmegaConf.structured(FinetuneConfig(mode="lora", lora_dropout=0.0, lr=1e-2))
+    batch = collate([{"input_ids": [1, 5, 9, 13, 2, 7], "labels": [IGNORE_INDEX] * 3 + [13, 2, 7]},
+                     {"input_ids": [1, 4, 4, 2], "labels": [IGNORE_INDEX, 4, 4, 2]}], pad_id=0)
+    losses = {}
+    for base in (None, "bfloat16"):
+        torch.manual_seed(0)  # the same adapters
+        module = SFTModule(fcfg, path, "float32", base_dtype=base)
+        module.configure_model()
+        low = [m for m in module.model.modules() if isinstance(m, LowPrecisionLinear)]
+        assert len(low) == (42 if base else 0)  # 7 projections x 2 layers, base + 2 adapters
+        held = [m for m in low if not m.weight.requires_grad]
+        assert len(held) == len(low) // 3 and all(m.weight.dtype == torch.bfloat16 for m in held)
+        trained = [p for p in module.model.parameters() if p.requires_grad]
+        assert trained and all(p.dtype == torch.float32 for p in trained)
+        optimizer = torch.optim.AdamW(trained, lr=fcfg.lr)
+        losses[base] = []
+        for _ in range(4):
+            loss, _ = module.compute_loss(batch)
+            loss.backward()
+            assert all(p.grad.dtype == torch.float32 for p in trained)
+            optimizer.step()
+            optimizer.zero_grad()
+            losses[base].append(float(loss.detach()))
+    # The adapters' updates reach the output in float32: the losses go down together.
+    assert losses["bfloat16"][-1] < losses["bfloat16"][0] - 0.01
+    for ours, reference in zip(losses["bfloat16"], losses[None]):
+        assert abs(ours - reference) < 0.01 * reference
+    # Merged into the bfloat16 base and saved: the saved model computes what was trained.
+    with torch.no_grad():
+        module.model.eval()
+        trained_logits = module.model(input_ids=batch["input_ids"][:1]).logits
+    save_model(module.model, _tokenizer_stub(tmp_path), tmp_path / "out", "lora", "bfloat16")
+    saved = AutoModelForCausalLM.from_pretrained(tmp_path / "out", dtype=torch.float32)
+    with torch.no_grad():
+        logits = saved(input_ids=batch["input_ids"][:1]).logits
+    assert (logits - trained_logits).abs().max() < 0.05 * trained_logits.abs().max()
+
+
+def _tokenizer_stub(tmp_path):
+    class Stub:  # save_model saves a tokenizer beside the weights; the tiny model has none
+        def save_pretrained(self, where):
+            (Path(where) / "tokenizer_config.json").write_text("{}")
+    return Stub()
 
 
 # --- input and config errors -----------------------------------------------------------------

@@ -7,7 +7,9 @@ bfloat16 where it has bfloat16 matrix units (AMX tiles, `amx_bf16`, or AVX512-BF
 `avx512_bf16`), float32 elsewhere: on AVX2-only CPUs bfloat16 matmuls ran several times slower
 than float32 here. Training on a CPU stays 32-true under `auto`: bf16-mixed trained only 1.25x
 faster on an AMX CPU and its loss after 3 steps differed from float32's by 0.12
-(experiments/bench_precision.py); `finetune.precision=bf16-mixed` opts in.
+(experiments/bench_precision.py); `finetune.precision=bf16-mixed` opts in. LoRA's frozen base
+is the exception (`lora_base_dtype`): held in the student's dtype, its matmuls run on the
+bfloat16 units while everything that trains stays float32 (experiments/bench_training.py).
 """
 
 from __future__ import annotations
@@ -56,6 +58,16 @@ def resolve_precision(precision: str, accelerator: str) -> str:
 
         return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
     return "32-true"
+
+
+def lora_base_dtype(fcfg, student_dtype: str) -> str | None:
+    """The dtype LoRA's frozen base is held and multiplied in (`finetune.lora_base_dtype`;
+    `auto`: the dtype the student is saved in, so merging the adapters into it loses nothing
+    that saving would keep), or None: full fine-tuning has no frozen base."""
+    if fcfg.mode != "lora":
+        return None
+    setting = fcfg.lora_base_dtype
+    return resolve_dtype(student_dtype if setting == "auto" else setting)
 
 
 def describe(dtype: str) -> dict:

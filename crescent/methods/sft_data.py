@@ -4,8 +4,9 @@ batched, and sampled resumably, for the finetune stage.
 Every conversation is rendered with the student's own chat template and tokenised once; the loss
 is on assistant tokens only (each assistant turn's content and its end-of-turn token), found from
 the character spans the template gives each turn, so the mask is exact for any template that
-renders a conversation prefix by prefix. Batches are padded to their longest row; `packing`
-instead fills rows of `max_length` with several examples whose position ids restart, which
+renders a conversation prefix by prefix. Batches are padded to their longest row; the sft loss
+runs them `padding_free` (one row of the batch's examples); `packing` instead fills rows of
+`max_length` with several examples. In both, position ids restart at each example, which
 transformers turns into a block-diagonal attention mask.
 
 Light to import: torch is imported by `collate` when it first runs, `datasets` only to read a
@@ -166,6 +167,22 @@ def collate(features: list[dict], pad_id: int) -> dict:
              "num_loss_tokens": int((labels != IGNORE_INDEX).sum())}
     batch["position_ids" if packed else "attention_mask"] = extra
     return batch
+
+
+def padding_free(batch: dict) -> dict:
+    """A padded batch (`collate`'s, right-padded) as one row of its examples back to back,
+    position ids restarting at each: the model computes nothing on padding and attends within
+    each example only (transformers reads the boundaries from the position ids). Each
+    example's first token stays out of the loss, as at the start of its own row, so the loss
+    is the padded batch's."""
+    import torch
+
+    keep = batch["attention_mask"].bool()
+    labels = batch["labels"].clone()
+    labels[:, 0] = IGNORE_INDEX  # nothing predicts it: in one row its left neighbour would
+    positions = torch.cat([torch.arange(int(n)) for n in keep.sum(1)])
+    return {**batch, "input_ids": batch["input_ids"][keep][None], "labels": labels[keep][None],
+            "position_ids": positions[None], "attention_mask": None}
 
 
 class ResumableBatchSampler:

@@ -125,9 +125,12 @@ class CausalLMModule(L.LightningModule):
     input_file: str  # the answers stage's file it reads when finetune.input is unset
     settings: tuple[str, ...] = ()  # finetune.* keys only this objective reads
 
-    def __init__(self, fcfg, model_path: str, dtype: str, work_dir: Path | None = None):
+    def __init__(self, fcfg, model_path: str, dtype: str, work_dir: Path | None = None,
+                 base_dtype: str | None = None):
         super().__init__()
         self.fcfg, self.model_path, self.dtype_name = fcfg, model_path, dtype
+        # lora: the dtype the frozen base is held and multiplied in (None: `dtype`)
+        self.base_dtype = base_dtype
         self.work_dir = work_dir  # the stage dir: what an objective computes once lives here
         self.model = None
         # Checkpoints hold only the trained weights; frozen ones come from the student.
@@ -167,6 +170,8 @@ class CausalLMModule(L.LightningModule):
                 r=f.lora_r, lora_alpha=f.lora_alpha, lora_dropout=f.lora_dropout,
                 target_modules="all-linear" if targets == ["all-linear"] else targets,
                 task_type="CAUSAL_LM"))
+            if self.base_dtype not in (None, self.dtype_name):
+                hold_frozen_base(model, getattr(torch, self.base_dtype))
         model.train()  # from_pretrained returns eval mode: LoRA dropout would be off
         self.model = model
         self.base = model.get_base_model() if f.mode == "lora" else model
@@ -217,6 +222,52 @@ class CausalLMModule(L.LightningModule):
         trained = {n for n, p in self.named_parameters() if p.requires_grad}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items()
                                     if k in trained}
+
+
+class LowPrecisionLinear(torch.nn.Linear):
+    """A linear layer that multiplies in a low-precision dtype (bfloat16) while its input and
+    output keep their own dtype (float32): a frozen weight is held in that dtype, a trained one
+    stays float32 (its optimiser too) and is cast for the product, as mixed precision does.
+
+    Under LoRA this puts the base's matmuls, most of a step's work, and the adapters' own on
+    the CPU's bfloat16 units while the residual stream, the norms, the sum of base and adapter
+    and every weight that trains stay float32. A base that is bfloat16 throughout (PEFT on a
+    bfloat16 model) instead adds each adapter's update to a bfloat16 output: an update smaller
+    than that output's rounding step (2^-8 of it) is partly lost, and training trails float32
+    (experiments/bench_training.py loss-gap)."""
+
+    compute_dtype: torch.dtype
+
+    @classmethod
+    def from_linear(cls, linear: torch.nn.Linear, dtype: torch.dtype) -> LowPrecisionLinear:
+        layer = cls.__new__(cls)
+        torch.nn.Module.__init__(layer)
+        layer.in_features, layer.out_features = linear.in_features, linear.out_features
+        layer.compute_dtype = dtype
+        layer.weight = (linear.weight if linear.weight.requires_grad else torch.nn.Parameter(
+            linear.weight.detach().to(dtype), requires_grad=False))
+        layer.bias = linear.bias  # added in the output's dtype
+        return layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.nn.functional.linear(x.to(self.compute_dtype),
+                                         self.weight.to(self.compute_dtype)).to(x.dtype)
+        return out if self.bias is None else out + self.bias
+
+
+def hold_frozen_base(model, dtype: torch.dtype) -> None:
+    """Every LoRA-adapted linear layer multiplies in `dtype` (`LowPrecisionLinear`): its frozen
+    base held in it, its adapters float32 and cast. Merging adds the adapters into the base at
+    save time, in the dtype the student is saved in (the finetune stage's `auto`)."""
+    from peft.tuners.lora import LoraLayer
+
+    for module in model.modules():
+        if isinstance(module, LoraLayer) and type(module.base_layer) is torch.nn.Linear:
+            module.base_layer = LowPrecisionLinear.from_linear(module.base_layer, dtype)
+            for adapters in (module.lora_A, module.lora_B):
+                for name, adapter in adapters.items():
+                    if type(adapter) is torch.nn.Linear:
+                        adapters[name] = LowPrecisionLinear.from_linear(adapter, dtype)
 
 
 class StepMetrics(L.Callback):

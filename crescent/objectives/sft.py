@@ -2,7 +2,8 @@
 
 Data (crescent/methods/sft_data.py): every conversation is rendered with the student's own chat
 template and tokenised once, with the loss on assistant tokens only; batches are padded to their
-longest row, or `packing` fills rows of `max_length` with several examples. The model, the
+longest row and the loss runs them `padding_free` (the batch's examples as one row), or
+`packing` fills rows of `max_length` with several examples. The model, the
 optimiser, the per-step metrics and checkpoints are the shared ones (crescent/methods/training.py).
 """
 
@@ -25,6 +26,7 @@ from crescent.methods.sft_data import (
     encode_conversation,
     load_conversations,
     pack,
+    padding_free,
 )
 from crescent.methods.training import CausalLMModule, ResumableLoader
 from crescent.registry import OBJECTIVES
@@ -117,23 +119,36 @@ class SFTModule(CausalLMModule):
             return
         super().configure_model()
         self._slice_logits = "logits_to_keep" in inspect.signature(self.base.forward).parameters
+        self._head_copy = None
+
+    def head_weight(self) -> torch.Tensor:
+        """The LM head's weight for the fused loss: under LoRA with a low-precision base the
+        head is frozen too and multiplies in the base's dtype (a copy, kept on the head's
+        device: a tied head is also the float32 embedding)."""
+        weight = self.base.get_output_embeddings().weight
+        if self.base_dtype in (None, self.dtype_name) or weight.requires_grad:
+            return weight
+        if self._head_copy is None or self._head_copy.device != weight.device:
+            self._head_copy = weight.detach().to(getattr(torch, self.base_dtype))
+        return self._head_copy
 
     def compute_loss(self, batch: dict):
         """Mean cross-entropy over the batch's assistant tokens. The LM head (a large
         matmul) runs only on the positions that predict a trained token, in chunks
         (`linear_cross_entropy`); models it cannot take get the logits of the span from
         the first to the last such position from their own forward."""
+        if self.fcfg.padding_free and batch.get("attention_mask") is not None:
+            batch = padding_free(batch)
         labels = batch["labels"]
         targets = labels[:, 1:]
         inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids")
-                  if k in batch}
+                  if batch.get(k) is not None}
         mask = targets != IGNORE_INDEX
         n = mask.sum()
         if self.fused_head:
             backbone = getattr(self.base, self.base.base_model_prefix)
             hidden = backbone(**inputs, use_cache=False).last_hidden_state[:, :-1]
-            head = self.base.get_output_embeddings()
-            loss = linear_cross_entropy(hidden[mask], head.weight, targets[mask])
+            loss = linear_cross_entropy(hidden[mask], self.head_weight(), targets[mask])
             return loss / n.clamp(min=1), n
         cols = mask.any(0).nonzero().flatten()
         if self._slice_logits and cols.numel():

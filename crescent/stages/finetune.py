@@ -27,15 +27,28 @@ from crescent import cache
 from crescent.cache import STATS, Stage
 from crescent.errors import CrescentError
 from crescent.infra.io import read_json, read_jsonl, write_json
-from crescent.infra.precision import resolve_precision
+from crescent.infra.precision import lora_base_dtype, resolve_precision
 
 logger = logging.getLogger(__name__)
 
+
+
+def _frozen_base_key(cfg: DictConfig) -> str:
+    """`finetune.lora_base_dtype` as the key holds it: the dtype it resolves to on this
+    machine, or `auto` (and so left out of the key) where that is float32, or full
+    fine-tuning: the only recipe before the setting existed, whose entries stay valid."""
+    resolved = lora_base_dtype(cfg.finetune, cfg.student.dtype)
+    return "auto" if resolved in (None, "float32") else resolved
+
+
 # finetune.seed lives in the finetune group: replicas of a fine-tune share the data above.
+# padding_free runs the same examples per step with the same loss (only the summation
+# order differs): entries made with padding stay valid for it.
 STAGE = Stage("finetune", ("seed", "student", "finetune"), upstream="answers",
               input_key="finetune.input", outputs=("model",), version=1, distributed=True,
+              resolved={"finetune.lora_base_dtype": _frozen_base_key},
               added=("finetune.objective", "finetune.init", "finetune.beta", "finetune.margin_weight",
-                     "finetune.sft_weight"))
+                     "finetune.sft_weight", "finetune.padding_free", "finetune.lora_base_dtype"))
 MODEL_DIR = "model"  # the trained student, a Hugging Face save_pretrained dir
 CHECKPOINT_DIR = "checkpoints"
 LAST_CKPT = "last.ckpt"
@@ -87,7 +100,8 @@ def train(cfg: DictConfig, run_dir: Path, out: Path, start: str) -> Path:
     seed = cfg.seed if f.seed is None else f.seed
     training.seed_everything(seed)
     data = objective.data_module(examples, tokenizer, f, seed)
-    module = objective(f, model_path, training.load_dtype(precision), out)
+    module = objective(f, model_path, training.load_dtype(precision), out,
+                       base_dtype=lora_base_dtype(f, cfg.student.dtype))
     metrics = training.StepMetrics(out / METRICS)
     trainer = training.build_trainer(f, out, out / CHECKPOINT_DIR, precision,
                                      _make_logger(cfg, run_dir), metrics)
@@ -234,6 +248,7 @@ def _stats(cfg, input_path, trainer, data, module, metrics, precision, val_loss)
         "trainable_params": sum(p.numel() for p in module.model.parameters() if p.requires_grad),
         "total_params": sum(p.numel() for p in module.model.parameters()),
         "precision": precision,
+        "lora_base_dtype": module.base_dtype,  # None: full fine-tuning
         "world_size": trainer.world_size,
     }
 
