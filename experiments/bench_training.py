@@ -39,7 +39,7 @@ with `finetune=lora` as paper_05b trains it (micro-batches of 2, 4 accumulated, 
             float32's; at the first step the adapters' gradient against float32's (cosine,
             relative error); and the LM head alone in bfloat16 on float32's hidden states.
   curves    `default` and `float32` for --steps steps (lr warm-up 3, cosine) for each seed
-            (finetune.seed), 8 examples a step, 10% held out: the mean loss over the last 10
+            (finetune.seed), 4 examples a step, 10% of --pairs held out: the mean loss over the last 10
             steps and the held-out loss, and the plot bench_training_curves.png.
   gold      a whole gold fine-tune of the 0.5B model as a study runs it: --pairs pairs for
             --epochs epochs with paper_05b's micro-batches (8 examples a step), 5% held out,
@@ -229,8 +229,6 @@ def run_trl(model: str, pairs: Path, steps: int, dtype: str) -> dict:
                                  target_modules=list(f.lora_target_modules), task_type="CAUSAL_LM")
 
     class Clock(TrainerCallback):
-        marks: list[float] = []
-
         def on_step_end(self, *a, **kw):
             self.marks.append(time.perf_counter())
 
@@ -401,8 +399,8 @@ def label_modules(module) -> None:
     """Wrap what the profile tells apart in record_function ranges (innermost wins)."""
     import torch
 
-    import crescent.objectives.sft as sft
     from crescent.methods.training import LowPrecisionLinear
+    from crescent.objectives import sft
 
     model = module.model
     head = module.base.get_output_embeddings()
@@ -466,9 +464,8 @@ def profile_one(model: str, overrides: list[str], pairs: Path) -> dict:
     data._collate = labelled(collate, "collation and padding")
     optimizer.step = labelled(optimizer.step, "optimizer")
     started = time.perf_counter()
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        with record_function("step"):
-            train_step(module, data, rows, optimizer, params)
+    with profile(activities=[ProfilerActivity.CPU]) as prof, record_function("step"):
+        train_step(module, data, rows, optimizer, params)
     wall = time.perf_counter() - started
     totals = charge(prof)
     counted = sum(totals.values())
@@ -597,7 +594,7 @@ def curves(args) -> dict:
         for seed in args.seeds:
             for config in ("default", "float32"):
                 extra = [f"finetune.seed={seed}", "finetune.val_fraction=0.1",
-                         "finetune.warmup_steps=3"]
+                         "finetune.warmup_steps=3", "finetune.accumulate_grad_batches=2"]
                 run = run_stage(QWEN, config, pairs, args.steps, work / f"seed{seed}", extra)
                 run["seed"] = seed
                 run["last10"] = round(statistics.mean(run["losses"][-10:]), 4)
@@ -616,7 +613,7 @@ def curves(args) -> dict:
     print(f"\n{'':<10}{'last-10 loss per seed':>28}{'mean':>8}{'held-out per seed':>26}"
           f"{'mean':>8}{'train s':>9}")
     for config, s in summary.items():
-        print(f"{config:<10}{str(s['last10']):>28}{s['last10_mean']:>8}{str(s['val']):>26}"
+        print(f"{config:<10}{s['last10']!s:>28}{s['last10_mean']:>8}{s['val']!s:>26}"
               f"{s['val_mean']:>8}{s['train_s_mean']:>9}")
     print(f"default against float32: last-10 loss {d['last10_mean'] / f['last10_mean'] - 1:+.2%}, "
           f"held-out {d['val_mean'] / f['val_mean'] - 1:+.2%}; float32's own spread across "

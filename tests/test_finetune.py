@@ -186,14 +186,7 @@ def _tiny_llama(path: Path) -> str:
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_module_loss_is_the_same_with_and_without_the_fused_head(tmp_path, mode):
-    from omegaconf import OmegaConf
-
-    from crescent.config import FinetuneConfig
-    from crescent.objectives.sft import SFTModule
-
-    fcfg = OmegaConf.structured(FinetuneConfig(mode=mode, lora_dropout=0.0))
-    module = SFTModule(fcfg, _tiny_llama(tmp_path / "m"), "float32")
-    module.configure_model()
+    module = _tiny_sft(tmp_path, mode)
     assert module.fused_head
     rows = [{"input_ids": [1, 5, 9, 13, 2, 7], "labels": [IGNORE_INDEX] * 3 + [13, 2, 7]},
             {"input_ids": [1, 4, 4, 2], "labels": [IGNORE_INDEX, 4, 4, 2]}]
@@ -201,24 +194,12 @@ def test_module_loss_is_the_same_with_and_without_the_fused_head(tmp_path, mode)
     results = []
     for fused in (True, False):
         module.fused_head = fused
-        module.model.zero_grad()
-        loss, n = module.compute_loss(batch)
-        loss.backward()
-        results.append((loss.detach(), n, {k: p.grad.clone() for k, p in
-                                           module.model.named_parameters() if p.requires_grad}))
-    (a, n_a, grads_a), (b, n_b, grads_b) = results
-    assert int(n_a) == int(n_b) == 6 and abs(float(a) - float(b)) < 1e-5
-    assert grads_a.keys() == grads_b.keys() and grads_a
-    for k in grads_a:
-        assert (grads_a[k] - grads_b[k]).abs().max() < 1e-5, k
+        results.append(_loss_and_gradients(module, batch))
+    _assert_same(*results, n=6)
 
 
-def _grads(module) -> dict:
-    return {k: p.grad.clone() for k, p in module.model.named_parameters() if p.requires_grad}
-
-
-@pytest.mark.parametrize("mode", ["full", "lora"])
-def test_padding_free_batches_give_the_padded_loss_and_gradients(tmp_path, mode):
+def _tiny_sft(tmp_path: Path, mode: str):
+    """The sft objective's module on a 2-layer random model, built as the stage builds it."""
     from omegaconf import OmegaConf
 
     from crescent.config import FinetuneConfig
@@ -227,6 +208,28 @@ def test_padding_free_batches_give_the_padded_loss_and_gradients(tmp_path, mode)
     fcfg = OmegaConf.structured(FinetuneConfig(mode=mode, lora_dropout=0.0))
     module = SFTModule(fcfg, _tiny_llama(tmp_path / "m"), "float32")
     module.configure_model()
+    return module
+
+
+def _loss_and_gradients(module, batch) -> tuple[float, int, dict]:
+    module.model.zero_grad()
+    loss, n = module.compute_loss(batch)
+    loss.backward()
+    return float(loss.detach()), int(n), {
+        k: p.grad.clone() for k, p in module.model.named_parameters() if p.requires_grad}
+
+
+def _assert_same(first: tuple, second: tuple, n: int) -> None:
+    (a, n_a, grads_a), (b, n_b, grads_b) = first, second
+    assert n_a == n_b == n and abs(a - b) < 1e-5
+    assert grads_a.keys() == grads_b.keys() and grads_a
+    for k in grads_a:
+        assert (grads_a[k] - grads_b[k]).abs().max() < 1e-5, k
+
+
+@pytest.mark.parametrize("mode", ["full", "lora"])
+def test_padding_free_batches_give_the_padded_loss_and_gradients(tmp_path, mode):
+    module = _tiny_sft(tmp_path, mode)
     # The second row is labelled from its first token: in one row its left neighbour (the
     # first row's last token) must not be trained to predict it.
     rows = [{"input_ids": [1, 5, 9, 13, 2, 7], "labels": [IGNORE_INDEX] * 3 + [13, 2, 7]},
@@ -235,15 +238,9 @@ def test_padding_free_batches_give_the_padded_loss_and_gradients(tmp_path, mode)
     batch = collate(rows, pad_id=0)
     results = []
     for free in (True, False):
-        fcfg.padding_free = free
-        module.model.zero_grad()
-        loss, n = module.compute_loss(batch)
-        loss.backward()
-        results.append((float(loss.detach()), int(n), _grads(module)))
-    (a, n_a, grads_a), (b, n_b, grads_b) = results
-    assert n_a == n_b == 7 and abs(a - b) < 1e-5
-    for k in grads_a:
-        assert (grads_a[k] - grads_b[k]).abs().max() < 1e-5, k
+        module.fcfg.padding_free = free
+        results.append(_loss_and_gradients(module, batch))
+    _assert_same(*results, n=7)
     one_row = padding_free(batch)
     assert one_row["input_ids"].tolist() == [[1, 5, 9, 13, 2, 7, 3, 4, 4, 2, 1, 8]]
     assert one_row["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 0, 1]]
