@@ -229,7 +229,10 @@ def _assert_same(first: tuple, second: tuple, n: int) -> None:
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_padding_free_batches_give_the_padded_loss_and_gradients(tmp_path, mode):
+    from crescent.methods.packed_attention import NAME
+
     module = _tiny_sft(tmp_path, mode)
+    assert module.base.config._attn_implementation == NAME  # example by example, not a mask
     # The second row is labelled from its first token: in one row its left neighbour (the
     # first row's last token) must not be trained to predict it.
     rows = [{"input_ids": [1, 5, 9, 13, 2, 7], "labels": [IGNORE_INDEX] * 3 + [13, 2, 7]},

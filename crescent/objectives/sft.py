@@ -120,6 +120,10 @@ class SFTModule(CausalLMModule):
         super().configure_model()
         self._slice_logits = "logits_to_keep" in inspect.signature(self.base.forward).parameters
         self._head_copy = None
+        if self.fcfg.padding_free:
+            from crescent.methods.packed_attention import use_packed_sdpa
+
+            use_packed_sdpa(self.base)  # each example of a padding-free row attends on its own
 
     def head_weight(self) -> torch.Tensor:
         """The LM head's weight for the fused loss: under LoRA with a low-precision base the
