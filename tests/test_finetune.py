@@ -282,6 +282,8 @@ def test_lora_on_a_bfloat16_base_keeps_float32_where_training_needs_it(tmp_path)
             optimizer.step()
             optimizer.zero_grad()
             losses[base].append(float(loss.detach()))
+        with torch.no_grad():  # validation: the head multiplies in bfloat16 here too
+            losses[base].append(float(module.compute_loss(batch)[0]))
     # The adapters' updates reach the output in float32: the losses go down together.
     assert losses["bfloat16"][-1] < losses["bfloat16"][0] - 0.01
     for ours, reference in zip(losses["bfloat16"], losses[None]):
@@ -295,6 +297,27 @@ def test_lora_on_a_bfloat16_base_keeps_float32_where_training_needs_it(tmp_path)
     with torch.no_grad():
         logits = saved(input_ids=batch["input_ids"][:1]).logits
     assert (logits - trained_logits).abs().max() < 0.05 * trained_logits.abs().max()
+
+
+def test_cpu_dropout_drops_at_its_rate_reproducibly_and_passes_gradients_through_its_mask():
+    import torch
+
+    from crescent.methods.training import CpuDropout
+
+    drop = CpuDropout(0.05)
+    x = torch.ones(400, 500, requires_grad=True)
+    torch.manual_seed(3)
+    y = drop(x)
+    kept = (y != 0).float().mean().item()
+    assert abs(kept - 0.95) < 0.003  # 200k draws: the standard error is 0.0005
+    assert torch.allclose(y[y != 0], torch.tensor(1 / 0.95))  # the expectation is kept
+    torch.manual_seed(3)
+    assert torch.equal(drop(x), y)  # torch's seed decides the mask
+    assert not torch.equal(drop(x), y)
+    y.sum().backward()
+    assert torch.equal(x.grad, y.detach())  # d(sum)/dx is the scaled mask
+    drop.eval()
+    assert torch.equal(drop(x), x)
 
 
 def _tokenizer_stub(tmp_path):

@@ -36,7 +36,7 @@ def linear_cross_entropy(hidden, weight, targets, chunk_elements: int = 1 << 24)
         return LinearCrossEntropy.apply(hidden, weight, targets, chunk)
     total = hidden.new_zeros((), dtype=torch.float32)
     for s in range(0, hidden.shape[0], chunk):
-        logits = (hidden[s : s + chunk] @ weight.T).float()
+        logits = (hidden[s : s + chunk].to(weight.dtype) @ weight.T).float()
         total += torch.nn.functional.cross_entropy(logits, targets[s : s + chunk],
                                                    reduction="sum")
     return total
