@@ -17,14 +17,15 @@ with `finetune=lora` as paper_05b trains it (micro-batches of 2, 4 accumulated, 
 768), SmolLM2-135M with full fine-tuning (micro-batches of 8).
 
   speed     `crescent stages=[finetune]` as users run it, one process per configuration:
-            `default` (today's defaults), `float32` (lora_base_dtype=float32,
-            padding_free=false: the defaults before this benchmark), for full fine-tuning
+            `default` (the defaults), `float32` (lora_base_dtype=float32, padding_free=false),
+            `today` (the stage as it was before this benchmark's changes, commit TODAY, from a
+            worktree of it: float32, padded, torch's dropout draws), for full fine-tuning
             `bf16-mixed` too, and with --trl TRL's SFTTrainer (+PEFT for LoRA) on the same
             tokens, batches and schedule, the model in float32 (`trl`) and in bfloat16 with
             bf16 autocast (`trl-bf16`). Steps of one micro-batch (accumulation 1). Trained (assistant) tokens/s and all tokens/s over the
             training loop; achieved FLOP/s against the CPU's peak (below).
-  --quick   speed on the 0.5B LoRA recipe alone, `default` against `float32` (about 4
-            minutes on 2 cores); its last two lines are the issue's verdict.
+  --quick   speed on the 0.5B LoRA recipe alone, `default` against `today` (about 4
+            minutes on 2 cores); its last two lines are the verdict.
   profile   one optimiser step (after a warm-up step) under torch.profiler, every op's
             own time charged to what ran it: the base's matmuls, the LoRA branches,
             attention (the rest of each attention block), the LM head and loss, the
@@ -85,6 +86,9 @@ SPEED = ["finetune.accumulate_grad_batches=1"]
 # Today's defaults against those before this benchmark (float32 base, padded batches).
 CONFIGS = {"default": [], "float32": ["finetune.lora_base_dtype=float32",
                                       "finetune.padding_free=false"]}
+# `today`: the finetune stage as it was before this benchmark's changes (float32, padded batches,
+# torch's dropout draws), run from a worktree of that commit beside the others, in the same run.
+TODAY = "e3cec23"
 # Full fine-tuning's bfloat16 lever (float32 master weights, bfloat16 autocast), measured beside.
 FULL_ONLY = {"bf16-mixed": ["finetune.precision=bf16-mixed"]}
 COMMON = ["stages=[finetune]", "logger=none", "cache_dir=null", "seed=0", "finetune.seed=0",
@@ -156,16 +160,31 @@ def peak() -> dict:
 # ------------------------------------------------------------------------------------ speed
 
 
+def today_root(work: Path) -> Path:
+    """A worktree of TODAY's commit under `work` (removed with it: `git worktree prune`)."""
+    root = work / "today"
+    if not root.exists():
+        made = subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(root),
+                               TODAY], capture_output=True, text=True, check=False)
+        if made.returncode != 0:
+            sys.exit(f"the `today` configuration needs commit {TODAY} in this clone's history: "
+                     f"{made.stderr.strip()}")
+    return root
+
+
 def run_stage(model: str, config: str, pairs: Path, steps: int, work: Path,
               extra: list[str] = ()) -> dict:
-    """`crescent stages=[finetune]` in its own process; its stats and per-step metrics."""
+    """`crescent stages=[finetune]` in its own process (`today`: at TODAY's commit, its
+    defaults); its stats and per-step metrics."""
     run_dir = work / f"{model}-{config}"
-    overrides = [*COMMON, *RECIPES[model], *{**CONFIGS, **FULL_ONLY}[config], f"finetune.input={pairs}",
+    root = today_root(work) if config == "today" else ROOT
+    own = [] if config == "today" else {**CONFIGS, **FULL_ONLY}[config]
+    overrides = [*COMMON, *RECIPES[model], *own, f"finetune.input={pairs}",
                  f"finetune.max_steps={steps}", f"hydra.run.dir={run_dir}", *extra]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
+    env = dict(os.environ, PYTHONPATH=str(root), WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
     started = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "crescent", *overrides], capture_output=True,
-                         text=True, env=env, check=False, cwd=ROOT)
+                         text=True, env=env, check=False, cwd=root)
     if out.returncode != 0:
         sys.exit(f"{model} {config} failed:\n{out.stdout[-2000:]}\n{out.stderr[-3000:]}")
     stats = json.loads((run_dir / "finetune" / "stats.json").read_text())
@@ -305,24 +324,26 @@ def speed(args, models: list[str], configs: list[str]) -> dict:
                       f"({run['of_float32_peak']:.0%} of float32 peak, "
                       f"{run['of_bfloat16_peak']:.0%} of bfloat16), loss "
                       f"{run['losses'][0]:.4f} -> {run['losses'][-1]:.4f}", flush=True)
+    subprocess.run(["git", "-C", str(ROOT), "worktree", "prune"], check=False)
     print(f"\n{'model':<30}{'config':<10}{'trained tok/s':>14}{'tok/s':>9}{'GFLOP/s':>9}"
-          f"{'fp32 peak':>10}{'bf16 peak':>10}{'vs float32':>11}")
+          f"{'fp32 peak':>10}{'bf16 peak':>10}{'vs today':>11}")
     for run in runs:
-        base = next(r for r in runs if r["model"] == run["model"] and r["config"] == "float32")
-        run["over_float32"] = round(run["trained_tokens_per_s"] / base["trained_tokens_per_s"], 3)
+        base = next(r for r in runs if r["model"] == run["model"] and r["config"] == "today")
+        run["over_today"] = round(run["trained_tokens_per_s"] / base["trained_tokens_per_s"], 3)
         print(f"{run['model']:<30}{run['config']:<10}{run['trained_tokens_per_s']:>14}"
               f"{run['tokens_per_s']:>9}{run['gflops']:>9}{run['of_float32_peak']:>10.1%}"
-              f"{run['of_bfloat16_peak']:>10.1%}{run['over_float32']:>10.2f}x")
+              f"{run['of_bfloat16_peak']:>10.1%}{run['over_today']:>10.2f}x")
     return {"runs": runs, "peak": peak(), "pairs": args.pairs, "steps": args.steps}
 
 
 def quick_lines(result: dict) -> None:
-    """The --quick verdict: the loss and the speed-up of the default over float32."""
+    """The --quick verdict: the loss and the speed-up of the default over today's training."""
     by = {r["config"]: r for r in result["runs"]}
     last = max(1, min(len(by["default"]["losses"]), 5))
-    default, fp32 = (statistics.mean(by[c]["losses"][-last:]) for c in ("default", "float32"))
-    print(f"loss: default {default:.4f}, float32 {fp32:.4f} (mean of the last {last} steps)")
-    print(f"speedup: {by['default']['over_float32']:.2f}x (trained tokens/s, default over "
+    default, today = (statistics.mean(by[c]["losses"][-last:]) for c in ("default", "today"))
+    print(f"loss: default {default:.4f}, float32 {today:.4f} (mean of the last {last} steps; "
+          f"float32: today's training, commit {TODAY})")
+    print(f"speedup: {by['default']['over_today']:.2f}x (trained tokens/s, default over "
           f"float32 unpacked, same data, this machine)")
 
 
@@ -677,7 +698,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="gold: passes over the pairs")
     parser.add_argument("--quick", action="store_true", help="speed on the 0.5B LoRA recipe")
     parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
-    parser.add_argument("--configs", nargs="+", choices=list(CONFIGS), default=list(CONFIGS))
+    parser.add_argument("--configs", nargs="+", choices=[*CONFIGS, "today"],
+                        default=[*CONFIGS, "today"])
     parser.add_argument("--pairs", type=int, default=64)
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
@@ -702,11 +724,11 @@ def main() -> None:
     models = [MODELS[m] for m in args.models]
     print(f"CPU flags: {' '.join(cpu_flags())}, {os.cpu_count()} cores")
     if mode == "quick":
-        result = speed(args, [QWEN], ["default", "float32"])
+        result = speed(args, [QWEN], ["default", "today"])
     elif mode == "speed":
         result = speed(args, models, args.configs)
     elif mode == "profile":
-        result = profile_mode(args, models, args.configs)
+        result = profile_mode(args, models, [c for c in args.configs if c in CONFIGS])
     elif mode == "gold":
         result = gold(args)
     elif mode == "loss-gap":

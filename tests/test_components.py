@@ -88,19 +88,16 @@ def test_todays_defaults_keep_their_cache_keys():
         "questions", "samples", "answers", "finetune", "audit", "evaluate_base")} == KEYS_BEFORE
 
 
-def test_a_lora_fine_tune_on_a_bfloat16_base_has_a_key_of_its_own():
-    def finetune_key(**groups):
-        return cache.stage_key(_cfg(finetune__mode="lora", **groups), "finetune")
+def test_a_lora_fine_tune_keys_the_dtype_its_frozen_base_multiplies_in():
+    def parts(**groups):
+        return cache.stage_key(_cfg(finetune__mode="lora", **groups), "finetune")[1]["finetune"]
 
-    legacy, legacy_parts = finetune_key(finetune__lora_base_dtype="float32")
-    # float32 is the only recipe entries made before the setting had: they stay valid.
-    assert "lora_base_dtype" not in legacy_parts["finetune"]
-    assert finetune_key(student__dtype="float32", finetune__lora_base_dtype="auto")[1][
-        "finetune"].get("lora_base_dtype") is None
-    held, held_parts = finetune_key(finetune__lora_base_dtype="bfloat16")
-    assert held != legacy and held_parts["finetune"]["lora_base_dtype"] == "bfloat16"
-    # auto is the student's dtype, resolved: a bfloat16 student trains on a bfloat16 base.
-    assert finetune_key(student__dtype="bfloat16")[1]["finetune"]["lora_base_dtype"] == "bfloat16"
+    # Every LoRA key holds it: entries from before (torch's dropout draws) are not reused.
+    assert parts(finetune__lora_base_dtype="float32")["lora_base_dtype"] == "float32"
+    assert parts(finetune__lora_base_dtype="bfloat16")["lora_base_dtype"] == "bfloat16"
+    # auto is the student's dtype, resolved here: a bfloat16 student trains on a bfloat16 base.
+    assert parts(student__dtype="bfloat16")["lora_base_dtype"] == "bfloat16"
+    assert parts(student__dtype="float32")["lora_base_dtype"] == "float32"
     # Full fine-tuning has no frozen base: the setting leaves its key alone.
     full = _cfg(finetune__lora_base_dtype="bfloat16")
     assert cache.stage_key(full, "finetune")[0] == KEYS_BEFORE["finetune"]

@@ -34,11 +34,11 @@ logger = logging.getLogger(__name__)
 
 
 def _frozen_base_key(cfg: DictConfig) -> str:
-    """`finetune.lora_base_dtype` as the key holds it: the dtype it resolves to on this
-    machine, or `auto` (and so left out of the key) where that is float32, or full
-    fine-tuning: the only recipe before the setting existed, whose entries stay valid."""
-    resolved = lora_base_dtype(cfg.finetune, cfg.student.dtype)
-    return "auto" if resolved in (None, "float32") else resolved
+    """`finetune.lora_base_dtype` as the key holds it: under LoRA the dtype it resolves to on
+    this machine, always, so that LoRA entries made before it existed (float32, dropout masks
+    from torch's generator, not CpuDropout's) are trained anew; `auto`, left out of the key,
+    for full fine-tuning, which has no frozen base."""
+    return lora_base_dtype(cfg.finetune, cfg.student.dtype) or "auto"
 
 
 # finetune.seed lives in the finetune group: replicas of a fine-tune share the data above.
