@@ -22,8 +22,9 @@ with `finetune=lora` as paper_05b trains it (micro-batches of 2, 4 accumulated, 
             worktree of it: float32, padded, torch's dropout draws), for full fine-tuning
             `bf16-mixed` too, and with --trl TRL's SFTTrainer (+PEFT for LoRA) on the same
             tokens, batches and schedule, the model in float32 (`trl`) and in bfloat16 with
-            bf16 autocast (`trl-bf16`). Steps of one micro-batch (accumulation 1). Trained (assistant) tokens/s and all tokens/s over the
-            training loop; achieved FLOP/s against the CPU's peak (below).
+            bf16 autocast (`trl-bf16`). Steps of one micro-batch (accumulation 1). Trained
+            (assistant) tokens/s and all tokens/s over the training loop, the first step
+            left out; achieved FLOP/s against the CPU's peak (below).
   --quick   speed on the 0.5B LoRA recipe alone, `default` against `today` (about 4
             minutes on 2 cores); its last two lines are the verdict.
   profile   one optimiser step (after a warm-up step) under torch.profiler, every op's
@@ -40,8 +41,8 @@ with `finetune=lora` as paper_05b trains it (micro-batches of 2, 4 accumulated, 
             float32's; at the first step the adapters' gradient against float32's (cosine,
             relative error); and the LM head alone in bfloat16 on float32's hidden states.
   curves    `default` and `float32` for --steps steps (lr warm-up 3, cosine) for each seed
-            (finetune.seed), 4 examples a step, 10% of --pairs held out: the mean loss over the last 10
-            steps and the held-out loss, and the plot bench_training_curves.png.
+            (finetune.seed), 4 examples a step, 10% of --pairs held out: the mean loss over
+            the last 10 steps and the held-out loss, and the plot bench_training_curves.png.
   gold      a whole gold fine-tune of the 0.5B model as a study runs it: --pairs pairs for
             --epochs epochs with paper_05b's micro-batches (8 examples a step), 5% held out,
             per configuration: wall time, training time, steps, losses. --steps N stops after
@@ -564,7 +565,8 @@ def loss_gap(args) -> dict:
         print(f"step {step + 1}: " + ", ".join(f"{n} {v[-1]:.4f}" for n, v in losses.items()),
               flush=True)
     ref = gradients["float32"]
-    grads = {name: {"cosine": round(float(torch.nn.functional.cosine_similarity(g, ref, dim=0)), 5),
+    grads = {name: {"cosine": round(float(torch.nn.functional.cosine_similarity(
+                        g.double(), ref.double(), dim=0)), 5),
                     "relative_error": round(float((g - ref).norm() / ref.norm()), 5)}
              for name, g in gradients.items()}
     head = head_in_bf16(*built["float32"])

@@ -32,7 +32,6 @@ from crescent.infra.precision import lora_base_dtype, resolve_precision
 logger = logging.getLogger(__name__)
 
 
-
 def _frozen_base_key(cfg: DictConfig) -> str:
     """`finetune.lora_base_dtype` as the key holds it: under LoRA the dtype it resolves to on
     this machine, always, so that LoRA entries made before it existed (float32, dropout masks
