@@ -22,7 +22,7 @@ options=...)(sys.modules[__name__])`; its own settings live in `stage_options.fi
 
 Outside modules are imported before the config is checked: those named in the `plugins` config
 key, and every module an installed package declares under the `crescent.plugins` entry-point
-group (README, "Plug-ins").
+group (docs/plugins.md).
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ vLLM applies top-p (nucleus sampling: `sampling.top_p`, 0.95 in the questions an
 stages) by sorting every row of the logits, all 151,936 of Qwen2.5's vocabulary, at every
 decoding step. On a CPU that sort is most of a sampled step: 64 GSM8K answers of the 0.5B
 model decoded 98 tokens/s with vLLM's top-p 0.95, 243 with top-p off and 260 with this module's
-(2-core AMX CPU, bfloat16, 2026-12-06, `experiments/bench_engines.py --top-p`, README
-"Benchmarks").
+(2-core AMX CPU, bfloat16, 2026-12-06, `experiments/bench_engines.py --top-p`,
+docs/benchmarks.md).
 
 The nucleus lies within the few hundred most likely tokens for almost every row, and
 `torch.topk` finds those without a full sort. `nucleus` cuts the nucleus from them by vLLM's

@@ -8,7 +8,7 @@ position on (the model's own head: `logits_to_keep`, so any scaling or soft-capp
 model's) and the log-softmax at each row's continuation positions alone. On a 2-core CPU the
 evaluate stage gave the same scores on SmolLM2-135M in 16% less time over the first 100 GSM8K
 gold solutions and 3% less over all 1,319, where its small head is a small share of the work;
-on Qwen2.5-0.5B (a 152k-token vocabulary) it reached the plain forward pass (README, Benchmarks).
+on Qwen2.5-0.5B (a 152k-token vocabulary) it reached the plain forward pass (docs/benchmarks.md).
 
 Everything else is lm-eval's: the requests, their order and batches (length-sorted, longest
 first, truncated from the left as the `hf` type does), the one-token-continuation cache of

@@ -4,7 +4,7 @@ vLLM, the fine-tune and the scorer each spread their work over every core. Two s
 on one small machine do not share it evenly: on a 2-core AMX CPU, vLLM generated 54.5 tokens/s
 alone and 7.9 and 8.0 when two generations ran at once, 6.9x slower each where a fair share
 is 2x, because the threads of both wait on each other (experiments/bench_contention.py,
-2026-12-06, README "Benchmarks"). A run that starts beside another one says so in one line, so
+2026-12-06, docs/benchmarks.md). A run that starts beside another one says so in one line, so
 that its hours are not a mystery.
 """
 
@@ -45,4 +45,4 @@ def busy_warning() -> str | None:
     cores = len(os.sched_getaffinity(0))
     return (f"other processes keep {busy:.1f} of this machine's {cores} cores busy: generation, "
             "fine-tuning and scoring use every core, and beside another such job they ran about "
-            "7x slower on a 2-core CPU (README: Benchmarks)")
+            "7x slower on a 2-core CPU (docs/benchmarks.md)")

@@ -157,7 +157,7 @@ class SelfEmbedder:
     Device: CUDA when there is one, else CPU. On a GPU it is loaded in the questions process
     before the engine and stays resident beside vLLM, taking about `depth` times the model's
     weights; vLLM reserves `engine.gpu_memory_utilization` of the whole GPU and refuses to
-    start when that much is not free, so leave room for it (README, "GPUs and Slurm").
+    start when that much is not free, so leave room for it (docs/cluster.md).
     """
 
     MAX_TOKENS = 512  # cleaned questions are at most domain.max_question_chars (1000) long
@@ -257,7 +257,7 @@ class VectorIndex:
     re-scored exactly against the full vectors (kept beside them), so every similarity the
     stage sees and writes is exact. Row numbers stay those of insertion order in both.
     experiments/bench_dedup.py measures speed and the agreement of the decisions with exact
-    search (README, Benchmarks).
+    search (docs/benchmarks.md).
     """
 
     def __init__(self, dim: int, exact_until: int = 10_000, nprobe: int = 4, cell_size: int = 10,
