@@ -67,7 +67,8 @@ def peak_flops() -> dict:
             "float32": per_s * fp32, "bfloat16": per_s * bf16}
 
 
-def parameters(model: str) -> int:
+def meta_model(model: str):
+    """The model's architecture on the meta device (no weights): to count its parameters."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -75,8 +76,11 @@ def parameters(model: str) -> int:
 
     config = AutoConfig.from_pretrained(resolve_model(model))  # converts a built-in model once
     with torch.device("meta"):
-        built = AutoModelForCausalLM.from_config(config)
-    return sum(p.numel() for p in built.parameters())
+        return AutoModelForCausalLM.from_config(config)
+
+
+def parameters(model: str) -> int:
+    return sum(p.numel() for p in meta_model(model).parameters())
 
 
 def child(cmd: list[str], what: str, cwd: Path | None = None) -> str:

@@ -59,6 +59,7 @@ records the CPU flags.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import os
@@ -136,15 +137,13 @@ def compose(overrides: list[str]):
 # ------------------------------------------------------------------------------ FLOPs and peak
 
 
+@functools.cache
 def flops_per_token(model: str, mode: str) -> tuple[float, float]:
     """(FLOPs per token, extra FLOPs per trained token): this module's docstring."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from bench_precision import meta_model
 
-    from crescent.infra.models import resolve_model
-
-    with torch.device("meta"):
-        built = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(resolve_model(model)))
+    built = meta_model(model)
     head = built.get_output_embeddings().weight.numel()
     linear = sum(m.weight.numel() for name, m in built.named_modules()
                  if isinstance(m, torch.nn.Linear) and m is not built.get_output_embeddings())
@@ -152,6 +151,7 @@ def flops_per_token(model: str, mode: str) -> tuple[float, float]:
     return 2 * passes * linear, 2 * passes * head
 
 
+@functools.cache
 def peak() -> dict:
     from bench_precision import peak_flops
 
@@ -291,13 +291,15 @@ def run_trl(model: str, pairs: Path, steps: int, dtype: str) -> dict:
             "peak_rss_mib": round(clock.peak, 1)}
 
 
-def child(what: str, model: str, pairs: str, steps: int) -> None:
-    """One TRL configuration in this process (the parent's `in_child` call): a JSON line."""
-    result = run_trl(model, Path(pairs), steps, TRL_DTYPES[what])
-    print("RESULT " + json.dumps(result))
+def child(what: str, model: str, pairs: Path, steps: int) -> dict:
+    """What `in_child` asks of this process: a TRL run, or `profile:<config>`."""
+    if what.startswith("profile:"):
+        return profile_one(model, CONFIGS[what.split(":", 1)[1]], pairs)
+    return run_trl(model, pairs, steps, TRL_DTYPES[what])
 
 
 def in_child(args, what: str, model: str, pairs: Path) -> dict:
+    """`child(what, ...)` in a process of its own: its JSON result line."""
     cmd = [sys.executable, __file__, "--child", what, "--child-model", model,
            "--child-pairs", str(pairs), "--steps", str(args.steps)]
     env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
@@ -506,23 +508,13 @@ def profile_mode(args, models: list[str], configs: list[str]) -> dict:
         for model in models:
             for config in configs:
                 key = f"{model} {config}"
-                result[key] = in_child_profile(args, model, config, pairs)
+                result[key] = in_child(args, f"profile:{config}", model, pairs)
                 print(f"{key}: {result[key]['wall_s']} s a step", flush=True)
     print(f"\n{'share of a step':<24}" + "".join(f"{k:>22}" for k in result))
     for cat in CATEGORIES:
         print(f"{cat:<24}" + "".join(f"{r['share'][cat]:>22.1%}" for r in result.values()))
     print(f"{'seconds a step':<24}" + "".join(f"{r['wall_s']:>22}" for r in result.values()))
     return result
-
-
-def in_child_profile(args, model: str, config: str, pairs: Path) -> dict:
-    cmd = [sys.executable, __file__, "--child", f"profile:{config}", "--child-model", model,
-           "--child-pairs", str(pairs)]
-    env = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
-    out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
-    if out.returncode != 0:
-        sys.exit(f"profile {config} on {model} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.split("RESULT ", 1)[1])
 
 
 # ----------------------------------------------------------------------------------- loss gap
@@ -712,12 +704,8 @@ def main() -> None:
     parser.add_argument("--child-pairs", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        if args.child.startswith("profile:"):
-            config = args.child.split(":", 1)[1]
-            print("RESULT " + json.dumps(profile_one(args.child_model, CONFIGS[config],
-                                                     Path(args.child_pairs))))
-        else:
-            child(args.child, args.child_model, args.child_pairs, args.steps)
+        print("RESULT " + json.dumps(child(args.child, args.child_model, Path(args.child_pairs),
+                                           args.steps)))
         return
     mode = "quick" if args.quick else args.mode
     args.steps = args.steps or {"quick": 12, "speed": 10, "loss-gap": 8, "curves": 30,
