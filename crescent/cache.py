@@ -130,6 +130,30 @@ def provider(cfg: DictConfig, name: str) -> str | None:
     return stage.upstream
 
 
+def check_wiring(cfg: DictConfig) -> None:
+    """Before any stage: every listed stage (and entry) reads a stage that can feed it, listed
+    before it if listed at all; an input key names another stage than its own, one that writes
+    what it reads. A one-line error otherwise, instead of a loop or a late missing file."""
+    listed = [str(name) for name in OmegaConf.select(cfg, "stages", default=None) or []]
+    for stage in listed:
+        for name in (stage, *(entry.name for entry in spec(stage).entries)):
+            declared = spec(name)
+            named = OmegaConf.select(cfg, declared.input_key) if declared.input_key else None
+            if named and str(named) in STAGES.names():
+                if str(named) == stage:
+                    raise CrescentError(f"{declared.input_key}={named}: a stage cannot read its "
+                                        f"own output")
+                if (spec(str(named)).provides or str(named)) != declared.upstream:
+                    raise CrescentError(
+                        f"{declared.input_key}={named}: {stage} reads what {declared.upstream} "
+                        f"writes, and {named} does not stand in for it")
+            source = provider(cfg, name)
+            later = owner(source) if source else None
+            if later in listed and listed.index(later) > listed.index(stage):
+                raise CrescentError(f"stages: {stage} reads the output of {later}, listed after "
+                                    f"it: list {later} first")
+
+
 def upstream_stages(cfg: DictConfig, names: list[str]) -> list[str]:
     """The stages, outside `names`, whose outputs the stages `names` read (transitively)."""
     found: list[str] = []
@@ -156,7 +180,8 @@ def input_path(cfg: DictConfig, run_dir: Path, name: str, file: str) -> Path:
     if outputs and file.split("/")[0] not in outputs:
         raise CrescentError(f"{name}: reads {file} from stage {source!r}, which writes "
                             f"{', '.join(outputs)}")
-    return Path(run_dir) / owner(source) / file  # an entry's files are linked into its stage's
+    # An entry's files are linked into its stage's dir; what is read is checked first.
+    return verified(name, Path(run_dir) / owner(source) / file)
 
 
 def stage_key(cfg: DictConfig, name: str) -> tuple[str, dict]:
@@ -266,35 +291,32 @@ def content_hash(path: Path, what: str) -> str:
 # ----------------------------------------------------------------------------- entries
 
 
-HASHED_BYTES = 64 << 20  # files up to this size are hashed into DONE; larger ones by size
-
-
 def is_done(where: Path) -> bool:
     return (Path(where) / DONE).exists()
 
 
 def mark_done(where: Path) -> None:
     """The DONE marker, atomically and last: what the dir holds is complete. It records every
-    file the dir holds (size, and sha256 up to HASHED_BYTES), so that `damage` can tell an
-    entry that lost or changed a file since (links to other entries are theirs to check)."""
-    where = Path(where)
-    files = {rel: _fingerprint(where / rel) for rel in _files(where)}
-    done = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": files}
-    atomic_write_text(where / DONE, json.dumps(done, indent=1, sort_keys=True) + "\n")
+    file the dir holds (size and sha256: 0.7 s a GB here), so that `damage` can tell an entry
+    that lost or changed a file since (links to other entries are theirs to check)."""
+    done = {"finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "files": fingerprints(where)}
+    atomic_write_text(Path(where) / DONE, json.dumps(done, indent=1, sort_keys=True) + "\n")
 
 
-def damage(where: Path) -> str | None:
-    """What is wrong with a finished dir's files, or None when they are as DONE recorded
-    them (a DONE from before it recorded files is taken as it is)."""
-    where = Path(where)
-    try:
-        recorded = json.loads((where / DONE).read_text(encoding="utf-8"))["files"]
-    except (ValueError, KeyError, TypeError):
-        return None
+def fingerprints(where: Path) -> dict[str, dict]:
+    """Size and sha256 of every file under `where` (what DONE records), for a stage that
+    records what it wrote before its DONE exists (the finetune stage's model)."""
+    return {rel: _fingerprint(Path(where) / rel) for rel in _files(Path(where))}
+
+
+def differs(where: Path, recorded: dict[str, dict]) -> str | None:
+    """How the files under `where` differ from `recorded` (`fingerprints`), or None."""
     for rel, was in sorted(recorded.items()):
-        path = where / rel
+        path = Path(where) / rel
         if not path.is_file():
             return f"{rel} is missing"
+        if was.get("sha256") is None:  # recorded by size only (before every file was hashed)
+            _warn_size_only(where)
         now = _fingerprint(path, hash_it=was.get("sha256") is not None)
         if now["bytes"] != was["bytes"]:
             return f"{rel} holds {now['bytes']} bytes, {was['bytes']} when it was written"
@@ -303,13 +325,59 @@ def damage(where: Path) -> str | None:
     return None
 
 
+def damage(where: Path) -> str | None:
+    """What is wrong with a finished dir's files, or None when they are as DONE recorded
+    them. A DONE that does not parse (or records no files: written before DONE did) vouches
+    for nothing: the dir counts as damaged, never as finished."""
+    where = Path(where)
+    try:
+        recorded = json.loads((where / DONE).read_text(encoding="utf-8"))["files"]
+        if not isinstance(recorded, dict):
+            raise TypeError
+    except (ValueError, KeyError, TypeError, OSError):
+        return f"its {DONE} marker does not parse as the file list Crescent writes"
+    return differs(where, recorded)
+
+
 def check_intact(name: str, where: Path) -> None:
-    """A one-line error naming the damaged dir, what is wrong and how to rebuild it."""
-    problem = damage(where)
+    """A one-line error naming the damaged dir, what is wrong and how to rebuild it. Hashed
+    once a process while no file's size or time changes (a reader after the runner does not
+    hash a GB twice)."""
+    where = Path(where).resolve()
+    problem = _damage_once(str(where), _stamp(where))
     if problem is not None:
-        where = Path(where).resolve()
         raise CrescentError(f"{name}: {where} is damaged: {problem}; to rebuild it, delete it "
                             f"(rm -r {where}) and run the same command again")
+
+
+@functools.lru_cache(maxsize=256)
+def _damage_once(where: str, stamp: tuple) -> str | None:
+    return damage(Path(where))
+
+
+def _stamp(where: Path) -> tuple:
+    """Size and modification time of DONE and of every file: what `_damage_once` keys on."""
+    stats = ((rel, (where / rel).stat()) for rel in [DONE, *_files(where)]
+             if (where / rel).exists())
+    return tuple((rel, s.st_size, s.st_mtime_ns) for rel, s in stats)
+
+
+@functools.cache
+def _warn_size_only(where: Path) -> None:
+    logger.warning("crescent: warning: %s was checked by size only: it was made before Crescent "
+                   "hashed every file; delete it to rebuild it verified", Path(where).resolve())
+
+
+def verified(name: str, path: Path) -> Path:
+    """`path` (a file or dir another stage wrote) after checking the finished dir that holds it
+    (the nearest parent with a DONE marker, links followed) against its DONE: every reader
+    of an entry reads through here. A path in no finished dir is returned as it is."""
+    real = Path(path).resolve()
+    for parent in (real, *real.parents) if real.is_dir() else real.parents:
+        if (parent / DONE).exists():
+            check_intact(name, parent)
+            break
+    return Path(path)
 
 
 def _files(where: Path) -> list[str]:
@@ -324,11 +392,9 @@ def _files(where: Path) -> list[str]:
     return sorted(found)
 
 
-def _fingerprint(path: Path, hash_it: bool | None = None) -> dict:
-    size = path.stat().st_size
-    if hash_it is None:
-        hash_it = size <= HASHED_BYTES
-    return {"bytes": size, "sha256": content_hash(path, str(path)) if hash_it else None}
+def _fingerprint(path: Path, hash_it: bool = True) -> dict:
+    return {"bytes": path.stat().st_size,
+            "sha256": content_hash(path, str(path)) if hash_it else None}
 
 
 @dataclass

@@ -43,6 +43,7 @@ class CheckFirst(Callback):
         _check_or_exit(config)
 
     def on_multirun_start(self, config: DictConfig, **kwargs) -> None:
+        check_launcher(config)
         points = sweep_points(config)
         if points is None:  # another sweeper: each job checks itself when it starts
             return
@@ -53,6 +54,30 @@ class CheckFirst(Callback):
             _check_or_exit(loader.load_sweep_config(master_config=config,
                                                     sweep_overrides=overrides),
                            f"sweep point {' '.join(varied)}: ")
+
+
+def check_launcher(config: DictConfig) -> None:
+    """A Slurm launcher needs Slurm here: `sbatch` on the PATH and a controller that answers
+    `sinfo` within 20 s; without them, one line before any job."""
+    import shutil
+    import subprocess
+
+    target = str(OmegaConf.select(config, "hydra.launcher._target_", default="") or "")
+    if "Slurm" not in target:
+        return
+    advice = "run from a Slurm login node, or use hydra/launcher=local_parallel"
+    if shutil.which("sbatch") is None or shutil.which("sinfo") is None:
+        fail(f"error: hydra/launcher: a Slurm launcher, and Slurm's sbatch is not on this "
+             f"machine's PATH: {advice}")
+    try:
+        answer = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True,
+                                timeout=20, check=False)
+    except subprocess.TimeoutExpired:
+        answer = subprocess.CompletedProcess([], 1, "", "no answer within 20 s")
+    if answer.returncode != 0:
+        said = (answer.stderr.strip().splitlines() or ["no message"])[-1]
+        fail(f"error: hydra/launcher: a Slurm launcher, and no Slurm controller answers here "
+             f"(sinfo: {said}): {advice}")
 
 
 def sweep_points(config: DictConfig) -> list[tuple[list[str], list[str]]] | None:

@@ -290,6 +290,8 @@ RANGES = [
     ("engine.tensor_parallel_size", *_POSITIVE), ("engine.data_parallel_size", *_POSITIVE),
     ("engine.gpu_memory_utilization", lambda v: 0 < v <= 1, "a share in (0, 1]"),
     ("engine.concurrency", *_POSITIVE), ("engine.max_retries", *_COUNT),
+    ("engine.request_timeout_s", lambda v: v > 0, "a number of seconds > 0"),
+    ("engine.retry_backoff_s", lambda v: v >= 0, "a number of seconds >= 0"),
     ("domain.max_question_chars", *_POSITIVE),
     ("dedup.threshold", *_SHARE), ("dedup.batch_size", *_POSITIVE),
     ("dedup.num_perm", *_POSITIVE), ("dedup.shingle", *_POSITIVE),

@@ -3,7 +3,9 @@
 A stage (registered in crescent/registry.py's `STAGES`, declared as crescent/cache.py says) is a
 module with `run(cfg, run_dir) -> Path` that writes its artefacts and `stats.json` into its
 stage dir and resumes from whatever partial output it finds there, and optionally
-`preflight(cfg)`, run for every listed stage before the first one starts.
+`preflight(cfg)`, run for every listed stage before the first one starts, and
+`outdated(cfg, run_dir) -> str | None`, why a finished stage dir no longer holds what this
+config asks for (inputs its key cannot see, such as whether a fine-tune existed yet).
 The runner writes the `DONE` marker, atomically and last, once the stage has returned. With the
 cache on, the stage dir is a link to the stage's cache entry, locked while the stage runs.
 
@@ -88,11 +90,16 @@ def preflight(cfg: DictConfig) -> dict[str, ModuleType]:
     """The listed stages' modules, each loaded and its optional `preflight(cfg)` (benchmark
     files there, ...) run before the first stage starts: a typo or a missing file fails now
     and not after an hour of generation."""
+    from crescent.registry import ENGINES
+
     modules = {name: cache.load_stage(name) for name in cfg.stages}
+    cache.check_wiring(cfg)
     for module in modules.values():
         check = getattr(module, "preflight", None)
         if check is not None:
             check(cfg)
+    if any(module.STAGE.generates for module in modules.values()):
+        ENGINES.get(cfg.engine.name).preflight(cfg.engine)
     return modules
 
 
@@ -105,9 +112,14 @@ def _run_stage(module: ModuleType, cfg: DictConfig, run_dir: Path, tracker: Trac
         cache.check_intact(stage.name, out)
         stats = read_json(out / cache.STATS)
         _check_version(cfg, stage, out, stats)
-        logger.info("crescent: %s: already done in %s, skipped", stage.name, out)
-        tracker.log_stats(stage.name, {**_metrics(stats), "reused": 1})
-        return {"reused": True, "wall_time_s": stats.get("wall_time_s")}
+        reason = module.outdated(cfg, run_dir) if hasattr(module, "outdated") else None
+        if reason is None:
+            logger.info("crescent: %s: already done in %s, skipped", stage.name, out)
+            tracker.log_stats(stage.name, {**_metrics(stats), "reused": 1})
+            return {"reused": True, "wall_time_s": stats.get("wall_time_s")}
+        logger.warning("crescent: %s: %s holds older output (%s): running it again", stage.name,
+                       out, reason)
+        (out / cache.DONE).unlink()
     out.mkdir(parents=True, exist_ok=True)
     _warn_if_cpu_busy()
     logger.info("crescent: %s: running in %s", stage.name, out)

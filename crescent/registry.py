@@ -78,6 +78,9 @@ class Registry:
         from omegaconf.errors import OmegaConfBaseException
 
         where = where or self.options_key
+        if given is not None and not (OmegaConf.is_dict(given) or isinstance(given, dict)):
+            raise CrescentError(f"{where}={given}: expected option names and their values "
+                                f"(+{where}.NAME=VALUE)")
         given = OmegaConf.to_container(given, resolve=True) if OmegaConf.is_config(given) \
             else dict(given or {})
         if not given and name not in self._options:
@@ -98,10 +101,16 @@ class Registry:
                     f"{where}.{key}: not an option of {self.what} {name!r}{hint}; "
                     f"its options: {', '.join(known)}")
         try:
-            return OmegaConf.to_container(OmegaConf.merge(known, given), resolve=True)
+            merged = OmegaConf.merge(known, given)
+            OmegaConf.to_object(merged)  # the dataclass's __post_init__ checks its ranges
+            return OmegaConf.to_container(merged, resolve=True)
         except OmegaConfBaseException as e:
             message = str(getattr(e, "msg", e)).splitlines()[0]
+            if isinstance(e.__cause__, ValueError):  # raised by __post_init__
+                raise CrescentError(f"{where}: {e.__cause__}") from None
             raise CrescentError(f"{where}.{e.key}: {message}") from None
+        except ValueError as e:
+            raise CrescentError(f"{where}: {e}") from None
 
     def options_schema(self, name: str) -> type | None:
         """The options dataclass `name` registered (None: it takes none, or is a built-in not

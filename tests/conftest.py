@@ -23,9 +23,13 @@ if DATA.is_dir():
 BAIT = [{"role": "user", "content": "Write one new math word problem. Reply with the problem only."}]
 
 
-def run_cli(*overrides: str, cwd: Path, timeout: float = 900) -> subprocess.CompletedProcess:
-    """`python -m crescent <overrides>` in `cwd`, the way a user runs it."""
+def run_cli(*overrides: str, cwd: Path, timeout: float = 900, env_path: str | None = None
+            ) -> subprocess.CompletedProcess:
+    """`python -m crescent <overrides>` in `cwd`, the way a user runs it (with `env_path` as
+    its PATH, if given)."""
     env = dict(os.environ, WANDB_MODE="offline", PYTHONPATH=str(ROOT))
+    if env_path is not None:
+        env["PATH"] = env_path
     return subprocess.run(
         [sys.executable, "-m", "crescent", *overrides],
         cwd=cwd,

@@ -246,6 +246,30 @@ def test_k_above_the_samples_drawn_is_an_error(tmp_path, monkeypatch):
         answers.run(cfg, tmp_path)
 
 
+class OneSampleEngine(ScriptedEngine):
+    """A server that ignores `n`: one choice, whatever is asked."""
+
+    def chat(self, conversations, sampling, n, seed):
+        return super().chat(conversations, sampling, 1, seed)
+
+
+def test_an_engine_that_returns_fewer_samples_than_asked_seals_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(engines, "make_engine", lambda *a: OneSampleEngine())
+    from crescent.stages import answers
+
+    cfg = _cfg(f"answers.input={_questions(tmp_path)}", "answers.samples=4")
+    with pytest.raises(CrescentError, match=r"^answers: the engine returned 1 samples for question "
+                                            r"0 where 4 were asked \(answers.samples\)"):
+        answers.run(cfg, tmp_path)
+    logged = list(read_jsonl(tmp_path / "answers" / answers.SAMPLES))
+    assert all(r.get("reason") for r in logged)  # only the unsampled (contaminated) question
+    # an entry sealed before this check (1 sample a question) is named as damaged on reuse
+    (tmp_path / "answers" / answers.SAMPLES).write_text(json.dumps(
+        {"id": 0, "question": "q", "samples": ["The answer is: 1"], "extracted": ["1"]}) + "\n")
+    with pytest.raises(CrescentError, match=r"samples.jsonl:1 holds 1 samples where its key says 4"):
+        answers._check_sample_counts(tmp_path / "answers", 4)
+
+
 class CutEngine:
     """Every question's first two samples stop at the token limit, saying so."""
 

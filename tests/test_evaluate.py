@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
+from crescent import cache
 from crescent.__main__ import CONF_DIR
 from crescent.errors import CrescentError
 from crescent.infra.io import read_json, write_json
@@ -320,13 +321,17 @@ def test_stage_scores_only_missing_labels_and_writes_metrics(tmp_path, monkeypat
 
     def fake_score(label, label_dir):
         scored.append((label, read_json(label_dir / evaluate.SPEC)["runs"][0]["model_args"]["pretrained"]))
-        write_json(label_dir / evaluate.RESULTS, _raw(0.7, 0.5))
+        write_json(label_dir / evaluate.RESULTS,
+                   {**_raw(0.7, 0.5), "groups": {"mmlu": {"acc,none": 0.3}}})
 
     monkeypatch.setattr(evaluate, "_score_in_subprocess", fake_score)
     write_json(tmp_path / "finetune/model/config.json", {})
-    write_json(tmp_path / "evaluate/base/results.json", _raw(0.9, 0.0))  # scored before a kill
     cfg = _cfg("engine=hf", f"eval.data_dir={DATA}",
                "eval.tasks=[crescent_gsm8k_gold_bpb,crescent_gsm8k]")
+    # base scored before a kill: its spec (written first) names the model it scored
+    write_json(tmp_path / "evaluate/base/spec.json",
+               {"model_identity": f"/resolved/{cfg.student.name}"})
+    write_json(tmp_path / "evaluate/base/results.json", _raw(0.9, 0.0))
     out = evaluate.run(cfg, tmp_path)
     assert scored == [("finetuned", str(tmp_path / "finetune/model"))]
     metrics = read_json(out / "metrics.json")
@@ -346,6 +351,46 @@ def test_stage_scores_only_missing_labels_and_writes_metrics(tmp_path, monkeypat
                {**_raw(0.7, 0.5), "groups": {"mmlu": {"acc,none": 0.3}}})
     evaluate.run(cfg, tmp_path)
     assert [label for label, _ in scored] == ["base"]
+
+
+def test_scores_made_before_the_fine_tune_existed_are_not_reused_for_it(tmp_path, monkeypatch):
+    # `stages=[evaluate]` with no fine-tune yet scores base alone; after the fine-tune trains,
+    # the finished evaluate dir is outdated (it used to be reused: the fine-tune never scored),
+    # and when the fine-tune is trained anew, its old scores are not its scores.
+    from crescent.stages import finetune
+
+    monkeypatch.setattr("crescent.infra.models.resolve_model", lambda name: f"/resolved/{name}")
+    scored = []
+
+    def fake_score(label, label_dir):
+        scored.append(label)
+        write_json(label_dir / evaluate.RESULTS, _raw(0.7, 0.5))
+
+    monkeypatch.setattr(evaluate, "_score_in_subprocess", fake_score)
+    cfg = _cfg("engine=hf", f"eval.data_dir={DATA}", "eval.tasks=[crescent_gsm8k_gold_bpb]")
+    evaluate.run(cfg, tmp_path)
+    assert scored == ["base"] and evaluate.outdated(cfg, tmp_path) is None
+    model = tmp_path / "finetune" / "model"
+    write_json(model / "config.json", {"trained": 1})
+    write_json(model.parent / finetune.MODEL_RECORD, cache.fingerprints(model))
+    assert evaluate.outdated(cfg, tmp_path).startswith("finetuned (")
+    evaluate.run(cfg, tmp_path)
+    assert scored == ["base", "finetuned"] and evaluate.outdated(cfg, tmp_path) is None
+    write_json(model / "config.json", {"trained": 2})  # trained anew
+    write_json(model.parent / finetune.MODEL_RECORD, cache.fingerprints(model))
+    assert evaluate.outdated(cfg, tmp_path).startswith("finetuned (")
+
+
+def test_a_nan_or_missing_score_is_an_error_naming_model_and_task(tmp_path):
+    nan = {"results": {"t": {"bits_per_byte,none": float("nan"),
+                             "bits_per_byte_stderr,none": float("nan")}}}
+    with pytest.raises(CrescentError, match=r"^evaluate: finetuned scored NaN bits_per_byte on t "
+                                            r"\(r.json\): are its weights damaged\?$"):
+        evaluate.check_scores("finetuned", nan, ["t"], Path("r.json"))
+    with pytest.raises(CrescentError, match=r"^evaluate: base has no score on u \(r.json\)$"):
+        evaluate.check_scores("base", nan, ["u"], Path("r.json"))
+    fine = {"results": {"t": {"exact_match,none": 0.5, "exact_match_stderr,none": float("nan")}}}
+    evaluate.check_scores("base", fine, ["t"], Path("r.json"))  # one document: no stderr
 
 
 def test_failed_child_error_reaches_the_user(tmp_path):

@@ -346,6 +346,30 @@ def test_missing_input_is_a_one_line_error(cli, tmp_path):
     assert last.startswith("crescent: error: finetune.input: ") and f"{tmp_path}/nope.jsonl" in last
 
 
+def test_a_saved_model_is_sealed_only_as_its_stats_recorded_it(tmp_path):
+    # A deleted DONE beside a model: resealed unchecked before; now the model must be the one
+    # the stage saved (its file record), or it is trained anew.
+    from crescent import cache
+    from crescent.infra.io import write_json
+    from crescent.stages import finetune
+
+    model = tmp_path / finetune.MODEL_DIR
+    model.mkdir()
+    (model / "model.safetensors").write_bytes(b"weights" * 1000)
+    write_json(tmp_path / "stats.json", {"steps": 3})
+    write_json(tmp_path / finetune.MODEL_RECORD, cache.fingerprints(model))
+    assert finetune._saved(tmp_path)
+    with open(model / "model.safetensors", "r+b") as f:
+        f.write(b"XX")
+    assert not finetune._saved(tmp_path)
+    assert not model.exists() and not (tmp_path / "stats.json").exists()
+    model.mkdir()  # a model and stats but no record of what was saved
+    (model / "model.safetensors").write_bytes(b"weights")
+    write_json(tmp_path / "stats.json", {"steps": 3})
+    (tmp_path / finetune.MODEL_RECORD).unlink()
+    assert not finetune._saved(tmp_path)
+
+
 def test_lora_is_one_override():
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         full = compose(config_name="config")
@@ -535,3 +559,16 @@ def test_ddp_on_two_cpu_processes_trains_as_one_and_resumes_after_a_kill(tmp_pat
     _reload_and_generate(out / "model")
     print(f"\nDDP killed at {seen} steps logged; losses, 1 process: {single}; 2 processes: "
           f"{double}")
+
+
+@pytest.mark.slow
+def test_a_checkpoint_that_does_not_load_is_one_line(tmp_path):
+    last = tmp_path / "run" / "finetune" / "checkpoints" / "last.ckpt"
+    last.parent.mkdir(parents=True)
+    last.write_bytes(b"not a checkpoint")
+    result = run_cli(*TINY, "finetune.max_steps=1", "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 1, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"crescent: error: finetune: {last.resolve()} does not load ("), line
+    assert line.endswith(f"delete it to train from the start: rm {last.resolve()}"), line

@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
@@ -136,6 +137,7 @@ def test_cache_shares_upstream_outputs_between_configs(two_stages, tmp_path):
 
 _ONE_JOB = """
 import sys
+from pathlib import Path
 from pathlib import Path
 from omegaconf import OmegaConf
 from crescent import cache, pipeline
@@ -269,6 +271,9 @@ def test_benchmark_data_enters_keys_by_content_not_path(tmp_path, monkeypatch):
      "items.jsonl holds 90 bytes, 100 when it was written"),
     (lambda items: items.write_text(items.read_text().replace("3", "7")),
      "items.jsonl changed since it was written"),
+    # a DONE that does not parse vouches for nothing (it used to skip the check)
+    (lambda items: (items.parent / "DONE").write_text("2026-12-06T00:00:00\n"),
+     "its DONE marker does not parse as the file list Crescent writes"),
 ])
 def test_a_damaged_entry_is_found_before_reuse(two_stages, tmp_path, damage, problem):
     first = _run(tmp_path, "a")
@@ -295,3 +300,32 @@ def test_keys_added_later_leave_older_entries_valid_at_their_default():
     cfg.voting.rule, cfg.finetune.objective = "unanimous", "dpo"
     assert cache.stage_key(cfg, "answers")[0] != keys["answers"][0]
     assert cache.stage_key(cfg, "finetune")[1]["finetune"]["objective"] == "dpo"
+
+
+def test_files_of_any_size_are_verified_by_content(tmp_path):
+    # Weights over 64 MiB were checked by size alone: 4 KiB overwritten went unseen.
+    entry = tmp_path / "entry"
+    entry.mkdir()
+    weights = entry / "model.safetensors"
+    weights.write_bytes(bytes(65 << 20))
+    cache.mark_done(entry)
+    assert cache.damage(entry) is None
+    with open(weights, "r+b") as f:
+        f.seek(32 << 20)
+        f.write(b"\xff" * 4096)
+    assert cache.damage(entry) == "model.safetensors changed since it was written"
+
+
+def test_every_reader_reads_through_the_entrys_check(two_stages, tmp_path):
+    # A stage reading another's file through a link (the audit reading the samples through
+    # a finished answers dir) is stopped when the entry behind the link lost a line.
+    first = _run(tmp_path, "a")
+    cfg = OmegaConf.create({"stages": ["summing"], "n": 10, "factor": 1,
+                            "cache_dir": str(tmp_path / "cache")})
+    read = cache.input_path(cfg, tmp_path / "a", "summing", "items.jsonl")
+    assert read.resolve().parent == Path(first["counting"]["cache"])
+    items = Path(first["counting"]["cache"]) / "items.jsonl"
+    items.write_text(items.read_text().replace('{"id": 3}\n', ""))
+    with pytest.raises(CrescentError, match=r"^summing: .* is damaged: items.jsonl holds 90 "
+                                            r"bytes, 100 when it was written"):
+        cache.input_path(cfg, tmp_path / "a", "summing", "items.jsonl")

@@ -4,6 +4,8 @@ shares the dir keeps its record); a sweep's mistake fails before its first point
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 SHIPPED = "crescent_gsm8k, crescent_gsm8k_cot_zeroshot, crescent_gsm8k_gold_bpb, crescent_math500"
@@ -15,6 +17,8 @@ FILES = {
     "latin1_sft.jsonl": b'{"messages": [{"role": "user", "content": "Caf\xe9"}]}\n',
     "list_id.jsonl": b'{"id": [1, 2], "question": "What is 2 + 2?"}\n',
     "no_gold.jsonl": b'{"question": "What is 2 + 2?", "gold": 4}\n{"question": "And 3 + 3?"}\n',
+    "good_sft.jsonl": b'{"messages": [{"role": "user", "content": "q"}, '
+                      b'{"role": "assistant", "content": "a"}]}\n',
 }
 # case: (overrides, the last line of stderr)
 CASES = {
@@ -64,6 +68,55 @@ CASES = {
     "a benchmark file that is not there": (["stages=[answers]",
                                             "answers.input=${data:gsm8k/nope.jsonl}"],
                                            "benchmark data "),
+    # The wiring of stages: a stage that reads itself, a stage that does not feed it, a stage
+    # listed after the one that reads it.
+    "a stage that reads itself": (["stages=[answers,finetune]", "answers.input=answers"],
+                                  "answers.input=answers: a stage cannot read its own output"),
+    "a fine-tune that trains on itself": (["stages=[finetune]", "finetune.input=finetune"],
+                                          "finetune.input=finetune: a stage cannot read its "
+                                          "own output"),
+    "a stage that does not feed it": (["stages=[answers]", "answers.input=evaluate"],
+                                      "answers.input=evaluate: answers reads what questions "
+                                      "writes, and evaluate does not stand in for it"),
+    "stages out of order": (["stages=[finetune,answers]"],
+                            "stages: finetune reads the output of answers, listed after it: "
+                            "list answers first"),
+    "stage options that are not a mapping": (["+stage_options.answers=5"],
+                                             "stage_options.answers=5: expected option names "
+                                             "and their values"),
+    "a task file that does not parse": (["stages=[evaluate]", "eval.include_path=[mytasks]"],
+                                        "eval task file mytasks/broken.yaml:4: not valid YAML"),
+    "a precision nothing here installs": (["stages=[finetune]", "finetune.input=good_sft.jsonl",
+                                           "finetune.precision=transformer-engine"],
+                                          "finetune.precision=transformer-engine: NVIDIA's "
+                                          "transformer_engine is not installed here"),
+    "a Ray address that is not one": (["stages=[questions]", "engine=ray_vllm",
+                                       "engine.ray_address=garbage"],
+                                      "engine.ray_address='garbage': expected auto or "
+                                      "[ray://]host:port"),
+    "a Ray head that is not there": (["stages=[questions]", "engine=ray_vllm",
+                                      "engine.ray_address=127.0.0.1:9"],
+                                     "engine.ray_address=127.0.0.1:9: no Ray head answers there"),
+    "an endpoint without a scheme": (["stages=[questions]", "engine=openai",
+                                      "engine.endpoints=[127.0.0.1:9/v1]"],
+                                     "engine.endpoints: '127.0.0.1:9/v1' is not an http:// or "
+                                     "https:// URL"),
+    "an endpoint nobody serves": (["stages=[questions]", "engine=openai",
+                                   "engine.endpoints=[http://127.0.0.1:9/v1]"],
+                                  "engine.endpoints: no server answers at http://127.0.0.1:9/v1"),
+    "a negative timeout": (["engine.request_timeout_s=-1"],
+                           "engine.request_timeout_s=-1.0: expected a number of seconds > 0"),
+    "a plug-in option out of its range": (["plugins=[tests.plugins.capped_engine]", "engine=hf",
+                                           "engine.name=capped_hf", "+engine.options.cap=-5"],
+                                          "engine.options: cap=-5: expected an integer >= 1"),
+    "a stage option out of its range": (["plugins=[tests.plugins.agreement_filter]",
+                                         "stages=[answers,agreement_filter,finetune]",
+                                         "+stage_options.agreement_filter.min_agreement=5"],
+                                        "stage_options.agreement_filter: min_agreement=5.0: "
+                                        "expected a share in [0, 1]"),
+    "a label that climbs out of the run dir": (["stages=[evaluate]",
+                                                "+eval.models={../../evil: good_model}"],
+                                               "eval.models: label '../../evil' names a folder"),
 }
 
 
@@ -72,6 +125,9 @@ def test_a_knowable_mistake_fails_before_any_stage(cli, tmp_path, case):
     for name, data in FILES.items():
         (tmp_path / name).write_bytes(data)
     (tmp_path / "blocker").write_text("a file where the run dir would go")
+    (tmp_path / "mytasks").mkdir()
+    (tmp_path / "mytasks" / "broken.yaml").write_text("task: mine\noutput_type: generate_until\n"
+                                                      "metric_list: [a\n")
     overrides, expected = CASES[case]
     result = cli("experiment=smoke", "logger=none", "hydra.run.dir=run", *overrides)
     last = result.stderr.strip().splitlines()[-1]
@@ -103,3 +159,29 @@ def test_a_mistaken_command_leaves_a_finished_runs_record_as_it_was(cli, tmp_pat
     assert "unknown stage 'bogus'" in result.stderr.strip().splitlines()[-1]
     assert record.read_text() == "- experiment=smoke\n"
     assert sorted(p.name for p in (tmp_path / "run").iterdir()) == [".hydra"]
+
+
+def test_a_slurm_launcher_without_slurm_is_one_line(cli, tmp_path):
+    # Slurm's commands missing, or there and no controller to answer them: one line each.
+    import os
+
+    bare = os.pathsep.join(d for d in os.environ["PATH"].split(os.pathsep)
+                           if not (Path(d) / "sbatch").exists())
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for command in ("sbatch", "sinfo"):
+        (fake / command).write_text("#!/bin/sh\necho 'sinfo: error: Unable to contact slurm "
+                                    "controller (connect failure)' >&2\nexit 1\n")
+        (fake / command).chmod(0o755)
+    expected = {bare: "Slurm's sbatch is not on this machine's PATH",
+                f"{fake}{os.pathsep}{bare}": "no Slurm controller answers here (sinfo: sinfo: "
+                                             "error: Unable to contact slurm controller"}
+    for path, said in expected.items():
+        result = cli("-m", "experiment=smoke", "logger=none", "hydra/launcher=slurm_cpu",
+                     "hydra.sweep.dir=sweep", "voting.k=3,4", env_path=path)
+        assert result.returncode == 1, result.stderr[-2000:]
+        last = result.stderr.strip().splitlines()[-1]
+        assert last.startswith("crescent: error: hydra/launcher: a Slurm launcher, and ") \
+            and said in last, last
+        assert "Traceback" not in result.stderr
+        assert not (tmp_path / "sweep").exists()

@@ -52,8 +52,19 @@ def test_two_point_sweep_table_and_plots(tmp_path, capsys):
 
 
 def test_no_runs_is_an_error(tmp_path):
-    with pytest.raises(SystemExit, match="no runs"):
+    with pytest.raises(SystemExit, match="no Crescent runs"):
         report.main([str(tmp_path)])
+    # Hydra dirs that are not Crescent runs are skipped with a line, not counted as unfinished
+    (tmp_path / "foreign" / ".hydra").mkdir(parents=True)
+    (tmp_path / "foreign" / ".hydra" / "config.yaml").write_text("db:\n  driver: mysql\n")
+    (tmp_path / "lost" / ".hydra").mkdir(parents=True)  # no config.yaml
+    with pytest.raises(SystemExit, match="no Crescent runs"):
+        report.main([str(tmp_path)])
+    (tmp_path / "broken" / ".hydra").mkdir(parents=True)
+    (tmp_path / "broken" / ".hydra" / "config.yaml").write_text("stages: [a\n")
+    with pytest.raises(SystemExit, match=r"broken/.hydra/config.yaml: does not parse"):
+        report.main([str(tmp_path)])
+    assert not (tmp_path / "report").exists()  # nothing written for a report that failed
 
 
 def test_replicas_pool_into_one_row_with_t_intervals(tmp_path):

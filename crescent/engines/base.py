@@ -76,6 +76,11 @@ class Engine:
     def open(cls, engine: EngineConfig, model: ModelConfig) -> Engine:
         return cls(engine, model)
 
+    @classmethod
+    def preflight(cls, engine: EngineConfig) -> None:
+        """Before any stage that generates: what can be checked of the settings here (a
+        server's address, an endpoint that answers), each mistake one line."""
+
     def chat(self, conversations: Sequence[Conversation], sampling: SamplingConfig, n: int,
              seed: int) -> list[Generation]:
         raise NotImplementedError

@@ -8,6 +8,7 @@ from crescent.config import EngineConfig, ModelConfig
 from crescent.engines.base import Engine, Generation
 from crescent.engines.streaming import through_session
 from crescent.engines.vllm_offline import VLLMEngine
+from crescent.errors import CrescentError
 from crescent.infra.models import resolve_model
 from crescent.registry import ENGINES
 
@@ -75,6 +76,26 @@ class RayVLLMEngine(Engine):
     Ray cluster (`engine.ray_address=auto`). Request i of a call goes to replica
     i % data_parallel_size with the seed it would have had in one engine, and the results come
     back in request order: a run's samples do not depend on how many replicas drew them."""
+
+    @classmethod
+    def preflight(cls, engine: EngineConfig) -> None:
+        """`engine.ray_address`: none (a Ray instance of this process), `auto`, or
+        [ray://]host:port of a head that accepts a connection within 5 s."""
+        import re
+        import socket
+
+        address = engine.ray_address
+        if address in (None, "auto", "local"):
+            return
+        match = re.fullmatch(r"(?:ray://)?\[?([^\[\]/]+?)\]?:(\d{1,5})", str(address))
+        if not match:
+            raise CrescentError(f"engine.ray_address={address!r}: expected auto or "
+                                f"[ray://]host:port (a Ray head)")
+        try:
+            socket.create_connection((match[1], int(match[2])), timeout=5).close()
+        except OSError as e:
+            raise CrescentError(f"engine.ray_address={address}: no Ray head answers there "
+                                f"({e.strerror or e})") from None
 
     def __init__(self, engine: EngineConfig, model: ModelConfig):
         import ray

@@ -29,6 +29,31 @@ class OpenAIEngine(Engine):
         # `vllm serve <path>` names the model by that path; another server may differ.
         self.model_path = engine.served_model or resolve_model(model.name)
 
+    @classmethod
+    def preflight(cls, engine: EngineConfig) -> None:
+        """Each endpoint an http(s) URL with a host, and a server there that answers within
+        5 s (any HTTP status: a refusal is the stage's to report): a typo or a stopped server
+        is found before the stage, not after a minute of retries."""
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        if not engine.endpoints:
+            raise CrescentError("engine=openai needs engine.endpoints=[http://host:port/v1,...]")
+        for url in engine.endpoints:
+            parts = urllib.parse.urlsplit(str(url))
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise CrescentError(f"engine.endpoints: {url!r} is not an http:// or https:// "
+                                    f"URL (e.g. http://127.0.0.1:8000/v1)")
+            try:
+                urllib.request.urlopen(f"{str(url).rstrip('/')}/models", timeout=5).close()
+            except urllib.error.HTTPError:
+                pass  # a server answered
+            except (OSError, ValueError) as e:
+                reason = getattr(e, "reason", e)
+                raise CrescentError(f"engine.endpoints: no server answers at {url} ({reason})"
+                                    ) from None
+
     def session(self, sampling, n):
         return OpenAISession(self, sampling, n)
 
@@ -128,7 +153,7 @@ class OpenAISession:
                                         f"({e.status_code}): {_reason(e)}") from None
                 except ValueError:  # the body is not JSON: not an OpenAI-compatible server
                     reply = None
-                if not hasattr(reply, "choices"):
+                if not getattr(reply, "choices", None):
                     raise CrescentError(f"engine=openai: {client.base_url} did not answer as an "
                                         f"OpenAI-compatible server (no JSON completion)")
                 return _generation(reply, self.n)

@@ -19,7 +19,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from crescent.errors import CrescentError
-from crescent.report.runs import collect, find_runs, merge_passes
+from crescent.report.runs import collect, find_runs, merge_passes, not_crescent
 from crescent.report.tables import (
     audit_section,
     compute_cost,
@@ -44,20 +44,22 @@ def main(argv: list[str] | None = None) -> None:
     for d in args.dirs:
         if not d.is_dir():
             sys.exit(f"crescent-report: error: {d} is not a directory")
-    runs = find_runs(args.dirs)
-    if not runs:
-        sys.exit(f"crescent-report: error: no runs (dirs with .hydra/) under "
-                 f"{', '.join(map(str, args.dirs))}")
-    out = args.out or args.dirs[0] / "report"
-    out.mkdir(parents=True, exist_ok=True)
-
     studies = defaultdict(list)
     try:
-        for run in runs:
+        for run in find_runs(args.dirs):
+            why = not_crescent(run)
+            if why is not None:
+                print(f"crescent-report: skipped {run}: not a Crescent run ({why})")
+                continue
             row = collect(run)
             studies[row["study"]].append(row)
     except CrescentError as e:
         sys.exit(f"crescent-report: error: {e}")
+    if not studies:
+        sys.exit(f"crescent-report: error: no Crescent runs (dirs with .hydra/config.yaml) under "
+                 f"{', '.join(map(str, args.dirs))}")
+    out = args.out or args.dirs[0] / "report"
+    out.mkdir(parents=True, exist_ok=True)
     md, tex = [], []
     summaries, pairs, costs = {}, {}, {}
     audits = [r for rows in studies.values() for r in rows if r["audit"]]  # for every study's plots
@@ -86,7 +88,7 @@ def main(argv: list[str] | None = None) -> None:
     (out / "report.json").write_text(json.dumps({"runs": studies, "tables": summaries, "paired": pairs,
                                                 "cost": costs}, indent=2) + "\n")
     print("\n".join(md))
-    print(f"crescent-report: {len(runs)} runs -> {out}/report.md, report.tex, report.json")
+    print(f"crescent-report: {sum(map(len, studies.values()))} runs -> {out}/report.md, report.tex, report.json")
 
 
 def _score_section(study: str, rows: list[dict], against: str | None, audits: list[dict],

@@ -36,13 +36,41 @@ NOT_A_SETTING_GROUPS = ("logger", "hydra", "eval")
 
 
 def find_runs(dirs: list[Path]) -> list[Path]:
+    """Every Hydra job dir (one with `.hydra/`) under `dirs`; links into the cache are not
+    followed."""
     runs = []
     for top in dirs:
-        for root, subdirs, _ in os.walk(top):  # links into the cache are not followed
+        for root, subdirs, _ in os.walk(top):
             if ".hydra" in subdirs:
                 runs.append(Path(root))
                 subdirs.clear()
     return sorted(runs)
+
+
+# Keys of Crescent's config (crescent/config.py): a Hydra run whose config has none is not one.
+_CRESCENT_GROUPS = {"stages", "model", "voting", "questions", "answers", "finetune", "eval"}
+
+
+def not_crescent(run: Path) -> str | None:
+    """Why a Hydra job dir is not a Crescent run (another program's, or its config lost), or
+    None; a config that does not parse is an error naming it."""
+    import yaml
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    from crescent.errors import CrescentError
+
+    path = run / ".hydra" / "config.yaml"
+    if not path.is_file():
+        return f"no {path.relative_to(run)}"
+    try:
+        config = OmegaConf.load(path)
+    except (yaml.YAMLError, OmegaConfBaseException, UnicodeDecodeError) as e:
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise CrescentError(f"{path}: does not parse ({first})") from None
+    if not (OmegaConf.is_dict(config) and set(config) & _CRESCENT_GROUPS):
+        return "another program's Hydra run"
+    return None
 
 
 def _read(path: Path):

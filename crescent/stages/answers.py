@@ -131,6 +131,7 @@ def draw_samples(cfg: DictConfig, questions: list[dict], out: Path, k_max: int, 
     with entry.locked("answers: samples"):
         if entry.done:
             cache.check_intact("answers: samples", entry.dir)
+            _check_sample_counts(entry.dir, k_max)
             info = read_json(entry.dir / SAMPLING)
             logger.info("crescent: answers: reusing %s samples per question from %s; voting only",
                         info["samples_per_question"], entry.dir)
@@ -139,6 +140,17 @@ def draw_samples(cfg: DictConfig, questions: list[dict], out: Path, k_max: int, 
         write_json(entry.dir / SAMPLING, info)
         entry.finish()
     return {**info, "reused": False, "entry": str(entry.dir)}
+
+
+def _check_sample_counts(where: Path, k_max: int) -> None:
+    """A finished samples entry holds k_max samples for every sampled question, as its key
+    says (entries sealed before engines were held to `n` may not)."""
+    for lineno, r in numbered_jsonl(where / SAMPLES):
+        if r.get("reason") not in NOT_SAMPLED and len(r.get("samples", ())) != k_max:
+            raise CrescentError(
+                f"answers: samples: {where} is damaged: {SAMPLES}:{lineno} holds "
+                f"{len(r.get('samples', ()))} samples where its key says {k_max}; to rebuild it, "
+                f"delete it (rm -r {where.resolve()}) and run the same command again")
 
 
 def _sample_missing(cfg: DictConfig, questions: list[dict], where: Path, k_max: int,
@@ -220,6 +232,10 @@ def _sample(cfg: DictConfig, clean: list[dict], log: JsonlAppender, bar, k_max: 
     def take(i: int, gen) -> bool:
         nonlocal cut
         q, truncated = clean[i], gen.truncated(acfg.sampling.max_tokens)
+        if len(gen.texts) != k_max:  # never logged: the entry would contradict its record
+            raise CrescentError(f"answers: the engine returned {len(gen.texts)} samples for "
+                                f"question {q['id']!r} where {k_max} were asked (answers.samples):"
+                                f" an endpoint that ignores `n`?")
         cut += sum(truncated)
         log.write({"id": q["id"], "question": q["question"], "samples": gen.texts,
                    "extracted": [answers.extract(t) for t in gen.texts],

@@ -75,6 +75,7 @@ TASKS_SRC = Path(__file__).resolve().parents[1] / "tasks"
 SHIPPED_DATA_DIR = "../shared/data"  # where the shipped YAMLs' data_files point
 
 _DATA_FILE = re.compile(r'"' + re.escape(SHIPPED_DATA_DIR) + r'/([^"]+)"')
+_LABEL = re.compile(r"[A-Za-z0-9._-]+")  # eval.models labels: folder names, nothing above
 _TASK_NAME = re.compile(r"^task:\s*(\S+)\s*$", re.MULTILINE)
 _OUTPUT_TYPE = re.compile(r"^output_type:\s*(\S+)\s*$", re.MULTILINE)
 # lm-eval's output types that score given text instead of generating it
@@ -144,6 +145,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
 
     raw = {label: read_json(out / label / RESULTS) for label in models}
     metrics = {label: metrics_of(results) for label, results in raw.items()}
+    for label in models:
+        check_scores(label, raw[label], tasks, out / label / RESULTS)
     write_json(out / "metrics.json", metrics)
     lower = lower_is_better(raw)
     table = delta_table(metrics, tasks, lower)
@@ -155,23 +158,52 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     return out
 
 
+def outdated(cfg: DictConfig, run_dir: Path) -> str | None:
+    """Why a finished evaluate dir no longer holds this config's scores (the runner then runs
+    it again, and only what is missing is scored), or None: a fine-tune that did not exist
+    when it scored base alone, or a fine-tune trained anew since."""
+    out = Path(run_dir) / STAGE.name
+    for label, model in models_to_score(cfg, Path(run_dir)).items():
+        if not _scored(out / label, list(cfg.eval.tasks), model):
+            return f"{label} ({model}) is not what it scored"
+    return None
+
+
 def _score_label(cfg: DictConfig, label: str, model: str, tasks: list[str], tasks_dir: Path,
                  label_dir: Path) -> float | None:
     """Score one model in a child process unless `label_dir` holds its scores; the seconds
     it took, or None when they were there."""
-    if _scored(label_dir, tasks):
+    if _scored(label_dir, tasks, model):
         logger.info("crescent: evaluate: %s already scored in %s, skipped", label,
                     label_dir.resolve())
         return None
     label_dir.mkdir(parents=True, exist_ok=True)
     (label_dir / RESULTS).unlink(missing_ok=True)  # scored on other tasks: redo it whole
     spec = lm_eval_spec(cfg, label, model, tasks, tasks_dir, label_dir)
+    spec["model_identity"] = model_identity(model)  # what `_scored` checks on reuse
     write_json(label_dir / SPEC, spec)
     atomic_write_text(label_dir / "command.txt", lm_eval_command(spec) + "\n")
     logger.info("crescent: evaluate: scoring %s (%s) on %s", label, model, ", ".join(tasks))
     started = time.time()
     _score_in_subprocess(label, label_dir)
     return round(time.time() - started, 2)
+
+
+def check_scores(label: str, results: dict, tasks: list[str], where: Path) -> None:
+    """Every task has scores and none is NaN (a stderr may be: one document has none), or a
+    one-line error naming the model and the task."""
+    import math
+
+    scored = {**results.get("results", {}), **results.get("groups", {})}
+    for task in tasks:
+        values = {k: v for k, v in scored.get(task, {}).items() if "," in k and "_stderr" not in k
+                  and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if not values:
+            raise CrescentError(f"evaluate: {label} has no score on {task} ({where})")
+        bad = [k.removesuffix(",none") for k, v in values.items() if math.isnan(v)]
+        if bad:
+            raise CrescentError(f"evaluate: {label} scored NaN {', '.join(bad)} on {task} "
+                                f"({where}): are its weights damaged?")
 
 
 def _shared_base(cfg: DictConfig, run_dir: Path) -> cache.Entry | None:
@@ -204,6 +236,7 @@ def render_tasks(data_dir: str | Path, dest: Path, include: list[str] = ()
             raise CrescentError(f"eval.include_path: {folder} is not a directory")
         for src in sorted(folder.glob("*.yaml")):
             text = src.read_text(encoding="utf-8")
+            _check_yaml(src, text)
             files = [data_dir / rel for rel in _DATA_FILE.findall(text)]
             # A JSON string is a valid YAML double-quoted scalar, whatever the path holds.
             text = _DATA_FILE.sub(lambda m: json.dumps(str(data_dir / m.group(1))), text)
@@ -214,6 +247,25 @@ def render_tasks(data_dir: str | Path, dest: Path, include: list[str] = ()
         for code in sorted(folder.glob("*.py")):
             shutil.copyfile(code, dest / code.name)
     return dest, needs
+
+
+def _check_yaml(src: Path, text: str) -> None:
+    """A task file that does not parse fails here, before any stage, naming its line (lm-eval
+    would skip it and call the task unknown after the fine-tune). lm-eval's tags
+    (`!function utils.f`) are accepted as they are."""
+    import yaml
+
+    class TaskLoader(yaml.SafeLoader):
+        pass
+
+    TaskLoader.add_multi_constructor("!", lambda loader, tag, node: None)
+    try:
+        yaml.load(text, Loader=TaskLoader)  # a SafeLoader: no code runs
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise CrescentError(f"eval task file {src}{line}: not valid YAML ({problem})") from None
 
 
 def check_data(tasks: list[str], needs: dict[str, list[Path]]) -> None:
@@ -264,6 +316,9 @@ def _named_models(cfg: DictConfig, find) -> dict:
     """label -> `find(name)` for each `eval.models` entry; an error names its entry."""
     models = {}
     for label, name in cfg.eval.models.items():
+        if not _LABEL.fullmatch(str(label)) or str(label) in (".", ".."):
+            raise CrescentError(f"eval.models: label {str(label)!r} names a folder of the run's "
+                                f"evaluate dir: letters, digits, '.', '_' and '-' only")
         try:
             models[str(label)] = find(str(name))
         except CrescentError as e:
@@ -355,12 +410,23 @@ def _run_command(spec: dict, run: dict) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def _scored(label_dir: Path, tasks: list[str]) -> bool:
-    path = label_dir / RESULTS
-    if not path.is_file():
+def _scored(label_dir: Path, tasks: list[str], model: str) -> bool:
+    """Whether `label_dir` holds scores of `model` (the same files) on every task."""
+    path, spec = label_dir / RESULTS, label_dir / SPEC
+    if not (path.is_file() and spec.is_file()):
+        return False
+    if read_json(spec).get("model_identity") != model_identity(model):
         return False
     results = read_json(path)
     return set(tasks) <= set(results.get("results", {})) | set(results.get("groups", {}))
+
+
+def model_identity(model: str) -> str:
+    """What a scored model is: the sha256 of the file record its fine-tune saved beside it
+    (finetune.MODEL_RECORD: every weight file's hash), else its path (a built-in or a local
+    model, which Crescent does not rewrite)."""
+    record = Path(model).parent / finetune.MODEL_RECORD
+    return cache.content_hash(record, "evaluate") if record.is_file() else str(model)
 
 
 def _score_in_subprocess(label: str, label_dir: Path) -> None:

@@ -52,6 +52,7 @@ MODEL_DIR = "model"  # the trained student, a Hugging Face save_pretrained dir
 CHECKPOINT_DIR = "checkpoints"
 LAST_CKPT = "last.ckpt"
 METRICS = "metrics.jsonl"
+MODEL_RECORD = "model_files.json"  # size and sha256 of each saved model file, before DONE
 
 
 def preflight(cfg: DictConfig) -> None:
@@ -60,6 +61,12 @@ def preflight(cfg: DictConfig) -> None:
     from crescent.infra.models import check_model
 
     check_model(cfg.student.name)
+    if str(cfg.finetune.precision).startswith("transformer-engine"):
+        import importlib.util
+
+        if importlib.util.find_spec("transformer_engine") is None:
+            raise CrescentError(f"finetune.precision={cfg.finetune.precision}: NVIDIA's "
+                                f"transformer_engine is not installed here (it needs a GPU)")
     if cfg.finetune.input and cache.provider(cfg, STAGE.name) is None:  # a file, not a stage
         from crescent.registry import OBJECTIVES
 
@@ -82,7 +89,7 @@ def train(cfg: DictConfig, run_dir: Path, out: Path, start: str) -> Path:
     f = cfg.finetune
     objective = OBJECTIVES.get(f.objective)
     input_path = _check_input(cfg, run_dir, objective.input_file)
-    if (out / MODEL_DIR / "config.json").is_file() and (out / STATS).is_file():
+    if _saved(out):
         return out  # trained and saved; only the DONE marker was missing
     started = time.time()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -111,12 +118,32 @@ def train(cfg: DictConfig, run_dir: Path, out: Path, start: str) -> Path:
         stats = _stats(cfg, input_path, trainer, data, module, metrics, precision, val_loss)
         stats["start"] = start  # the model trained: the student, or finetune.init's model
         training.save_model(module.model, tokenizer, out / MODEL_DIR, f.mode, cfg.student.dtype)
+        write_json(out / MODEL_RECORD, cache.fingerprints(out / MODEL_DIR))  # `_saved` reads it
         _write_stats(out, stats, started)
     # Other ranks (DDP) return only once the model and stats are on disk.
     trainer.strategy.barrier("finetune-saved")
     if trainer.is_global_zero and not f.keep_checkpoints:
         shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     return out
+
+
+def _saved(out: Path) -> bool:
+    """Whether `out` holds the model this stage saved, as its stats recorded it (a crash
+    before DONE was written). A model the stats do not vouch for is trained anew, never
+    sealed as it is."""
+    if not ((out / MODEL_DIR).is_dir() and (out / STATS).is_file()):
+        return False
+    try:
+        problem = cache.differs(out / MODEL_DIR, read_json(out / MODEL_RECORD))
+    except (OSError, CrescentError, AttributeError):
+        problem = f"no readable {MODEL_RECORD} records it"
+    if problem is None:
+        return True
+    logger.warning("crescent: warning: finetune: %s is not the model this stage saved (%s): "
+                   "training it anew", out / MODEL_DIR, problem)
+    (out / STATS).unlink()
+    shutil.rmtree(out / MODEL_DIR)
+    return False
 
 
 def _initial_model(cfg: DictConfig, run_dir: Path) -> str:
@@ -198,6 +225,12 @@ def _fit(trainer, module, data, last: Path) -> None:
         logger.info(f"crescent: finetune: resuming from {resume}")
     try:
         trainer.fit(module, datamodule=data, ckpt_path=str(resume) if resume else None)
+    except Exception as e:
+        if resume is None or trainer.global_step:  # not the checkpoint: it restored a step
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise CrescentError(f"finetune: {resume} does not load ({type(e).__name__}: {first}); "
+                            f"delete it to train from the start: rm {resume}") from None
     except SystemExit:
         # On Ctrl-C Lightning shuts down "gracefully" and calls sys.exit(1) itself.
         if trainer.interrupted:

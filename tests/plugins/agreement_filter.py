@@ -25,6 +25,10 @@ from crescent.registry import STAGES
 class FilterOptions:
     min_agreement: float = 0.75  # share of the samples that agree with the kept answer
 
+    def __post_init__(self):  # a range the type cannot say: checked before any stage
+        if not 0 <= self.min_agreement <= 1:
+            raise ValueError(f"min_agreement={self.min_agreement}: expected a share in [0, 1]")
+
 
 STAGE = Stage("agreement_filter", upstream="answers", provides="answers",
               outputs=("qa.jsonl", "sft.jsonl"))

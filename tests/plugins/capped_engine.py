@@ -20,6 +20,10 @@ class CapOptions:
     # Changes nothing written (a real engine's server list or timeout is operational alike).
     note: str = field(default="", metadata=OPERATIONAL)
 
+    def __post_init__(self):
+        if self.cap < 1:
+            raise ValueError(f"cap={self.cap}: expected an integer >= 1")
+
 
 @ENGINES.register("capped_hf", options=CapOptions)
 class CappedHF(HFEngine):
