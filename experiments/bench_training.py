@@ -72,6 +72,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engines import cpu_flags, write_result
+from calibration.gold_pairs import write_pairs
 
 ROOT = Path(__file__).resolve().parent.parent
 QWEN, SMOL = "qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct"
@@ -97,28 +98,6 @@ COMMON = ["stages=[finetune]", "logger=none", "cache_dir=null", "seed=0", "finet
           "finetune.val_fraction=0", "finetune.checkpoint_every_n_steps=0",
           "finetune.progress_bar=false", "finetune.log_every_n_steps=1", "finetune.max_epochs=-1",
           "finetune.warmup_steps=1"]
-
-
-def gsm8k_train() -> Path:
-    from crescent.infra.data import require
-
-    return require(None, "gsm8k/train.jsonl")
-
-
-def write_pairs(path: Path, n: int, offset: int = 0) -> Path:
-    """The first n GSM8K training problems (after `offset`) as the gold control's pairs."""
-    from omegaconf import OmegaConf
-
-    from crescent.stages.answers import gold_rows
-
-    domain = OmegaConf.create({"final_answer_line": "The answer is: {answer}"})
-    rows = gold_rows(gsm8k_train(), n + offset, domain)[offset:]
-    with path.open("w") as out:
-        for r in rows:
-            out.write(json.dumps({"messages": [{"role": "user", "content": r["question"]},
-                                               {"role": "assistant", "content": r["response"]}]})
-                      + "\n")
-    return path
 
 
 def compose(overrides: list[str]):

@@ -109,8 +109,10 @@ class VLLMEngine(Engine):
     @classmethod
     def lm_eval_model(cls, engine: EngineConfig, pretrained: str, dtype: str) -> LmEvalModel:
         # vLLM schedules every request itself; lm-eval's "auto" hands them all over at once.
+        # engine.batch_size: sequences in flight, as when generating (two values batch the
+        # same answers differently: the test-retest of a score).
         args = {"pretrained": pretrained, "dtype": dtype, "max_model_len": engine.max_model_len,
-                "enforce_eager": engine.enforce_eager,
+                "max_num_seqs": engine.batch_size, "enforce_eager": engine.enforce_eager,
                 "tensor_parallel_size": engine.tensor_parallel_size,
                 "gpu_memory_utilization": engine.gpu_memory_utilization}
         if engine.data_parallel_size > 1:  # lm-eval runs the replicas on Ray itself

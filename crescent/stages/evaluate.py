@@ -66,9 +66,11 @@ logger = logging.getLogger(__name__)
 _TASK_DIRS = {"eval.include_path": lambda cfg: [
     cache.content_hash(Path(d), "eval.include_path") for d in cfg.eval.include_path]}
 # The base model's scores: the same for every sweep point that fine-tunes the same student.
-BASE_ENTRY = Stage("evaluate_base", ("student", "engine", "eval"), version=1, data="*",
+# Version 2: generation tasks answer up to 512 tokens (lm-eval's 256 cut half the 0.5B model's
+# answers), GSM8K CoT's strict match reads "The answer is: N".
+BASE_ENTRY = Stage("evaluate_base", ("student", "engine", "eval"), version=2, data="*",
                    exclude=("eval.data_dir",), resolved=_TASK_DIRS, added=("eval.include_path",))
-STAGE = Stage("evaluate", ("model", "engine", "eval"), upstream="finetune", version=1, data="*",
+STAGE = Stage("evaluate", ("model", "engine", "eval"), upstream="finetune", version=2, data="*",
               exclude=("eval.data_dir",), resolved=_TASK_DIRS, added=("eval.include_path",),
               entries=(BASE_ENTRY,))
 TASKS_SRC = Path(__file__).resolve().parents[1] / "tasks"

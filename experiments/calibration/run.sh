@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# The calibration study, step by step; every step resumes, so after an interruption run the same
+# command again: finished steps are skipped in seconds (their stages are cache entries).
+#   bash experiments/calibration/run.sh logger=none     (extra arguments go to every crescent run)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+out=multirun/calibration
+python experiments/calibration/gold_pairs.py 400 1000 >/dev/null
+gold() { echo "finetune.input=$PWD/outputs/calibration/gold_$1.jsonl"; }
+# 0. The protocol's floor: the base on all 1,319 problems, then again batched otherwise
+#    (engine.batch_size: sequences in flight); the flip rate between the two is the floor.
+crescent experiment=calibration stages=[evaluate] hydra.run.dir=$out/base "$@"
+crescent experiment=calibration stages=[evaluate] engine.batch_size=64 \
+  hydra.run.dir=$out/base_retest "$@"
+# 1. The positive control, the go/no-go: gold 400 x 2 epochs first (the cheapest), then 1,000 x 2
+#    (the decision), then 400 x 4 (more epochs on the same pairs).
+crescent experiment=calibration "$(gold 400)" finetune.max_epochs=2 hydra.run.dir=$out/gold_400x2 "$@"
+crescent experiment=calibration "$(gold 1000)" finetune.max_epochs=2 hydra.run.dir=$out/gold_1000x2 "$@"
+crescent experiment=calibration "$(gold 400)" finetune.max_epochs=4 hydra.run.dir=$out/gold_400x4 "$@"
+crescent-report $out
