@@ -79,3 +79,15 @@ def test_run_without_data_stops_before_any_stage_with_one_line(tmp_path):
         f"{tmp_path}/cache/data): run `crescent-data fetch` (Hugging Face hub) or "
         f"`crescent-data fetch --from DIR` (a local copy), or set CRESCENT_DATA=DIR")]
     assert not list(tmp_path.rglob("DONE"))
+
+
+def test_a_benchmark_file_that_is_not_the_pinned_one_is_said(tmp_path, caplog):
+    for rel in data.PINS:
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes((DATA / rel).read_bytes())
+    data.warn_unpinned(tmp_path)
+    assert not caplog.records  # the pinned files: nothing to say
+    (tmp_path / "gsm8k/test.jsonl").write_text('{"question": "edited", "answer": "#### 1"}\n')
+    data.warn_unpinned(tmp_path / "gsm8k" / "..")  # another path to the same dir: checked anew
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "gsm8k/test.jsonl is not the pinned gsm8k/test.jsonl" in warning

@@ -572,3 +572,14 @@ def test_a_checkpoint_that_does_not_load_is_one_line(tmp_path):
     line = result.stderr.strip().splitlines()[-1]
     assert line.startswith(f"crescent: error: finetune: {last.resolve()} does not load ("), line
     assert line.endswith(f"delete it to train from the start: rm {last.resolve()}"), line
+
+
+def test_empty_turns_are_trained_on_with_a_warning(tmp_path, caplog):
+    path = tmp_path / "sft.jsonl"
+    path.write_text("".join(json.dumps({"messages": [{"role": "user", "content": q},
+                                                     {"role": "assistant", "content": a}]}) + "\n"
+                            for q, a in [("2 + 2?", "4"), ("", "5"), ("3 + 3?", " ")]))
+    assert len(load_conversations(path)) == 3
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.endswith("2 conversations have an empty user or assistant turn (first: "
+                            "conversation 2); they are trained on as they are")

@@ -114,6 +114,8 @@ CASES = {
                                          "+stage_options.agreement_filter.min_agreement=5"],
                                         "stage_options.agreement_filter: min_agreement=5.0: "
                                         "expected a share in [0, 1]"),
+    "a directory as the questions file": (["stages=[answers]", "answers.input=mytasks"],
+                                          "mytasks: a directory, not a JSON Lines file"),
     "a label that climbs out of the run dir": (["stages=[evaluate]",
                                                 "+eval.models={../../evil: good_model}"],
                                                "eval.models: label '../../evil' names a folder"),

@@ -96,6 +96,21 @@ def fill_data_dir(cfg) -> None:
     (questions.seeds of baseline_seed_aug) points where the stages read."""
     if "eval" in cfg and not cfg.eval.get("data_dir"):
         cfg.eval.data_dir = str(data_dir(None))
+    if "eval" in cfg:
+        warn_unpinned(Path(cfg.eval.data_dir))
+
+
+@lru_cache(maxsize=8)  # once a process: the config is checked before the run and in it
+def warn_unpinned(root: Path) -> None:
+    """A line for each benchmark file there that is not the pinned one: its scores are not
+    comparable with published ones (its own hash still keys the cache, so nothing is mixed)."""
+    import logging
+
+    for rel, status in check(root):
+        if status == "changed":
+            logging.getLogger(__name__).warning(
+                "crescent: warning: %s is not the pinned %s (its sha256 differs): scores on it "
+                "are not comparable with published ones", root / rel, rel)
 
 
 # ------------------------------------------------------------------ crescent-data

@@ -103,7 +103,8 @@ def numbered_jsonl(path: Path) -> Iterator[tuple[int, dict]]:
     """Yield (line number, object) per non-blank line, for errors that name `file:line`."""
     path = Path(path)
     if not path.is_file():
-        raise CrescentError(f"{path}: no such file")
+        what = "a directory, not a JSON Lines file" if path.is_dir() else "no such file"
+        raise CrescentError(f"{path}: {what}")
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
             try:

@@ -16,6 +16,7 @@ save_to_disk dir.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from typing import Any
 from crescent.errors import CrescentError
 from crescent.infra.io import numbered_jsonl
 
+logger = logging.getLogger(__name__)
 IGNORE_INDEX = -100  # label of tokens outside the loss (the value transformers ignores)
 ROLES = ("system", "user", "assistant")
 
@@ -44,6 +46,14 @@ def load_conversations(path: Path) -> list[list[dict]]:
         conversations.append(obj["messages"])
     if not conversations:
         raise CrescentError(f"finetune.input: {path}: no conversations")
+    empty = [i + 1 for i, c in enumerate(conversations)
+             if any(not str(m.get("content") or "").strip() for m in c
+                    if m.get("role") in ("user", "assistant"))]
+    if empty:
+        logger.warning(
+            "crescent: warning: %s: %d conversations have an empty user or assistant turn "
+            "(first: conversation %d); they are trained on as they are", path, len(empty),
+            empty[0])
     return conversations
 
 
