@@ -42,7 +42,8 @@ class Case:
     steps: list[list[str]]  # crescent commands (overrides); the last one is judged
     # run between steps (after step i): damage a file, start a server, ...
     between: dict[int, Callable[[Path], None]] = field(default_factory=dict)
-    right: Callable[[Path, str], str | None] | None = None  # exit 0: None when right, else why
+    # exit 0: None when right, else why (given the run dir and the command's output)
+    right: Callable[[Path, str], str | None] | None = None
     timeout: float = 120
 
 
@@ -253,7 +254,7 @@ def run_case(case: Case, root: Path, work: Path) -> dict:
             proc = subprocess.run([sys.executable, "-m", "crescent", *step], cwd=work, env=env,
                                   capture_output=True, text=True, timeout=case.timeout,
                                   check=False)
-            rc, stderr = proc.returncode, proc.stderr
+            rc, stderr = proc.returncode, proc.stdout + proc.stderr  # logs go to stdout
         except subprocess.TimeoutExpired:
             rc, stderr = None, ""
         seconds = round(time.time() - started, 1)
