@@ -589,3 +589,25 @@ def test_forward_pass_bits_per_byte_agree_with_vllm_prompt_logprobs(cli, tmp_pat
            for label, d in (("hf", ours), ("vllm", tmp_path / "vllm"))}
     assert abs(bpb["hf"] - bpb["vllm"]) < 1e-4, bpb
     print(f"\nbits per byte on {limit} documents: {bpb}")
+
+
+def test_answer_lengths_count_the_models_tokens_and_the_answers_cut_at_the_cap(tmp_path):
+    from transformers import AutoTokenizer
+
+    from crescent.infra.models import resolve_model
+    from crescent.methods.metrics import answer_lengths
+
+    model = resolve_model("smollm2-135m-instruct")
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    short, long = "The answer is: 4", " ".join(["step"] * 100)
+    cap = len(tokenizer(long, add_special_tokens=False)["input_ids"])  # the long one hits it
+    (tmp_path / "samples_gsm.jsonl").write_text("".join(
+        json.dumps({"doc_id": i, "resps": [[text]]}) + "\n"
+        for i, text in enumerate([short, long, short, short])))
+    results = {"configs": {"gsm": {"output_type": "generate_until",
+                                   "generation_kwargs": {"max_gen_toks": cap}},
+                           "bpb": {"output_type": "loglikelihood_rolling"}}}
+    lengths = answer_lengths(tmp_path, results, model)
+    n_short = len(tokenizer(short, add_special_tokens=False)["input_ids"])
+    assert lengths == {"gsm": {"answers": 4, "cap": cap, "cut_at_cap": 0.25,
+                               "mean_tokens": round((3 * n_short + cap) / 4, 1)}}

@@ -230,6 +230,61 @@ def test_settings_are_paired_with_base_and_a_named_setting_document_by_document(
     assert "| gsm exact_match | setting=crescent - setting=no_vote | 2 | 4 | +0.3750 |" in md
 
 
+def test_listed_contrasts_are_holm_adjusted_with_the_effect_they_could_detect(tmp_path):
+    # gold beats base on 30 of 40 problems (discordance 0.75 of them changed), shuffled on none
+    base = [0] * 40
+    correct = {"setting=gold": [1] * 30 + [0] * 10, "setting=shuffled": [0] * 40}
+    for point, docs in correct.items():
+        _run(tmp_path, point, 4, 0.9, sum(docs) / 40, 10)
+        for label, values in (("base", base), ("finetuned", docs)):
+            (tmp_path / point / "evaluate" / label).mkdir()
+            (tmp_path / point / "evaluate" / label / "samples_gsm.jsonl").write_text("".join(
+                json.dumps({"doc_id": i, "exact_match": v}) + "\n" for i, v in enumerate(values)))
+    report.main([str(tmp_path), "--contrast", "gold", "base", "--contrast", "shuffled", "base"])
+    lines = json.loads((tmp_path / "report" / "report.json").read_text())["paired"]["lr_sweep"]
+    gsm = {line["setting"]: line for line in lines if line["task"] == "gsm"}
+    assert set(gsm) == {"setting=gold", "setting=shuffled"}  # only the listed family
+    gold = gsm["setting=gold"]
+    assert gold["difference"] == pytest.approx(0.75) and gold["discordant"] == pytest.approx(0.75)
+    assert gold["p_holm"] == pytest.approx(0.0)  # not one resample crossed zero
+    # (1.96 + 0.84) * sd / sqrt(40), sd of thirty 1s and ten 0s
+    assert gold["detectable"] == pytest.approx(2.80158 * math.sqrt(30 * 10 / 40 / 39) / math.sqrt(40),
+                                               rel=1e-4)
+    assert gsm["setting=shuffled"]["p_holm"] == 1.0 and gsm["setting=shuffled"]["detectable"] == 0
+    with pytest.raises(SystemExit, match="--contrast 'nothing': no setting named so"):
+        report.main([str(tmp_path), "--contrast", "nothing", "base"])
+
+
+def test_holm_steps_down_and_keeps_order():
+    from crescent.intervals import holm
+
+    assert holm([0.01, 0.04, None, 0.03]) == pytest.approx([0.03, 0.06, None, 0.06])
+    assert holm([0.5, 0.9]) == [1.0, 1.0]
+
+
+def test_base_scored_twice_gives_the_flip_rate_and_lengths_are_shown(tmp_path):
+    for point, values in (("engine.batch_size=256", [1, 0, 1, 1, 0]),
+                          ("engine.batch_size=64", [1, 1, 1, 0, 0])):
+        run = tmp_path / point
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "config.yaml").write_text("name: calibration\nstages: [evaluate]\n")
+        (run / ".hydra" / "overrides.yaml").write_text(f"- {point}\n")
+        (run / "evaluate" / "base").mkdir(parents=True)
+        (run / "evaluate" / "metrics.json").write_text(json.dumps(
+            {"base": {"gsm": {"exact_match": sum(values) / 5}}}))
+        (run / "evaluate" / "stats.json").write_text(json.dumps({"answer_lengths": {"base": {
+            "gsm": {"answers": 5, "cap": 512, "mean_tokens": 301.5, "cut_at_cap": 0.2}}}}))
+        (run / "evaluate" / "base" / "samples_gsm.jsonl").write_text("".join(
+            json.dumps({"doc_id": i, "exact_match": v}) + "\n" for i, v in enumerate(values)))
+    report.main([str(tmp_path)])
+    md = (tmp_path / "report" / "report.md").read_text()
+    assert "| gsm exact_match | engine.batch_size=256 vs engine.batch_size=64 | 5 | " \
+           "0.6000 / 0.6000 | 0.4000 |" in md or \
+           "| gsm exact_match | engine.batch_size=64 vs engine.batch_size=256 | 5 | " \
+           "0.6000 / 0.6000 | 0.4000 |" in md
+    assert "| engine.batch_size=256 | base | gsm | 512 | 301.5 | 0.200 |" in md
+
+
 def test_a_second_scoring_pass_adds_its_columns_to_the_same_rows(tmp_path):
     """`stages=[finetune,evaluate] eval.tasks=[math] eval.limit=null` on the same points scores
     the same fine-tunes (the same cache entries) on another benchmark: one row per setting,

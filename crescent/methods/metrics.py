@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 BASE, FINETUNED = "base", "finetuned"  # the default labels: the student and this run's model
+LM_EVAL_MAX_GEN_TOKS = 256  # what lm-eval's generation tasks stop at unless they say otherwise
 
 
 
@@ -113,3 +115,29 @@ def headline_stats(metrics, tasks, raw, models, seconds) -> dict:
     stats["models"] = models
     stats["score_seconds"] = seconds
     return stats
+
+
+def answer_lengths(label_dir: Path, results: dict, model: str) -> dict[str, dict]:
+    """task -> {"answers", "mean_tokens", "cut_at_cap", "cap"} for each generation task a model
+    scored: its answers re-tokenised with the model's tokenizer, the share that reached the
+    task's `max_gen_toks` (within one token: detokenising and tokenising again may merge one),
+    a truncated answer being scored on whatever number it stopped at."""
+    import json
+
+    from transformers import AutoTokenizer
+
+    tokenizer, lengths = None, {}
+    for task, config in results.get("configs", {}).items():
+        cap = (config.get("generation_kwargs") or {}).get("max_gen_toks", LM_EVAL_MAX_GEN_TOKS)
+        path = Path(label_dir) / f"samples_{task}.jsonl"
+        if config.get("output_type") != "generate_until" or not path.is_file():
+            continue
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(model)
+        answers = [json.loads(line)["resps"][0][0] for line in path.open(encoding="utf-8")]
+        if not answers:
+            continue
+        counts = [len(ids) for ids in tokenizer(answers, add_special_tokens=False)["input_ids"]]
+        lengths[task] = {"answers": len(counts), "cap": cap,
+                         "mean_tokens": round(sum(counts) / len(counts), 1),
+                         "cut_at_cap": round(sum(c >= cap - 1 for c in counts) / len(counts), 4)}
+    return lengths

@@ -25,9 +25,12 @@ from crescent.report.tables import (
     compute_cost,
     cost_markdown,
     latex,
+    lengths_markdown,
     markdown,
     paired,
     paired_markdown,
+    retest,
+    retest_markdown,
     summarize,
     table,
 )
@@ -40,6 +43,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--against", metavar="SETTING",
                         help="also pair every setting with this one, document by document "
                              "(e.g. setting=no_vote); every setting is paired with the base")
+    parser.add_argument("--contrast", nargs=2, action="append", metavar=("SETTING", "OTHER"),
+                        help="a difference to report (repeatable): the listed ones replace the "
+                             "default pairs, Holm-adjusted as one family; a setting is named "
+                             "whole, by a unique part of its name, or `base`")
     args = parser.parse_args(argv)
     for d in args.dirs:
         if not d.is_dir():
@@ -73,8 +80,11 @@ def main(argv: list[str] | None = None) -> None:
             md.append(f"## {study}: vote audit\n\nNot finished yet: "
                       f"{', '.join(r['run'] for r in audit_runs)}\n")
         if not audit_runs or any(r["scores"] for r in rows):  # an audit study scores no model
-            section, table_tex, summaries[study], pairs[study] = _score_section(
-                study, rows, args.against, audits, out)
+            try:
+                section, table_tex, summaries[study], pairs[study] = _score_section(
+                    study, rows, args.against, args.contrast, audits, out)
+            except CrescentError as e:
+                sys.exit(f"crescent-report: error: {e}")
             md.append(section)
             tex.append(table_tex)
         costs[study] = compute_cost(rows)
@@ -91,7 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"crescent-report: {sum(map(len, studies.values()))} runs -> {out}/report.md, report.tex, report.json")
 
 
-def _score_section(study: str, rows: list[dict], against: str | None, audits: list[dict],
+def _score_section(study: str, rows: list[dict], against: str | None,
+                   contrasts: list[tuple[str, str]] | None, audits: list[dict],
                    out: Path) -> tuple[str, str, list[dict], list[dict]]:
     """One study's score table, its paired differences and its plots: (Markdown, the table in
     LaTeX, the table's summary and the paired differences for report.json)."""
@@ -99,12 +110,26 @@ def _score_section(study: str, rows: list[dict], against: str | None, audits: li
 
     header, cells, notes = table(rows)
     md = [f"## {study}\n\n{markdown(header, cells)}\n" + "".join(f"- {note}\n" for note in notes)]
-    differences = paired(rows, against)
+    floor = retest(rows)
+    if floor:
+        md.append(f"### {study}: test-retest of the base\n\n{retest_markdown(floor)}\n"
+                  "The share of documents whose score flipped between two scorings of the same "
+                  "model: the measurement floor every difference below is read against.\n")
+    differences = paired(rows, against, contrasts)
     if differences:
         md.append(f"### {study}: paired over documents\n\n{paired_markdown(differences)}\n"
                   "Each setting's per-document score is averaged over its replicas; the "
                   "interval resamples the documents (the benchmark's sample), not the "
-                  "training seeds.\n")
+                  "training seeds. p: the bootstrap's two-sided p-value, Holm-adjusted over the "
+                  "differences listed; discordant: the share of documents the two score "
+                  "differently; detectable: the smallest difference these documents detect at "
+                  "80% power (5% two-sided), from the spread of the per-document differences: "
+                  "a null rules out effects about this large.\n")
+    lengths = lengths_markdown(rows)
+    if lengths:
+        md.append(f"### {study}: answer lengths\n\n{lengths}\n"
+                  "Answers re-tokenised with each model's tokenizer; cut at the cap: the share "
+                  "that reached the task's max_gen_toks, scored on wherever they stopped.\n")
     md += [f"![{path.stem}]({path.name})\n" for path in plots(study, rows, out, audits)]
     table_tex = f"% {study}\n{latex(header, cells)}" + "".join(f"% {n}\n" for n in notes)
     return "\n".join(md), table_tex, summarize(rows), differences

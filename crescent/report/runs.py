@@ -131,6 +131,8 @@ def collect(run: Path) -> dict:
         },
         "examples": stats["finetune"].get("examples", stats["answers"].get("kept")),
         "scores": _scores(run, stats["evaluate"]),
+        # label -> task -> answers' mean tokens and share cut at the cap (generation tasks)
+        "lengths": stats["evaluate"].get("answer_lengths") or {},
         "reused": {k: v.get("reused") for k, v in (_read(run / "pipeline.json") or {}).items()},
         "wandb_id": wandb_id,
         "model": OmegaConf.select(config, "model.name", default=None),

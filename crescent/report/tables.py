@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from pathlib import Path
 
+from crescent.errors import CrescentError
 from crescent.registry import STAGES
 from crescent.report.runs import REPLICA_KEYS, lower_is_better
 
@@ -210,13 +211,17 @@ def _per_doc_mean(replicas: list[list]) -> list:
     return [sum(doc) / len(doc) for doc in zip(*replicas)]
 
 
-def paired(rows: list[dict], against: str | None = None) -> list[dict]:
-    """Each setting against the base and against the `against` setting, document by document:
-    per task, a setting's per-document score averaged over its replicas, the difference of the
-    corpus metric and its 95% percentile bootstrap over the documents (the same draw for both
-    sides). It measures how much the benchmark's sample could move a gap, not the training
-    seed's spread (the table's t intervals over replicas)."""
-    from crescent.intervals import aggregate, bootstrap
+def paired(rows: list[dict], against: str | None = None,
+           contrasts: list[tuple[str, str]] | None = None) -> list[dict]:
+    """Differences between settings, document by document: per task, a setting's
+    per-document score averaged over its replicas, the difference of the corpus metric, its 95%
+    percentile bootstrap over the documents (the same draw for both sides), its bootstrap
+    p-value Holm-adjusted over the family listed, the share of documents scored differently
+    and the smallest difference detectable at 80% power. The family: `contrasts` (pairs of
+    settings, each named whole, by a unique part of its name, or `base`), else every setting
+    against the base and against the `against` setting. It measures how much the benchmark's
+    sample could move a gap, not the training seed's spread (the table's t intervals)."""
+    from crescent.intervals import aggregate, bootstrap, holm, paired_test
 
     out = []
     for task in sorted({t for r in rows for t in r["scores"]}):
@@ -230,24 +235,85 @@ def paired(rows: list[dict], against: str | None = None) -> list[dict]:
         docs = {s: _per_doc_mean(v) for s, v in by_setting.items() if len({len(x) for x in v}) == 1}
         base = next((r["scores"][task]["per_doc"].get("base") for r in scored
                      if r["scores"][task]["per_doc"].get("base")), None)
-        for setting, mine in docs.items():
-            for name, other in (("base", base), (against, docs.get(against))):
-                if not other or name == setting or len(other) != len(mine):
-                    continue
-                value = aggregate(metric, mine) - aggregate(metric, other)
-                ci = bootstrap(metric, mine, other)
-                out.append({"task": task, "metric": metric, "setting": setting, "against": name,
-                            "replicas": len(by_setting[setting]), "documents": len(mine),
-                            "difference": value, "ci": list(ci) if ci else None})
+        if base:
+            docs.setdefault("base", base)
+        family = [(_named(a, docs), _named(b, docs)) for a, b in contrasts] if contrasts else \
+            [(s, other) for s in docs if s != "base" for other in ("base", against)]
+        for setting, name in family:
+            mine, other = docs.get(setting), docs.get(name)
+            if not mine or not other or name == setting or len(other) != len(mine):
+                continue
+            ci = bootstrap(metric, mine, other)
+            out.append({"task": task, "metric": metric, "setting": setting, "against": name,
+                        "replicas": len(by_setting.get(setting, [None])),
+                        "documents": len(mine),
+                        "difference": aggregate(metric, mine) - aggregate(metric, other),
+                        "ci": list(ci) if ci else None, **paired_test(metric, mine, other)})
+    for line, adjusted in zip(out, holm([line["p"] for line in out])):
+        line["p_holm"] = adjusted
     return out
 
 
+def _named(name: str, docs: dict) -> str:
+    """The setting a contrast names: itself, `base`, or the one setting whose name holds it."""
+    if name in docs:
+        return name
+    found = [s for s in docs if name in s]
+    if len(found) != 1:
+        raise CrescentError(f"--contrast {name!r}: {'no' if not found else 'more than one'} "
+                            f"setting named so (settings: {', '.join(sorted(docs))})")
+    return found[0]
+
+
 def paired_markdown(lines: list[dict]) -> str:
+    def number(value, form: str) -> str:
+        return "-" if value is None else format(value, form)
+
     rows = [[f"{p['task']} {p['metric']}", f"{p['setting']} - {p['against']}", str(p["replicas"]),
              str(p["documents"]), f"{p['difference']:+.4f}",
-             f"[{p['ci'][0]:+.4f}, {p['ci'][1]:+.4f}]" if p["ci"] else "-"] for p in lines]
+             f"[{p['ci'][0]:+.4f}, {p['ci'][1]:+.4f}]" if p["ci"] else "-",
+             number(p["p_holm"], ".3f"), number(p["discordant"], ".3f"),
+             number(p["detectable"], ".4f")] for p in lines]
     return markdown(["task", "difference", "replicas", "documents", "value",
-                     "95% paired bootstrap over documents"], rows)
+                     "95% paired bootstrap over documents", "p (Holm)", "discordant",
+                     "detectable at 80% power"], rows)
+
+
+def retest(rows: list[dict]) -> list[dict]:
+    """Runs that scored the base alone, two by two on the same documents (the base scored
+    again, batched otherwise): per task, the share of documents whose score flipped, the
+    measurement floor every difference is read against."""
+    from itertools import combinations
+
+    out = []
+    alone = [r for r in rows if not any(s.get("per_doc", {}).get("finetuned")
+                                        for s in r["scores"].values())]
+    for first, second in combinations(alone, 2):
+        for task in sorted(set(first["scores"]) & set(second["scores"])):
+            a = first["scores"][task]["per_doc"].get("base")
+            b = second["scores"][task]["per_doc"].get("base")
+            if a and b and len(a) == len(b) and not isinstance(a[0], (list, tuple)):
+                out.append({"task": task, "metric": first["scores"][task]["metric"],
+                            "runs": [first["setting"], second["setting"]], "documents": len(a),
+                            "scores": [sum(a) / len(a), sum(b) / len(b)],
+                            "flipped": sum(x != y for x, y in zip(a, b)) / len(a)})
+    return out
+
+
+def retest_markdown(lines: list[dict]) -> str:
+    rows = [[f"{r['task']} {r['metric']}", " vs ".join(r["runs"]), str(r["documents"]),
+             " / ".join(f"{v:.4f}" for v in r["scores"]), f"{r['flipped']:.4f}"] for r in lines]
+    return markdown(["task", "base scored twice", "documents", "scores", "flip rate"], rows)
+
+
+def lengths_markdown(rows: list[dict]) -> str:
+    """Each model's answers per generation task: mean tokens and the share cut at the cap."""
+    cells = [[r["setting"], label, task, str(v["cap"]), f"{v['mean_tokens']:.1f}",
+              f"{v['cut_at_cap']:.3f}"]
+             for r in rows for label, tasks in sorted(r.get("lengths", {}).items())
+             for task, v in sorted(tasks.items())]
+    return markdown(["setting", "model", "task", "cap", "mean answer tokens", "cut at the cap"],
+                    cells) if cells else ""
 
 
 def markdown(header: list[str], cells: list[list[str]]) -> str:

@@ -43,6 +43,7 @@ from crescent.infra.io import atomic_write_text, read_json, write_json
 from crescent.methods.metrics import (
     BASE,
     FINETUNED,
+    answer_lengths,
     delta_table,
     headline_stats,
     lower_is_better,
@@ -155,6 +156,9 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     logger.info(table)
     atomic_write_text(out / "table.md", table)
     stats = headline_stats(metrics, tasks, raw, models, seconds)
+    # label -> task -> answers cut at the cap and their mean length (generation tasks)
+    stats["answer_lengths"] = {label: answer_lengths(out / label, raw[label], model)
+                               for label, model in models.items()}
     stats["reused_scores"] = reused  # label -> where its scores were found already
     write_json(out / STATS, stats)
     return out
