@@ -17,4 +17,4 @@ crescent experiment=calibration stages=[evaluate] engine.batch_size=64 \
 crescent experiment=calibration "$(gold 400)" finetune.max_epochs=2 hydra.run.dir=$out/gold_400x2 "$@"
 crescent experiment=calibration "$(gold 1000)" finetune.max_epochs=2 hydra.run.dir=$out/gold_1000x2 "$@"
 crescent experiment=calibration "$(gold 400)" finetune.max_epochs=4 hydra.run.dir=$out/gold_400x4 "$@"
-crescent-report $out
+crescent-report $out --contrast gold_1000 base   # the go/no-go, Holm over the family listed
