@@ -112,6 +112,7 @@ def _run_stage(module: ModuleType, cfg: DictConfig, run_dir: Path, tracker: Trac
         cache.check_intact(stage.name, out)
         stats = read_json(out / cache.STATS)
         _check_version(cfg, stage, out, stats)
+        _check_key(cfg, stage, out, stats)
         reason = module.outdated(cfg, run_dir) if hasattr(module, "outdated") else None
         if reason is None:
             logger.info("crescent: %s: already done in %s, skipped", stage.name, out)
@@ -131,6 +132,7 @@ def _run_stage(module: ModuleType, cfg: DictConfig, run_dir: Path, tracker: Trac
     stats = read_json(stats_path)
     stats.setdefault("wall_time_s", round(time.time() - started, 2))
     stats["stage_version"] = stage.version
+    stats["key"] = cache.stage_key(cfg, stage.name)[0]  # what `_check_key` compares on reuse
     stats["provenance"] = info
     write_json(stats_path, stats)
     tracker.log_stats(stage.name, {**_metrics(stats), "reused": 0})
@@ -166,6 +168,22 @@ def _check_version(cfg: DictConfig, stage: cache.Stage, out: Path, stats: dict) 
                 name, out, made, now)
 
 
+def _check_key(cfg: DictConfig, stage: cache.Stage, out: Path, stats: dict) -> None:
+    """A stage dir kept in the run dir (`cache_dir=null`) made by another config (one that
+    differs only in keys the run dir's name leaves out, `answers.input` say) is not reused
+    unless the user says so. A cache entry's dir is its key: it always passes."""
+    made = stats.get("key")  # dirs from before keys were recorded: taken as they are
+    if made is None or made == (now := cache.stage_key(cfg, stage.name)[0]):
+        return
+    if not OmegaConf.select(cfg, "accept_stale", default=False):
+        raise CrescentError(
+            f"{stage.name}: {out} holds the output of another config (key {made}, this one "
+            f"{now}): run in another dir (hydra.run.dir=...), turn the cache on (cache_dir=...) "
+            f"to keep both, or reuse it as it is with accept_stale=true")
+    logger.warning("crescent: %s: reusing %s made by another config (key %s, now %s): "
+                   "accept_stale=true", stage.name, out, made, now)
+
+
 def _metrics(stats: dict) -> dict:
-    """Stats as W&B metrics; provenance goes to the W&B config instead."""
-    return {k: v for k, v in stats.items() if k != "provenance"}
+    """Stats as W&B metrics; provenance goes to the W&B config instead, the key nowhere."""
+    return {k: v for k, v in stats.items() if k not in ("provenance", "key")}

@@ -329,3 +329,41 @@ def test_every_reader_reads_through_the_entrys_check(two_stages, tmp_path):
     with pytest.raises(CrescentError, match=r"^summing: .* is damaged: items.jsonl holds 90 "
                                             r"bytes, 100 when it was written"):
         cache.input_path(cfg, tmp_path / "a", "summing", "items.jsonl")
+
+
+def test_a_local_benchmarks_data_enters_the_evaluate_key_by_content(tmp_path):
+    # A task in eval.include_path reading a file of its own under the data dir: editing that
+    # file re-keys the scores (only the three pinned files counted before); runs on the pinned
+    # files alone keep their keys.
+    from crescent.config import Config
+
+    data = _data_copy(tmp_path / "data")
+    (data / "mine").mkdir()
+    (data / "mine" / "test.jsonl").write_text('{"question": "1 + 1?", "answer": "2"}\n')
+    (tmp_path / "tasks").mkdir()
+    (tmp_path / "tasks" / "mine.yaml").write_text(
+        'task: mine\ndataset_path: json\ndataset_kwargs:\n  data_files:\n'
+        '    test: "../shared/data/mine/test.jsonl"\noutput_type: generate_until\n')
+    cfg = OmegaConf.structured(Config)
+    cfg.eval.data_dir = str(data)
+    pinned_only = cache.stage_key(cfg, "evaluate_base")
+    assert "local_data" not in pinned_only[1]["eval"]
+    cfg.eval.include_path, cfg.eval.tasks = [str(tmp_path / "tasks")], ["mine"]
+    before = cache.stage_key(cfg, "evaluate_base")
+    assert list(before[1]["eval"]["local_data"]) == ["mine/test.jsonl"]
+    (data / "mine" / "test.jsonl").write_text('{"question": "1 + 2?", "answer": "3"}\n')
+    assert cache.stage_key(cfg, "evaluate_base")[0] != before[0]
+
+
+def test_a_run_dir_stage_made_by_another_config_is_refused_unless_accepted(counting, tmp_path):
+    # With the cache off, a config that differs only in a key the run dir's name leaves out
+    # (answers.input, say) lands in the same dir: it used to be skipped as done.
+    pipeline.run_pipeline(OmegaConf.merge(counting, {"n": 10}), tmp_path, Tracker())
+    pipeline.run_pipeline(OmegaConf.merge(counting, {"n": 10}), tmp_path, Tracker())  # same: fine
+    other = OmegaConf.merge(counting, {"n": 11})
+    with pytest.raises(CrescentError, match=r"^counting: .* holds the output of another config "
+                                            r"\(key \w+, this one \w+\): run in another dir"):
+        pipeline.run_pipeline(other, tmp_path, Tracker())
+    tracker = RecordingTracker()
+    pipeline.run_pipeline(OmegaConf.merge(other, {"accept_stale": True}), tmp_path, tracker)
+    assert [(stage, stats["reused"]) for stage, stats in tracker.logged] == [("counting", 1)]

@@ -13,9 +13,12 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any
 
 from crescent.errors import CrescentError
+
+if TYPE_CHECKING:  # typing.Self is Python 3.11's; annotations are not evaluated at run time
+    from typing_extensions import Self
 
 
 def _umask() -> int:

@@ -34,7 +34,7 @@ _QUIET_ENV = {
 _LIBRARY_LOGGERS = ("vllm", "transformers", "datasets", "lm_eval", "lm-eval", "lightning",
                     "lightning.pytorch", "lightning.fabric", "pytorch_lightning", "torch",
                     "accelerate", "sentence_transformers", "faiss", "filelock", "httpx", "urllib3",
-                    "peft", "wandb", "ray", "numexpr", "math_verify")
+                    "peft", "wandb", "ray", "numexpr", "math_verify", "matplotlib")
 
 
 def verbose() -> bool:

@@ -62,18 +62,39 @@ from crescent.stages import finetune
 
 logger = logging.getLogger(__name__)
 
-# eval.data_dir is a machine path: the data's hashes stand for it; eval.include_path's task
-# files count by their content.
+
+
+def _local_data(cfg: DictConfig) -> dict[str, str] | None:
+    """sha256 of each data file the listed tasks read besides the pinned benchmark files (a
+    local benchmark's, under eval.data_dir), or None when they read none: an edited local
+    benchmark is scored anew, and keys of runs on the pinned files alone stay as they were."""
+    import tempfile
+
+    from crescent.infra import data
+
+    root = data.data_dir(cfg.eval.data_dir).expanduser().absolute()
+    with tempfile.TemporaryDirectory() as tmp:
+        needs = render_tasks(root, Path(tmp), cfg.eval.include_path)[1]
+    read = {str(path.relative_to(root)) for task in cfg.eval.tasks for path in needs.get(task, [])}
+    local = sorted(read - set(data.PINS))
+    return data.identity(str(root), local) if local else None
+
+
+# eval.data_dir is a machine path: the data's hashes stand for it (the pinned files, `data`,
+# and any other file a task reads, eval.local_data); eval.include_path's task files count by
+# their content.
 _TASK_DIRS = {"eval.include_path": lambda cfg: [
-    cache.content_hash(Path(d), "eval.include_path") for d in cfg.eval.include_path]}
+    cache.content_hash(Path(d), "eval.include_path") for d in cfg.eval.include_path],
+    "eval.local_data": _local_data}
 # The base model's scores: the same for every sweep point that fine-tunes the same student.
 # Version 2: generation tasks answer up to 512 tokens (lm-eval's 256 cut half the 0.5B model's
 # answers), GSM8K CoT's strict match reads "The answer is: N".
 BASE_ENTRY = Stage("evaluate_base", ("student", "engine", "eval"), version=2, data="*",
-                   exclude=("eval.data_dir",), resolved=_TASK_DIRS, added=("eval.include_path",))
+                   exclude=("eval.data_dir",), resolved=_TASK_DIRS,
+                   added=("eval.include_path", "eval.local_data"))
 STAGE = Stage("evaluate", ("model", "engine", "eval"), upstream="finetune", version=2, data="*",
-              exclude=("eval.data_dir",), resolved=_TASK_DIRS, added=("eval.include_path",),
-              entries=(BASE_ENTRY,))
+              exclude=("eval.data_dir",), resolved=_TASK_DIRS,
+              added=("eval.include_path", "eval.local_data"), entries=(BASE_ENTRY,))
 TASKS_SRC = Path(__file__).resolve().parents[1] / "tasks"
 SHIPPED_DATA_DIR = "../shared/data"  # where the shipped YAMLs' data_files point
 
