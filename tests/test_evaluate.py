@@ -611,3 +611,34 @@ def test_answer_lengths_count_the_models_tokens_and_the_answers_cut_at_the_cap(t
     n_short = len(tokenizer(short, add_special_tokens=False)["input_ids"])
     assert lengths == {"gsm": {"answers": 4, "cap": cap, "cut_at_cap": 0.25,
                                "mean_tokens": round((3 * n_short + cap) / 4, 1)}}
+
+
+def test_humaneval_runs_every_canonical_solution_to_a_pass_in_the_sandbox():
+    # The harness and the sandbox together: all 164 reference solutions pass their tests, a
+    # wrong body fails, and a completion that runs forever fails within the time limit.
+    from crescent.tasks.code import humaneval, humaneval_results
+
+    problems = humaneval()["test"]
+    assert len(problems) == 164
+    passed = [humaneval_results(doc, [doc["canonical_solution"] + "```\nsome prose"])["pass_at_1"]
+              for doc in problems]
+    assert sum(passed) == 164
+    assert humaneval_results(problems[0], ["    return 42\n"]) == {"pass_at_1": 0.0}
+    started = time.time()
+    assert humaneval_results(problems[1], ["    while True:\n        pass\n"])["pass_at_1"] == 0.0
+    assert time.time() - started < 15
+
+
+@pytest.mark.slow
+def test_humaneval_scores_the_embedded_model_through_the_stage(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "crescent", "stages=[evaluate]", "engine=hf", "logger=none",
+         f"eval.data_dir={DATA}", "eval.tasks=[crescent_humaneval]", "eval.limit=2",
+         "hydra.run.dir=run", "cache_dir=null"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=1200, check=False,
+        env={**__import__("os").environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    metrics = read_json(tmp_path / "run" / "evaluate" / "metrics.json")
+    assert 0 <= metrics["base"]["crescent_humaneval"]["pass_at_1"] <= 1
+    samples = (tmp_path / "run" / "evaluate" / "base" / "samples_crescent_humaneval.jsonl")
+    assert len(samples.read_text().splitlines()) == 2

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-SHIPPED = "crescent_gsm8k, crescent_gsm8k_cot_zeroshot, crescent_gsm8k_gold_bpb, crescent_math500"
+SHIPPED = ("crescent_gsm8k, crescent_gsm8k_cot_zeroshot, crescent_gsm8k_gold_bpb, crescent_humaneval, "
+           "crescent_math500")
 FILES = {
     "bad_sft.jsonl": b'{"messages": [{"role": "user", "content": "q"}, '
                      b'{"role": "assistant", "content": "a"}]}\n{"text": "no messages"}\n',
