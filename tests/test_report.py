@@ -393,3 +393,21 @@ def test_an_audit_still_sampling_is_said_unfinished_not_an_empty_table(tmp_path)
     md = (tmp_path / "report" / "report.md").read_text()
     assert f"## vote_audit: vote audit\n\nNot finished yet: {audited}\n" in md
     assert "## vote_audit\n" not in md  # no score table of a study that scores no model
+
+
+def test_answer_lengths_are_measured_for_scores_made_before_they_were_recorded(tmp_path):
+    from crescent.infra.models import resolve_model
+
+    run = tmp_path / "old"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("name: calibration\nstages: [evaluate]\n")
+    (run / "evaluate" / "base").mkdir(parents=True)
+    (run / "evaluate" / "metrics.json").write_text(json.dumps({"base": {"gsm": {"exact_match": 1}}}))
+    (run / "evaluate" / "stats.json").write_text(json.dumps(  # no answer_lengths in it
+        {"models": {"base": resolve_model("smollm2-135m-instruct")}}))
+    (run / "evaluate" / "base" / "results.json").write_text(json.dumps({"configs": {"gsm": {
+        "output_type": "generate_until", "generation_kwargs": {"max_gen_toks": 512}}}}))
+    (run / "evaluate" / "base" / "samples_gsm.jsonl").write_text(json.dumps(
+        {"doc_id": 0, "exact_match": 1, "resps": [["The answer is: 4"]]}) + "\n")
+    lengths = runs.collect(run)["lengths"]
+    assert lengths["base"]["gsm"]["answers"] == 1 and lengths["base"]["gsm"]["cut_at_cap"] == 0

@@ -131,8 +131,7 @@ def collect(run: Path) -> dict:
         },
         "examples": stats["finetune"].get("examples", stats["answers"].get("kept")),
         "scores": _scores(run, stats["evaluate"]),
-        # label -> task -> answers' mean tokens and share cut at the cap (generation tasks)
-        "lengths": stats["evaluate"].get("answer_lengths") or {},
+        "lengths": _lengths(run, stats["evaluate"]),
         "reused": {k: v.get("reused") for k, v in (_read(run / "pipeline.json") or {}).items()},
         "wandb_id": wandb_id,
         "model": OmegaConf.select(config, "model.name", default=None),
@@ -178,6 +177,22 @@ def _eval_limits(config) -> dict:
     per_task = OmegaConf.select(config, "eval.limits", default=None) or {}
     return {task: per_task.get(task, limit)
             for task in OmegaConf.select(config, "eval.tasks", default=None) or []}
+
+
+def _lengths(run: Path, eval_stats: dict) -> dict:
+    """label -> task -> answers' mean tokens and share cut at the cap (generation tasks), as the
+    evaluate stage recorded them, or measured here from its sample logs for scores made before
+    it recorded them (each model's tokenizer is loaded: a second or two)."""
+    from crescent.methods.metrics import answer_lengths
+
+    if "answer_lengths" in eval_stats:
+        return eval_stats["answer_lengths"]
+    lengths = {}
+    for label, model in (eval_stats.get("models") or {}).items():
+        results = _read(run / "evaluate" / label / "results.json")
+        if results and Path(model).is_dir():
+            lengths[label] = answer_lengths(run / "evaluate" / label, results, model)
+    return lengths
 
 
 def _scores(run: Path, eval_stats: dict) -> dict:
