@@ -54,6 +54,7 @@ Representative = _choice("Representative", "first", "shortest", "canonical")
 QuestionSource = _choice("QuestionSource", "bait", "magpie", "seed_aug")
 FinetuneMode = _choice("FinetuneMode", "full", "lora")
 Scheduler = _choice("Scheduler", "cosine", "linear", "constant")
+SubsetDraw = _choice("SubsetDraw", "first", "seeded")
 # Lightning's precision strings, and its accelerators and strategies (StrategyRegistry).
 Precision = _choice("Precision", "auto", "32-true", "16-mixed", "bf16-mixed", "16-true",
                     "bf16-true", "64-true", "transformer-engine", "transformer-engine-float16")
@@ -179,6 +180,9 @@ class FinetuneConfig:
     input: str | None = None  # sft.jsonl or a `datasets` save_to_disk dir, or a stage's name (its files); default: the answers stage's (or a filter's listed before finetune)
     max_examples: int | None = None  # train on the input's first N conversations; None: all
     fraction: float = 1.0  # then train on the first share of them (a data-volume point: 0.25, 0.5)
+    # which conversations max_examples and fraction keep: the first (nested volume sets), or a
+    # sample seeded by finetune.seed, so that replicas redraw the training subset from the pool
+    subset: SubsetDraw = SubsetDraw.first
     seed: int | None = None  # shuffle, validation split and LoRA init; None: the run seed (a replica key that leaves the data cached)
     max_steps: int = 1000  # optimiser steps; -1: max_epochs alone decides
     max_epochs: int = -1  # passes over the training split; -1: max_steps alone decides

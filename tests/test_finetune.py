@@ -583,3 +583,19 @@ def test_empty_turns_are_trained_on_with_a_warning(tmp_path, caplog):
     (warning,) = [r.getMessage() for r in caplog.records]
     assert warning.endswith("2 conversations have an empty user or assistant turn (first: "
                             "conversation 2); they are trained on as they are")
+
+
+def test_a_seeded_subset_redraws_per_replica_and_the_first_stays_nested():
+    from omegaconf import OmegaConf
+
+    from crescent.stages.finetune import _select
+
+    pool = list(range(100))
+    first = OmegaConf.create({"max_examples": 10, "fraction": 0.5, "subset": "first"})
+    assert _select(first, pool, 0) == [0, 1, 2, 3, 4] == _select(first, pool, 1)
+    seeded = OmegaConf.merge(first, {"subset": "seeded"})
+    draws = [_select(seeded, pool, seed) for seed in (0, 0, 1)]
+    assert draws[0] == draws[1] != draws[2]  # the same seed draws the same subset
+    assert all(len(d) == 5 and d == sorted(d) for d in draws)  # kept in input order
+    everything = OmegaConf.create({"max_examples": None, "fraction": 1.0, "subset": "seeded"})
+    assert _select(everything, pool, 3) == pool  # nothing to draw: all of them, in order

@@ -47,7 +47,8 @@ STAGE = Stage("finetune", ("seed", "student", "finetune"), upstream="answers",
               input_key="finetune.input", outputs=("model",), version=1, distributed=True,
               resolved={"finetune.lora_base_dtype": _frozen_base_key},
               added=("finetune.objective", "finetune.init", "finetune.beta", "finetune.margin_weight",
-                     "finetune.sft_weight", "finetune.padding_free", "finetune.lora_base_dtype"))
+                     "finetune.sft_weight", "finetune.padding_free", "finetune.lora_base_dtype",
+                     "finetune.subset"))
 MODEL_DIR = "model"  # the trained student, a Hugging Face save_pretrained dir
 CHECKPOINT_DIR = "checkpoints"
 LAST_CKPT = "last.ckpt"
@@ -98,12 +99,12 @@ def train(cfg: DictConfig, run_dir: Path, out: Path, start: str) -> Path:
 
     quiet_libraries()  # importing Lightning set its logger back to INFO
 
-    examples = _select(f, objective.load_examples(input_path))
+    # finetune.seed replicates the fine-tune alone (shuffle, split, LoRA init, a seeded subset):
+    # the data stages' cache keys do not hold it, so replicas share their questions and answers.
+    seed = cfg.seed if f.seed is None else f.seed
+    examples = _select(f, objective.load_examples(input_path), seed)
     model_path, tokenizer = _load_student(start)
     precision = resolve_precision(f.precision, f.accelerator)
-    # finetune.seed replicates the fine-tune alone (shuffle, split, LoRA init): the data
-    # stages' cache keys do not hold it, so replicas share their questions and answers.
-    seed = cfg.seed if f.seed is None else f.seed
     training.seed_everything(seed)
     data = objective.data_module(examples, tokenizer, f, seed)
     module = objective(f, model_path, training.load_dtype(precision), out,
@@ -195,14 +196,25 @@ def _check_input(cfg: DictConfig, run_dir: Path, default: str) -> Path:
     return input_path
 
 
-def _select(f: DictConfig, examples: list) -> list:
-    """The examples trained on: the first `max_examples`, then the first `fraction` of them."""
-    if f.max_examples is not None:
-        # The first N, in the answers stage's order: a data-volume sweep's sets are nested.
-        examples = examples[: f.max_examples]
-    if f.fraction < 1:
-        examples = examples[: max(1, round(f.fraction * len(examples)))]
+def _select(f: DictConfig, examples: list, seed: int) -> list:
+    """The examples trained on: `max_examples` of them, then the `fraction` of those. The first
+    ones, in the answers stage's order (a data-volume sweep's sets are nested), or with
+    `subset=seeded` a sample drawn with `seed` (kept in input order): each replica its own."""
+    if str(f.subset) == "seeded" and (f.max_examples is not None or f.fraction < 1):
+        import random
+
+        order = list(range(len(examples)))
+        random.Random(seed).shuffle(order)
+        examples = [examples[i] for i in sorted(order[: _kept(f, len(examples))])]
+    else:
+        examples = examples[: _kept(f, len(examples))]
     return examples
+
+
+def _kept(f: DictConfig, available: int) -> int:
+    """How many examples `max_examples` and then `fraction` keep of `available`."""
+    n = min(available, f.max_examples) if f.max_examples is not None else available
+    return max(1, round(f.fraction * n)) if f.fraction < 1 else n
 
 
 def _load_student(name: str):
