@@ -346,8 +346,14 @@ def check_intact(name: str, where: Path) -> None:
     where = Path(where).resolve()
     problem = _damage_once(str(where), _stamp(where))
     if problem is not None:
-        raise CrescentError(f"{name}: {where} is damaged: {problem}; to rebuild it, delete it "
-                            f"(rm -r {where}) and run the same command again")
+        raise damaged(name, where, problem)
+
+
+def damaged(name: str, where: Path, problem: str) -> CrescentError:
+    """The one line for a damaged dir: which, what is wrong, and the command that rebuilds it."""
+    where = Path(where).resolve()
+    return CrescentError(f"{name}: {where} is damaged: {problem}; to rebuild it, delete it "
+                         f"(rm -r {where}) and run the same command again")
 
 
 @functools.lru_cache(maxsize=256)

@@ -45,11 +45,14 @@ def bootstrap(metric: str, per_doc: Sequence, paired: Sequence | None = None,
     """Percentile interval of the corpus metric over documents resampled with replacement;
     with `paired` (the same documents scored by another model) of the difference
     metric(per_doc) - metric(paired), resampling both with the same draw."""
+    values = resampled(metric, per_doc, paired, seed)
+    return None if values is None else _percentiles(values, confidence)
+
+
+def _percentiles(values, confidence: float) -> tuple[float, float]:
+    """The central `confidence` share of bootstrap `values`: (low, high)."""
     import numpy as np
 
-    values = resampled(metric, per_doc, paired, seed)
-    if values is None:
-        return None
     low, high = np.quantile(values, [(1 - confidence) / 2, (1 + confidence) / 2])
     return float(low), float(high)
 
@@ -74,21 +77,28 @@ def resampled(metric: str, per_doc: Sequence, paired: Sequence | None = None, se
     return np.asarray(values)
 
 
-def paired_test(metric: str, mine: Sequence, other: Sequence, seed: int = 0) -> dict:
-    """What a paired difference over documents can say: its two-sided bootstrap p-value, the
-    share of documents scored differently (discordance), and the smallest difference this
-    many documents detect at 80% power and 5% two-sided from the spread of the per-document
-    differences: (z_0.975 + z_0.8) * sd / sqrt(n). None where the metric is weighted (bits
-    per byte)."""
+def paired_test(metric: str, mine: Sequence, other: Sequence, seed: int = 0,
+                confidence: float = CONFIDENCE) -> dict:
+    """What a paired difference over documents can say, from one bootstrap draw: its
+    percentile interval (`ci`), its two-sided p-value, the share of documents scored
+    differently (discordance), and the smallest difference this many documents detect at 80%
+    power and 5% two-sided from the spread of the per-document differences:
+    (z_0.975 + z_0.8) * sd / sqrt(n). Only the interval where the metric is weighted (bits
+    per byte); nothing where it cannot be computed."""
     import numpy as np
 
+    found = {"ci": None, "p": None, "discordant": None, "detectable": None}
     values = resampled(metric, mine, other, seed)
-    if values is None or isinstance(mine[0], (list, tuple)):
-        return {"p": None, "discordant": None, "detectable": None}
+    if values is None:
+        return found
+    found["ci"] = list(_percentiles(values, confidence))
+    if isinstance(mine[0], (list, tuple)):
+        return found
     diffs = np.asarray(mine, dtype=float) - np.asarray(other, dtype=float)
-    p = min(1.0, 2 * min(float(np.mean(values <= 0)), float(np.mean(values >= 0))))
     sd = float(diffs.std(ddof=1)) if len(diffs) > 1 else 0.0
-    return {"p": p, "discordant": float(np.mean(diffs != 0)),
+    return {**found,
+            "p": min(1.0, 2 * min(float(np.mean(values <= 0)), float(np.mean(values >= 0)))),
+            "discordant": float(np.mean(diffs != 0)),
             "detectable": (1.959964 + 0.841621) * sd / math.sqrt(len(diffs))}
 
 

@@ -106,10 +106,8 @@ class Registry:
             return OmegaConf.to_container(merged, resolve=True)
         except OmegaConfBaseException as e:
             message = str(getattr(e, "msg", e)).splitlines()[0]
-            if isinstance(e.__cause__, ValueError):  # raised by __post_init__
-                raise CrescentError(f"{where}: {e.__cause__}") from None
             raise CrescentError(f"{where}.{e.key}: {message}") from None
-        except ValueError as e:
+        except ValueError as e:  # raised by the dataclass's __post_init__
             raise CrescentError(f"{where}: {e}") from None
 
     def options_schema(self, name: str) -> type | None:

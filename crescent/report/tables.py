@@ -221,7 +221,7 @@ def paired(rows: list[dict], against: str | None = None,
     settings, each named whole, by a unique part of its name, or `base`), else every setting
     against the base and against the `against` setting. It measures how much the benchmark's
     sample could move a gap, not the training seed's spread (the table's t intervals)."""
-    from crescent.intervals import aggregate, bootstrap, holm, paired_test
+    from crescent.intervals import aggregate, holm, paired_test
 
     out = []
     for task in sorted({t for r in rows for t in r["scores"]}):
@@ -243,12 +243,11 @@ def paired(rows: list[dict], against: str | None = None,
             mine, other = docs.get(setting), docs.get(name)
             if not mine or not other or name == setting or len(other) != len(mine):
                 continue
-            ci = bootstrap(metric, mine, other)
             out.append({"task": task, "metric": metric, "setting": setting, "against": name,
                         "replicas": len(by_setting.get(setting, [None])),
                         "documents": len(mine),
                         "difference": aggregate(metric, mine) - aggregate(metric, other),
-                        "ci": list(ci) if ci else None, **paired_test(metric, mine, other)})
+                        **paired_test(metric, mine, other)})
     for line, adjusted in zip(out, holm([line["p"] for line in out])):
         line["p_holm"] = adjusted
     return out

@@ -147,10 +147,8 @@ def _check_sample_counts(where: Path, k_max: int) -> None:
     says (entries sealed before engines were held to `n` may not)."""
     for lineno, r in numbered_jsonl(where / SAMPLES):
         if r.get("reason") not in NOT_SAMPLED and len(r.get("samples", ())) != k_max:
-            raise CrescentError(
-                f"answers: samples: {where} is damaged: {SAMPLES}:{lineno} holds "
-                f"{len(r.get('samples', ()))} samples where its key says {k_max}; to rebuild it, "
-                f"delete it (rm -r {where.resolve()}) and run the same command again")
+            raise cache.damaged("answers: samples", where, f"{SAMPLES}:{lineno} holds "
+                                f"{len(r.get('samples', ()))} samples where its key says {k_max}")
 
 
 def _sample_missing(cfg: DictConfig, questions: list[dict], where: Path, k_max: int,

@@ -68,13 +68,10 @@ def _local_data(cfg: DictConfig) -> dict[str, str] | None:
     """sha256 of each data file the listed tasks read besides the pinned benchmark files (a
     local benchmark's, under eval.data_dir), or None when they read none: an edited local
     benchmark is scored anew, and keys of runs on the pinned files alone stay as they were."""
-    import tempfile
-
     from crescent.infra import data
 
     root = data.data_dir(cfg.eval.data_dir).expanduser().absolute()
-    with tempfile.TemporaryDirectory() as tmp:
-        needs = render_tasks(root, Path(tmp), cfg.eval.include_path)[1]
+    needs = task_data(root, cfg.eval.include_path)
     read = {str(path.relative_to(root)) for task in cfg.eval.tasks for path in needs.get(task, [])}
     local = sorted(read - set(data.PINS))
     return data.identity(str(root), local) if local else None
@@ -110,7 +107,6 @@ def preflight(cfg: DictConfig) -> None:
     """Before any stage: tasks named and known (the shipped ones, else lm-eval's), the
     benchmark files they read there, an engine that lm-eval can score with, and the models
     to score there."""
-    import tempfile
 
     from crescent.infra.data import data_dir
     from crescent.infra.models import check_model
@@ -119,8 +115,7 @@ def preflight(cfg: DictConfig) -> None:
     tasks = list(cfg.eval.tasks)
     if not tasks:
         raise CrescentError("eval.tasks: no tasks given")
-    with tempfile.TemporaryDirectory() as tmp:
-        shipped = render_tasks(data_dir(cfg.eval.data_dir), Path(tmp), cfg.eval.include_path)[1]
+    shipped = task_data(data_dir(cfg.eval.data_dir), cfg.eval.include_path)
     check_data(tasks, shipped)
     unknown = [task for task in tasks if task not in shipped]
     if unknown:  # indexing lm-eval's own tasks takes ~20 s: only when one is named
@@ -255,9 +250,28 @@ def render_tasks(data_dir: str | Path, dest: Path, include: list[str] = ()
     (`eval.include_path`: a domain's own tasks, their .py files too), to `dest`, data_files
     rewritten to absolute paths under `data_dir`. Returns `dest` and the data files each task
     reads."""
-    data_dir = Path(data_dir).expanduser().absolute()
     dest.mkdir(parents=True, exist_ok=True)
-    needs: dict[str, list[Path]] = {}
+    needs = {}
+    for src, text, task, files in _task_files(data_dir, include):
+        atomic_write_text(dest / src.name, text)
+        if task:
+            needs[task] = files
+    for folder in (TASKS_SRC, *map(Path, include)):
+        for code in sorted(folder.glob("*.py")):
+            shutil.copyfile(code, dest / code.name)
+    return dest, needs
+
+
+def task_data(data_dir: str | Path, include: list[str] = ()) -> dict[str, list[Path]]:
+    """task -> the data files it reads under `data_dir`, for the shipped tasks and those of
+    every `include` dir, each task file checked to parse; nothing is written."""
+    return {task: files for _, _, task, files in _task_files(data_dir, include) if task}
+
+
+def _task_files(data_dir: str | Path, include: list[str]):
+    """(task file, its text with data_files under `data_dir`, its task name or None, the data
+    files it reads) for the shipped task YAMLs, then those of every `include` dir."""
+    data_dir = Path(data_dir).expanduser().absolute()
     for folder in (TASKS_SRC, *map(Path, include)):
         if not folder.is_dir():
             raise CrescentError(f"eval.include_path: {folder} is not a directory")
@@ -268,12 +282,7 @@ def render_tasks(data_dir: str | Path, dest: Path, include: list[str] = ()
             # A JSON string is a valid YAML double-quoted scalar, whatever the path holds.
             text = _DATA_FILE.sub(lambda m: json.dumps(str(data_dir / m.group(1))), text)
             name = _TASK_NAME.search(text)
-            if name:
-                needs[name.group(1)] = files
-            atomic_write_text(dest / src.name, text)
-        for code in sorted(folder.glob("*.py")):
-            shutil.copyfile(code, dest / code.name)
-    return dest, needs
+            yield src, text, name.group(1) if name else None, files
 
 
 def _check_yaml(src: Path, text: str) -> None:
