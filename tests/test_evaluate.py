@@ -642,3 +642,75 @@ def test_humaneval_scores_the_embedded_model_through_the_stage(tmp_path):
     assert 0 <= metrics["base"]["crescent_humaneval"]["pass_at_1"] <= 1
     samples = (tmp_path / "run" / "evaluate" / "base" / "samples_crescent_humaneval.jsonl")
     assert len(samples.read_text().splitlines()) == 2
+
+
+def _saved_answers(label_dir: Path, answers: dict) -> Path:
+    """An answer cache as lm-eval's `use_cache` writes it (sqlitedict, one row per request)."""
+    from sqlitedict import SqliteDict
+
+    path = label_dir / f"{scoring.REQUESTS}_rank0.db"
+    with SqliteDict(str(path), autocommit=True) as db:
+        db.update(answers)
+    return path
+
+
+def test_a_stopped_scoring_keeps_its_answers_for_the_same_model_only(tmp_path):
+    spec = {"label": "base", "model_identity": "/m/a", "save_every": 512,
+            "runs": [{"model": "vllm", "model_args": {"pretrained": "/m/a"}, "batch_size": 8}]}
+    write_json(tmp_path / evaluate.SPEC, spec)
+    saved = _saved_answers(tmp_path, {"h1": "The answer is 3.", "h2": "The answer is 4."})
+    evaluate._keep_saved_answers(tmp_path, spec)
+    assert saved.is_file()
+    # Another model under the same label (a fine-tune trained anew): its answers are not ours.
+    evaluate._keep_saved_answers(tmp_path, {**spec, "model_identity": "/m/b"})
+    assert not saved.is_file()
+    # Loaded otherwise (another batch, another dtype): answers of another measurement.
+    _saved_answers(tmp_path, {"h1": "x"})
+    evaluate._keep_saved_answers(tmp_path, {**spec, "runs": [{**spec["runs"][0], "batch_size": 4}]})
+    assert not saved.is_file()
+
+
+@pytest.mark.slow
+def test_a_killed_scoring_resumes_from_the_answers_it_saved(tmp_path):
+    # Killed (SIGKILL, the whole process group) once an answer is saved; one saved answer is
+    # then edited: the second scoring reads the saved answers (the edit shows in its samples)
+    # and generates only the rest.
+    import os
+    import signal
+
+    from sqlitedict import SqliteDict
+
+    command = [sys.executable, "-m", "crescent", "stages=[evaluate]", "engine=hf", "logger=none",
+               f"eval.data_dir={DATA}", "eval.tasks=[crescent_gsm8k_cot_zeroshot]",
+               "eval.limit=3", "eval.save_every=1", "hydra.run.dir=run", "cache_dir=null"]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"}
+    label_dir = tmp_path / "run" / "evaluate" / "base"
+    db = label_dir / f"{scoring.REQUESTS}_rank0.db"
+
+    def saved() -> dict:
+        if not db.is_file():
+            return {}
+        with SqliteDict(str(db), flag="r") as answers:
+            return dict(answers)
+
+    first = subprocess.Popen(command, cwd=tmp_path, env=env, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 900
+    while not saved() and first.poll() is None and time.time() < deadline:
+        time.sleep(0.5)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    answers = saved()
+    assert 1 <= len(answers) < 3 and not (label_dir / evaluate.RESULTS).exists()
+    key = next(iter(answers))
+    with SqliteDict(str(db), autocommit=True) as edit:
+        edit[key] = "Edited while stopped. The answer is: 123456789."
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True,
+                            timeout=1200, check=False)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert f"scoring: {len(answers)} of 3 generate_until answers saved" in log
+    samples = (label_dir / "samples_crescent_gsm8k_cot_zeroshot.jsonl").read_text()
+    assert {json.loads(row)["doc_id"] for row in samples.splitlines()} == {0, 1, 2}
+    assert "123456789" in samples
+    assert len(saved()) == 3

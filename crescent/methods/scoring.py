@@ -10,6 +10,7 @@ memory in-process, and a label already scored survives a crash of the next.
 
 from __future__ import annotations
 
+import functools
 import gc
 import json
 import math
@@ -24,6 +25,9 @@ from crescent.infra.io import atomic_write_text, read_json
 RESULTS = "results.json"
 SPEC = "spec.json"
 ERROR = "error.txt"
+# The answers saved as scoring goes (lm-eval's `use_cache`, which adds "_rank0.db"): a scoring
+# that is stopped resumes where it was.
+REQUESTS = "requests"
 # lm-eval model types of Crescent's own: name -> "module:class", imported when a run uses it.
 LM_EVAL_MODELS = {"crescent-hf": "crescent.engines.lm_eval_hf:ContinuationHeadLM"}
 
@@ -86,6 +90,7 @@ def score(spec: dict) -> None:
     if unknown:
         raise CrescentError(f"eval.tasks: unknown lm-eval task(s): {', '.join(unknown)}")
     lm_eval.evaluator.get_git_commit_hash = _git_hash
+    lm_eval.api.model.CachingLM = functools.partial(SavingLM, every=spec["save_every"])
     if not logs.verbose():
         _one_bar({run["model"] for run in spec["runs"]})
     runs = []
@@ -104,6 +109,7 @@ def score(spec: dict) -> None:
             apply_chat_template=spec["apply_chat_template"],
             fewshot_as_multiturn=spec["fewshot_as_multiturn"],
             task_manager=manager,
+            use_cache=str(Path(spec["out_dir"]) / REQUESTS),
         ))
         gc.collect()  # the run's model, before the next one loads its own
     results = merge_results(runs)
@@ -125,6 +131,49 @@ def score(spec: dict) -> None:
         atomic_write_text(out / f"samples_{task}.jsonl", text)
     atomic_write_text(out / RESULTS, json.dumps(
         json.loads(dumps(results)), indent=2, ensure_ascii=False) + "\n")
+
+
+class SavingLM:
+    """lm-eval's model with its answers saved every `every` requests (lm-eval's `CachingLM`
+    saves them only once all are answered, and vLLM's partial saves use another key than the
+    lookup), so a stopped scoring resumes from the last saved chunk: answers are looked up by
+    lm-eval's key for the request, the missing ones asked for `every` at a time. Sampled
+    requests are never saved (a repeat must draw anew), as in lm-eval."""
+
+    REQUEST_TYPES = ("loglikelihood", "loglikelihood_rolling", "generate_until")
+
+    def __init__(self, lm, cache_db: str, every: int) -> None:
+        from lm_eval.api.model import CacheHook
+        from sqlitedict import SqliteDict
+
+        self.lm, self.every = lm, every
+        self.saved = SqliteDict(cache_db, autocommit=False)
+        lm.set_cache_hook(CacheHook(None))  # the model's own partial saves: wrong keys
+
+    def __getattr__(self, attr: str):
+        if attr not in self.REQUEST_TYPES:
+            return getattr(self.lm, attr)
+        return functools.partial(self._answer, attr)
+
+    def _answer(self, attr: str, requests: list) -> list:
+        from lm_eval.api.model import hash_args
+
+        keys = [None if attr == "generate_until" and r.args[1].get("do_sample") else
+                hash_args(attr, r.args) for r in requests]
+        answers = [self.saved.get(key) if key else None for key in keys]
+        todo = [i for i, answer in enumerate(answers) if answer is None]
+        if len(todo) < len(requests):
+            print(f"crescent: scoring: {len(requests) - len(todo)} of {len(requests)} "
+                  f"{attr} answers saved by an earlier scoring", file=sys.stderr, flush=True)
+        for start in range(0, len(todo), self.every):
+            chunk = todo[start:start + self.every]
+            for i, answer in zip(chunk, getattr(self.lm, attr)([requests[i] for i in chunk]),
+                                 strict=True):
+                answers[i] = answer
+                if keys[i]:
+                    self.saved[keys[i]] = answer
+            self.saved.commit()
+        return answers
 
 
 def register_lm_eval_models() -> None:

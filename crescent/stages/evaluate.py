@@ -52,6 +52,7 @@ from crescent.methods.metrics import (
 from crescent.methods.scoring import (
     ERROR,
     LM_EVAL_MODELS,
+    REQUESTS,
     RESULTS,
     SPEC,
     first_docs,
@@ -203,12 +204,28 @@ def _score_label(cfg: DictConfig, label: str, model: str, tasks: list[str], task
     (label_dir / RESULTS).unlink(missing_ok=True)  # scored on other tasks: redo it whole
     spec = lm_eval_spec(cfg, label, model, tasks, tasks_dir, label_dir)
     spec["model_identity"] = model_identity(model)  # what `_scored` checks on reuse
+    _keep_saved_answers(label_dir, spec)
     write_json(label_dir / SPEC, spec)
     atomic_write_text(label_dir / "command.txt", lm_eval_command(spec) + "\n")
     logger.info("crescent: evaluate: scoring %s (%s) on %s", label, model, ", ".join(tasks))
     started = time.time()
     _score_in_subprocess(label, label_dir)
     return round(time.time() - started, 2)
+
+
+def _keep_saved_answers(label_dir: Path, spec: dict) -> None:
+    """Answers a stopped scoring saved (scoring.REQUESTS) are kept for the same model, loaded
+    the same way; lm-eval looks them up by prompt alone, so any other model's are deleted
+    before they could stand for this one's."""
+    before = read_json(label_dir / SPEC) if (label_dir / SPEC).is_file() else {}
+
+    def loaded(s: dict) -> tuple:
+        return s.get("model_identity"), [(r["model"], r["model_args"], r["batch_size"])
+                                         for r in s.get("runs", [])], s.get("save_every")
+
+    if loaded(before) != loaded(spec):
+        for path in label_dir.glob(f"{REQUESTS}_rank*.db"):
+            path.unlink()
 
 
 def check_scores(label: str, results: dict, tasks: list[str], where: Path) -> None:
@@ -404,6 +421,7 @@ def lm_eval_spec(
         "fewshot_as_multiturn": cfg.eval.fewshot_as_multiturn and cfg.eval.apply_chat_template,
         "plugins": list(OmegaConf.select(cfg, "plugins", default=None) or []),
         "out_dir": str(label_dir),
+        "save_every": cfg.eval.save_every,
     }
 
 
