@@ -111,6 +111,7 @@ class DomainConfig:
     answer_prompt: str = MISSING  # user turn for answering; {question} is filled in
     answer_type: str = "math"  # answer format (crescent/domains/): how final answers are read and compared: math (numbers, LaTeX), text, or a plug-in's
     final_answer_line: str = "The answer is: {answer}"  # last line of every training response
+    train_prompt: str = "{question}"  # the training pairs' user turn; {question} is filled in
     max_question_chars: int = 1000  # cleaned questions longer than this are rejected
     seed_prompt: str | None = None  # questions.source=seed_aug: user turn; {seed} is filled in
     magpie_system: str | None = None  # questions.source=magpie: system turn; None: the template's own

@@ -139,9 +139,11 @@ def _where(obj: Any) -> str:
 ENGINES = Registry("engine", "engine.name", {
     "vllm": "crescent.engines.vllm_offline", "ray_vllm": "crescent.engines.ray_vllm",
     "hf": "crescent.engines.hf", "openai": "crescent.engines.served"})
-VOTE_RULES = Registry("vote rule", "voting.rule", {"majority": "crescent.methods.voting"})
+VOTE_RULES = Registry("vote rule", "voting.rule", {"majority": "crescent.methods.voting",
+                                                   "execution": "crescent.methods.execution"})
 ANSWER_FORMATS = Registry("answer format", "domain.answer_type", {
-    "math": "crescent.domains.math", "text": "crescent.domains.text"})
+    "math": "crescent.domains.math", "text": "crescent.domains.text",
+    "code": "crescent.domains.code"})
 OBJECTIVES = Registry("objective", "finetune.objective", {"sft": "crescent.objectives.sft",
                                                           "dpo": "crescent.objectives.dpo"})
 EMBEDDERS = Registry("dedup method", "dedup.method", {

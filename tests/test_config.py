@@ -178,8 +178,8 @@ def test_a_choice_typo_fails_at_composition_in_one_line(cli, tmp_path, typo, all
 
 @pytest.mark.parametrize("typo, known", [
     ("engine.name=vlm", "hf, openai, ray_vllm, vllm"),
-    ("voting.rule=majorty", "majority"),
-    ("domain.answer_type=maths", "math, text"),
+    ("voting.rule=majorty", "execution, majority"),
+    ("domain.answer_type=maths", "code, math, text"),
     ("finetune.objective=stf", "dpo, sft"),
     ("dedup.method=bert", "minhash, minilm, none, self"),
 ])

@@ -16,12 +16,24 @@ from crescent.errors import CrescentError
 from crescent.infra.io import read_jsonl
 
 _WORD = re.compile(r"[a-z0-9]+")
-_QUESTION_FIELDS = ("question", "problem")  # GSM8K and MATH name the question differently
+# GSM8K, MATH and HumanEval name the question differently
+_QUESTION_FIELDS = ("question", "problem", "prompt")
 
 
 def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     words = _WORD.findall(text.lower())
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def _rows(path: Path):
+    """A benchmark's rows: JSON Lines, gzipped or not (HumanEval ships gzipped)."""
+    if path.suffix != ".gz":
+        return read_jsonl(path)
+    import gzip
+    import json
+
+    with gzip.open(path, "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
 
 
 class Benchmarks:
@@ -36,7 +48,7 @@ class Benchmarks:
 
                 raise CrescentError(f"answers.decontaminate: {missing(path)}")
             grams: set[tuple[str, ...]] = set()
-            for row in read_jsonl(path):
+            for row in _rows(path):
                 text = next((row[f] for f in _QUESTION_FIELDS if f in row), None)
                 if text is None:
                     raise CrescentError(f"{path}: a row has none of the fields {_QUESTION_FIELDS}")

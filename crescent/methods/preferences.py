@@ -14,7 +14,8 @@ lists, so `prefs.jsonl` is also what TRL's DPOTrainer reads.
 from __future__ import annotations
 
 
-def preference_pairs(record: dict, count: int, drop_truncated: bool, answer_format) -> list[dict]:
+def preference_pairs(record: dict, count: int, drop_truncated: bool, answer_format,
+                     prompt: str = "{question}") -> list[dict]:
     """Up to `count` pairs of a voted question (a `revote` record); none when it was not kept."""
     if record.get("reason") is not None or count < 1:
         return []
@@ -30,7 +31,7 @@ def preference_pairs(record: dict, count: int, drop_truncated: bool, answer_form
         win = chosen[n % len(chosen)]
         pairs.append({
             "id": record["id"],
-            "prompt": [{"role": "user", "content": record["question"]}],
+            "prompt": [{"role": "user", "content": prompt.format(question=record["question"])}],
             "chosen": [{"role": "assistant", "content": samples[win].strip()}],
             "rejected": [{"role": "assistant", "content": samples[loser].strip()}],
             "chosen_answer": record["answer"],

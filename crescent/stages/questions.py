@@ -36,7 +36,8 @@ from crescent.methods.cleaning import clean_question
 logger = logging.getLogger(__name__)
 
 STAGE = Stage("questions", ("seed", "model", "engine", "domain", "dedup", "questions"),
-              outputs=("questions.jsonl", "rejected.jsonl"), version=2, generates=True)
+              outputs=("questions.jsonl", "rejected.jsonl"), version=2, generates=True,
+              added=("domain.train_prompt",))
 QUESTIONS = "questions.jsonl"  # accepted, numbered by id
 REJECTED = "rejected.jsonl"  # every rejected candidate, with its reason
 

@@ -1,0 +1,240 @@
+"""The `code` answer format: Python functions, whose programs are the same answer when they
+behave the same.
+
+A code question is a function's signature and docstring with example calls (HumanEval's form),
+as conf/domain/code.yaml's bait prompt asks for it: `clean_question` keeps the imports, the
+signature and the docstring of the first documented function, and refuses a question with no
+example call. An answer is a program: the function as a sample completed it (its first
+```python block that defines the function), the question's imports in front. Two programs are
+the same answer when they give the same results on the question's example calls, run in the
+sandbox (crescent/methods/sandbox.py): the vote rule `execution` (crescent/methods/execution.py)
+groups a question's programs so. The training response is the program in the form the scored
+HumanEval prompt continues (crescent/tasks/crescent_humaneval.yaml).
+"""
+
+from __future__ import annotations
+
+import ast
+import functools
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+
+from crescent.domains import AnswerFormat
+from crescent.registry import ANSWER_FORMATS
+
+_BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
+# What the scored prompt (crescent_humaneval's gen_prefix) has the model continue.
+RESPONSE_PREFIX = "Here is the completed function:\n```python\n"
+MAX_CALLS = 8  # example calls a question's programs are run on
+CALL_S = 2.0  # seconds one call may run before it counts as a timeout
+REPR_CHARS = 200  # of a result's repr kept for reading; equality compares its full hash
+
+
+@dataclass(frozen=True)
+class CodeQuestion:
+    source: str  # imports, signature and docstring
+    entry_point: str  # the function's name
+    calls: tuple[str, ...]  # example calls from its docstring, e.g. "add(2, 3)"
+    imports: str  # the module-level imports, put in front of every program
+
+
+@dataclass(frozen=True)
+class Behaviour:
+    """What a program did on a question's calls: per call ("ok", repr hash, repr head),
+    ("error", exception name, ""), or ("timeout", "", ""); `loaded` False when the program
+    itself did not run (a syntax error, an import that failed)."""
+
+    loaded: bool
+    results: tuple[tuple[str, str, str], ...]
+
+    @property
+    def any_ok(self) -> bool:
+        return any(status == "ok" for status, _, _ in self.results)
+
+    @property
+    def key(self) -> str:
+        """Equal for programs that returned the same on every call (or failed the same way)."""
+        return hashlib.sha256(json.dumps([r[:2] for r in self.results]).encode()).hexdigest()[:16]
+
+
+def code_blocks(text: str) -> list[str]:
+    """The ```python blocks of a reply (an unclosed last one too); the whole reply when it
+    has none."""
+    blocks = _BLOCK.findall(text)
+    return blocks if blocks else [text]
+
+
+def parse_question(text: str) -> tuple[CodeQuestion | None, str | None]:
+    """The question in `text` (its first code block that holds a documented function), or
+    None and why not."""
+    reason = "no_function"
+    for block in code_blocks(text):
+        try:
+            tree = ast.parse(block)
+        except SyntaxError:
+            reason = "syntax"
+            continue
+        function = next((node for node in tree.body if isinstance(node, ast.FunctionDef)
+                         and ast.get_docstring(node)), None)
+        if function is None:
+            continue
+        lines = block.splitlines()
+        imports = "\n".join(_segment(lines, node) for node in tree.body
+                            if isinstance(node, (ast.Import, ast.ImportFrom)))
+        signature = _segment(lines, function, end=function.body[0].end_lineno)
+        calls = example_calls(ast.get_docstring(function), function.name)
+        if not calls:
+            return None, "no_examples"
+        source = f"{imports}\n\n\n{signature}\n" if imports else f"{signature}\n"
+        return CodeQuestion(source, function.name, calls, imports), None
+    return None, reason
+
+
+def _segment(lines: list[str], node: ast.stmt, end: int | None = None) -> str:
+    """A statement's source lines, its decorators included, up to line `end` (default: its
+    last)."""
+    start = min([node.lineno, *(d.lineno for d in getattr(node, "decorator_list", ()))])
+    return "\n".join(lines[start - 1:end or node.end_lineno])
+
+
+# What a program keeps of a reply's code block: definitions and the imports and constants they
+# use; calls, prints, asserts and `if __name__ == "__main__":` blocks (the model's own tests)
+# are left out, as HumanEval's stop strings leave them out of a scored completion.
+_DEFINITIONS = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef,
+                ast.Assign, ast.AnnAssign)
+
+
+def example_calls(docstring: str, name: str) -> tuple[str, ...]:
+    """The calls of `name` in a docstring (`>>> f(1)`, `f(1) == 2`, `f(1) -> 2`), each a
+    whole expression, the first MAX_CALLS distinct ones."""
+    calls: list[str] = []
+    for match in re.finditer(rf"\b{re.escape(name)}\(", docstring):
+        depth, end = 0, None
+        for i in range(match.end() - 1, len(docstring)):
+            depth += {"(": 1, ")": -1}.get(docstring[i], 0)
+            if depth == 0:
+                end = i + 1
+                break
+        call = docstring[match.start():end] if end else None
+        if call and call not in calls and _is_call(call):
+            calls.append(call)
+    return tuple(calls[:MAX_CALLS])
+
+
+def _is_call(text: str) -> bool:
+    try:
+        return isinstance(ast.parse(text, mode="eval").body, ast.Call)
+    except SyntaxError:
+        return False
+
+
+# Run in the sandbox: the program, then each call under a timer, its prints swallowed; one
+# JSON line of results on stdout.
+_HARNESS = r"""
+import contextlib, hashlib, io, json, signal
+PROGRAM, CALLS, CALL_S, REPR_CHARS = {program!r}, {calls!r}, {call_s!r}, {repr_chars!r}
+
+def expired(signum, frame):
+    raise TimeoutError
+
+signal.signal(signal.SIGALRM, expired)
+space, results, loaded = {{"__name__": "solution"}}, [], True
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        exec(compile(PROGRAM, "solution.py", "exec"), space)
+    except BaseException:
+        loaded = False
+    for call in CALLS if loaded else ():
+        signal.setitimer(signal.ITIMER_REAL, CALL_S)
+        try:
+            shown = repr(eval(call, space))
+            results.append(("ok", hashlib.sha256(shown.encode()).hexdigest(), shown[:REPR_CHARS]))
+        except TimeoutError:
+            results.append(("timeout", "", ""))
+        except BaseException as e:
+            results.append(("error", type(e).__name__, ""))
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+print(json.dumps({{"loaded": loaded, "results": results}}))
+"""
+
+
+@functools.lru_cache(maxsize=65536)  # a vote and its k-matched twin run the same programs
+def behaviour(program: str, calls: tuple[str, ...]) -> Behaviour:
+    """What `program` returns on `calls`, run in the sandbox (a run that is killed: every call
+    timed out)."""
+    from crescent.methods.sandbox import Limits, run_python
+
+    wall = 5.0 + CALL_S * len(calls)
+    outcome = run_python(_HARNESS.format(program=program, calls=list(calls), call_s=CALL_S,
+                                         repr_chars=REPR_CHARS),
+                         limits=Limits(wall_s=wall, cpu_s=int(wall) + 1))
+    last = outcome.stdout.strip().splitlines()[-1:] if outcome.ok else []
+    try:
+        ran = json.loads(last[0])
+    except (IndexError, json.JSONDecodeError):
+        status = "timeout" if outcome.status == "timeout" else "error"
+        return Behaviour(True, tuple((status, outcome.status, "") for _ in calls))
+    return Behaviour(ran["loaded"], tuple(tuple(r) for r in ran["results"]))
+
+
+@ANSWER_FORMATS.register("code")
+class CodeAnswers(AnswerFormat):
+    """Programs, before a question is known: the first code block that parses and defines a
+    function; equal when the same text. Bound to a question (`for_question`), programs of that
+    function, and behaviour on its example calls."""
+
+    question: CodeQuestion | None = None
+
+    @staticmethod
+    def clean_question(text: str, max_chars: int) -> tuple[str, str | None]:
+        question, reason = parse_question(text)
+        if question is None:
+            return text.strip(), reason
+        if len(question.source) > max_chars:
+            return question.source, "too_long"
+        return question.source, None
+
+    @classmethod
+    def for_question(cls, record: dict) -> CodeAnswers:
+        bound = cls()
+        bound.question, _ = parse_question(record["question"])
+        return bound
+
+    def extract(self, text: str) -> str | None:
+        """The program: the definitions of the first code block that parses and defines the
+        question's function (any function before a question is known), the question's imports
+        in front."""
+        name = self.question.entry_point if self.question else None
+        for block in code_blocks(text):
+            try:
+                tree = ast.parse(block)
+            except SyntaxError:
+                continue
+            if any(isinstance(node, ast.FunctionDef) and name in (None, node.name)
+                   for node in tree.body):
+                lines = block.splitlines()
+                kept = [_segment(lines, node) for node in tree.body
+                        if isinstance(node, _DEFINITIONS)]
+                imports = [self.question.imports] if self.question and self.question.imports \
+                    else []
+                return "\n\n".join([*imports, *kept])
+        return None
+
+    @staticmethod
+    def equal(a: str, b: str) -> bool:
+        return a == b
+
+    def behaviour(self, program: str) -> Behaviour:
+        if self.question is None:
+            from crescent.errors import CrescentError
+
+            raise CrescentError("voting.rule=execution: the question is not a code question "
+                                "(domain=code)")
+        return behaviour(program, self.question.calls)
+
+    @staticmethod
+    def training_response(response: str, answer: str, domain) -> str:
+        return f"{RESPONSE_PREFIX}{answer}\n```"

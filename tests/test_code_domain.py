@@ -1,0 +1,189 @@
+"""The code domain: questions read as documented functions, programs extracted, execution
+consensus (programs grouped by what they return, run in the real sandbox), the training pair in
+the scored prompt's form, decontamination against HumanEval; a `domain=code` run (slow)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from omegaconf import OmegaConf
+
+from crescent.domains import for_question, training_response
+from crescent.domains.code import RESPONSE_PREFIX, CodeAnswers, parse_question
+from crescent.methods.execution import execution
+from crescent.stages.answers import write_datasets
+from crescent.tasks.code import humaneval_file
+from tests.conftest import DATA, ROOT
+
+QUESTION = '''Sure! Here is a problem:
+```python
+from typing import List
+
+
+def running_max(values: List[int]) -> List[int]:
+    """Return the running maximum of `values`.
+
+    >>> running_max([1, 3, 2])
+    [1, 3, 3]
+    >>> running_max([])
+    []
+    >>> running_max([-5, -7])
+    [-5, -5]
+    """
+    out = []
+```
+'''
+CORRECT = '''```python
+def running_max(values: List[int]) -> List[int]:
+    best, out = None, []
+    for v in values:
+        best = v if best is None else max(best, v)
+        out.append(best)
+    return out
+```'''
+ALSO_CORRECT = '''Here you go:
+```python
+def running_max(values):
+    out = []
+    for i in range(len(values)):
+        out.append(max(values[: i + 1]))
+    return out
+
+
+# its own tests, one of them wrong: left out of the program
+assert running_max([2, 1]) == [2, 1]
+if __name__ == "__main__":
+    print(running_max([1]))
+```
+This runs in O(n^2).'''
+WRONG = '''```python
+def running_max(values):
+    print("debugging")
+    return sorted(values)
+```'''
+CRASHES = '''```python
+def running_max(values):
+    return values[0] / 0
+```'''
+HANGS = '''```python
+def running_max(values):
+    while True:
+        pass
+```'''
+VOTING = OmegaConf.create({"min_agreement": 0.5, "min_votes": 2, "tie_break": "drop",
+                           "representative": "first"})
+
+
+def test_a_question_is_a_documented_function_with_example_calls():
+    question, reason = parse_question(QUESTION)
+    assert reason is None and question.entry_point == "running_max"
+    assert question.calls == ("running_max([1, 3, 2])", "running_max([])",
+                              "running_max([-5, -7])")
+    # the body the model began is cut: signature and docstring only, imports in front
+    assert question.source.startswith("from typing import List\n")
+    assert question.source.rstrip().endswith('"""') and "out = []" not in question.source
+    assert parse_question("def f(x):\n    return x\n") == (None, "no_function")
+    assert parse_question('def f(x):\n    """Double x."""\n') == (None, "no_examples")
+    assert parse_question("```python\ndef f(:\n```")[1] == "syntax"
+    _, reason = CodeAnswers.clean_question(QUESTION, 100)
+    assert reason == "too_long"
+
+
+def test_humaneval_prompts_read_as_questions():
+    # HumanEval's own problems read as code questions: the audit and decontamination use them.
+    with gzip.open(humaneval_file(), "rt", encoding="utf-8") as f:
+        problems = [json.loads(line) for line in f]
+    parsed = [parse_question(p["prompt"]) for p in problems]
+    with_calls = [q for q, _ in parsed if q is not None]
+    assert len(with_calls) >= 140
+    assert all(q.entry_point == p["entry_point"] for (q, _), p in zip(parsed, problems) if q)
+
+
+def test_execution_consensus_groups_programs_by_what_they_return():
+    reader = for_question(CodeAnswers, {"id": 0, "question": parse_question(QUESTION)[0].source})
+    responses = [WRONG, CORRECT, CRASHES, ALSO_CORRECT, "I cannot write code.", HANGS]
+    programs = [reader.extract(r) for r in responses]
+    assert programs[4] is None and programs[1].startswith("from typing import List")
+    assert "assert" not in programs[3] and "__main__" not in programs[3]
+    vote = execution(programs, responses, OmegaConf.merge(VOTING, {"min_agreement": 0.3}),
+                     seed=0, answer_format=reader)
+    assert vote.kept and vote.winners == [1, 3] and vote.answer == programs[1]
+    assert vote.abstentions == 3  # no program, crashed on every call, hung on every call
+    assert vote.details["no_program"] == 1 and vote.details["failed_every_call"] == 2
+    assert vote.details["timeout"] == 3 and vote.details["error"] == 3
+    # two programs that behave differently, one vote each: no consensus
+    split = execution([programs[0], programs[1]], responses[:2], VOTING, seed=0,
+                      answer_format=reader)
+    assert split.reason == "no_consensus"
+
+
+def test_execution_needs_programs():
+    from crescent.domains.math import MathAnswers
+    from crescent.errors import CrescentError
+
+    with pytest.raises(CrescentError, match="domain=code"):
+        execution(["1", "1"], ["", ""], VOTING, seed=0, answer_format=MathAnswers)
+
+
+def test_the_training_pair_is_the_scored_prompt_and_its_completion(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from crescent.__main__ import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["domain=code", "logger=none"])
+    question = parse_question(QUESTION)[0].source
+    reader = for_question(CodeAnswers, {"id": 0, "question": question})
+    program = reader.extract(CORRECT)
+    response = training_response(reader, CORRECT, program, cfg.domain)
+    assert response == f"{RESPONSE_PREFIX}{program}\n```"
+    write_datasets(tmp_path, [{"id": 0, "question": question, "answer": program,
+                               "response": response, "agreement": 1.0}], [],
+                   cfg.domain.train_prompt)
+    [row] = [json.loads(line) for line in (tmp_path / "sft.jsonl").read_text().splitlines()]
+    user = row["messages"][0]["content"]
+    # the user turn is crescent_humaneval's prompt for the same function
+    assert user.startswith("Write a solution to the following problem and make sure that it "
+                           "passes the tests:\n```python\nfrom typing import List")
+    assert cfg.voting.rule == "execution" and cfg.answers.decontaminate == ["humaneval"]
+
+
+def test_a_copied_humaneval_problem_is_contaminated():
+    from crescent.methods.decontamination import Benchmarks
+
+    with gzip.open(humaneval_file(), "rt", encoding="utf-8") as f:
+        first = json.loads(next(f))
+    bench = Benchmarks([humaneval_file()])
+    share, name = bench.worst(first["prompt"])
+    assert share == 1.0 and name.endswith("HumanEval.jsonl.gz")
+    assert bench.worst(parse_question(QUESTION)[0].source)[0] < 0.2
+
+
+@pytest.mark.slow
+@pytest.mark.long
+def test_domain_code_runs_questions_and_execution_consensus(tmp_path):
+    # The whole loop on the code model: it writes functions, answers them k times, and the
+    # vote runs the programs; every question is accounted for and kept pairs are programs.
+    result = subprocess.run(
+        [sys.executable, "-m", "crescent", "domain=code", "model=qwen_coder_05b",
+         "stages=[questions,answers]", "questions.target=3", "questions.max_candidates=12",
+         "voting.k=3", "dedup.method=minhash", "logger=none", f"eval.data_dir={DATA}",
+         "hydra.run.dir=run", "cache_dir=null"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=1800, check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "WANDB_MODE": "offline"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    run = tmp_path / "run"
+    questions = [json.loads(x) for x in (run / "questions/questions.jsonl").read_text().splitlines()]
+    assert questions and all(parse_question(q["question"])[0] for q in questions)
+    stats = json.loads((run / "answers/stats.json").read_text())
+    assert stats["answered"] + stats["contaminated"] == len(questions)
+    votes = [json.loads(x) for x in (run / "answers/votes.jsonl").read_text().splitlines()]
+    assert len(votes) == len(questions)
+    for row in (json.loads(x) for x in (run / "answers/qa.jsonl").read_text().splitlines()):
+        assert f"def {parse_question(row['question'])[0].entry_point}(" in row["answer"]
+        assert row["response"].startswith(RESPONSE_PREFIX)
