@@ -426,13 +426,21 @@ def _operational(defaults, prefix: str):
 
 def register_configs() -> None:
     """Register the schema that `conf/config.yaml` puts first in its defaults list, the
-    `path_safe` resolver that keeps run-dir names one directory deep, and `data`, which
-    names a benchmark file where this run finds its data (`${data:gsm8k/train.jsonl}`)."""
+    `path_safe` resolver that keeps run-dir names one directory deep, `data`, which
+    names a benchmark file where this run finds its data (`${data:gsm8k/train.jsonl}`), and
+    `humaneval`, HumanEval's problems as questions with their tests (`${humaneval:}`)."""
     ConfigStore.instance().store(name="crescent_schema", node=Config)
     # `model.name=/data/llama3` in a run-dir name would otherwise nest directories.
     OmegaConf.register_new_resolver("path_safe", lambda text: text.replace("/", "_"),
                                     replace=True)
     OmegaConf.register_new_resolver("data", _data_file, replace=True)
+    OmegaConf.register_new_resolver("humaneval", _humaneval_questions, replace=True)
+
+
+def _humaneval_questions() -> str:
+    from crescent.tasks.code import humaneval_questions
+
+    return str(humaneval_questions())
 
 
 def _data_file(rel: str, *, _root_: DictConfig) -> str:

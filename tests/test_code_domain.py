@@ -187,3 +187,47 @@ def test_domain_code_runs_questions_and_execution_consensus(tmp_path):
     for row in (json.loads(x) for x in (run / "answers/qa.jsonl").read_text().splitlines()):
         assert f"def {parse_question(row['question'])[0].entry_point}(" in row["answer"]
         assert row["response"].startswith(RESPONSE_PREFIX)
+
+
+def test_the_code_audit_runs_every_program_against_the_hidden_tests():
+    # Two HumanEval problems, three programs each: the consensus is the right program on the
+    # first (two right programs, written differently, agree) and a wrong one on the second (two
+    # wrong programs agree); each program is judged by the problem's own tests, in the sandbox.
+    from crescent.domains import gold_of
+    from crescent.stages import audit
+    from crescent.tasks.code import humaneval_questions
+
+    rows = [json.loads(line) for line in humaneval_questions().read_text().splitlines()]
+    rows = [r for r in rows if parse_question(r["question"])[0]][:2]
+    canonical = {p["task_id"]: p["canonical_solution"] for p in _humaneval()}
+
+    def reply(row, body):
+        return f"```python\n{row['question']}{body}\n```"
+
+    def right(row, extra=""):
+        return reply(row, canonical[row["id"]] + extra)
+
+    wrong, also_wrong = "    return None\n", "    return None  # another writer\n"
+    samples = [[right(rows[0]), reply(rows[0], wrong), right(rows[0], "\n\ndef _unused():\n"
+                                                                      "    return 1\n")],
+               [reply(rows[1], wrong), reply(rows[1], also_wrong), right(rows[1])]]
+    records = []
+    for row, texts in zip(rows, samples):
+        reader = for_question(CodeAnswers, row)
+        records.append({"id": row["id"], "question": row["question"], "samples": texts,
+                        "extracted": [reader.extract(t) for t in texts],
+                        "truncated": [False] * 3})
+    golds = {row["id"]: gold_of(CodeAnswers, row) for row in rows}
+    cfg = OmegaConf.create({"seed": 0, "voting": {
+        "rule": "execution", "k": 3, "min_agreement": 0.0, "min_votes": 2, "tie_break": "drop",
+        "representative": "first", "drop_truncated": True}})
+    result = audit.measure(cfg, records, golds, 3, CodeAnswers)
+    assert result["sample_accuracy"]["value"] == pytest.approx(0.5)  # 2 of 3, then 1 of 3
+    cell = next(c for c in result["grid"] if c["k"] == 3 and c["floor"] == 2)
+    assert cell["kept"] == 2 and cell["precision"]["value"] == pytest.approx(0.5)
+    assert result["by_k"][2]["pass"]["value"] == 1.0
+
+
+def _humaneval() -> list[dict]:
+    with gzip.open(humaneval_file(), "rt", encoding="utf-8") as f:
+        return [json.loads(line) for line in f]

@@ -14,6 +14,11 @@ An answer format is any object (a class with static methods will do) with
   training_response(response, answer, domain) -> str
                                    optional: the kept sample as the model is trained on it
                                    (default: its reasoning, then `domain.final_answer_line`)
+  gold(row) -> str | None          optional: a question row's gold answer (default: its `gold`
+                                   field, or GSM8K's solution ending in `#### N`, as `extract`
+                                   reads it); GOLD_FIELDS names the row fields it reads
+  correct(answer, gold) -> bool    optional: whether an answer is right (default: `equal`;
+                                   code: the program passes the gold tests in the sandbox)
   clean_question(text, max_chars) -> (question, reason or None)
                                    optional: in place of crescent/methods/cleaning.py's (which
                                    cuts at a line starting "Answer", say, where a multiple-choice
@@ -35,9 +40,19 @@ class AnswerFormat:
     def canonicality(answer: str) -> int:
         return 0
 
+    GOLD_FIELDS = ("gold", "answer")
+
     @classmethod
     def for_question(cls, record: dict):
         return cls
+
+    @classmethod
+    def gold(cls, row: dict) -> str | None:
+        return gold_answer(cls, row)
+
+    @classmethod
+    def correct(cls, answer: str | None, gold: str) -> bool:
+        return answer is not None and cls.equal(answer, gold)
 
     @staticmethod
     def training_response(response: str, answer: str, domain) -> str:
@@ -51,6 +66,27 @@ def for_question(answers, record: dict):
     """`answers` (an answer format) as it reads the answers to the question `record`."""
     bind = getattr(answers, "for_question", None)
     return bind(record) if bind else answers
+
+
+def gold_answer(answers, row: dict) -> str | None:
+    """A question row's gold answer as `answers` reads answers: its `gold` field, or GSM8K's
+    `answer` whose last line is `#### N`; None when it has neither."""
+    if "gold" in row:
+        return answers.extract(str(row["gold"])) or str(row["gold"]).strip()
+    solution = str(row.get("answer", ""))
+    return answers.extract(solution) if "####" in solution else None
+
+
+def gold_of(answers, row: dict) -> str | None:
+    """`answers`'s gold answer of a question row (the default's for a format without one)."""
+    make = getattr(answers, "gold", None)
+    return make(row) if make else gold_answer(answers, row)
+
+
+def is_correct(answers, answer: str | None, gold: str) -> bool:
+    """Whether `answer` is right against `gold`, as `answers` decides it."""
+    check = getattr(answers, "correct", None)
+    return check(answer, gold) if check else answer is not None and answers.equal(answer, gold)
 
 
 def training_response(answers, response: str, answer: str, domain) -> str:

@@ -227,14 +227,32 @@ class CodeAnswers(AnswerFormat):
     def equal(a: str, b: str) -> bool:
         return a == b
 
-    def behaviour(self, program: str) -> Behaviour:
-        if self.question is None:
-            from crescent.errors import CrescentError
-
-            raise CrescentError("voting.rule=execution: the question is not a code question "
-                                "(domain=code)")
-        return behaviour(program, self.question.calls)
+    def behaviour(self, program: str) -> Behaviour | None:
+        """What the program does on the question's example calls; None when the question has
+        none to run (not a documented function with examples)."""
+        return behaviour(program, self.question.calls) if self.question else None
 
     @staticmethod
     def training_response(response: str, answer: str, domain) -> str:
         return f"{RESPONSE_PREFIX}{answer}\n```"
+
+    GOLD_FIELDS = ("test", "entry_point")
+
+    @staticmethod
+    def gold(row: dict) -> str | None:
+        """HumanEval's form: the problem's tests and their call on the function."""
+        if not row.get("test") or not row.get("entry_point"):
+            return None
+        return f"{row['test']}\n\ncheck({row['entry_point']})\n"
+
+    @staticmethod
+    def correct(answer: str | None, gold: str) -> bool:
+        return answer is not None and passes(answer, gold)
+
+
+@functools.lru_cache(maxsize=65536)  # the audit asks again for every k and floor
+def passes(program: str, tests: str) -> bool:
+    """Whether `program`, then `tests`, runs to the end in the sandbox."""
+    from crescent.methods.sandbox import Limits, run_python
+
+    return run_python(f"{program}\n\n{tests}", limits=Limits(wall_s=10.0, cpu_s=10)).ok

@@ -6,7 +6,8 @@ every call form a group, as AlphaCode clusters samples and MBR-exec picks among 
 without a program, and a program that failed on every call (an exception, a timeout) or did not
 load, abstains. The largest group wins under `majority`'s floors and tie rule (min_agreement of
 all k, min_votes); the label is its representative's program. The vote's `details` count what
-happened: no program, not loaded, failed on every call, and the calls that timed out or raised.
+happened: no program, not loaded, failed on every call, no call to run (a question without
+examples), and the calls that timed out or raised.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def execution(answers: Sequence[str | None], responses: Sequence[str], cfg, seed
             keys.append(None)
             continue
         ran = answer_format.behaviour(program)
+        if ran is None:  # a question with no example call: nothing to agree on
+            details["no_calls"] += 1
+            keys.append(None)
+            continue
         details.update(status for status, _, _ in ran.results if status != "ok")
         if not ran.loaded:
             details["not_loaded"] += 1

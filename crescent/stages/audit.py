@@ -45,7 +45,7 @@ def preflight(cfg: DictConfig) -> None:
 def gold_answers(cfg: DictConfig) -> dict:
     """id -> gold answer (extracted as the domain reads answers) of `answers.input`'s questions,
     read as the answers stage reads them (same ids, same limit)."""
-    from crescent.domains import answer_format
+    from crescent.domains import answer_format, gold_of
     from crescent.stages.answers import load_questions
 
     if not cfg.answers.input:
@@ -53,16 +53,14 @@ def gold_answers(cfg: DictConfig) -> dict:
                             "JSON Lines file with a `gold` field per row, or GSM8K's "
                             "'${data:gsm8k/train.jsonl}'")
     path, reader = Path(cfg.answers.input), answer_format(cfg.domain.answer_type)
+    fields = getattr(reader, "GOLD_FIELDS", ("gold", "answer"))
     golds = {}
-    for row in load_questions(path, cfg.answers.limit, keep=("gold", "answer")):
-        solution = str(row.get("answer", ""))  # GSM8K's: the final answer after `####`
-        if "gold" in row:
-            gold = reader.extract(str(row["gold"])) or str(row["gold"]).strip()
-        else:
-            gold = reader.extract(solution) if "####" in solution else None
+    for row in load_questions(path, cfg.answers.limit, keep=fields):
+        gold = gold_of(reader, row)
         if not gold:
-            raise CrescentError(f"{path}: question id {row['id']!r} has no gold answer (a `gold` "
-                                f"field, or an `answer` ending in '#### <answer>') for the audit")
+            raise CrescentError(f"{path}: question id {row['id']!r} has no gold answer (the "
+                                f"field(s) {', '.join(fields)}: a `gold`, or an `answer` ending "
+                                f"in '#### <answer>', for the {cfg.domain.answer_type} format)")
         golds[row["id"]] = gold
     return golds
 
@@ -100,6 +98,7 @@ def measure(cfg: DictConfig, records: list[dict], golds: dict, k_max: int, reade
     """Every k's and floor's kept share and precision, majority@k and pass@k, with intervals."""
     import numpy as np
 
+    from crescent.domains import for_question, is_correct
     from crescent.engines import derive_seed
     from crescent.intervals import ratio_interval
     from crescent.methods.voting import vote
@@ -108,8 +107,9 @@ def measure(cfg: DictConfig, records: list[dict], golds: dict, k_max: int, reade
     counted = [counted_answers(r, k_max, cfg.voting.drop_truncated,
                                f"audit: question {r['id']!r}", "answers.samples")[0]
                for r in records]
-    right = np.array([[a is not None and reader.equal(a, golds[r["id"]]) for a in answers]
-                      for r, answers in zip(records, counted)], dtype=float)
+    readers = [for_question(reader, r) for r in records]
+    right = np.array([[is_correct(own, a, golds[r["id"]]) for a in answers]
+                      for r, answers, own in zip(records, counted, readers)], dtype=float)
     ones = np.ones(len(records))
     seeds = [derive_seed(cfg.seed, "vote", r["id"]) for r in records]
 
@@ -117,11 +117,11 @@ def measure(cfg: DictConfig, records: list[dict], golds: dict, k_max: int, reade
         """Per question: kept (a label) and whether the label is the gold answer."""
         voting = OmegaConf.merge(cfg.voting, {"k": k, "min_votes": floor, "min_agreement": 0.0,
                                               "tie_break": tie_break})
-        results = [vote(a[:k], r["samples"][:k], voting, seed, reader)
-                   for r, a, seed in zip(records, counted, seeds)]
+        results = [vote(a[:k], r["samples"][:k], voting, seed, own)
+                   for r, a, seed, own in zip(records, counted, seeds, readers)]
         kept = np.array([v.kept for v in results], dtype=float)
-        correct = np.array([v.kept and reader.equal(v.answer, golds[r["id"]])
-                            for v, r in zip(results, records)], dtype=float)
+        correct = np.array([v.kept and is_correct(own, v.answer, golds[r["id"]])
+                            for v, r, own in zip(results, records, readers)], dtype=float)
         return kept, correct
 
     by_k, grid = [], []

@@ -43,6 +43,21 @@ def humaneval(**_) -> dict:
     return {"test": datasets.Dataset.from_list(rows)}
 
 
+def humaneval_questions() -> Path:
+    """HumanEval's problems as questions with their tests (`id`: the task id, `question`: the
+    prompt, `test`, `entry_point`), the answers stage's and the audit's input
+    (`answers.input=${humaneval:}`), written once into the data cache."""
+    from crescent.infra.data import cache_data_dir
+    from crescent.infra.io import write_jsonl
+
+    path = cache_data_dir() / "humaneval" / f"questions-{HUMANEVAL_SHA256[:12]}.jsonl"
+    if not path.is_file():
+        write_jsonl(path, [{"id": row["task_id"], "question": row["prompt"], "test": row["test"],
+                            "entry_point": row["entry_point"]}
+                           for row in humaneval()["test"]])
+    return path
+
+
 def program(doc: dict, completion: str) -> str:
     """The function as the model completed it (cut at a closing code fence, as lm-eval's
     humaneval_instruct does), then the problem's tests and their call."""
