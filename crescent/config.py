@@ -140,6 +140,7 @@ class VotingConfig:
     drop_truncated: bool = True  # a sample cut at answers.sampling.max_tokens abstains (its answer was never written)
     pairs: int = 1  # preference pairs per kept question (prefs.jsonl): a winning sample chosen, a losing one rejected; 0: none
     gold_control: str | None = None  # control: train on as many of this file's questions (GSM8K style: question, gold solution ending in `#### n`) as the vote keeps, with their gold solutions, in place of the kept pairs
+    rft: bool = False  # control (rejection-sampling fine-tuning): every question of answers.input with a gold answer trains on the first of its first k samples whose answer is right, in place of the kept pairs; questions with none are dropped (the ceiling the vote could reach: the model's own style, right labels)
     shuffle_labels: bool = False  # control: each kept question trains on another kept question's response (seeded), so the data keep the vote's format and lose its answers
     options: dict[str, Any] = field(default_factory=dict)  # a plug-in vote rule's own settings
     match_kept_of_k: int | None = None  # keep at most as many questions as voting with this k (other settings as here) keeps from the same samples: the no-vote control at the consensus set's size

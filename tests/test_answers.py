@@ -369,3 +369,24 @@ def test_gold_rows_name_the_line_of_a_solution_without_its_answer(tmp_path):
     assert gold_rows(train, 1, domain)[0]["response"] == "1 + 1 = 2\nThe answer is: 2"
     with pytest.raises(CrescentError, match=f"{train}:3: the gold solution has no"):
         gold_rows(train, 2, domain)
+
+
+def test_rft_control_trains_on_each_questions_first_right_sample(tmp_path, monkeypatch):
+    # setting=rft: questions with gold answers; each keeps its first sample whose answer is
+    # right, whatever the vote said (question 3: the vote has no winner, sample 2 is right;
+    # question 4: a tie, sample 2 is right); a question with no right sample is left out.
+    monkeypatch.setattr(engines, "make_engine", lambda *a: ScriptedEngine())
+    from crescent.stages import answers
+
+    golds = ["8", "0.5", "yes", "3", "2", "18"]
+    path = tmp_path / "gold.jsonl"
+    path.write_text("".join(json.dumps({"id": i, "question": q, "gold": g}) + "\n"
+                            for i, (q, g) in enumerate(zip(SCRIPT, golds))))
+    out = answers.run(_cfg(f"answers.input={path}", "answers.samples=4", "setting=rft"),
+                      tmp_path / "rft")
+    rows = list(read_jsonl(out / "qa.jsonl"))
+    assert [(r["id"], r["rft_sample"]) for r in rows] == [(0, 0), (1, 0), (3, 2), (4, 2)]
+    assert rows[2]["response"] == "The answer is: 3" and rows[3]["answer"] == "2"
+    assert read_json(out / "stats.json")["kept"] == 4
+    with pytest.raises(CrescentError, match="voting.rft: .* has no gold answer"):
+        answers.preflight(_cfg(f"answers.input={_questions(tmp_path)}", "setting=rft"))

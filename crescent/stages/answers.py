@@ -47,7 +47,8 @@ STAGE = Stage("answers", ("domain", "voting"), upstream="samples", version=2,
               outputs=("qa.jsonl", "sft.jsonl", "prefs.jsonl", "votes.jsonl", "samples.jsonl",
                        "dataset"),
               entries=(SAMPLES_ENTRY,), added=("voting.rule", "voting.shuffle_labels",
-                                               "voting.gold_control", "domain.train_prompt"),
+                                               "voting.gold_control", "domain.train_prompt",
+                                               "voting.rft"),
               generates=True)
 SAMPLES = "samples.jsonl"  # every question once: its samples (or why it was not sampled)
 VOTES = "votes.jsonl"  # every question once: the vote over its first voting.k samples
@@ -65,6 +66,13 @@ def preflight(cfg: DictConfig) -> None:
         load_questions(Path(cfg.answers.input), cfg.answers.limit)
     if cfg.voting.gold_control and not Path(cfg.voting.gold_control).is_file():
         raise CrescentError(f"voting.gold_control: {cfg.voting.gold_control}: no such file")
+    if cfg.voting.rft:
+        from crescent.stages.audit import gold_answers
+
+        try:
+            gold_answers(cfg)
+        except CrescentError as e:
+            raise CrescentError(f"voting.rft: {e}") from None
 
 
 def benchmark_files(cfg: DictConfig) -> list[Path]:
@@ -113,6 +121,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         kept = shuffle_labels(kept, derive_seed(cfg.seed, "shuffle_labels"))
     if cfg.voting.gold_control:
         kept = gold_rows(Path(cfg.voting.gold_control), len(kept), cfg.domain)
+    if cfg.voting.rft:
+        kept = rft_rows(cfg, voted, answers)
     write_datasets(out, kept, pairs, cfg.domain.train_prompt)
     stats = _stats(cfg, questions, voted, kept, sampling)
     stats["pairs"] = len(pairs)  # preference pairs in prefs.jsonl
@@ -466,6 +476,33 @@ def gold_rows(path: Path, n: int, domain: DictConfig) -> list[dict]:
     if len(rows) < n:
         raise CrescentError(f"voting.gold_control: {path} has {len(rows)} questions, fewer "
                             f"than the {n} the vote keeps")
+    return rows
+
+
+def rft_rows(cfg: DictConfig, voted: list[dict], answers) -> list[dict]:
+    """The rejection-sampling control: each answered question of `answers.input` trains on
+    the first of its first `voting.k` samples whose answer is the gold one (a truncated sample
+    never: its answer was not written), as the vote's pairs are written; questions with no
+    right sample are left out."""
+    from crescent.domains import for_question, is_correct, training_response
+    from crescent.stages.audit import gold_answers
+
+    golds, rows = gold_answers(cfg), []
+    for r in voted:
+        if r.get("reason") in NOT_SAMPLED:
+            continue
+        reader = for_question(answers, r)
+        counted, _ = counted_answers(r, cfg.voting.k, True, f"voting.rft: question {r['id']!r}",
+                                     "voting.k")
+        right = next((i for i, a in enumerate(counted)
+                      if is_correct(reader, a, golds[r["id"]])), None)
+        if right is None:
+            continue
+        rows.append({"id": r["id"], "question": r["question"], "answer": counted[right],
+                     "response": training_response(reader, r["samples"][right], counted[right],
+                                                   cfg.domain),
+                     "votes": r["votes"], "agreement": r["agreement"],
+                     "n_samples": len(r["samples"]), "rft_sample": right})
     return rows
 
 
