@@ -411,3 +411,41 @@ def test_answer_lengths_are_measured_for_scores_made_before_they_were_recorded(t
         {"doc_id": 0, "exact_match": 1, "resps": [["The answer is: 4"]]}) + "\n")
     lengths = runs.collect(run)["lengths"]
     assert lengths["base"]["gsm"]["answers"] == 1 and lengths["base"]["gsm"]["cut_at_cap"] == 0
+
+
+def test_volume_curves_follow_each_arm_and_name_the_steps_behind_each_point(tmp_path):
+    """Study 2's curves: gold labels and the vote on the same pool, and the vote on the model's
+    own questions, each at two volumes; the two vote arms differ only in answers.input (not an
+    override), yet are two curves, not replicas of one."""
+    from crescent.report import plots
+
+    points = (("gold", "finetune.max_examples=100", "pool.jsonl", 25),
+              ("gold", "finetune.max_examples=390", "pool.jsonl", 98),
+              ("vote", "finetune.max_examples=100", "pool.jsonl", 25),
+              ("vote", "finetune.max_examples=390", "pool.jsonl", 98),
+              ("crescent", "finetune.max_examples=100", None, 25),
+              ("crescent", "finetune.max_examples=390", None, 98))
+    for arm, point, source, steps in points:
+        root = tmp_path / arm
+        _run(root, point, 4, 0.9, 0.2 + steps / 1000, 400)
+        run = root / point
+        config = "name: volume\nmodel:\n  name: m\nvoting:\n  k: 4\n  min_votes: 2\n"
+        if arm == "gold":
+            config += "  gold_control: train.jsonl\n"
+            (run / ".hydra" / "overrides.yaml").write_text(f"- setting=gold\n- {point}\n")
+        if source:
+            config += f"answers:\n  input: /data/{source}\n"
+        (run / ".hydra" / "config.yaml").write_text(config)
+        examples = int(point.split("=")[1])
+        (run / "finetune" / "stats.json").write_text(json.dumps({"examples": examples,
+                                                                 "steps": steps}))
+    report.main([str(tmp_path)])
+    assert (tmp_path / "report" / "volume_score_vs_examples.png").read_bytes()[:4] == b"\x89PNG"
+    rows = [runs.collect(run) for run in runs.find_runs([tmp_path])]
+    summary = tables.settings_of(tables.summarize(rows))
+    assert len(summary) == 6 and all(line["n"] == 1 for line in summary)
+    arms = {plots.arm_of(line) for line in summary}
+    assert arms == {("gold", "pool.jsonl"), (4, 2, "pool.jsonl"), (4, 2, "")}
+    gold = [line for line in summary if line["gold_labels"]]
+    assert plots._floor_label(gold, []) == "gold labels (right 100%)"
+    assert sorted(line["steps"] for line in gold) == [25, 98]

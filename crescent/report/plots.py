@@ -82,21 +82,30 @@ def _versus_plot(study: str, everything: list[dict], axis: str, label: str, out:
     import matplotlib.pyplot as plt
 
     summary = settings_of(everything)
-    floors = {line["floor"] for line in summary if line["cells"]}
-    by_floor = axis == "examples" and len(floors) > 1
+    # Against data volume: a line per arm (its labels' source: gold, or the vote at its floor,
+    # and the questions it answered), where the settings hold several.
+    arms = {arm_of(line) for line in summary if line["cells"]}
+    group = arm_of if axis == "examples" and len(arms) > 1 else None
     tasks = sorted({t for line in summary for t in line["cells"]})
-    fig, axes = plt.subplots(1, len(tasks), figsize=((6 if by_floor else 4.5) * len(tasks), 3.8),
+    fig, axes = plt.subplots(1, len(tasks), figsize=((6 if group else 4.5) * len(tasks), 3.8),
                              squeeze=False)
     for ax, task in zip(axes[0], tasks):  # a panel per task: their scales differ
-        for floor in sorted(floors, key=str) if by_floor else [None]:
+        for key in sorted({group(line) for line in summary}, key=str) if group else [None]:
             lines = [line for line in summary if line[axis] is not None and task in line["cells"]
-                     and (floor is None or line["floor"] == floor)]
-            points = sorted((line[axis], line["cells"][task]["mean"], _err(line["cells"][task]))
-                            for line in lines)
-            if points:
-                x, y, err = zip(*points)
-                ax.errorbar(x, y, yerr=err, marker="o", capsize=4,
-                            label=_floor_label(lines, audits) if by_floor else "fine-tuned")
+                     and (group is None or group(line) == key)]
+            points = sorted((line[axis], line["cells"][task]["mean"], _err(line["cells"][task]),
+                             line.get("steps")) for line in lines)
+            if not points:
+                continue
+            x, y, err, steps = zip(*points)
+            name = "fine-tuned" if group is None else _floor_label(lines, audits)
+            if group is not None and len({line["input"] for line in summary}) > 1:
+                name = f"{lines[0]['input'] or 'own questions'}: {name}"
+            ax.errorbar(x, y, yerr=err, marker="o", capsize=4, label=name)
+            for at, value, n in zip(x, y, steps):
+                if n:  # the optimizer steps behind the point: volume is also training length
+                    ax.annotate(f"{n:.0f} steps", (at, value), textcoords="offset points",
+                                xytext=(4, -10), fontsize="xx-small")
         for base in (line for line in everything if line.get("base") and task in line["cells"]):
             ax.axhline(base["cells"][task]["mean"], color="grey", linestyle="--",
                        label=base["setting"])
@@ -108,11 +117,20 @@ def _versus_plot(study: str, everything: list[dict], axis: str, label: str, out:
     return _save(fig, out / f"{study}_score_vs_{axis}.png")
 
 
+def arm_of(line: dict) -> tuple:
+    """The arm a volume curve follows: where its labels come from (gold, or the vote at its k
+    and floor) and the questions they label."""
+    labels = ("gold",) if line.get("gold_labels") else (line["votes"], line["floor"])
+    return (*labels, line.get("input") or "")
+
+
 def _floor_label(lines: list[dict], audits: list[dict]) -> str:
     """'floor 2 of 4, 44% kept, labels right 58% [48%, 67%] (audit)' for settings of one floor:
     the kept share of the largest of them (the others train on a part of it), the precision
     from the vote audit of their model at that k and floor, where the report has one."""
     widest = max(lines, key=lambda line: line["examples"] or 0)
+    if widest.get("gold_labels"):
+        return "gold labels (right 100%)"
     k, floor = widest["votes"], widest["floor"]
     text = f"floor {floor} of {k}"
     if widest["kept"] is not None and widest.get("answered"):

@@ -130,6 +130,13 @@ def collect(run: Path) -> dict:
             "kept": stats["answers"].get("kept"),
         },
         "examples": stats["finetune"].get("examples", stats["answers"].get("kept")),
+        "steps": stats["finetune"].get("steps"),  # optimizer steps the fine-tune took
+        # the questions answered: a file (answers.input, not a setting) or the run's own
+        "input": Path(str(OmegaConf.select(config, "answers.input", default=None) or "")).name
+                 or None,
+        # trained on gold labels (a control): their precision is 1 by construction
+        "gold_labels": bool(OmegaConf.select(config, "voting.gold_control", default=None)
+                            or OmegaConf.select(config, "voting.rft", default=False)),
         "scores": _scores(run, stats["evaluate"]),
         "lengths": _lengths(run, stats["evaluate"]),
         "reused": {k: v.get("reused") for k, v in (_read(run / "pipeline.json") or {}).items()},

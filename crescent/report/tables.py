@@ -37,10 +37,12 @@ def summarize(rows: list[dict]) -> list[dict]:
     written by other stage versions are a setting of their own)."""
     settings: dict[str, list[dict]] = defaultdict(list)
     mixed = mixed_versions(rows)
+    inputs = len({r.get("input") for r in rows}) > 1  # answers.input is not an override's word
     for r in rows:
         # One word: row labels leave out the words every setting shares.
         apart = ",".join(f"{stage}:v{r['versions'].get(stage)}" for stage in mixed)
-        settings[r["setting"] + (f" [{apart}]" if mixed else "")].append(r)
+        source = f" [input:{r.get('input') or 'questions'}]" if inputs else ""
+        settings[r["setting"] + (f" [{apart}]" if mixed else "") + source].append(r)
     tasks = sorted({t for r in rows for t in r["scores"]})
     out = _base_rows(rows, tasks)
     for setting, runs in settings.items():
@@ -49,7 +51,9 @@ def summarize(rows: list[dict]) -> list[dict]:
                 "answered": _mean_of(runs, "answered"),
                 "wandb": [r["wandb_id"] for r in runs if r["wandb_id"]], "cells": {},
                 "deltas": {}, "examples": _mean_of(runs, "examples"),
-                "votes": runs[0]["votes"], "floor": runs[0]["floor"], "model": runs[0]["model"]}
+                "votes": runs[0]["votes"], "floor": runs[0]["floor"], "model": runs[0]["model"],
+                "steps": _mean_of(runs, "steps"), "gold_labels": runs[0].get("gold_labels"),
+                "input": runs[0].get("input")}
         for task in tasks:
             scored = [r["scores"][task] for r in runs if r["scores"].get(task, {}).get("finetuned")
                       is not None]
@@ -86,7 +90,8 @@ def _base_rows(rows: list[dict], tasks: list[str]) -> list[dict]:
         label = "base model" if len(models) == 1 else f"base: {model}"
         line = {"setting": label, "base": True, "n": 1, "cells": {}, "deltas": {},
                 "kept": None, "answered": None, "wandb": [], "runs": [], "replicas": [], "examples": 0,
-                "votes": None, "floor": None, "model": model}
+                "votes": None, "floor": None, "model": model, "steps": None, "gold_labels": None,
+                "input": None}
         for task in tasks:
             scored = [r["scores"][task] for r in mine
                       if r["scores"].get(task, {}).get("base") is not None]
@@ -99,7 +104,7 @@ def _base_rows(rows: list[dict], tasks: list[str]) -> list[dict]:
 
 
 def _mean_of(runs: list[dict], key: str):
-    values = [r["funnel"][key] if key in r["funnel"] else r[key] for r in runs]
+    values = [r["funnel"][key] if key in r["funnel"] else r.get(key) for r in runs]
     values = [v for v in values if v is not None]
     return sum(values) / len(values) if values else None
 
