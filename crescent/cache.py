@@ -187,7 +187,7 @@ def input_path(cfg: DictConfig, run_dir: Path, name: str, file: str) -> Path:
 def stage_key(cfg: DictConfig, name: str) -> tuple[str, dict]:
     """The cache key of a stage's (or entry's) output, and what it hashes."""
     stage = spec(name)
-    parts = {key: _plain(OmegaConf.select(cfg, key)) for key in stage.keys}
+    parts = {key: plain(OmegaConf.select(cfg, key)) for key in stage.keys}
     for key, value_of in stage.resolved.items():
         _set(parts, key, value_of(cfg))
     explicit = OmegaConf.select(cfg, stage.input_key) if stage.input_key else None
@@ -219,7 +219,7 @@ def stage_key(cfg: DictConfig, name: str) -> tuple[str, dict]:
         _replace(parts, key, default)  # outputs do not depend on them: hashed at the default
     for key in stage.added:
         node, last = _parent(parts, key)
-        if node is not None and node.get(last) == _plain(OmegaConf.select(_schema(), key)):
+        if node is not None and node.get(last) == plain(OmegaConf.select(_schema(), key)):
             _drop(parts, key)
     parts["version"] = stage.version
     digest = hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(),
@@ -235,7 +235,8 @@ def _schema() -> DictConfig:
     return OmegaConf.structured(Config)
 
 
-def _plain(value):
+def plain(value):
+    """A config node as plain Python (resolved), a plain value as it is."""
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 

@@ -40,6 +40,18 @@ def run_cli(*overrides: str, cwd: Path, timeout: float = 900, env_path: str | No
     )
 
 
+def compose(*overrides: str):
+    """The config `crescent <overrides>` runs with (logger=none unless given), composed in
+    this process."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    from crescent.__main__ import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return hydra_compose(config_name="config", overrides=["logger=none", *overrides])
+
+
 @pytest.fixture
 def cli(tmp_path):
     return lambda *overrides, **kw: run_cli(*overrides, cwd=tmp_path, **kw)

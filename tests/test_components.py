@@ -5,6 +5,10 @@ and stages wired by what they provide."""
 
 from __future__ import annotations
 
+import json
+import math
+from pathlib import Path
+
 import pytest
 from omegaconf import OmegaConf
 
@@ -12,8 +16,14 @@ from crescent import cache
 from crescent.config import Config, validate
 from crescent.errors import CrescentError
 from crescent.infra.io import read_json, read_jsonl
-from tests.conftest import DATA, ROOT, run_cli
-from tests.plugins import agreement_filter, capped_engine, choice_domain, weighted_sft  # noqa: F401
+from tests.conftest import DATA, ROOT, compose, run_cli
+from tests.plugins import (  # noqa: F401  registered for the tests below
+    agreement_filter,
+    capped_engine,
+    choice_domain,
+    grpo_vote,
+    weighted_sft,
+)
 
 
 def _cfg(**groups) -> OmegaConf:
@@ -230,3 +240,39 @@ def test_four_components_from_outside_the_package_run_end_to_end(tmp_path):
     assert (strict / "agreement_filter").resolve() != (run / "agreement_filter").resolve()
     assert list(read_jsonl(strict / "agreement_filter" / "qa.jsonl")) == \
         [r for r in qa if r["agreement"] >= 0.5]
+
+
+@pytest.mark.slow
+@pytest.mark.long  # two GRPO steps: a minute of training alone on 2 cores
+def test_an_online_objective_rewards_agreement_with_the_vote_from_outside(tmp_path):
+    # GRPO with the vote as its reward, from tests/plugins/grpo_vote.py (nothing under crescent/
+    # knows it): the objective context gives it the run's vote and answer format, its `reads`
+    # put voting and domain in finetune's key; two LoRA steps on the embedded model.
+    import torch
+    from safetensors.torch import load_file
+
+    from crescent.infra.models import resolve_model
+
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text("".join(json.dumps({"id": i, "question": q}) + "\n" for i, q in enumerate(
+        ["What is 2 + 3?", "What is 10 - 4?", "What is 3 times 3?", "What is 8 + 1?"])))
+    common = ["plugins=[tests.plugins.grpo_vote]", "stages=[finetune]", "finetune=lora",
+              "finetune.objective=grpo_vote", f"finetune.input={questions}",
+              "model.dtype=float32", "finetune.max_steps=2", "finetune.batch_size=2",
+              "finetune.lr=1e-3", "finetune.val_fraction=0", f"eval.data_dir={DATA}",
+              "logger=none", f"cache_dir={tmp_path / 'cache'}"]
+    result = run_cli(*common, "hydra.run.dir=run", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = [r["loss"] for r in read_jsonl(tmp_path / "run" / "finetune" / "metrics.jsonl")]
+    assert len(losses) == 2 and all(math.isfinite(x) for x in losses)
+    # LoRA's B starts at zero and only a gradient moves it: merged weights that differ from
+    # the student's mean the vote's reward reached the adapters.
+    tuned = load_file(tmp_path / "run" / "finetune" / "model" / "model.safetensors")
+    base = load_file(Path(resolve_model(compose().student.name)) / "model.safetensors")
+    moved = [k for k in tuned if k in base and not torch.equal(tuned[k].float(), base[k].float())]
+    assert moved and all("proj" in k for k in moved)
+    # The vote's settings are in its key (another floor trains anew); SFT's key has none.
+    keys = {(floor, objective): cache.stage_key(compose(
+        *common[1:], f"voting.min_votes={floor}", f"finetune.objective={objective}"),
+        "finetune")[0] for floor in (2, 3) for objective in ("grpo_vote", "sft")}
+    assert len(set(keys.values())) == 3 and keys[2, "sft"] == keys[3, "sft"]

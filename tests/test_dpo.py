@@ -78,8 +78,8 @@ def _ours(reference, policy, tokenizer, fused: bool):
     module.configure_model()
     assert module.fused_head  # the default path for this model: the LM head on labels only
     module.fused_head = fused
-    module.reference = reference_logps(reference, "float32", data.train, data._collate, 8, None)
-    batch = data._collate(sorted(data.train, key=lambda e: e["index"]))
+    module.reference = reference_logps(reference, "float32", data.train, data.collate, 8, None)
+    batch = data.collate(sorted(data.train, key=lambda e: e["index"]))
     loss, _ = module.compute_loss(batch)
     loss.backward()
     chosen, rejected = module.rewards

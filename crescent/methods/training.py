@@ -117,6 +117,20 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         os.replace(tmp, path)
 
 
+class TrainData(L.LightningDataModule):
+    """The data contract between an objective and the finetune stage: after `setup`, `train`
+    and `val` (the rows batches are drawn from), `counts` (what stats.json reports of them) and
+    `collate(rows) -> batch`; `context` (an ObjectiveContext) is set before training."""
+
+    train: list | None  # None until setup
+    val: list
+    counts: dict
+    context = None
+
+    def collate(self, rows: list) -> dict:
+        raise NotImplementedError
+
+
 class CausalLMModule(L.LightningModule):
     """A causal LM (full or LoRA) trained on `compute_loss`, which an objective defines. The
     class is also what the objective registry holds: `load_examples` reads the finetune input,
@@ -124,6 +138,8 @@ class CausalLMModule(L.LightningModule):
 
     input_file: str  # the answers stage's file it reads when finetune.input is unset
     settings: tuple[str, ...] = ()  # finetune.* keys only this objective reads
+    reads: tuple[str, ...] = ()  # other config keys it reads (in finetune's cache key)
+    context = None  # an ObjectiveContext, set by the finetune stage before training
 
     def __init__(self, fcfg, model_path: str, dtype: str, work_dir: Path | None = None,
                  base_dtype: str | None = None):
@@ -141,7 +157,7 @@ class CausalLMModule(L.LightningModule):
         raise NotImplementedError
 
     @staticmethod
-    def data_module(examples: list, tokenizer, fcfg, seed: int) -> L.LightningDataModule:
+    def data_module(examples: list, tokenizer, fcfg, seed: int) -> TrainData:
         raise NotImplementedError
 
     def compute_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

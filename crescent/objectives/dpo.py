@@ -77,7 +77,7 @@ class PreferenceDataModule(SFTDataModule):
     def arrange(self, examples: list[dict]) -> list[dict]:
         return examples  # pairs are not packed: each row's log-probability is summed whole
 
-    def _collate(self, features):
+    def collate(self, features):
         batch = collate([f["chosen"] for f in features] + [f["rejected"] for f in features],
                         self.pad_id)
         batch["index"] = torch.tensor([f["index"] for f in features])
@@ -142,7 +142,7 @@ class DPOModule(CausalLMModule):
     def setup(self, stage: str) -> None:
         data = self.trainer.datamodule
         self.reference = reference_logps(self.model_path, self.dtype_name,
-                                         data.train + data.val, data._collate,
+                                         data.train + data.val, data.collate,
                                          self.fcfg.batch_size, self.work_dir)
 
     def compute_loss(self, batch: dict):

@@ -13,7 +13,6 @@ import inspect
 import random
 from pathlib import Path
 
-import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
@@ -28,12 +27,12 @@ from crescent.methods.sft_data import (
     pack,
     padding_free,
 )
-from crescent.methods.training import CausalLMModule, ResumableLoader
+from crescent.methods.training import CausalLMModule, ResumableLoader, TrainData
 from crescent.registry import OBJECTIVES
 from crescent.stages.answers import SFT
 
 
-class SFTDataModule(L.LightningDataModule):
+class SFTDataModule(TrainData):
     """The conversations encoded once, split into train and validation examples (packed with
     `packing`), and served in batches whose place in the epoch a checkpoint keeps."""
 
@@ -85,19 +84,19 @@ class SFTDataModule(L.LightningDataModule):
         """The rows batches are drawn from: the examples, or packed rows of them."""
         return pack(examples, self.fcfg.max_length) if self.fcfg.packing else examples
 
-    def _collate(self, features):
+    def collate(self, features):
         return collate(features, self.pad_id)
 
     def train_dataloader(self):
         sampler = ResumableBatchSampler(
             len(self.train), self.fcfg.batch_size, self.fcfg.shuffle, self.seed,
             self.trainer.global_rank, self.trainer.world_size)
-        return ResumableLoader(self.train, batch_sampler=sampler, collate_fn=self._collate,
+        return ResumableLoader(self.train, batch_sampler=sampler, collate_fn=self.collate,
                                num_workers=self.fcfg.num_workers)
 
     def val_dataloader(self):
         return DataLoader(self.val, batch_size=self.fcfg.batch_size, shuffle=False,
-                          collate_fn=self._collate, num_workers=self.fcfg.num_workers)
+                          collate_fn=self.collate, num_workers=self.fcfg.num_workers)
 
 
 @OBJECTIVES.register("sft")

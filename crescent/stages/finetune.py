@@ -21,7 +21,7 @@ import shutil
 import time
 from pathlib import Path
 
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from crescent import cache
 from crescent.cache import STATS, Stage
@@ -40,15 +40,25 @@ def _frozen_base_key(cfg: DictConfig) -> str:
     return lora_base_dtype(cfg.finetune, cfg.student.dtype) or "auto"
 
 
+def _objective_reads(cfg: DictConfig) -> dict | None:
+    """The config keys the objective declares it reads besides finetune.* (its `reads`), with
+    their values: in the key, so that changing one trains anew; None when it reads none."""
+    from crescent.registry import OBJECTIVES
+
+    reads = getattr(OBJECTIVES.get(cfg.finetune.objective), "reads", ())
+    return {key: cache.plain(OmegaConf.select(cfg, key)) for key in reads} or None
+
+
 # finetune.seed lives in the finetune group: replicas of a fine-tune share the data above.
 # padding_free runs the same examples per step with the same loss (only the summation
 # order differs): entries made with padding stay valid for it.
 STAGE = Stage("finetune", ("seed", "student", "finetune"), upstream="answers",
               input_key="finetune.input", outputs=("model",), version=1, distributed=True,
-              resolved={"finetune.lora_base_dtype": _frozen_base_key},
+              resolved={"finetune.lora_base_dtype": _frozen_base_key,
+                        "finetune.reads": _objective_reads},
               added=("finetune.objective", "finetune.init", "finetune.beta", "finetune.margin_weight",
                      "finetune.sft_weight", "finetune.padding_free", "finetune.lora_base_dtype",
-                     "finetune.subset"))
+                     "finetune.subset", "finetune.reads"))
 MODEL_DIR = "model"  # the trained student, a Hugging Face save_pretrained dir
 CHECKPOINT_DIR = "checkpoints"
 LAST_CKPT = "last.ckpt"
@@ -109,6 +119,7 @@ def train(cfg: DictConfig, run_dir: Path, out: Path, start: str) -> Path:
     data = objective.data_module(examples, tokenizer, f, seed)
     module = objective(f, model_path, training.load_dtype(precision), out,
                        base_dtype=lora_base_dtype(f, cfg.student.dtype))
+    module.context = data.context = _context(cfg, run_dir)
     metrics = training.StepMetrics(out / METRICS)
     trainer = training.build_trainer(f, out, out / CHECKPOINT_DIR, precision,
                                      _make_logger(cfg, run_dir), metrics)
@@ -126,6 +137,14 @@ def train(cfg: DictConfig, run_dir: Path, out: Path, start: str) -> Path:
     if trainer.is_global_zero and not f.keep_checkpoints:
         shutil.rmtree(out / CHECKPOINT_DIR, ignore_errors=True)
     return out
+
+
+def _context(cfg: DictConfig, run_dir: Path):
+    """What the objective sees besides finetune.* (crescent/objectives/__init__.py)."""
+    from crescent.domains import answer_format
+    from crescent.objectives import ObjectiveContext
+
+    return ObjectiveContext(cfg, run_dir, answer_format(cfg.domain.answer_type))
 
 
 def _saved(out: Path) -> bool:

@@ -42,8 +42,8 @@ class WeightedData(SFTDataModule):
             example["weight"] = self.weight_of[id(conversation)]
         return example
 
-    def _collate(self, features):
-        batch = super()._collate(features)
+    def collate(self, features):
+        batch = super().collate(features)
         batch["weight"] = torch.tensor([f["weight"] for f in features], dtype=torch.float32)
         return batch
 
