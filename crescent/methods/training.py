@@ -130,6 +130,12 @@ class TrainData(L.LightningDataModule):
     def collate(self, rows: list) -> dict:
         raise NotImplementedError
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        if "_collate" in cls.__dict__:  # would be silently unused: say so where it is defined
+            raise TypeError(f"{cls.__module__}.{cls.__qualname__} defines _collate: a data "
+                            f"module's batch maker is `collate` (renamed from _collate)")
+
 
 class CausalLMModule(L.LightningModule):
     """A causal LM (full or LoRA) trained on `compute_loss`, which an objective defines. The
