@@ -206,9 +206,10 @@ class FinetuneConfig:
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
                                  "down_proj"]
     )
-    beta: float = 0.1  # dpo: strength of the pull towards the reference (the student before training)
-    margin_weight: bool = False  # dpo: weight each pair's loss by its vote-share margin (as ScPO)
-    sft_weight: float = 0.0  # dpo: add this times the chosen responses' cross-entropy (as RPO, ScPO)
+    # renamed (RENAMED): DPO's settings are its options, finetune.options.{beta,margin_weight,sft_weight}
+    beta: float | None = None
+    margin_weight: bool | None = None
+    sft_weight: float | None = None
     weight_decay: float = 0.0  # AdamW decoupled weight decay (not on biases and norms)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])  # AdamW betas
     warmup_steps: int = 0  # linear warm-up steps; 0: warmup_ratio decides
@@ -320,8 +321,7 @@ RANGES = [
     ("finetune.max_steps", lambda v: v == -1 or v >= 1, "-1 or an integer >= 1"),
     ("finetune.max_epochs", lambda v: v == -1 or v >= 1, "-1 or an integer >= 1"),
     ("finetune.lr", lambda v: v > 0, "a number > 0"),
-    ("finetune.beta", lambda v: v > 0, "a number > 0"),
-    ("finetune.sft_weight", lambda v: v >= 0, "a number >= 0"), ("finetune.batch_size", *_POSITIVE),
+    ("finetune.batch_size", *_POSITIVE),
     ("finetune.accumulate_grad_batches", *_POSITIVE), ("finetune.max_length", *_POSITIVE),
     ("finetune.val_fraction", lambda v: 0 <= v < 1, "a share in [0, 1)"),
     ("finetune.val_every_n_steps", *_COUNT), ("finetune.lora_r", *_POSITIVE),
@@ -347,6 +347,28 @@ def samples_per_question(cfg: DictConfig) -> int:
     return k_max
 
 
+# Settings that moved, old key -> where they live now. An old key still works: its value moves
+# to the new place, with a one-line warning (crescent/objectives/dpo.py has DPO's options).
+RENAMED = {"finetune.beta": "finetune.options.beta",
+           "finetune.margin_weight": "finetune.options.margin_weight",
+           "finetune.sft_weight": "finetune.options.sft_weight"}
+
+
+def rename(cfg: DictConfig) -> None:
+    """Move every old key that is set (RENAMED) to its new place, unless that is set too."""
+    import logging
+
+    for old, new in RENAMED.items():
+        value = OmegaConf.select(cfg, old)
+        if value is None:
+            continue
+        if OmegaConf.select(cfg, new) is None:
+            OmegaConf.update(cfg, new, value, force_add=True)
+        OmegaConf.update(cfg, old, None)
+        logging.getLogger(__name__).warning(
+            "crescent: warning: %s is %s now (moved there for this run)", old, new)
+
+
 def validate(cfg: DictConfig) -> None:
     """Fail before the first stage on a value that would fail (or silently do nothing) later.
 
@@ -362,6 +384,7 @@ def validate(cfg: DictConfig) -> None:
             raise CrescentError(f"{key}={value}: expected {expected}")
     from crescent.registry import COMPONENTS, OBJECTIVES, STAGES
 
+    rename(cfg)
     for registry in COMPONENTS:
         name = OmegaConf.select(cfg, registry.key)
         registry.check(name)  # one line naming the known ones

@@ -70,8 +70,9 @@ def _ours(reference, policy, tokenizer, fused: bool):
     from crescent.config import FinetuneConfig
     from crescent.objectives.dpo import DPOModule, reference_logps
 
-    fcfg = OmegaConf.structured(FinetuneConfig(objective="dpo", beta=BETA, max_length=256,
-                                               val_fraction=0.0, batch_size=len(PAIRS)))
+    fcfg = OmegaConf.structured(FinetuneConfig(
+        objective="dpo", max_length=256, val_fraction=0.0, batch_size=len(PAIRS),
+        options={"beta": BETA, "margin_weight": False, "sft_weight": 0.0}))
     data = DPOModule.data_module([dict(p, margin=1.0) for p in PAIRS], tokenizer, fcfg, 0)
     data.setup("fit")
     module = DPOModule(fcfg, policy, "float32")
@@ -101,3 +102,27 @@ def test_dpo_loss_rewards_and_gradients_equal_trls(tiny, tmp_path):
         assert grads.keys() == trl_grads.keys() and grads
         for name in grads:
             assert torch.allclose(grads[name], trl_grads[name], atol=1e-6, rtol=1e-4), name
+
+
+def test_dpo_settings_are_its_options_and_the_old_keys_still_work(caplog):
+    import pytest as _pytest
+
+    from crescent import cache
+    from crescent.config import validate
+    from crescent.errors import CrescentError
+    from tests.conftest import compose
+
+    new = compose("finetune.objective=dpo", "+finetune.options.beta=0.2")
+    old = compose("finetune.objective=dpo", "finetune.beta=0.2")
+    validate(new)
+    with caplog.at_level("WARNING"):
+        validate(old)
+    assert "finetune.beta is finetune.options.beta now" in caplog.text
+    assert old.finetune.options == new.finetune.options == {
+        "beta": 0.2, "margin_weight": False, "sft_weight": 0.0}
+    assert cache.stage_key(old, "finetune") == cache.stage_key(new, "finetune")
+    with _pytest.raises(CrescentError, match=r"^finetune.options: beta=0.0: expected a number > 0$"):
+        validate(compose("finetune.objective=dpo", "+finetune.options.beta=0"))
+    # on an objective that has no beta, the old key no longer passes unseen
+    with _pytest.raises(CrescentError, match="objective 'sft' takes no options"):
+        validate(compose("finetune.beta=0.2"))

@@ -484,7 +484,7 @@ def test_dpo_killed_three_times_resumes_and_reads_its_reference_back(tmp_path):
     run_dir = tmp_path / "run"
     out = run_dir / "finetune"
     args = ["stages=[finetune]", f"finetune.input={PREFS16}", "logger=none", "seed=0",
-            "finetune.objective=dpo", "finetune.sft_weight=0.1", "finetune=lora",
+            "finetune.objective=dpo", "+finetune.options.sft_weight=0.1", "finetune=lora",
             f"finetune.max_steps={steps}", "finetune.batch_size=2", "finetune.lr=5e-5",
             "finetune.val_fraction=0", "finetune.checkpoint_every_n_steps=2",
             "finetune.progress_bar=false", f"hydra.run.dir={run_dir}"]

@@ -143,7 +143,6 @@ class CausalLMModule(L.LightningModule):
     `data_module` serves it, `input_file` is the answers-stage file read by default."""
 
     input_file: str  # the answers stage's file it reads when finetune.input is unset
-    settings: tuple[str, ...] = ()  # finetune.* keys only this objective reads
     reads: tuple[str, ...] = ()  # other config keys it reads (in finetune's cache key)
     context = None  # an ObjectiveContext, set by the finetune stage before training
 

@@ -6,7 +6,6 @@ trainer per objective over shared bases, `compute_loss` the difference). It supp
   load_examples(path)        the examples of `finetune.input` (or of that file)
   data_module(examples, tokenizer, fcfg, seed)   a LightningDataModule serving batches
   compute_loss(batch)        (loss, weight): the loss and its weight in the validation mean
-  settings                   the finetune.* keys only it reads (left out of a finetune.init run)
   reads                      other config keys it reads (`("voting", "domain")`): they join
                              finetune's cache key, so changing them trains anew
 and, before training, `context` (an `ObjectiveContext`, on the module and on its data module):

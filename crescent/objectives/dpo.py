@@ -5,8 +5,10 @@ response's assistant tokens under the policy (log pi) and the frozen reference (
 student before training), the loss is -log sigmoid(beta * ((log pi(y+) - log ref(y+)) -
 (log pi(y-) - log ref(y-)))), averaged over pairs, as TRL's DPOTrainer computes it
 (loss_type="sigmoid"; tests/test_dpo.py checks the loss, the rewards and the gradients against
-it). `finetune.margin_weight` scales each pair's loss by its vote-share margin (ScPO);
-`finetune.sft_weight` adds that times the chosen responses' mean token cross-entropy (RPO).
+it). Its options (`finetune.options.*`, DPOOptions): `beta`; `margin_weight` scales each pair's
+loss by its vote-share margin (ScPO); `sft_weight` adds that times the chosen responses' mean
+token cross-entropy (RPO). They were `finetune.beta`, ... before 2026-12-06; those keys still
+work (crescent/config.py, RENAMED).
 
 The reference log-probabilities are computed once, with a copy of the student loaded from its
 own files (the same for full and LoRA training, on every attempt), before training starts, and
@@ -17,6 +19,7 @@ share of pairs ranked right are logged as `train/rewards/*`.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -124,12 +127,24 @@ def sequence_logps(model, batch: dict, fused_base=None) -> torch.Tensor:
     return (picked * mask).sum(-1)
 
 
-@OBJECTIVES.register("dpo")
+@dataclass
+class DPOOptions:
+    beta: float = 0.1  # strength of the pull towards the reference (the student before training)
+    margin_weight: bool = False  # weight each pair's loss by its vote-share margin (as ScPO)
+    sft_weight: float = 0.0  # add this times the chosen responses' cross-entropy (as RPO, ScPO)
+
+    def __post_init__(self):
+        if not self.beta > 0:
+            raise ValueError(f"beta={self.beta}: expected a number > 0")
+        if not self.sft_weight >= 0:
+            raise ValueError(f"sft_weight={self.sft_weight}: expected a number >= 0")
+
+
+@OBJECTIVES.register("dpo", options=DPOOptions)
 class DPOModule(CausalLMModule):
     """DPO against the student before training, on the vote's preference pairs."""
 
     input_file = PREFS
-    settings = ("beta", "margin_weight", "sft_weight")
 
     @staticmethod
     def load_examples(path: Path) -> list[dict]:
@@ -150,7 +165,7 @@ class DPOModule(CausalLMModule):
         chosen, rejected = logps.chunk(2)
         ref = self.reference.to(logps.device)[batch["index"]]
         chosen_ratio, rejected_ratio = chosen - ref[:, 0], rejected - ref[:, 1]
-        f = self.fcfg
+        f = self.fcfg.options
         losses = -F.logsigmoid(f.beta * (chosen_ratio - rejected_ratio))
         if f.margin_weight:
             losses = losses * batch["margin"].to(losses.dtype)

@@ -170,17 +170,12 @@ def _initial_model(cfg: DictConfig, run_dir: Path) -> str:
     """The model `finetune.init` names: this config's fine-tune with objective=init (SFT on the
     same data, say), trained first unless it is there. With the cache on it is that config's
     own finetune entry, so a study's SFT row and its SFT-then-DPO row train it once."""
-    from omegaconf import OmegaConf
-
-    from crescent.config import FinetuneConfig
     from crescent.registry import OBJECTIVES
 
     # The first fine-tune as its own config says it: the answers stage's files (finetune.input,
     # if any, is the last objective's) and none of the last objective's own settings.
-    own = OBJECTIVES.get(cfg.finetune.objective).settings
     first = OmegaConf.merge(cfg, {"finetune": {
-        "objective": cfg.finetune.init, "init": None, "input": None,
-        **{key: getattr(FinetuneConfig(), key) for key in own}}})
+        "objective": cfg.finetune.init, "init": None, "input": None}})
     first.finetune.options = OBJECTIVES.options(cfg.finetune.init, {})  # the init's own, not ours
     entry = cache.entry(first, run_dir, STAGE.name)
     if entry is None:  # the cache is off: it lives in this stage dir
