@@ -11,6 +11,7 @@ from hydra import compose, initialize_config_dir
 
 from crescent import engines
 from crescent.__main__ import CONF_DIR
+from crescent.domains.math import MathAnswers
 from crescent.engines import Generation
 from crescent.errors import CrescentError
 from crescent.infra.io import read_json, read_jsonl
@@ -215,7 +216,8 @@ def test_vote_sweep_samples_once_and_revotes_the_first_k(tmp_path, monkeypatch):
     voting = _cfg(*common, "voting.k=2").voting
     for r in read_jsonl(samples[0]):
         if r.get("reason") != "contaminated":
-            result = vote(r["extracted"][:2], r["samples"][:2], voting, seed=0)
+            result = vote(r["extracted"][:2], r["samples"][:2], voting, seed=0,
+                          answer_format=MathAnswers)
             by_hand |= {r["id"]} if result.kept else set()
     kept = {q["id"] for q in read_jsonl(tmp_path / "k2" / "answers" / "qa.jsonl")}
     assert kept == by_hand == {0, 1, 4}  # the coin toss (1, 1, 2, 2) is a tie only at k=4

@@ -7,10 +7,16 @@ from dataclasses import replace
 import pytest
 
 from crescent.config import VotingConfig
+from crescent.domains.math import MathAnswers as MATH
 from crescent.errors import CrescentError
 from crescent.methods.voting import group_answers, vote
 
 CFG = VotingConfig(k=4, min_agreement=0.5, min_votes=2, tie_break="drop", representative="first")
+
+
+def math_vote(answers, responses, cfg, seed):
+    """The vote over answers of the math format."""
+    return vote(answers, responses, cfg, seed, MATH)
 
 
 def responses(n: int) -> list[str]:
@@ -19,15 +25,15 @@ def responses(n: int) -> list[str]:
 
 def test_equivalent_answers_form_one_group_in_order_of_first_appearance():
     answers = ["0.5", "3", "1/2", None, r"\frac{1}{2}", "3.0", "7"]
-    assert group_answers(answers) == [[0, 2, 4], [1, 5], [6]]
+    assert group_answers(answers, MATH.equal) == [[0, 2, 4], [1, 5], [6]]
 
 
 def test_group_answers_of_abstentions_only_is_empty():
-    assert group_answers([None, None]) == []
+    assert group_answers([None, None], MATH.equal) == []
 
 
 def test_majority_over_equivalence_groups():
-    result = vote(["0.5", "1/2", "2", r"\frac{1}{2}"], responses(4), CFG, seed=0)
+    result = math_vote(["0.5", "1/2", "2", r"\frac{1}{2}"], responses(4), CFG, seed=0)
     assert result.kept
     assert result.answer == "0.5"
     assert result.votes == {"0.5": 3, "2": 1}
@@ -38,7 +44,7 @@ def test_majority_over_equivalence_groups():
 
 
 def test_abstentions_count_in_the_denominator():
-    result = vote(["5", "5", None, None], responses(4), CFG, seed=0)
+    result = math_vote(["5", "5", None, None], responses(4), CFG, seed=0)
     assert result.kept
     assert result.agreement == 0.5
     assert result.abstentions == 2
@@ -46,14 +52,14 @@ def test_abstentions_count_in_the_denominator():
 
 
 def test_abstentions_can_sink_a_majority_of_the_answers_given():
-    result = vote(["5", "5", None, None, None], responses(5), CFG, seed=0)
+    result = math_vote(["5", "5", None, None, None], responses(5), CFG, seed=0)
     assert result.reason == "no_consensus"
     assert result.agreement == 0.4
     assert result.answer is None and result.winners == [] and result.representative is None
 
 
 def test_all_abstained():
-    result = vote([None] * 4, responses(4), CFG, seed=0)
+    result = math_vote([None] * 4, responses(4), CFG, seed=0)
     assert result.reason == "abstained"
     assert not result.kept
     assert result.votes == {}
@@ -74,7 +80,7 @@ def test_all_abstained():
 )
 def test_min_agreement_edge(answers, min_agreement, kept):
     cfg = replace(CFG, min_agreement=min_agreement, min_votes=1)
-    result = vote(answers, responses(len(answers)), cfg, seed=0)
+    result = math_vote(answers, responses(len(answers)), cfg, seed=0)
     assert result.kept is kept
     assert result.reason == (None if kept else "no_consensus")
 
@@ -82,18 +88,18 @@ def test_min_agreement_edge(answers, min_agreement, kept):
 @pytest.mark.parametrize("min_votes, kept", [(2, True), (3, True), (4, False)])
 def test_min_votes_edge(min_votes, kept):
     cfg = replace(CFG, min_agreement=0.0, min_votes=min_votes)
-    result = vote(["8", "8", "8", "9", None, None], responses(6), cfg, seed=0)
+    result = math_vote(["8", "8", "8", "9", None, None], responses(6), cfg, seed=0)
     assert result.kept is kept
     assert result.reason == (None if kept else "no_consensus")
 
 
 def test_single_sample_passes_only_with_min_votes_one():
-    assert vote(["4"], ["r"], replace(CFG, min_votes=1), seed=0).kept
-    assert vote(["4"], ["r"], CFG, seed=0).reason == "no_consensus"
+    assert math_vote(["4"], ["r"], replace(CFG, min_votes=1), seed=0).kept
+    assert math_vote(["4"], ["r"], CFG, seed=0).reason == "no_consensus"
 
 
 def test_tie_is_dropped():
-    result = vote(["1", "1", "2", "2"], responses(4), CFG, seed=0)
+    result = math_vote(["1", "1", "2", "2"], responses(4), CFG, seed=0)
     assert result.reason == "tie"
     assert result.answer is None and result.winners == [] and result.representative is None
     assert result.votes == {"1": 2, "2": 2}
@@ -101,22 +107,22 @@ def test_tie_is_dropped():
 
 
 def test_tie_below_the_floors_is_no_consensus():
-    result = vote(["1", "2", "3", "4"], responses(4), CFG, seed=0)
+    result = math_vote(["1", "2", "3", "4"], responses(4), CFG, seed=0)
     assert result.reason == "no_consensus"
 
 
 def test_seeded_tie_break_is_deterministic_and_depends_on_the_seed():
     cfg = replace(CFG, tie_break="seeded", min_agreement=0.0, min_votes=1)
     answers = [str(i) for i in range(8)]  # an eight-way tie
-    picks = {seed: vote(answers, responses(8), cfg, seed=seed).answer for seed in range(20)}
-    assert all(vote(answers, responses(8), cfg, seed=s).answer == picks[s] for s in range(20))
+    picks = {seed: math_vote(answers, responses(8), cfg, seed=seed).answer for seed in range(20)}
+    assert all(math_vote(answers, responses(8), cfg, seed=s).answer == picks[s] for s in range(20))
     assert len(set(picks.values())) > 1
     assert all(pick in answers for pick in picks.values())
 
 
 def test_seeded_tie_break_keeps_the_whole_picked_group():
     cfg = replace(CFG, tie_break="seeded")
-    result = vote(["1", "2", "1.0", "2/1"], responses(4), cfg, seed=3)
+    result = math_vote(["1", "2", "1.0", "2/1"], responses(4), cfg, seed=3)
     assert result.kept
     assert result.winners in ([0, 2], [1, 3])
     assert result.representative == result.winners[0]
@@ -124,13 +130,13 @@ def test_seeded_tie_break_keeps_the_whole_picked_group():
 
 
 def test_representative_first():
-    result = vote(["3", "3", "3", "5"], ["long answer", "short", "mid one", "x"], CFG, seed=0)
+    result = math_vote(["3", "3", "3", "5"], ["long answer", "short", "mid one", "x"], CFG, seed=0)
     assert result.representative == 0
 
 
 def test_representative_shortest_ties_go_to_the_first():
     cfg = replace(CFG, representative="shortest")
-    result = vote(["3", "3", "3", "5"], ["long answer", "short", "other", "x"], cfg, seed=0)
+    result = math_vote(["3", "3", "3", "5"], ["long answer", "short", "other", "x"], cfg, seed=0)
     assert result.representative == 1
     assert result.answer == "3"
 
@@ -138,7 +144,7 @@ def test_representative_shortest_ties_go_to_the_first():
 def test_representative_canonical():
     cfg = replace(CFG, representative="canonical")
     answers = [r"\frac{1}{2}", "1/2", "0.5", "0.50", "7"]
-    result = vote(answers, responses(5), cfg, seed=0)
+    result = math_vote(answers, responses(5), cfg, seed=0)
     assert result.winners == [0, 1, 2, 3]
     assert result.representative == 2
     assert result.answer == "0.5"
@@ -149,7 +155,7 @@ def test_unknown_rule_names_the_key():
     # tie_break and representative are Enums, refused when the config is composed
     # (tests/test_config.py); the rule is open to plug-ins, so the registry refuses it.
     with pytest.raises(CrescentError, match="voting.rule='bogus': no such vote rule"):
-        vote(["1", "1"], responses(2), replace(CFG, rule="bogus"), seed=0)
+        math_vote(["1", "1"], responses(2), replace(CFG, rule="bogus"), seed=0)
 
 
 def test_the_domain_decides_which_answers_agree():

@@ -104,7 +104,6 @@ class VLLMEngine(Engine):
             seed=0,  # engine-level default only: every request carries its own seed
             use_tqdm_on_load=verbose(),  # a one-shard model's load bar says nothing
         )
-        self.batch_size = engine.batch_size
 
     @classmethod
     def lm_eval_model(cls, engine: EngineConfig, pretrained: str, dtype: str) -> LmEvalModel:

@@ -39,11 +39,9 @@ class Vote:
         return self.reason is None
 
 
-def group_answers(answers: Sequence[str | None], equal=None) -> list[list[int]]:
+def group_answers(answers: Sequence[str | None], equal) -> list[list[int]]:
     """Equivalence groups of sample indices in order of first appearance; abstentions (None)
-    skipped. `equal` compares two answers (default: the math format's equivalence)."""
-    if equal is None:
-        from crescent.methods.extraction import answers_equal as equal
+    skipped. `equal` compares two answers (the domain's answer format's)."""
     groups: list[list[int]] = []
     for i, answer in enumerate(answers):
         if answer is None:
@@ -57,12 +55,8 @@ def group_answers(answers: Sequence[str | None], equal=None) -> list[list[int]]:
 
 
 def vote(answers: Sequence[str | None], responses: Sequence[str], cfg, seed: int,
-         answer_format=None) -> Vote:
-    """The vote of the rule `cfg.rule` (default: the math answer format)."""
-    if answer_format is None:
-        from crescent.domains import answer_format as by_name
-
-        answer_format = by_name("math")
+         answer_format) -> Vote:
+    """The vote of the rule `cfg.rule`, answers compared by `answer_format`."""
     return VOTE_RULES.get(cfg.rule)(answers, responses, cfg, seed, answer_format)
 
 
