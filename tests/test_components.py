@@ -161,7 +161,7 @@ def test_a_domain_brings_its_cleaning_and_its_eval_tasks(tmp_path):
     tasks.mkdir()
     (tasks / "choice_eval.yaml").write_text(
         'task: choice_eval\ndataset_path: json\n'
-        'dataset_kwargs:\n  data_files:\n    test: "../shared/data/gsm8k/test.jsonl"\n')
+        'dataset_kwargs:\n  data_files:\n    test: "${CRESCENT_DATA}/gsm8k/test.jsonl"\n')
     dest, needs = render_tasks(DATA, tmp_path / "rendered", [str(tasks)])
     assert needs["choice_eval"] == [DATA.absolute() / "gsm8k" / "test.jsonl"]
     assert str(DATA.absolute()) in (dest / "choice_eval.yaml").read_text()

@@ -39,7 +39,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 
 def _tiny_data_dir(root: Path) -> Path:
-    """Three lines of each benchmark, laid out like ../shared/data."""
+    """Three lines of each benchmark, laid out like the benchmark data dir."""
     for name in ("gsm8k/train.jsonl", "gsm8k/test.jsonl", "math500/test.jsonl"):
         with open(DATA / name, encoding="utf-8") as f:
             rows = [json.loads(next(f)) for _ in range(3)]

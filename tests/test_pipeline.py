@@ -343,7 +343,7 @@ def test_a_local_benchmarks_data_enters_the_evaluate_key_by_content(tmp_path):
     (tmp_path / "tasks").mkdir()
     (tmp_path / "tasks" / "mine.yaml").write_text(
         'task: mine\ndataset_path: json\ndataset_kwargs:\n  data_files:\n'
-        '    test: "../shared/data/mine/test.jsonl"\noutput_type: generate_until\n')
+        '    test: "${CRESCENT_DATA}/mine/test.jsonl"\noutput_type: generate_until\n')
     cfg = OmegaConf.structured(Config)
     cfg.eval.data_dir = str(data)
     pinned_only = cache.stage_key(cfg, "evaluate_base")

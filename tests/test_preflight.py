@@ -57,8 +57,7 @@ CASES = {
     "9 run dir under a file": (["hydra.run.dir=blocker/run"], "blocker/run: Not a directory"),
     "audit without gold answers": (["stages=[answers,audit]", "answers.input=no_gold.jsonl"],
                                    "no_gold.jsonl: question id 1 has no gold answer (a `gold` "
-                                   "field, or an `answer` ending in '#### <answer>') for the "
-                                   "audit"),
+                                   "field, or an `answer` ending in '#### <answer>')"),
     "a generator that is not there": (["model.name=/nonexistent/model"],
                                       "model '/nonexistent/model': no such directory"),
     "a student that is not there": (["stages=[finetune]", "student.name=/nonexistent/student"],

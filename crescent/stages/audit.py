@@ -58,9 +58,9 @@ def gold_answers(cfg: DictConfig) -> dict:
     for row in load_questions(path, cfg.answers.limit, keep=fields):
         gold = gold_of(reader, row)
         if not gold:
-            raise CrescentError(f"{path}: question id {row['id']!r} has no gold answer (the "
-                                f"field(s) {', '.join(fields)}: a `gold`, or an `answer` ending "
-                                f"in '#### <answer>', for the {cfg.domain.answer_type} format)")
+            what = ("a `gold` field, or an `answer` ending in '#### <answer>'"
+                    if fields == ("gold", "answer") else f"the fields {', '.join(fields)}")
+            raise CrescentError(f"{path}: question id {row['id']!r} has no gold answer ({what})")
         golds[row["id"]] = gold
     return golds
 

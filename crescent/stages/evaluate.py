@@ -1,8 +1,9 @@
 """Evaluate stage: lm-evaluation-harness scores the base and the fine-tuned model -> metrics.json.
 
 `<run dir>/evaluate/` holds
-  tasks/                        Crescent's task YAMLs, data_files pointing into the benchmark
-                                data dir (`eval.data_dir`, else $CRESCENT_DATA, else the cache)
+  tasks/                        Crescent's task YAMLs, their "${CRESCENT_DATA}/..." data_files
+                                rendered into the benchmark data dir (`eval.data_dir`, else
+                                $CRESCENT_DATA, else the cache)
   <label>/spec.json             what the child process was asked to score: its runs, each a
                                 model type and the tasks it scores
   <label>/command.txt           the same evaluation as `lm_eval` command lines, one per run
@@ -95,9 +96,11 @@ STAGE = Stage("evaluate", ("model", "engine", "eval"), upstream="finetune", vers
               added=("eval.include_path", "eval.local_data", "eval.save_every"),
               entries=(BASE_ENTRY,))
 TASKS_SRC = Path(__file__).resolve().parents[1] / "tasks"
-SHIPPED_DATA_DIR = "../shared/data"  # where the shipped YAMLs' data_files point
-
-_DATA_FILE = re.compile(r'"' + re.escape(SHIPPED_DATA_DIR) + r'/([^"]+)"')
+# A task YAML names a benchmark file as "${CRESCENT_DATA}/gsm8k/test.jsonl" (the shipped ones
+# and a domain's own, eval.include_path): the evaluate stage renders it under this run's data
+# dir (eval.data_dir, else $CRESCENT_DATA, else the cache copy), and counts it in its key.
+DATA_PLACEHOLDER = "${CRESCENT_DATA}"
+_DATA_FILE = re.compile(r'"' + re.escape(DATA_PLACEHOLDER) + r'/([^"]+)"')
 _LABEL = re.compile(r"[A-Za-z0-9._-]+")  # eval.models labels: folder names, nothing above
 _TASK_NAME = re.compile(r"^task:\s*(\S+)\s*$", re.MULTILINE)
 _OUTPUT_TYPE = re.compile(r"^output_type:\s*(\S+)\s*$", re.MULTILINE)
