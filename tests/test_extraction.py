@@ -110,7 +110,7 @@ def test_extract_text(text, expected):
 
 def test_unknown_answer_type_names_the_key():
     with pytest.raises(CrescentError, match="answer_type"):
-        extract_answer("42", "code")
+        extract_answer("42", "poetry")
 
 
 EQUAL = [

@@ -180,7 +180,6 @@ def behaviour(program: str, calls: tuple[str, ...]) -> Behaviour:
     return Behaviour(ran["loaded"], tuple(tuple(r) for r in ran["results"]))
 
 
-@ANSWER_FORMATS.register("code")
 class CodeAnswers(AnswerFormat):
     """Programs, before a question is known: the first code block that parses and defines a
     function; equal when the same text. Bound to a question (`for_question`), programs of that
@@ -248,6 +247,10 @@ class CodeAnswers(AnswerFormat):
     @staticmethod
     def correct(answer: str | None, gold: str) -> bool:
         return answer is not None and passes(answer, gold)
+
+
+# An instance: before a question is known it reads any function (`extract(text)` works unbound).
+ANSWER_FORMATS.register("code")(CodeAnswers())
 
 
 @functools.lru_cache(maxsize=65536)  # the audit asks again for every k and floor
