@@ -27,3 +27,11 @@ def fail(message: str, code: int = 1) -> None:
     Ctrl-C)."""
     print(f"crescent: {message}", file=sys.stderr, flush=True)
     sys.exit(code)
+
+
+def did_you_mean(name: str, known) -> str:
+    """" (did you mean X?)" for the known name nearest `name`, or "" when none is near."""
+    import difflib
+
+    near = difflib.get_close_matches(str(name), list(known), n=1, cutoff=0.6)
+    return f" (did you mean {near[0]}?)" if near else ""

@@ -3,13 +3,12 @@ must be one the schema declares, or sit under one of its open dicts."""
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
 from crescent.config import Config
-from crescent.errors import CrescentError
+from crescent.errors import CrescentError, did_you_mean
 
 
 def check_added_keys(overrides: list[str]) -> None:
@@ -27,10 +26,9 @@ def check_added_keys(overrides: list[str]) -> None:
                 or "/" in key or "@" in key or (conf / key.replace(".", "/")).is_dir():
             continue
         if not _declared(schema, key.split(".")):
-            near = difflib.get_close_matches(key, _keys(schema), n=1, cutoff=0.6)
-            hint = f" (did you mean {near[0]}?)" if near else ""
             raise CrescentError(
-                f"+{key}: not a config key{hint}; `+` adds keys only where the schema is open: "
+                f"+{key}: not a config key{did_you_mean(key, _keys(schema))}; `+` adds keys "
+                f"only where the schema is open: "
                 f"{', '.join(open_dicts())}")
 
 

@@ -27,14 +27,13 @@ group (docs/plugins.md).
 
 from __future__ import annotations
 
-import difflib
 import importlib
 import os
 import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from crescent.errors import CrescentError
+from crescent.errors import CrescentError, did_you_mean
 
 ENTRY_POINT_GROUP = "crescent.plugins"
 
@@ -95,10 +94,9 @@ class Registry:
         known = OmegaConf.structured(schema)
         for key in given:
             if key not in known:
-                near = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
-                hint = f" (did you mean {near[0]}?)" if near else ""
                 raise CrescentError(
-                    f"{where}.{key}: not an option of {self.what} {name!r}{hint}; "
+                    f"{where}.{key}: not an option of {self.what} {name!r}"
+                    f"{did_you_mean(key, known)}; "
                     f"its options: {', '.join(known)}")
         try:
             merged = OmegaConf.merge(known, given)
