@@ -44,8 +44,10 @@ class Registry:
     Crescent's own entries are listed as name -> module and imported when first asked for,
     so that checking a config imports no backend, torch or Lightning."""
 
-    def __init__(self, what: str, key: str, builtins: dict[str, str]):
+    def __init__(self, what: str, key: str, builtins: dict[str, str],
+                 requires: tuple[str, ...] = ()):
         self.what, self.key = what, key
+        self.requires = requires  # what an entry must have: checked when it is registered
         self._builtins = builtins  # name -> the module whose import registers it
         self._entries: dict[str, Any] = {}
         self._options: dict[str, type] = {}  # name -> the dataclass of its own settings
@@ -54,6 +56,11 @@ class Registry:
         """Decorator: make the decorated class or function the `name` entry; `options`, a
         dataclass, declares the settings of its own (the group's `options` node)."""
         def add(obj):
+            missing = [a for a in self.requires if not callable(getattr(obj, a, None))]
+            if not callable(obj) and not self.requires or missing:
+                lacks = ", ".join(missing) if missing else "a call"
+                raise CrescentError(f"{self.key}: {self.what} {name!r} ({_where(obj)}) is not "
+                                    f"one: it lacks {lacks}")
             if name in self._entries and self._entries[name] is not obj:
                 raise CrescentError(f"{self.key}: two {self.what}s registered as {name!r}: "
                                     f"{_where(self._entries[name])} and {_where(obj)}")
@@ -134,16 +141,20 @@ def _where(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', obj)}"
 
 
+# Each registry says what its entries must have (`requires`): an entry that lacks it fails
+# where it is registered, not when a stage first calls it.
 ENGINES = Registry("engine", "engine.name", {
     "vllm": "crescent.engines.vllm_offline", "ray_vllm": "crescent.engines.ray_vllm",
-    "hf": "crescent.engines.hf", "openai": "crescent.engines.served"})
+    "hf": "crescent.engines.hf", "openai": "crescent.engines.served"},
+    requires=("open", "chat", "lm_eval_model"))
 VOTE_RULES = Registry("vote rule", "voting.rule", {"majority": "crescent.methods.voting",
                                                    "execution": "crescent.methods.execution"})
 ANSWER_FORMATS = Registry("answer format", "domain.answer_type", {
     "math": "crescent.domains.math", "text": "crescent.domains.text",
-    "code": "crescent.domains.code"})
+    "code": "crescent.domains.code"}, requires=("extract", "equal"))
 OBJECTIVES = Registry("objective", "finetune.objective", {"sft": "crescent.objectives.sft",
-                                                          "dpo": "crescent.objectives.dpo"})
+                                                          "dpo": "crescent.objectives.dpo"},
+                      requires=("load_examples", "data_module", "compute_loss"))
 EMBEDDERS = Registry("dedup method", "dedup.method", {
     name: "crescent.methods.dedup" for name in ("minilm", "self", "minhash", "none")})
 # Components whose own settings sit in their group's `options` node, checked with the config.
@@ -183,7 +194,7 @@ class StageRegistry(Registry):
 # The stage table: name -> the module that declares and runs it.
 STAGES = StageRegistry("stage", "stages", {
     name: f"crescent.stages.{name}" for name in ("questions", "answers", "audit", "finetune",
-                                                  "evaluate")})
+                                                  "evaluate")}, requires=("run",))
 
 
 def load_entry_points() -> None:

@@ -276,3 +276,21 @@ def test_an_online_objective_rewards_agreement_with_the_vote_from_outside(tmp_pa
         *common[1:], f"voting.min_votes={floor}", f"finetune.objective={objective}"),
         "finetune")[0] for floor in (2, 3) for objective in ("grpo_vote", "sft")}
     assert len(set(keys.values())) == 3 and keys[2, "sft"] == keys[3, "sft"]
+
+
+def test_a_component_of_the_wrong_shape_fails_where_it_is_registered():
+    from crescent.registry import ANSWER_FORMATS, OBJECTIVES, VOTE_RULES
+
+    class NoEqual:
+        @staticmethod
+        def extract(text):
+            return text
+
+    with pytest.raises(CrescentError, match=r"^domain.answer_type: answer format 'half' .* is "
+                                            r"not one: it lacks equal$"):
+        ANSWER_FORMATS.register("half")(NoEqual)
+    with pytest.raises(CrescentError, match="it lacks load_examples, data_module, compute_loss"):
+        OBJECTIVES.register("empty")(type("Empty", (), {}))
+    with pytest.raises(CrescentError, match="it lacks a call"):
+        VOTE_RULES.register("constant")(3)
+    assert "half" not in ANSWER_FORMATS.names() and "constant" not in VOTE_RULES.names()
