@@ -130,51 +130,16 @@ def _is_call(text: str) -> bool:
         return False
 
 
-# Run in the sandbox: the program, then each call under a timer, its prints swallowed; one
-# JSON line of results on stdout.
-_HARNESS = r"""
-import contextlib, hashlib, io, json, signal
-PROGRAM, CALLS, CALL_S, REPR_CHARS = {program!r}, {calls!r}, {call_s!r}, {repr_chars!r}
-
-def expired(signum, frame):
-    raise TimeoutError
-
-signal.signal(signal.SIGALRM, expired)
-space, results, loaded = {{"__name__": "solution"}}, [], True
-with contextlib.redirect_stdout(io.StringIO()):
-    try:
-        exec(compile(PROGRAM, "solution.py", "exec"), space)
-    except BaseException:
-        loaded = False
-    for call in CALLS if loaded else ():
-        signal.setitimer(signal.ITIMER_REAL, CALL_S)
-        try:
-            shown = repr(eval(call, space))
-            results.append(("ok", hashlib.sha256(shown.encode()).hexdigest(), shown[:REPR_CHARS]))
-        except TimeoutError:
-            results.append(("timeout", "", ""))
-        except BaseException as e:
-            results.append(("error", type(e).__name__, ""))
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-print(json.dumps({{"loaded": loaded, "results": results}}))
-"""
-
-
 @functools.lru_cache(maxsize=65536)  # a vote and its k-matched twin run the same programs
 def behaviour(program: str, calls: tuple[str, ...]) -> Behaviour:
     """What `program` returns on `calls`, run in the sandbox (a run that is killed: every call
     timed out)."""
-    from crescent.methods.sandbox import Limits, run_python
+    from crescent.methods.sandbox import Limits, run_calls
 
     wall = 5.0 + CALL_S * len(calls)
-    outcome = run_python(_HARNESS.format(program=program, calls=list(calls), call_s=CALL_S,
-                                         repr_chars=REPR_CHARS),
-                         limits=Limits(wall_s=wall, cpu_s=int(wall) + 1))
-    last = outcome.stdout.strip().splitlines()[-1:] if outcome.ok else []
-    try:
-        ran = json.loads(last[0])
-    except (IndexError, json.JSONDecodeError):
+    outcome, ran = run_calls(program, calls, CALL_S, REPR_CHARS,
+                             Limits(wall_s=wall, cpu_s=int(wall) + 1))
+    if ran is None:
         status = "timeout" if outcome.status == "timeout" else "error"
         return Behaviour(True, tuple((status, outcome.status, "") for _ in calls))
     return Behaviour(ran["loaded"], tuple(tuple(r) for r in ran["results"]))

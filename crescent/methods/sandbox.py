@@ -132,6 +132,52 @@ def run_python(code: str, stdin: str = "", limits: Limits = Limits()) -> Outcome
                        round(time.time() - started, 3), isolated)
 
 
+# What `run_calls` runs: the program, then each call under a timer, its prints swallowed; one
+# JSON line of results on stdout.
+_CALLS = r"""
+import contextlib, hashlib, io, json, signal
+PROGRAM, CALLS, CALL_S, REPR_CHARS = {program!r}, {calls!r}, {call_s!r}, {repr_chars!r}
+
+def expired(signum, frame):
+    raise TimeoutError
+
+signal.signal(signal.SIGALRM, expired)
+space, results, loaded = {{"__name__": "solution"}}, [], True
+with contextlib.redirect_stdout(io.StringIO()):
+    try:
+        exec(compile(PROGRAM, "solution.py", "exec"), space)
+    except BaseException:
+        loaded = False
+    for call in CALLS if loaded else ():
+        signal.setitimer(signal.ITIMER_REAL, CALL_S)
+        try:
+            shown = repr(eval(call, space))
+            results.append(("ok", hashlib.sha256(shown.encode()).hexdigest(), shown[:REPR_CHARS]))
+        except TimeoutError:
+            results.append(("timeout", "", ""))
+        except BaseException as e:
+            results.append(("error", type(e).__name__, ""))
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+print(json.dumps({{"loaded": loaded, "results": results}}))
+"""
+
+
+def run_calls(program: str, calls, call_s: float, repr_chars: int, limits: Limits
+              ) -> tuple[Outcome, dict | None]:
+    """Run `program`, then evaluate each of `calls` (Python expressions) in its namespace,
+    each under a `call_s` timer: the outcome, and {"loaded": whether the program ran,
+    "results": per call ["ok", sha256 of its repr, the repr's first `repr_chars`], ["error",
+    exception name, ""] or ["timeout", "", ""]}, or None when the run itself died."""
+    outcome = run_python(_CALLS.format(program=program, calls=list(calls), call_s=call_s,
+                                       repr_chars=repr_chars), limits=limits)
+    last = outcome.stdout.strip().splitlines()[-1:] if outcome.ok else []
+    try:
+        return outcome, json.loads(last[0])
+    except (IndexError, json.JSONDecodeError):
+        return outcome, None
+
+
 def _status(returncode: int, timed_out: bool, stderr: str, limits: Limits, written: int) -> str:
     if timed_out or returncode == -signal.SIGXCPU or returncode == -signal.SIGKILL:
         return "timeout"
