@@ -45,9 +45,12 @@ class Registry:
     so that checking a config imports no backend, torch or Lightning."""
 
     def __init__(self, what: str, key: str, builtins: dict[str, str],
-                 requires: tuple[str, ...] = ()):
+                 requires: tuple[str, ...] = (), builtin_options: dict[str, str] | None = None):
         self.what, self.key = what, key
         self.requires = requires  # what an entry must have: checked when it is registered
+        # a built-in name -> "module:Dataclass" of its options, in a module light to import:
+        # its settings are checked and filled without importing the entry's backend
+        self._builtin_options = dict(builtin_options or {})
         self._builtins = builtins  # name -> the module whose import registers it
         self._entries: dict[str, Any] = {}
         self._options: dict[str, type] = {}  # name -> the dataclass of its own settings
@@ -89,10 +92,12 @@ class Registry:
                                 f"(+{where}.NAME=VALUE)")
         given = OmegaConf.to_container(given, resolve=True) if OmegaConf.is_config(given) \
             else dict(given or {})
-        if not given and name not in self._options:
+        schema = self.options_schema(name)
+        if not given and schema is None and name not in self._entries:
             return {}  # nothing to check, no defaults to fill (and no backend to import)
-        self.get(name)  # registers its options
-        schema = self._options.get(name)
+        if schema is None:
+            self.get(name)  # registers its options
+            schema = self._options.get(name)
         if schema is None:
             if given:
                 raise CrescentError(f"{where}: {self.what} {name!r} takes no options "
@@ -116,9 +121,17 @@ class Registry:
             raise CrescentError(f"{where}: {e}") from None
 
     def options_schema(self, name: str) -> type | None:
-        """The options dataclass `name` registered (None: it takes none, or is a built-in not
-        imported yet: those keep their settings in the schema)."""
+        """The options dataclass `name` registered, or a built-in declares (None: it takes
+        none, or is a built-in not imported yet that declares none)."""
+        if name not in self._options and name in self._builtin_options:
+            module, _, attr = self._builtin_options[name].partition(":")
+            self._options[name] = getattr(importlib.import_module(module), attr)
         return self._options.get(name)
+
+    def loaded(self, name: str) -> Any:
+        """The entry `name` if it is imported already (a plug-in, or a built-in some stage
+        used), else None: for what can be known without importing a backend."""
+        return self._entries.get(name)
 
     def check(self, name: str) -> None:
         """A one-line error unless `name` is registered (or built in)."""
@@ -154,7 +167,8 @@ ANSWER_FORMATS = Registry("answer format", "domain.answer_type", {
     "code": "crescent.domains.code"}, requires=("extract", "equal"))
 OBJECTIVES = Registry("objective", "finetune.objective", {"sft": "crescent.objectives.sft",
                                                           "dpo": "crescent.objectives.dpo"},
-                      requires=("load_examples", "data_module", "compute_loss"))
+                      requires=("load_examples", "data_module", "compute_loss"),
+                      builtin_options={"dpo": "crescent.objectives:DPOOptions"})
 EMBEDDERS = Registry("dedup method", "dedup.method", {
     name: "crescent.methods.dedup" for name in ("minilm", "self", "minhash", "none")})
 # Components whose own settings sit in their group's `options` node, checked with the config.

@@ -123,6 +123,9 @@ def test_dpo_settings_are_its_options_and_the_old_keys_still_work(caplog):
     assert cache.stage_key(old, "finetune") == cache.stage_key(new, "finetune")
     with _pytest.raises(CrescentError, match=r"^finetune.options: beta=0.0: expected a number > 0$"):
         validate(compose("finetune.objective=dpo", "+finetune.options.beta=0"))
+    bare = compose("finetune.objective=dpo")  # no option given: the defaults are filled
+    validate(bare)
+    assert bare.finetune.options == {"beta": 0.1, "margin_weight": False, "sft_weight": 0.0}
     # on an objective that has no beta, the old key no longer passes unseen
     with _pytest.raises(CrescentError, match="objective 'sft' takes no options"):
         validate(compose("finetune.beta=0.2"))

@@ -19,7 +19,6 @@ share of pairs ranked right are logged as `train/rewards/*`.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -30,6 +29,7 @@ from crescent.infra.io import numbered_jsonl, read_json, write_json
 from crescent.methods.fused_loss import fusable_head, linear_cross_entropy
 from crescent.methods.sft_data import IGNORE_INDEX, collate
 from crescent.methods.training import CausalLMModule
+from crescent.objectives import DPOOptions
 from crescent.objectives.sft import SFTDataModule
 from crescent.registry import OBJECTIVES
 from crescent.stages.answers import PREFS
@@ -125,19 +125,6 @@ def sequence_logps(model, batch: dict, fused_base=None) -> torch.Tensor:
     logits = model(**inputs).logits[:, :-1].float()
     picked = logits.log_softmax(-1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     return (picked * mask).sum(-1)
-
-
-@dataclass
-class DPOOptions:
-    beta: float = 0.1  # strength of the pull towards the reference (the student before training)
-    margin_weight: bool = False  # weight each pair's loss by its vote-share margin (as ScPO)
-    sft_weight: float = 0.0  # add this times the chosen responses' cross-entropy (as RPO, ScPO)
-
-    def __post_init__(self):
-        if not self.beta > 0:
-            raise ValueError(f"beta={self.beta}: expected a number > 0")
-        if not self.sft_weight >= 0:
-            raise ValueError(f"sft_weight={self.sft_weight}: expected a number >= 0")
 
 
 @OBJECTIVES.register("dpo", options=DPOOptions)

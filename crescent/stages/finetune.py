@@ -45,7 +45,9 @@ def _objective_reads(cfg: DictConfig) -> dict | None:
     their values: in the key, so that changing one trains anew; None when it reads none."""
     from crescent.registry import OBJECTIVES
 
-    reads = getattr(OBJECTIVES.get(cfg.finetune.objective), "reads", ())
+    # Plug-ins are imported before any key is made; a built-in not imported yet (sft, dpo)
+    # reads nothing beyond finetune.*, and importing it (torch, Lightning) would cost seconds.
+    reads = getattr(OBJECTIVES.loaded(cfg.finetune.objective), "reads", ())
     return {key: cache.plain(OmegaConf.select(cfg, key)) for key in reads} or None
 
 
