@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 
 from crescent.methods.voting import Vote, majority
 from crescent.registry import VOTE_RULES
@@ -60,5 +61,4 @@ def execution(answers: Sequence[str | None], responses: Sequence[str], cfg, seed
         keys.append(ran.key if ran.loaded and ran.any_ok else None)
     vote = majority(keys, responses, cfg, seed, _SameBehaviour)
     answer = answers[vote.representative] if vote.kept else None
-    return Vote(answer, vote.votes, vote.agreement, vote.abstentions, vote.reason, vote.winners,
-                vote.representative, details=dict(details))
+    return replace(vote, answer=answer, details=dict(details))
