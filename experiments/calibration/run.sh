@@ -7,14 +7,18 @@ cd "$(dirname "$0")/../.."
 out=multirun/calibration
 python experiments/calibration/gold_pairs.py 400 1000 >/dev/null
 gold() { echo "finetune.input=$PWD/outputs/calibration/gold_$1.jsonl"; }
-# 0. The protocol's floor: the base on all 1,319 problems, then again batched otherwise
-#    (engine.batch_size: sequences in flight); the flip rate between the two is the floor.
+# The decision first: the base, then gold 1,000 x 2 epochs (the go/no-go), then the retest
+# (the floor), then gold 400 x 2 and 400 x 4 (how the effect grows with steps and epochs). A
+# session that ends early has then answered the question the study exists for.
+# 0. The base on all 1,319 problems.
 crescent experiment=calibration stages=[evaluate] hydra.run.dir=$out/base "$@"
+# 1. The positive control's decision.
+crescent experiment=calibration "$(gold 1000)" finetune.max_epochs=2 hydra.run.dir=$out/gold_1000x2 "$@"
+# 2. The floor: the base again, batched otherwise (engine.batch_size: sequences in flight); the
+#    flip rate between the two scorings is the measurement floor.
 crescent experiment=calibration stages=[evaluate] engine.batch_size=64 \
   hydra.run.dir=$out/base_retest "$@"
-# 1. The positive control, the go/no-go: gold 400 x 2 epochs first (the cheapest), then 1,000 x 2
-#    (the decision), then 400 x 4 (more epochs on the same pairs).
+# 3. Fewer pairs, then more epochs on them.
 crescent experiment=calibration "$(gold 400)" finetune.max_epochs=2 hydra.run.dir=$out/gold_400x2 "$@"
-crescent experiment=calibration "$(gold 1000)" finetune.max_epochs=2 hydra.run.dir=$out/gold_1000x2 "$@"
 crescent experiment=calibration "$(gold 400)" finetune.max_epochs=4 hydra.run.dir=$out/gold_400x4 "$@"
 crescent-report $out --contrast gold_1000 base   # the go/no-go, Holm over the family listed
