@@ -45,7 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 from crescent.config import operational_defaults
 from crescent.errors import CrescentError
 from crescent.infra.io import atomic_write_text, hash_file, write_json
-from crescent.registry import COMPONENTS, STAGES
+from crescent.registry import COMPONENTS, EMBEDDERS, ENGINES, STAGES
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +217,8 @@ def stage_key(cfg: DictConfig, name: str) -> tuple[str, dict]:
                 del node[last]  # none: the key of a component without options, as before them
     for key, default in operational_defaults(cfg).items():
         _replace(parts, key, default)  # outputs do not depend on them: hashed at the default
+    for registry, before in FLAT_BEFORE_OPTIONS.items():
+        _as_flat(parts, registry, before)
     for key in stage.added:
         node, last = _parent(parts, key)
         if node is not None and node.get(last) == plain(OmegaConf.select(_schema(), key)):
@@ -225,6 +227,33 @@ def stage_key(cfg: DictConfig, name: str) -> tuple[str, dict]:
     digest = hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(),
                              digest_size=8)
     return digest.hexdigest(), parts
+
+
+# Until engines and embedders had options (VLLMOptions, OpenAIOptions, MinHashOptions,
+# SelfOptions in crescent/config.py), their settings were flat fields of `engine` and `dedup`,
+# each hashed, at these defaults where not set. Keys still hash that layout, so every entry made
+# then stays valid: a built-in's options in place of those fields, the others at these values.
+FLAT_BEFORE_OPTIONS = {
+    ENGINES: {"enforce_eager": True, "tensor_parallel_size": 1, "data_parallel_size": 1,
+              "ray_address": None, "gpu_memory_utilization": 0.9, "cpu_kvcache_gib": 4,
+              "endpoints": [], "served_model": None, "concurrency": 32, "max_retries": 5,
+              "retry_backoff_s": 2.0, "request_timeout_s": 600.0},
+    EMBEDDERS: {"num_perm": 128, "shingle": 1, "depth": 0.5}}
+
+
+def _as_flat(parts: dict, registry, before: dict) -> None:
+    group, name_key = registry.key.split(".")
+    node = parts.get(group)
+    if not isinstance(node, dict):
+        return
+    options = node.pop("options", {})
+    builtin = registry.builtin(node.get(name_key))  # its options were these fields
+    for key, value in before.items():
+        moved = options.pop(key, None) if builtin else None
+        if node.get(key) is None:  # else an old name, not moved yet (crescent.config.rename)
+            node[key] = value if moved is None else moved
+    if options:  # a plug-in's own, nested as they always were
+        node["options"] = options
 
 
 @functools.cache

@@ -81,19 +81,62 @@ class EngineConfig:
     name: str = "vllm"  # backend (crescent/engines/): vllm (offline, requests streamed), ray_vllm (vLLM replicas on Ray), hf (transformers generate), openai (servers), or a plug-in's
     batch_size: int = 256  # samples in flight (all replicas together; n samples of a question count n); hf: per generate call
     max_model_len: int = 2048  # context window given to the engine (prompt + completion tokens)
-    enforce_eager: bool = True  # vllm: skip graph capture; starts far faster on CPU
-    tensor_parallel_size: int = 1  # vllm: GPUs one model is split over
-    data_parallel_size: int = field(default=1, metadata=OPERATIONAL)  # vllm, ray_vllm: model replicas (Ray actors), each on tensor_parallel_size GPUs
-    ray_address: str | None = field(default=None, metadata=OPERATIONAL)  # ray_vllm: None starts Ray on this node; "auto" joins a running cluster
-    gpu_memory_utilization: float = field(default=0.9, metadata=OPERATIONAL)  # vllm: share of accelerator memory vLLM may reserve
-    cpu_kvcache_gib: int = field(default=4, metadata=OPERATIONAL)  # vllm on CPU: KV-cache GiB (VLLM_CPU_KVCACHE_SPACE), unless set in env
-    endpoints: list[str] = field(default_factory=list, metadata=OPERATIONAL)  # openai: base URLs, e.g. http://host:8000/v1
-    served_model: str | None = field(default=None, metadata=OPERATIONAL)  # openai: model name on the servers; default: the model path
-    concurrency: int = field(default=32, metadata=OPERATIONAL)  # openai: requests in flight at once, over all endpoints
-    max_retries: int = field(default=5, metadata=OPERATIONAL)  # openai: retries of a failed request (each on the next endpoint)
-    retry_backoff_s: float = field(default=2.0, metadata=OPERATIONAL)  # openai: first retry wait, doubled per retry (at most 60 s)
-    request_timeout_s: float = field(default=600.0, metadata=OPERATIONAL)  # openai: seconds before a request counts as failed
-    options: dict[str, Any] = field(default_factory=dict)  # a plug-in engine's own settings
+    options: dict[str, Any] = field(default_factory=dict)  # the engine's own settings: VLLMOptions (vllm, ray_vllm), OpenAIOptions (openai), or a plug-in's
+    # renamed (RENAMED): each engine's settings are its options, engine.options.<name>
+    enforce_eager: Any = None
+    tensor_parallel_size: Any = None
+    data_parallel_size: Any = None
+    ray_address: Any = None
+    gpu_memory_utilization: Any = None
+    cpu_kvcache_gib: Any = None
+    endpoints: Any = None
+    served_model: Any = None
+    concurrency: Any = None
+    max_retries: Any = None
+    retry_backoff_s: Any = None
+    request_timeout_s: Any = None
+
+
+def _check(value, test, key: str, expected: str) -> None:
+    """An option's range, checked when its dataclass is made (before any stage runs)."""
+    if not test(value):
+        raise ValueError(f"{key}={value}: expected {expected}")
+
+
+@dataclass
+class VLLMOptions:
+    """`engine=vllm` and `engine=ray_vllm`: engine.options.<name>."""
+
+    enforce_eager: bool = True  # skip graph capture; starts far faster on CPU
+    tensor_parallel_size: int = 1  # GPUs one model is split over
+    data_parallel_size: int = field(default=1, metadata=OPERATIONAL)  # model replicas (Ray actors), each on tensor_parallel_size GPUs
+    ray_address: str | None = field(default=None, metadata=OPERATIONAL)  # None starts Ray on this node; "auto" joins a running cluster
+    gpu_memory_utilization: float = field(default=0.9, metadata=OPERATIONAL)  # share of accelerator memory vLLM may reserve
+    cpu_kvcache_gib: int = field(default=4, metadata=OPERATIONAL)  # on CPU: KV-cache GiB (VLLM_CPU_KVCACHE_SPACE), unless set in env
+
+    def __post_init__(self):
+        _check(self.tensor_parallel_size, lambda v: v >= 1, "tensor_parallel_size", "an integer >= 1")
+        _check(self.data_parallel_size, lambda v: v >= 1, "data_parallel_size", "an integer >= 1")
+        _check(self.gpu_memory_utilization, lambda v: 0 < v <= 1, "gpu_memory_utilization",
+               "a share in (0, 1]")
+
+
+@dataclass
+class OpenAIOptions:
+    """`engine=openai`: engine.options.<name>; where the servers are changes no output."""
+
+    endpoints: list[str] = field(default_factory=list, metadata=OPERATIONAL)  # base URLs, e.g. http://host:8000/v1
+    served_model: str | None = field(default=None, metadata=OPERATIONAL)  # model name on the servers; default: the model path
+    concurrency: int = field(default=32, metadata=OPERATIONAL)  # requests in flight at once, over all endpoints
+    max_retries: int = field(default=5, metadata=OPERATIONAL)  # retries of a failed request (each on the next endpoint)
+    retry_backoff_s: float = field(default=2.0, metadata=OPERATIONAL)  # first retry wait, doubled per retry (at most 60 s)
+    request_timeout_s: float = field(default=600.0, metadata=OPERATIONAL)  # seconds before a request counts as failed
+
+    def __post_init__(self):
+        _check(self.concurrency, lambda v: v >= 1, "concurrency", "an integer >= 1")
+        _check(self.max_retries, lambda v: v >= 0, "max_retries", "an integer >= 0")
+        _check(self.retry_backoff_s, lambda v: v >= 0, "retry_backoff_s", "a number of seconds >= 0")
+        _check(self.request_timeout_s, lambda v: v > 0, "request_timeout_s", "a number of seconds > 0")
 
 
 @dataclass
@@ -123,10 +166,33 @@ class DedupConfig:
     method: str = "minilm"  # embedder (crescent/methods/dedup.py): minilm, self, minhash, none, or a plug-in's
     threshold: float = 0.85  # similarity at or above which a candidate is a duplicate
     batch_size: int = 64  # texts embedded per forward pass
-    num_perm: int = 128  # minhash: permutations per signature (Jaccard resolution 1/num_perm)
-    shingle: int = 1  # minhash: words per shingle (every number is the same word, `#`)
-    depth: float = 0.5  # self: share of the generator's layers run before pooling (rest not loaded)
-    options: dict[str, Any] = field(default_factory=dict)  # a plug-in embedder's own settings
+    options: dict[str, Any] = field(default_factory=dict)  # the embedder's own settings: MinHashOptions (minhash), SelfOptions (self), or a plug-in's
+    # renamed (RENAMED): each embedder's settings are its options, dedup.options.<name>
+    num_perm: Any = None
+    shingle: Any = None
+    depth: Any = None
+
+
+@dataclass
+class MinHashOptions:
+    """`dedup=minhash`: dedup.options.<name>."""
+
+    num_perm: int = 128  # permutations per signature (Jaccard resolution 1/num_perm)
+    shingle: int = 1  # words per shingle (every number is the same word, `#`)
+
+    def __post_init__(self):
+        _check(self.num_perm, lambda v: v >= 1, "num_perm", "an integer >= 1")
+        _check(self.shingle, lambda v: v >= 1, "shingle", "an integer >= 1")
+
+
+@dataclass
+class SelfOptions:
+    """`dedup=self`: dedup.options.<name>."""
+
+    depth: float = 0.5  # share of the generator's layers run before pooling (the rest are not loaded)
+
+    def __post_init__(self):
+        _check(self.depth, lambda v: 0 < v <= 1, "depth", "a share in (0, 1]")
 
 
 @dataclass
@@ -299,15 +365,8 @@ _SAMPLING = [("temperature", lambda v: v >= 0, "a number >= 0"),
 RANGES = [
     ("engine.batch_size", *_POSITIVE), ("engine.max_model_len", *_POSITIVE),
     ("eval.save_every", *_POSITIVE),
-    ("engine.tensor_parallel_size", *_POSITIVE), ("engine.data_parallel_size", *_POSITIVE),
-    ("engine.gpu_memory_utilization", lambda v: 0 < v <= 1, "a share in (0, 1]"),
-    ("engine.concurrency", *_POSITIVE), ("engine.max_retries", *_COUNT),
-    ("engine.request_timeout_s", lambda v: v > 0, "a number of seconds > 0"),
-    ("engine.retry_backoff_s", lambda v: v >= 0, "a number of seconds >= 0"),
     ("domain.max_question_chars", *_POSITIVE),
     ("dedup.threshold", *_SHARE), ("dedup.batch_size", *_POSITIVE),
-    ("dedup.num_perm", *_POSITIVE), ("dedup.shingle", *_POSITIVE),
-    ("dedup.depth", lambda v: 0 < v <= 1, "a share in (0, 1]"),
     ("voting.k", *_POSITIVE), ("voting.min_agreement", *_SHARE), ("voting.min_votes", *_POSITIVE),
     ("questions.target", *_POSITIVE), ("questions.max_candidates", *_POSITIVE),
     ("questions.max_rewrites", *_COUNT), ("questions.batch_size", *_POSITIVE),
@@ -351,7 +410,13 @@ def samples_per_question(cfg: DictConfig) -> int:
 # to the new place, with a one-line warning (crescent/objectives/dpo.py has DPO's options).
 RENAMED = {"finetune.beta": "finetune.options.beta",
            "finetune.margin_weight": "finetune.options.margin_weight",
-           "finetune.sft_weight": "finetune.options.sft_weight"}
+           "finetune.sft_weight": "finetune.options.sft_weight",
+           **{f"engine.{name}": f"engine.options.{name}" for name in (
+               *(f.name for f in dataclasses.fields(VLLMOptions)),
+               *(f.name for f in dataclasses.fields(OpenAIOptions)))},
+           **{f"dedup.{name}": f"dedup.options.{name}" for name in (
+               *(f.name for f in dataclasses.fields(MinHashOptions)),
+               *(f.name for f in dataclasses.fields(SelfOptions)))}}
 
 
 def rename(cfg: DictConfig) -> None:

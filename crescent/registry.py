@@ -118,7 +118,9 @@ class Registry:
             message = str(getattr(e, "msg", e)).splitlines()[0]
             raise CrescentError(f"{where}.{e.key}: {message}") from None
         except ValueError as e:  # raised by the dataclass's __post_init__
-            raise CrescentError(f"{where}: {e}") from None
+            said = str(e)  # "name=value: expected ..." names the option
+            raise CrescentError(f"{where}.{said}" if said.split("=")[0] in known
+                                else f"{where}: {said}") from None
 
     def options_schema(self, name: str) -> type | None:
         """The options dataclass `name` registered, or a built-in declares (None: it takes
@@ -127,6 +129,10 @@ class Registry:
             module, _, attr = self._builtin_options[name].partition(":")
             self._options[name] = getattr(importlib.import_module(module), attr)
         return self._options.get(name)
+
+    def builtin(self, name: str) -> bool:
+        """Whether `name` is one of crescent's own entries."""
+        return name in self._builtins
 
     def loaded(self, name: str) -> Any:
         """The entry `name` if it is imported already (a plug-in, or a built-in some stage
@@ -159,7 +165,9 @@ def _where(obj: Any) -> str:
 ENGINES = Registry("engine", "engine.name", {
     "vllm": "crescent.engines.vllm_offline", "ray_vllm": "crescent.engines.ray_vllm",
     "hf": "crescent.engines.hf", "openai": "crescent.engines.served"},
-    requires=("open", "chat", "lm_eval_model"))
+    requires=("open", "chat", "lm_eval_model"),
+    builtin_options={"vllm": "crescent.config:VLLMOptions", "ray_vllm": "crescent.config:VLLMOptions",
+                     "openai": "crescent.config:OpenAIOptions"})
 VOTE_RULES = Registry("vote rule", "voting.rule", {"majority": "crescent.methods.voting",
                                                    "execution": "crescent.methods.execution"})
 ANSWER_FORMATS = Registry("answer format", "domain.answer_type", {
@@ -170,7 +178,9 @@ OBJECTIVES = Registry("objective", "finetune.objective", {"sft": "crescent.objec
                       requires=("load_examples", "data_module", "compute_loss"),
                       builtin_options={"dpo": "crescent.objectives:DPOOptions"})
 EMBEDDERS = Registry("dedup method", "dedup.method", {
-    name: "crescent.methods.dedup" for name in ("minilm", "self", "minhash", "none")})
+    name: "crescent.methods.dedup" for name in ("minilm", "self", "minhash", "none")},
+    builtin_options={"minhash": "crescent.config:MinHashOptions",
+                     "self": "crescent.config:SelfOptions"})
 # Components whose own settings sit in their group's `options` node, checked with the config.
 COMPONENTS = (ENGINES, VOTE_RULES, ANSWER_FORMATS, OBJECTIVES, EMBEDDERS)
 

@@ -135,7 +135,7 @@ def floor(path: str, pairs: list[tuple[str, str]], batch: int = 16) -> dict:
 
 def raw_vllm(path: str, rows: list[dict]) -> dict:
     """The stage's chain-of-thought prompts through vllm.LLM.generate, as the engine starts it."""
-    from crescent.config import EngineConfig
+    from crescent.config import EngineConfig, VLLMOptions
     from crescent.engines.vllm_offline import CPU_EXECUTOR, cpu_environment, on_cpu
 
     engine = EngineConfig()
@@ -146,7 +146,7 @@ def raw_vllm(path: str, rows: list[dict]) -> dict:
 
     started = time.perf_counter()
     llm = LLM(path, dtype="float32", max_model_len=engine.max_model_len,
-              enforce_eager=engine.enforce_eager, seed=0,
+              enforce_eager=VLLMOptions().enforce_eager, seed=0,
               **({"distributed_executor_backend": CPU_EXECUTOR} if on_cpu() else {}))
     prompts = [r["arguments"]["gen_args_0"]["arg_0"] for r in rows]
     kwargs = rows[0]["arguments"]["gen_args_0"]["arg_1"]

@@ -46,8 +46,8 @@ def served(prompts: int, max_tokens: int, log: Path) -> list[dict]:
     rows = []
     try:
         for concurrency in (1, 8, 32):
-            engine = make_engine(EngineConfig(name="openai", endpoints=[server.url],
-                                              concurrency=concurrency), ModelConfig(name=SMOLLM2))
+            engine = make_engine(EngineConfig(name="openai", options={
+                "endpoints": [server.url], "concurrency": concurrency}), ModelConfig(name=SMOLLM2))
             started = time.perf_counter()
             generations = engine.chat(conversations, sampling, n=1, seed=0)
             gen_s = time.perf_counter() - started

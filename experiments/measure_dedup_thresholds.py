@@ -167,8 +167,12 @@ def is_default(config: dict | None) -> bool:
     """Whether conf/dedup/<method>.yaml is this variant (its threshold aside)."""
     if config is None:
         return False
+    from crescent.config import MinHashOptions, SelfOptions
+
     shipped = _yaml(config["method"])
-    return all(shipped.get(k, getattr(DedupConfig(), k)) == v for k, v in config.items())
+    # the embedders' own settings at their options' defaults (dedup.options.<name>)
+    defaults = {**vars(DedupConfig()), **vars(MinHashOptions()), **vars(SelfOptions())}
+    return all(shipped.get(k, defaults[k]) == v for k, v in config.items())
 
 
 def _yaml(name: str) -> dict:

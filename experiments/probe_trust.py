@@ -154,7 +154,7 @@ def one_choice(_: dict) -> dict:  # ignores `n`
 
 ONE_CHOICE = serve(one_choice)
 NO_CHOICES = serve(lambda _: {"id": "x", "object": "chat.completion"})
-SERVED = ["engine=openai", "engine.served_model=m", "engine.max_retries=0"]
+SERVED = ["engine=openai", "+engine.options.served_model=m", "+engine.options.max_retries=0"]
 
 
 def cases() -> list[Case]:
@@ -174,7 +174,7 @@ def cases() -> list[Case]:
                                   "answers.input=questions.jsonl"]],
              between={0: drop_a_sample_line}, right=audit_on_every_question, timeout=400),
         Case("S4", "a server that ignores n (one choice whatever is asked)",
-             [[*TINY, *answers, *SERVED, f"engine.endpoints=[{ONE_CHOICE}]"]],
+             [[*TINY, *answers, *SERVED, f"+engine.options.endpoints=[{ONE_CHOICE}]"]],
              right=lambda *_: "sealed 1 sample a question where 2 were asked"),
         Case("S5a", "a DONE that does not parse",
              [[*TINY, *answers], [*TINY, *answers]], between={0: garble_done},
@@ -198,12 +198,12 @@ def cases() -> list[Case]:
         Case("L7", "hydra/launcher=slurm_cpu with no Slurm controller",
              [["-m", *TINY[:-1], "stages=[answers]", "answers.input=questions.jsonl",
                "hydra/launcher=slurm_cpu", "hydra.sweep.dir=sweep", "voting.k=2,3"]]),
-        Case("L8", "engine.ray_address=127.0.0.1:9 (nothing there)",
-             [[*TINY, *answers, "engine=ray_vllm", "engine.ray_address=127.0.0.1:9"]], timeout=60),
-        Case("L9", "engine.ray_address=garbage",
-             [[*TINY, *answers, "engine=ray_vllm", "engine.ray_address=garbage"]], timeout=60),
+        Case("L8", "+engine.options.ray_address=127.0.0.1:9 (nothing there)",
+             [[*TINY, *answers, "engine=ray_vllm", "+engine.options.ray_address=127.0.0.1:9"]], timeout=60),
+        Case("L9", "+engine.options.ray_address=garbage",
+             [[*TINY, *answers, "engine=ray_vllm", "+engine.options.ray_address=garbage"]], timeout=60),
         Case("L10", "a served endpoint answering 200 without choices",
-             [[*TINY, *answers, *SERVED, f"engine.endpoints=[{NO_CHOICES}]"]]),
+             [[*TINY, *answers, *SERVED, f"+engine.options.endpoints=[{NO_CHOICES}]"]]),
         Case("L11", "a last.ckpt that does not load",
              [[*TINY, "stages=[finetune]", "finetune.input=sft.jsonl"]],
              between={-1: garbage_checkpoint}, timeout=300),
@@ -222,13 +222,13 @@ def cases() -> list[Case]:
                "+stage_options.agreement_filter.min_agreement=5"]], timeout=300),
         Case("M3", "a directory as answers.input", [[*TINY, "stages=[answers]", "answers.input=a_dir"]]),
         Case("M4", "an endpoint without http://",
-             [[*TINY, *answers, *SERVED, "engine.endpoints=[127.0.0.1:9/v1]"]]),
-        Case("M5", "engine.request_timeout_s=-1",
-             [[*TINY, *answers, *SERVED, f"engine.endpoints=[{ONE_CHOICE}]",
-               "engine.request_timeout_s=-1"]]),
+             [[*TINY, *answers, *SERVED, "+engine.options.endpoints=[127.0.0.1:9/v1]"]]),
+        Case("M5", "+engine.options.request_timeout_s=-1",
+             [[*TINY, *answers, *SERVED, f"+engine.options.endpoints=[{ONE_CHOICE}]",
+               "+engine.options.request_timeout_s=-1"]]),
         Case("M6", "a closed endpoint (seconds to the error)",
-             [[*TINY, *answers, "engine=openai", "engine.served_model=m",
-               "engine.endpoints=[http://127.0.0.1:9/v1]"]]),
+             [[*TINY, *answers, "engine=openai", "+engine.options.served_model=m",
+               "+engine.options.endpoints=[http://127.0.0.1:9/v1]"]]),
         Case("M7", "empty user and assistant content trained on",
              [[*TINY, "stages=[finetune]", "finetune.input=empty_sft.jsonl"]],
              between={-1: lambda w: (w / "empty_sft.jsonl").write_text(json.dumps({"messages": [

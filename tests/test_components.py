@@ -72,12 +72,13 @@ def test_a_stages_options_live_under_stage_options_and_key_it():
 
 
 def test_operational_settings_leave_cache_keys_as_they_are():
-    base = _cfg(engine__name="openai", engine__endpoints=["http://a:8000/v1"])
+    base = _cfg(engine__name="openai", engine__options={"endpoints": ["http://a:8000/v1"]})
     keys = {name: cache.stage_key(base, name)[0] for name in ("questions", "samples")}
-    moved = _cfg(engine__name="openai", engine__endpoints=["http://b:9000/v1", "http://c/v1"],
-                 engine__concurrency=4, engine__request_timeout_s=5.0, engine__max_retries=0)
+    moved = _cfg(engine__name="openai", engine__options={
+        "endpoints": ["http://b:9000/v1", "http://c/v1"], "concurrency": 4,
+        "request_timeout_s": 5.0, "max_retries": 0})
     assert {name: cache.stage_key(moved, name)[0] for name in keys} == keys
-    hotter = _cfg(engine__name="openai", engine__endpoints=["http://a:8000/v1"],
+    hotter = _cfg(engine__name="openai", engine__options={"endpoints": ["http://a:8000/v1"]},
                   answers__sampling__temperature=0.3)
     assert cache.stage_key(hotter, "questions")[0] == keys["questions"]
     assert cache.stage_key(hotter, "samples")[0] != keys["samples"]
@@ -96,6 +97,45 @@ def test_todays_defaults_keep_their_cache_keys():
     cfg = _cfg()
     assert {name: cache.stage_key(cfg, name)[0] for name in (
         "questions", "samples", "answers", "finetune", "audit", "evaluate_base")} == KEYS_BEFORE
+
+
+# Keys made at 564535e, before engines and embedders had options (questions, samples,
+# evaluate_base): the new spelling and the old one, moved with a warning, find those entries.
+KEYS_BEFORE_OPTIONS = [
+    (["engine=openai", "+engine.options.endpoints=[http://a:8000/v1]",
+      "+engine.options.served_model=m"], ["engine.endpoints=[http://a:8000/v1]",
+                                          "engine.served_model=m"],
+     ("18ea6997d570ce8a", "c913f6cae32f2c92", "a1a1b5fa07d37d9f")),
+    (["engine=ray_vllm"], ["engine.data_parallel_size=2"],
+     ("542be86d1ce9a6d2", "e3bfc7e9f059ad91", "2762ec074522fa37")),
+    (["+engine.options.tensor_parallel_size=2", "+engine.options.enforce_eager=false"],
+     ["engine.tensor_parallel_size=2", "engine.enforce_eager=false"],
+     ("ce77c297fafb5595", "fa4bbc874fb9eea0", "5ef24e3037274fbb")),
+    (["engine=hf"], [], ("136b30ba6084ab15", "aa3e8fc9e100b63a", "e009418fa6712302")),
+    (["dedup=minhash", "+dedup.options.num_perm=64", "+dedup.options.shingle=2"],
+     ["dedup.num_perm=64", "dedup.shingle=2"],
+     ("4152ea0098fa7a98", "7c9157c63c39e8f0", "9d24c3a814e71a70")),
+    (["dedup=self", "+dedup.options.depth=0.25"], ["dedup.depth=0.25"],
+     ("d96ca7104cb4fe04", "f3a17463c1e5890a", "9d24c3a814e71a70")),
+    (["experiment=calibration"], [], ("351345e915696520", "8ac097bc05a16d7d", "f5285b57bc3644bb")),
+]
+
+
+@pytest.mark.parametrize("new, old, keys", KEYS_BEFORE_OPTIONS)
+def test_engines_and_embedders_options_keep_the_keys_of_their_flat_settings(new, old, keys):
+    groups = [o for o in new if "options" not in o]
+    for overrides in (new, groups + old):
+        cfg = compose(*overrides)
+        validate(cfg)
+        assert tuple(cache.stage_key(cfg, name)[0] for name in (
+            "questions", "samples", "evaluate_base")) == keys, overrides
+    if old:  # an old name is moved to its option
+        cfg = compose(*groups, *old)
+        validate(cfg)
+        name, value = old[0].split("=")
+        option = OmegaConf.select(cfg, name.replace(".", ".options.", 1))
+        assert str(option).replace("'", "") == value
+        assert OmegaConf.select(cfg, name) is None
 
 
 def test_a_lora_fine_tune_keys_the_dtype_its_frozen_base_multiplies_in():

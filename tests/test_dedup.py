@@ -7,12 +7,19 @@ import numpy as np
 import pytest
 import yaml
 
-from crescent.config import DedupConfig, ModelConfig
+from crescent.config import DedupConfig, ModelConfig, validate
 from crescent.errors import CrescentError
 from crescent.infra.io import read_jsonl
 from crescent.infra.models import SMOLLM2
-from crescent.methods.dedup import SignatureIndex, VectorIndex, decide, make_embedder, shingles
-from tests.conftest import ROOT
+from crescent.methods.dedup import (
+    SelfEmbedder,
+    SignatureIndex,
+    VectorIndex,
+    decide,
+    make_embedder,
+    shingles,
+)
+from tests.conftest import ROOT, compose
 
 
 def unit(*xs: float) -> np.ndarray:
@@ -168,7 +175,7 @@ def test_minhash_rejects_a_light_edit_and_accepts_different_problems():
 
 
 def test_minhash_similarity_estimates_jaccard():
-    embedder = make_embedder(DedupConfig(method="minhash", num_perm=256, shingle=1))
+    embedder = make_embedder(DedupConfig(method="minhash", options={"num_perm": 256, "shingle": 1}))
     a, b = set(shingles(ORIGINAL, 1)), set(shingles(LIGHT_EDIT, 1))
     jaccard = len(a & b) / len(a | b)
     sigs = embedder.embed([ORIGINAL, LIGHT_EDIT])
@@ -213,8 +220,10 @@ def test_embedder_errors_are_clear():
     with pytest.raises(CrescentError, match="needs the generator's model config"):
         make_embedder(DedupConfig(method="self"))
     # An unknown dedup.method is refused when the config is composed (tests/test_config.py).
-    with pytest.raises(CrescentError, match="dedup.depth=0"):
-        make_embedder(DedupConfig(method="self", depth=0), ModelConfig(name=SMOLLM2))
+    with pytest.raises(CrescentError, match=r"dedup.options.depth=0.0: expected a share in \(0, 1\]"):
+        validate(compose("dedup=self", "+dedup.options.depth=0"))
+    with pytest.raises(CrescentError, match="dedup.options.depth=0"):
+        SelfEmbedder(ModelConfig(name=SMOLLM2), 0, 64)
 
 
 # --- self: the generator's own states -------------------------------------------------------
@@ -237,7 +246,7 @@ def tiny_model(tmp_path_factory) -> str:
 
 
 def test_self_embedder_on_a_tiny_model(tiny_model):
-    cfg = DedupConfig(method="self", depth=0.5, batch_size=2)
+    cfg = DedupConfig(method="self", options={"depth": 0.5}, batch_size=2)
     embedder = make_embedder(cfg, ModelConfig(name=tiny_model))
     assert embedder.layers == 1 and len(embedder.model.layers) == 1  # layer 2 not loaded
     texts = [ORIGINAL, DISTINCT[0], "Short.", DISTINCT[1], ORIGINAL]

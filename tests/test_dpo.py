@@ -121,7 +121,7 @@ def test_dpo_settings_are_its_options_and_the_old_keys_still_work(caplog):
     assert old.finetune.options == new.finetune.options == {
         "beta": 0.2, "margin_weight": False, "sft_weight": 0.0}
     assert cache.stage_key(old, "finetune") == cache.stage_key(new, "finetune")
-    with _pytest.raises(CrescentError, match=r"^finetune.options: beta=0.0: expected a number > 0$"):
+    with _pytest.raises(CrescentError, match=r"^finetune.options.beta=0.0: expected a number > 0$"):
         validate(compose("finetune.objective=dpo", "+finetune.options.beta=0"))
     bare = compose("finetune.objective=dpo")  # no option given: the defaults are filled
     validate(bare)

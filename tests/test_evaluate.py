@@ -161,7 +161,7 @@ def test_per_task_limits_take_each_tasks_first_documents(tmp_path):
 
 
 def test_vllm_spec_on_cpu_uses_the_engine_settings(tmp_path):
-    cfg = _cfg("engine.cpu_kvcache_gib=3", "eval.apply_chat_template=false")
+    cfg = _cfg("+engine.options.cpu_kvcache_gib=3", "eval.apply_chat_template=false")
     tasks = ["crescent_gsm8k", "mmlu"]
     spec = evaluate.lm_eval_spec(cfg, "base", "/m", tasks, evaluate.TASKS_SRC, tmp_path)
     [run] = spec["runs"]  # generation, and a stock task: both go to vLLM

@@ -39,8 +39,8 @@ def test_stages_through_two_served_workers_match_offline_counts(tmp_path):
     servers = [_server(tmp_path / f"server{i}.log") for i in range(2)]
     try:
         endpoints = ",".join(server.url for server in servers)
-        served = _crescent(tmp_path, *common, "engine=openai", f"engine.endpoints=[{endpoints}]",
-                           "engine.concurrency=2", "hydra.run.dir=served")
+        served = _crescent(tmp_path, *common, "engine=openai", f"+engine.options.endpoints=[{endpoints}]",
+                           "+engine.options.concurrency=2", "hydra.run.dir=served")
     finally:
         for server in servers:
             server.kill()
@@ -62,8 +62,8 @@ def test_server_killed_mid_stage_fails_clearly_then_resumes(tmp_path):
     server = _server(tmp_path / "server.log")
     args = ["stages=[answers]", f"answers.input={QUESTIONS}", "engine.batch_size=4",
             "voting.k=2", "answers.sampling.max_tokens=192", "engine=openai",
-            f"engine.endpoints=[{server.url}]", "engine.max_retries=2",
-            "engine.retry_backoff_s=0.5", "hydra.run.dir=run"]
+            f"+engine.options.endpoints=[{server.url}]", "+engine.options.max_retries=2",
+            "+engine.options.retry_backoff_s=0.5", "hydra.run.dir=run"]
     log = tmp_path / "run" / "answers" / "samples.jsonl"
     stage = subprocess.Popen(
         [sys.executable, "-m", "crescent", "logger=none", f"eval.data_dir={DATA}", *args],

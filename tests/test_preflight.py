@@ -30,7 +30,8 @@ CASES = {
                                             "eval.tasks: unknown lm-eval task(s): "
                                             f"nonexistent_task (shipped: {SHIPPED})"),
     "1 no eval task": (["eval.tasks=[]"], "eval.tasks: no tasks given"),
-    "2 served engine cannot score": (["engine=openai", "engine.endpoints=[http://127.0.0.1:9/v1]"],
+    "2 served engine cannot score": (["engine=openai",
+                                      "+engine.options.endpoints=[http://127.0.0.1:9/v1]"],
                                      "engine.name='openai': this engine does not load models "
                                      "itself, and the evaluate stage scores with lm-eval inside "
                                      "this job; run the evaluate stage with an engine that does "
@@ -91,28 +92,34 @@ CASES = {
                                           "finetune.precision=transformer-engine: NVIDIA's "
                                           "transformer_engine is not installed here"),
     "a Ray address that is not one": (["stages=[questions]", "engine=ray_vllm",
-                                       "engine.ray_address=garbage"],
-                                      "engine.ray_address='garbage': expected auto or "
+                                       "+engine.options.ray_address=garbage"],
+                                      "engine.options.ray_address='garbage': expected auto or "
                                       "[ray://]host:port"),
     "a Ray head that is not there": (["stages=[questions]", "engine=ray_vllm",
-                                      "engine.ray_address=127.0.0.1:9"],
-                                     "engine.ray_address=127.0.0.1:9: no Ray head answers there"),
+                                      "+engine.options.ray_address=127.0.0.1:9"],
+                                     "engine.options.ray_address=127.0.0.1:9: no Ray head "
+                                     "answers there"),
     "an endpoint without a scheme": (["stages=[questions]", "engine=openai",
-                                      "engine.endpoints=[127.0.0.1:9/v1]"],
-                                     "engine.endpoints: '127.0.0.1:9/v1' is not an http:// or "
+                                      "+engine.options.endpoints=[127.0.0.1:9/v1]"],
+                                     "engine.options.endpoints: '127.0.0.1:9/v1' is not an http:// or "
                                      "https:// URL"),
     "an endpoint nobody serves": (["stages=[questions]", "engine=openai",
-                                   "engine.endpoints=[http://127.0.0.1:9/v1]"],
-                                  "engine.endpoints: no server answers at http://127.0.0.1:9/v1"),
-    "a negative timeout": (["engine.request_timeout_s=-1"],
-                           "engine.request_timeout_s=-1.0: expected a number of seconds > 0"),
+                                   "+engine.options.endpoints=[http://127.0.0.1:9/v1]"],
+                                  "engine.options.endpoints: no server answers at "
+                                  "http://127.0.0.1:9/v1"),
+    "a negative timeout": (["engine=openai", "+engine.options.request_timeout_s=-1"],
+                           "engine.options.request_timeout_s=-1.0: expected a number of "
+                           "seconds > 0"),
+    "an engine's option another engine has": (["+engine.options.concurrency=4"],
+                                              "engine.options.concurrency: not an option of "
+                                              "engine 'vllm'"),
     "a plug-in option out of its range": (["plugins=[tests.plugins.capped_engine]", "engine=hf",
                                            "engine.name=capped_hf", "+engine.options.cap=-5"],
-                                          "engine.options: cap=-5: expected an integer >= 1"),
+                                          "engine.options.cap=-5: expected an integer >= 1"),
     "a stage option out of its range": (["plugins=[tests.plugins.agreement_filter]",
                                          "stages=[answers,agreement_filter,finetune]",
                                          "+stage_options.agreement_filter.min_agreement=5"],
-                                        "stage_options.agreement_filter: min_agreement=5.0: "
+                                        "stage_options.agreement_filter.min_agreement=5.0: "
                                         "expected a share in [0, 1]"),
     "a directory as the questions file": (["stages=[answers]", "answers.input=mytasks"],
                                           "mytasks: a directory, not a JSON Lines file"),

@@ -59,8 +59,8 @@ def test_two_ray_nodes_write_what_one_engine_writes(cli, tmp_path, ray_cluster):
         ray_api.shutdown()
     # Each replica asks for one CPU, and each node has one: one replica per node.
     assert [n["Resources"]["CPU"] for n in nodes] == [1.0, 1.0]
-    ray = cli(*COMMON, "engine=ray_vllm", "engine.data_parallel_size=2",
-              f"engine.ray_address={ray_cluster}", "hydra.run.dir=ray", timeout=1200)
+    ray = cli(*COMMON, "engine=ray_vllm", "engine.options.data_parallel_size=2",
+              f"+engine.options.ray_address={ray_cluster}", "hydra.run.dir=ray", timeout=1200)
     assert ray.returncode == 0, ray.stderr[-3000:]
     one = cli(*COMMON, "engine=vllm", "hydra.run.dir=one", timeout=1200)
     assert one.returncode == 0, one.stderr[-3000:]

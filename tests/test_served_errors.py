@@ -55,8 +55,9 @@ def server(request):
 @pytest.mark.parametrize("server", list(ANSWERS), indirect=True)
 def test_a_refusing_server_is_one_line_and_not_retried(server):
     url, case, seen = server
-    engine = make_engine(EngineConfig(name="openai", endpoints=[url], served_model="m",
-                                      max_retries=3, retry_backoff_s=0.01), ModelConfig(name="m"))
+    engine = make_engine(EngineConfig(name="openai", options={
+        "endpoints": [url], "served_model": "m", "max_retries": 3, "retry_backoff_s": 0.01}),
+        ModelConfig(name="m"))
     try:
         with pytest.raises(CrescentError, match=f"^engine=openai: {url}/ {EXPECTED[case]}") as e:
             engine.chat([[{"role": "user", "content": "hi"}]], SamplingConfig(), n=1, seed=0)

@@ -1,10 +1,10 @@
-"""vLLM replicas as Ray actors: `engine.data_parallel_size` offline engines, requests dealt out."""
+"""vLLM replicas as Ray actors: `engine.options.data_parallel_size` offline engines, requests dealt out."""
 
 from __future__ import annotations
 
 import os
 
-from crescent.config import EngineConfig, ModelConfig
+from crescent.config import EngineConfig, ModelConfig, VLLMOptions
 from crescent.engines.base import Engine, Generation
 from crescent.engines.streaming import through_session
 from crescent.engines.vllm_offline import VLLMEngine
@@ -71,30 +71,30 @@ class RaySession:
 
 @ENGINES.register("ray_vllm")
 class RayVLLMEngine(Engine):
-    """`engine.data_parallel_size` offline vLLM replicas as Ray actors, each on
-    `engine.tensor_parallel_size` GPUs (on CPU: one core each), on this node or on a running
-    Ray cluster (`engine.ray_address=auto`). Request i of a call goes to replica
+    """`data_parallel_size` offline vLLM replicas as Ray actors, each on `tensor_parallel_size`
+    GPUs (on CPU: one core each), on this node or on a running Ray cluster
+    (`ray_address=auto`): engine.options, VLLMOptions. Request i of a call goes to replica
     i % data_parallel_size with the seed it would have had in one engine, and the results come
     back in request order: a run's samples do not depend on how many replicas drew them."""
 
     @classmethod
     def preflight(cls, engine: EngineConfig) -> None:
-        """`engine.ray_address`: none (a Ray instance of this process), `auto`, or
+        """`engine.options.ray_address`: none (a Ray instance of this process), `auto`, or
         [ray://]host:port of a head that accepts a connection within 5 s."""
         import re
         import socket
 
-        address = engine.ray_address
+        address = VLLMOptions(**engine.options).ray_address
         if address in (None, "auto", "local"):
             return
         match = re.fullmatch(r"(?:ray://)?\[?([^\[\]/]+?)\]?:(\d{1,5})", str(address))
         if not match:
-            raise CrescentError(f"engine.ray_address={address!r}: expected auto or "
+            raise CrescentError(f"engine.options.ray_address={address!r}: expected auto or "
                                 f"[ray://]host:port (a Ray head)")
         try:
             socket.create_connection((match[1], int(match[2])), timeout=5).close()
         except OSError as e:
-            raise CrescentError(f"engine.ray_address={address}: no Ray head answers there "
+            raise CrescentError(f"engine.options.ray_address={address}: no Ray head answers there "
                                 f"({e.strerror or e})") from None
 
     def __init__(self, engine: EngineConfig, model: ModelConfig):
@@ -103,15 +103,16 @@ class RayVLLMEngine(Engine):
 
         # Converted once here, so that the replicas find the built-in model in the cache.
         self.model_path = resolve_model(model.name)
+        options = VLLMOptions(**engine.options)
         if not ray.is_initialized():
             # None starts a Ray instance for this process; "auto" joins the running cluster.
-            ray.init(address=engine.ray_address, include_dashboard=False, log_to_driver=False)
-        gpus = engine.tensor_parallel_size if torch.cuda.is_available() else 0
+            ray.init(address=options.ray_address, include_dashboard=False, log_to_driver=False)
+        gpus = options.tensor_parallel_size if torch.cuda.is_available() else 0
         # Inside an actor that already holds its GPUs, tensor parallelism uses processes:
         # vLLM's Ray executor would ask the cluster for GPUs a second time and wait forever.
         replica = ray.remote(num_cpus=1, num_gpus=gpus)(_Replica)
         executor = "mp" if gpus > 1 else None
-        count = engine.data_parallel_size
+        count = options.data_parallel_size
         cores = sorted(os.sched_getaffinity(0))
         self.replicas = []
         for r in range(count):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from crescent.config import EngineConfig, ModelConfig
+from crescent.config import EngineConfig, ModelConfig, OpenAIOptions
 from crescent.engines.base import Engine, Generation
 from crescent.engines.streaming import through_session
 from crescent.errors import CrescentError
@@ -15,7 +15,8 @@ from crescent.registry import ENGINES
 @ENGINES.register("openai")
 class OpenAIEngine(Engine):
     """OpenAI-compatible servers (`vllm serve`, one or several): requests spread round-robin
-    over `engine.endpoints`, at most `engine.concurrency` in flight, each with its own seed;
+    over `endpoints`, at most `concurrency` in flight, each with its own seed (engine.options,
+    OpenAIOptions);
     a failed request is retried on the next endpoint with exponential backoff, and when every
     retry fails the call raises, after the stage has flushed what it finished before."""
 
@@ -23,11 +24,9 @@ class OpenAIEngine(Engine):
                   "RateLimitError")
 
     def __init__(self, engine: EngineConfig, model: ModelConfig):
-        if not engine.endpoints:
-            raise CrescentError("engine=openai needs engine.endpoints=[http://host:port/v1,...]")
-        self.cfg = engine
+        self.cfg = _options(engine)
         # `vllm serve <path>` names the model by that path; another server may differ.
-        self.model_path = engine.served_model or resolve_model(model.name)
+        self.model_path = self.cfg.served_model or resolve_model(model.name)
 
     @classmethod
     def preflight(cls, engine: EngineConfig) -> None:
@@ -38,12 +37,10 @@ class OpenAIEngine(Engine):
         import urllib.parse
         import urllib.request
 
-        if not engine.endpoints:
-            raise CrescentError("engine=openai needs engine.endpoints=[http://host:port/v1,...]")
-        for url in engine.endpoints:
+        for url in _options(engine).endpoints:
             parts = urllib.parse.urlsplit(str(url))
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise CrescentError(f"engine.endpoints: {url!r} is not an http:// or https:// "
+                raise CrescentError(f"engine.options.endpoints: {url!r} is not an http:// or https:// "
                                     f"URL (e.g. http://127.0.0.1:8000/v1)")
             try:
                 urllib.request.urlopen(f"{str(url).rstrip('/')}/models", timeout=5).close()
@@ -51,7 +48,7 @@ class OpenAIEngine(Engine):
                 pass  # a server answered
             except (OSError, ValueError) as e:
                 reason = getattr(e, "reason", e)
-                raise CrescentError(f"engine.endpoints: no server answers at {url} ({reason})"
+                raise CrescentError(f"engine.options.endpoints: no server answers at {url} ({reason})"
                                     ) from None
 
     def session(self, sampling, n):
@@ -64,9 +61,17 @@ class OpenAIEngine(Engine):
         return through_session(self, list(prompts), sampling, n, seed)
 
 
+def _options(engine: EngineConfig) -> OpenAIOptions:
+    options = OpenAIOptions(**engine.options)
+    if not options.endpoints:
+        raise CrescentError("engine=openai needs its servers: "
+                            "+engine.options.endpoints=[http://host:port/v1,...]")
+    return options
+
+
 class OpenAISession:
     """Each request is sent when submitted, from an event loop in a thread of its own, with at
-    most `engine.concurrency` waiting on the servers; a poll returns those that have answered.
+    most `concurrency` waiting on the servers; a poll returns those that have answered.
     Request i starts at endpoint i % endpoints and moves to the next one on each retry."""
 
     def __init__(self, engine: OpenAIEngine, sampling, n):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from crescent.config import EngineConfig, ModelConfig
+from crescent.config import EngineConfig, ModelConfig, VLLMOptions
 from crescent.engines.base import Engine, Generation, LmEvalModel, derive_seed
 from crescent.engines.hf import hf_lm_eval_model
 from crescent.errors import CrescentError
@@ -52,7 +52,7 @@ def cpu_environment(engine: EngineConfig) -> dict[str, str]:
     return {
         # Without it vLLM reserves most of NUMA node 0 for its KV cache and fails to start
         # beside anything else.
-        "VLLM_CPU_KVCACHE_SPACE": str(engine.cpu_kvcache_gib),
+        "VLLM_CPU_KVCACHE_SPACE": str(VLLMOptions(**engine.options).cpu_kvcache_gib),
         # One CPU process: starts in ~20 s instead of ~75 s and exits cleanly, where the
         # engine-core subprocess left a busy worker behind at shutdown.
         "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
@@ -68,17 +68,18 @@ CPU_LIKELIHOOD_BATCH = 16
 @ENGINES.register("vllm")
 class VLLMEngine(Engine):
     """Offline vLLM: `chat` hands all conversations of a call to `LLM.chat` at once; `session`
-    streams them (`VLLMSession`). With `engine.data_parallel_size` > 1 it opens Ray replicas
-    (crescent/engines/ray_vllm.py) instead."""
+    streams them (`VLLMSession`). With `engine.options.data_parallel_size` > 1 it opens Ray
+    replicas (crescent/engines/ray_vllm.py) instead."""
 
     @classmethod
     def open(cls, engine: EngineConfig, model: ModelConfig) -> Engine:
-        if engine.data_parallel_size > 1:
+        if VLLMOptions(**engine.options).data_parallel_size > 1:
             return ENGINES.get("ray_vllm").open(engine, model)
         return cls(engine, model)
 
     def __init__(self, engine: EngineConfig, model: ModelConfig, executor: str | None = None):
         self.model_path = resolve_model(model.name)
+        options = VLLMOptions(**engine.options)
         cpu = on_cpu()
         if cpu:
             for key, value in cpu_environment(engine).items():
@@ -93,9 +94,9 @@ class VLLMEngine(Engine):
             revision=model.revision,
             dtype=resolve_dtype(model.dtype),
             max_model_len=engine.max_model_len,
-            enforce_eager=engine.enforce_eager,
-            tensor_parallel_size=engine.tensor_parallel_size,
-            gpu_memory_utilization=engine.gpu_memory_utilization,
+            enforce_eager=options.enforce_eager,
+            tensor_parallel_size=options.tensor_parallel_size,
+            gpu_memory_utilization=options.gpu_memory_utilization,
             distributed_executor_backend=CPU_EXECUTOR if cpu else executor,
             # On CPU a seeded request whose prompt is split over two steps crashes vLLM
             # ("CPU Generator does not use offset": it rewinds the sampler's generator, which
@@ -110,12 +111,13 @@ class VLLMEngine(Engine):
         # vLLM schedules every request itself; lm-eval's "auto" hands them all over at once.
         # engine.batch_size: sequences in flight, as when generating (two values batch the
         # same answers differently: the test-retest of a score).
+        options = VLLMOptions(**engine.options)
         args = {"pretrained": pretrained, "dtype": dtype, "max_model_len": engine.max_model_len,
-                "max_num_seqs": engine.batch_size, "enforce_eager": engine.enforce_eager,
-                "tensor_parallel_size": engine.tensor_parallel_size,
-                "gpu_memory_utilization": engine.gpu_memory_utilization}
-        if engine.data_parallel_size > 1:  # lm-eval runs the replicas on Ray itself
-            args["data_parallel_size"] = engine.data_parallel_size
+                "max_num_seqs": engine.batch_size, "enforce_eager": options.enforce_eager,
+                "tensor_parallel_size": options.tensor_parallel_size,
+                "gpu_memory_utilization": options.gpu_memory_utilization}
+        if options.data_parallel_size > 1:  # lm-eval runs the replicas on Ray itself
+            args["data_parallel_size"] = options.data_parallel_size
         env = {}
         if on_cpu():
             env, args["distributed_executor_backend"] = cpu_environment(engine), CPU_EXECUTOR

@@ -44,7 +44,7 @@ def serve_args(args: list[str], cpu: bool) -> list[str]:
 
 class LocalServer:
     """`python -m crescent.infra.serve` on 127.0.0.1 in its own process group; returns once
-    `/v1/models` answers. `url` is the base URL for `engine.endpoints`."""
+    `/v1/models` answers. `url` is the base URL for `engine.options.endpoints`."""
 
     def __init__(self, model_path: str, log: Path, port: int | None = None,
                  kvcache_gib: int = 2, timeout_s: float = 400):

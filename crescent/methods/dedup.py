@@ -18,7 +18,7 @@ from typing import Protocol
 
 import numpy as np
 
-from crescent.config import DedupConfig, ModelConfig
+from crescent.config import DedupConfig, MinHashOptions, ModelConfig, SelfOptions
 from crescent.errors import CrescentError
 from crescent.methods.minhash import MinHashEmbedder, SignatureIndex, shingles  # noqa: F401
 from crescent.registry import EMBEDDERS
@@ -72,14 +72,15 @@ def _minilm(cfg: DedupConfig, model_cfg: ModelConfig | None) -> Embedder:
 
 @EMBEDDERS.register("minhash")
 def _minhash(cfg: DedupConfig, model_cfg: ModelConfig | None) -> Embedder:
-    return MinHashEmbedder(cfg.num_perm, cfg.shingle)
+    options = MinHashOptions(**cfg.options)
+    return MinHashEmbedder(options.num_perm, options.shingle)
 
 
 @EMBEDDERS.register("self")
 def _self(cfg: DedupConfig, model_cfg: ModelConfig | None) -> Embedder:
     if model_cfg is None:
         raise CrescentError("dedup.method='self' needs the generator's model config")
-    return SelfEmbedder(model_cfg, cfg.depth, cfg.batch_size)
+    return SelfEmbedder(model_cfg, SelfOptions(**cfg.options).depth, cfg.batch_size)
 
 
 # --- sentence embeddings ------------------------------------------------------------------
@@ -156,15 +157,15 @@ class SelfEmbedder:
 
     Device: CUDA when there is one, else CPU. On a GPU it is loaded in the questions process
     before the engine and stays resident beside vLLM, taking about `depth` times the model's
-    weights; vLLM reserves `engine.gpu_memory_utilization` of the whole GPU and refuses to
-    start when that much is not free, so leave room for it (docs/cluster.md).
+    weights; vLLM reserves `engine.options.gpu_memory_utilization` of the whole GPU and refuses
+    to start when that much is not free, so leave room for it (docs/cluster.md).
     """
 
     MAX_TOKENS = 512  # cleaned questions are at most domain.max_question_chars (1000) long
 
     def __init__(self, model: ModelConfig, depth: float, batch_size: int, centre: bool = True):
         if not 0 < depth <= 1:
-            raise CrescentError(f"dedup.depth={depth}: expected a share in (0, 1]")
+            raise CrescentError(f"dedup.options.depth={depth}: expected a share in (0, 1]")
         import torch
         from transformers import AutoConfig, AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
