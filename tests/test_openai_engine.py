@@ -14,8 +14,8 @@ import pytest
 
 from crescent.infra.io import read_json, read_jsonl
 from crescent.infra.models import resolve_model
-from crescent.infra.serve import LocalServer
 from tests.conftest import DATA, ROOT
+from tests.local_server import LocalServer
 
 pytestmark = [pytest.mark.slow, pytest.mark.long]
 QUESTIONS = ROOT / "tests" / "assets" / "questions20.jsonl"

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
 
 from crescent import engines
-from crescent.__main__ import CONF_DIR
 from crescent.engines import Generation
 from crescent.errors import CrescentError
 from crescent.infra.io import read_json, read_jsonl
+from tests.conftest import compose
 from tests.killing import kill_points, kill_then_finish, lines, whole_records
 
 SAME = "Tom has 3 apples and buys 2 more. How many apples does he have now?"
@@ -31,17 +30,12 @@ class ScriptedEngine:
         return [Generation([SAME] * n, [10] * n, 5) for _ in conversations]
 
 
-def _cfg(*overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=["logger=none", *overrides])
-
-
 def test_rewrite_loop_is_bounded_and_shortfall_reported(tmp_path, monkeypatch):
     scripted = ScriptedEngine()
     monkeypatch.setattr(engines, "make_engine", lambda *a: scripted)
     from crescent.stages import questions
 
-    cfg = _cfg("questions.target=5", "questions.max_candidates=24", "questions.batch_size=2",
+    cfg = compose("questions.target=5", "questions.max_candidates=24", "questions.batch_size=2",
                "engine.batch_size=2", "questions.max_rewrites=2")
     out = questions.run(cfg, tmp_path)
     accepted = list(read_jsonl(out / "questions.jsonl"))
@@ -70,7 +64,7 @@ def test_resume_redoes_a_line_torn_by_a_kill(tmp_path, monkeypatch):
     first = {"id": 0, "question": "A train leaves at 3 pm at 60 km/h. When does it arrive 150 km "
              "away?", "round": 0, "nearest_id": None, "similarity": None, "candidate": 0}
     (out / "questions.jsonl").write_text(json.dumps(first) + '\n{"id": 1, "question": "Tom h')
-    questions.run(_cfg("questions.target=2", "questions.batch_size=1", "engine.batch_size=4"),
+    questions.run(compose("questions.target=2", "questions.batch_size=1", "engine.batch_size=4"),
                   tmp_path)
     records = list(read_jsonl(out / "questions.jsonl"))
     assert records[0] == first and [r["id"] for r in records] == [0, 1]
@@ -133,7 +127,7 @@ def _shuffled_run(tmp_path, monkeypatch, timing: int, *overrides):
 
     engine = ShuffledEngine(timing)
     monkeypatch.setattr(engines, "make_engine", lambda *a: engine)
-    out = questions.run(_cfg("questions.target=8", "questions.max_candidates=60",
+    out = questions.run(compose("questions.target=8", "questions.max_candidates=60",
                              "questions.batch_size=3", "engine.batch_size=5", *overrides),
                         tmp_path)
     return out, engine

@@ -6,19 +6,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from hydra import compose, initialize_config_dir
 
-from crescent.__main__ import CONF_DIR
 from crescent.errors import CrescentError
 from crescent.infra.io import read_json, read_jsonl
 from crescent.infra.models import resolve_model
 from crescent.stages.questions import make_source, pre_query_prompt
-from tests.conftest import DATA
-
-
-def _cfg(*overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose(config_name="config", overrides=["logger=none", *overrides])
+from tests.conftest import DATA, compose
 
 
 def _seeds(path, questions):
@@ -27,7 +20,7 @@ def _seeds(path, questions):
 
 
 def test_bait_source_repeats_the_domain_bait_prompt():
-    cfg = _cfg()
+    cfg = compose()
     source = make_source(cfg)
     assert [source(d) for d in range(3)] == [[{"role": "user", "content": cfg.domain.bait_prompt}]] * 3
 
@@ -43,7 +36,7 @@ def test_pre_query_prompt_is_the_template_up_to_the_user_words():
 
 
 def test_magpie_source_sends_raw_prompts_only():
-    cfg = _cfg("questions.source=magpie")
+    cfg = compose("questions.source=magpie")
     prompt = make_source(cfg)(5)
     assert isinstance(prompt, str)  # a raw prompt, no chat template applied over it
     assert cfg.domain.magpie_system in prompt and prompt.endswith("<|im_start|>user\n")
@@ -58,28 +51,28 @@ def _seeds_used(cfg, seeds, count, drawn):
 def test_seed_aug_walks_one_seeded_order_and_resumes_where_it_stopped(tmp_path):
     seeds = [f"Seed question number {i}?" for i in range(5)]
     path = _seeds(tmp_path / "seeds.jsonl", seeds)
-    cfg = _cfg("questions.source=seed_aug", f"questions.seeds={path}")
+    cfg = compose("questions.source=seed_aug", f"questions.seeds={path}")
     first_pass = _seeds_used(cfg, seeds, 5, 0)
     assert sorted(first_pass) == seeds  # each seed once per pass
     assert first_pass != seeds  # in a shuffled order
     # A resume continues with the next unused seed, and the order wraps around.
     assert _seeds_used(cfg, seeds, 3, 0) + _seeds_used(cfg, seeds, 4, 3) == (
         first_pass + first_pass[:2])
-    other_seed = _cfg("questions.source=seed_aug", f"questions.seeds={path}", "seed=1")
+    other_seed = compose("questions.source=seed_aug", f"questions.seeds={path}", "seed=1")
     assert _seeds_used(other_seed, seeds, 5, 0) != first_pass
 
 
 def test_source_errors_are_one_clear_line(tmp_path):
     with pytest.raises(CrescentError, match="needs questions.seeds="):
-        make_source(_cfg("questions.source=seed_aug"))
+        make_source(compose("questions.source=seed_aug"))
     with pytest.raises(CrescentError, match="nope.jsonl: no such file"):
-        make_source(_cfg("questions.source=seed_aug", f"questions.seeds={tmp_path}/nope.jsonl"))
+        make_source(compose("questions.source=seed_aug", f"questions.seeds={tmp_path}/nope.jsonl"))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"question": "fine?"}\n{"problem": "no question key"}\n')
     with pytest.raises(CrescentError, match=f"{bad}:2: no question field"):
-        make_source(_cfg("questions.source=seed_aug", f"questions.seeds={bad}"))
+        make_source(compose("questions.source=seed_aug", f"questions.seeds={bad}"))
     with pytest.raises(CrescentError, match="domain 'logic' has no seed_prompt"):
-        make_source(_cfg("questions.source=seed_aug", "domain=logic", f"questions.seeds={bad}"))
+        make_source(compose("questions.source=seed_aug", "domain=logic", f"questions.seeds={bad}"))
 
 
 @pytest.mark.slow
