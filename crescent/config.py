@@ -27,6 +27,14 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 DEFAULT_STAGES = ["questions", "answers", "finetune", "evaluate"]
 OPERATIONAL = {"operational": True}  # field metadata: not part of any cache key
+# Keys that never change what a run writes, each with every key under it. They and the
+# settings marked operational are left out of run-dir names (`not_in_run_dir`, conf/config.yaml)
+# and of the settings a report tells runs apart by (crescent/report/runs.py); no stage keys them.
+NOT_OUTPUT = ("name", "experiment", "stages", "cache_dir", "verbose", "accept_stale", "plugins",
+              "logger", "hydra")
+# Inputs named by a path: their content is in cache keys, but a path is no dir name (a run dir
+# that holds another input's output is refused: pipeline._check_key).
+INPUT_PATHS = ("answers.input", "finetune.input")
 
 
 class Choice(str, Enum):
@@ -480,6 +488,25 @@ def validate(cfg: DictConfig) -> None:
                             "set one of them")
 
 
+def changes_no_output(key: str, cfg: DictConfig | None = None) -> bool:
+    """Whether setting `key` (as an override names it: `+`/`~` allowed) leaves what a run
+    writes as it is: a NOT_OUTPUT key or one under it, or a setting marked operational (with
+    `cfg`, the options of the components it selects too)."""
+    key = key.lstrip("+~")
+    if key.split(".")[0] in NOT_OUTPUT:
+        return True
+    return key in (operational_defaults(cfg) if cfg is not None else dict(_schema_operational()))
+
+
+def _not_in_run_dir(overrides, *, _root_: DictConfig) -> list[str]:
+    """The keys of this command's overrides that its run dir's name leaves out (Hydra's
+    `override_dirname.exclude_keys`): those that change no output, and INPUT_PATHS."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(list(overrides))]
+    return [key for key in keys if key in INPUT_PATHS or changes_no_output(key, _root_)]
+
+
 def operational_defaults(cfg: DictConfig) -> dict[str, Any]:
     """Dotted key -> default of every setting marked operational, in the schema and in the
     options of the components `cfg` selects."""
@@ -515,7 +542,8 @@ def _operational(defaults, prefix: str):
 
 def register_configs() -> None:
     """Register the schema that `conf/config.yaml` puts first in its defaults list, the
-    `path_safe` resolver that keeps run-dir names one directory deep, `data`, which
+    `path_safe` resolver that keeps run-dir names one directory deep, `not_in_run_dir`, the
+    overrides they leave out, `data`, which
     names a benchmark file where this run finds its data (`${data:gsm8k/train.jsonl}`), and
     `humaneval`, HumanEval's problems as questions with their tests (`${humaneval:}`)."""
     ConfigStore.instance().store(name="crescent_schema", node=Config)
@@ -524,6 +552,7 @@ def register_configs() -> None:
                                     replace=True)
     OmegaConf.register_new_resolver("data", _data_file, replace=True)
     OmegaConf.register_new_resolver("humaneval", _humaneval_questions, replace=True)
+    OmegaConf.register_new_resolver("not_in_run_dir", _not_in_run_dir, replace=True)
 
 
 def _humaneval_questions() -> str:

@@ -67,6 +67,16 @@ def test_cfg_job_prints_composed_config(cli):
     assert "smollm2-135m-instruct" in result.stdout and "threshold: 0.85" in result.stdout
 
 
+def test_a_run_dir_is_named_by_the_overrides_that_change_its_output(cli):
+    # Left out: the study, the stages, a key under logger, an operational option of the
+    # selected engine (its KV cache), an input path; kept: what changes the output.
+    result = cli("experiment=smoke", "stages=[questions]", "voting.k=3", "logger.project=x",
+                 "+engine.options.cpu_kvcache_gib=3", "answers.input=/tmp/q.jsonl",
+                 "+engine.options.enforce_eager=false", "--cfg", "hydra")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "override_dirname: +engine.options.enforce_eager=false,voting.k=3\n" in result.stdout
+
+
 def test_conflicting_hydra_flags_are_one_line(cli):
     result = cli("-m", "--cfg", "job")
     assert result.returncode == 1

@@ -190,10 +190,12 @@ def test_models_scored_as_they_are_get_one_base_row_each(tmp_path):
 def test_a_run_resumed_with_other_stages_stays_its_row_and_replica(tmp_path):
     for seed in (1, 2):
         _run(tmp_path, f"finetune.seed={seed}", 3, 0.9, 0.2, 10)
-    # The second replica was finished by `stages=[evaluate] verbose=true`: still the same setting.
+    # The second replica was finished by `stages=[evaluate] verbose=true`, with a progress bar
+    # off and another W&B project (operational, a key under logger): still the same setting.
     resumed = tmp_path / "finetune.seed=2" / ".hydra" / "overrides.yaml"
     resumed.write_text(resumed.read_text() + "- stages=[evaluate]\n- verbose=true\n"
-                       "- hydra.run.dir=elsewhere\n")
+                       "- hydra.run.dir=elsewhere\n- finetune.progress_bar=false\n"
+                       "- logger.project=other\n")
     rows = [runs.collect(run) for run in runs.find_runs([tmp_path])]
     assert [row["setting"] for row in rows] == ["(defaults)", "(defaults)"]
     assert [line["n"] for line in tables.summarize(rows)] == [1, 2]  # the base row, the pooled one

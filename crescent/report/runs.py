@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from crescent.cache import STATS, is_done
-from crescent.config import DEFAULT_STAGES
+from crescent.config import DEFAULT_STAGES, changes_no_output
 from crescent.infra.io import read_json, read_jsonl
 from crescent.methods.metrics import lower_is_better as metrics_lower_is_better
 from crescent.registry import STAGES
@@ -25,14 +25,11 @@ _LOWER_IS_BETTER = ("bits_per_byte", "bpb", "perplexity", "loss")
 REPLICA_KEYS = ("seed", "finetune.seed")
 
 
-# Overrides that change how a run ran, not what it produced: a run resumed with
-# `stages=[evaluate]` or `verbose=true` stays the row (and the replica) it was.
-NOT_A_SETTING = ("experiment", "stages", "cache_dir", "verbose", "accept_stale", "name")
-
-
-# These keys and every key under them. `eval`: a second scoring pass of the same fine-tunes
-# (`stages=[finetune,evaluate] eval.tasks=[...]`) adds columns to their rows (`merge_passes`).
-NOT_A_SETTING_GROUPS = ("logger", "hydra", "eval")
+# Besides the overrides that change no output (crescent.config.changes_no_output: a run resumed
+# with `stages=[evaluate]` or `verbose=true` stays the row it was), `eval` and every key under
+# it: a second scoring pass of the same fine-tunes (`stages=[finetune,evaluate]
+# eval.tasks=[...]`) adds columns to their rows (`merge_passes`).
+SCORING_PASS = "eval"
 
 
 def find_runs(dirs: list[Path]) -> list[Path]:
@@ -103,7 +100,7 @@ def collect(run: Path) -> dict:
     config = OmegaConf.load(run / ".hydra" / "config.yaml")
     stats = {stage: _read(run / stage / STATS) or {}
              for stage in STAGES.in_order()}
-    point = [o for o in overrides if not _not_a_setting(o.lstrip("+~").split("=")[0])]
+    point = [o for o in overrides if not _not_a_setting(o.split("=")[0], config)]
     wandb_id = (run / "wandb_id").read_text().strip() if (run / "wandb_id").exists() else None
     listed = OmegaConf.select(config, "stages", default=None) or DEFAULT_STAGES
     return {
@@ -172,8 +169,8 @@ def merge_passes(rows: list[dict]) -> list[dict]:
     return merged
 
 
-def _not_a_setting(key: str) -> bool:
-    return key in NOT_A_SETTING or key.split(".")[0] in NOT_A_SETTING_GROUPS
+def _not_a_setting(key: str, config) -> bool:
+    return changes_no_output(key, config) or key.lstrip("+~").split(".")[0] == SCORING_PASS
 
 
 def _eval_limits(config) -> dict:
