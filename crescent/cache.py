@@ -325,6 +325,15 @@ def is_done(where: Path) -> bool:
     return (Path(where) / DONE).exists()
 
 
+def stamp(where: Path, cfg: DictConfig, stage: Stage, **more) -> dict:
+    """Record in a stage dir's stats what made it (its version and key: what reuse checks)
+    and `more`; the stats as written."""
+    stats = json.loads((Path(where) / STATS).read_text(encoding="utf-8"))
+    stats.update(stage_version=stage.version, key=stage_key(cfg, stage.name)[0], **more)
+    write_json(Path(where) / STATS, stats)
+    return stats
+
+
 def mark_done(where: Path) -> None:
     """The DONE marker, atomically and last: what the dir holds is complete. It records every
     file the dir holds (size and sha256: 0.7 s a GB here), so that `damage` can tell an entry
@@ -469,6 +478,23 @@ class Entry:
 
     def finish(self) -> None:
         mark_done(self.dir)
+
+    def reuse_or_build(self, what: str, build: Callable[[Path], Any],
+                       current: Callable[[Path], bool] = lambda where: True) -> Any:
+        """Under the entry's lock: None when it is finished, its files as DONE recorded them,
+        and `current` (it still holds this config's output); else what `build(dir)` returns,
+        once it has filled the dir and DONE seals it. A job that finds the lock held waits."""
+        with self.open().locked(what):
+            if self.done:
+                check_intact(what, self.dir)
+                if current(self.dir):
+                    return None
+                logger.warning("crescent: %s: %s holds older output: building it again", what,
+                               self.dir)
+                (self.dir / DONE).unlink()
+            built = build(self.dir)
+            self.finish()
+            return built
 
 
 def entry(cfg: DictConfig, run_dir: Path, name: str) -> Entry | None:

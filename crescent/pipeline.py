@@ -130,11 +130,8 @@ def _run_stage(module: ModuleType, cfg: DictConfig, run_dir: Path, tracker: Trac
     if not stats_path.is_file():
         raise CrescentError(f"stage {stage.name!r} finished without writing {stats_path}")
     stats = read_json(stats_path)
-    stats.setdefault("wall_time_s", round(time.time() - started, 2))
-    stats["stage_version"] = stage.version
-    stats["key"] = cache.stage_key(cfg, stage.name)[0]  # what `_check_key` compares on reuse
-    stats["provenance"] = info
-    write_json(stats_path, stats)
+    stats = cache.stamp(out, cfg, stage, provenance=info,  # the key: what `_check_key` compares
+                        wall_time_s=stats.get("wall_time_s", round(time.time() - started, 2)))
     tracker.log_stats(stage.name, {**_metrics(stats), "reused": 0})
     cache.mark_done(out)
     logger.info("crescent: %s: done in %.1f s", stage.name, stats["wall_time_s"])

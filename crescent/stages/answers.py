@@ -143,18 +143,19 @@ def draw_samples(cfg: DictConfig, questions: list[dict], out: Path, k_max: int, 
     if entry is None:
         return {**_sample_missing(cfg, questions, out, k_max, answers), "reused": False,
                 "entry": None}
-    with entry.locked("answers: samples"):
-        if entry.done:
-            cache.check_intact("answers: samples", entry.dir)
-            _check_sample_counts(entry.dir, k_max)
-            info = read_json(entry.dir / SAMPLING)
-            logger.info("crescent: answers: reusing %s samples per question from %s; voting only",
-                        info["samples_per_question"], entry.dir)
-            return {**info, "reused": True, "engine_started": False, "entry": str(entry.dir)}
-        info = _sample_missing(cfg, questions, entry.dir, k_max, answers)
-        write_json(entry.dir / SAMPLING, info)
-        entry.finish()
-    return {**info, "reused": False, "entry": str(entry.dir)}
+    def build(where: Path) -> dict:
+        info = _sample_missing(cfg, questions, where, k_max, answers)
+        write_json(where / SAMPLING, info)
+        return info
+
+    info = entry.reuse_or_build("answers: samples", build)
+    if info is not None:
+        return {**info, "reused": False, "entry": str(entry.dir)}
+    _check_sample_counts(entry.dir, k_max)
+    info = read_json(entry.dir / SAMPLING)
+    logger.info("crescent: answers: reusing %s samples per question from %s; voting only",
+                info["samples_per_question"], entry.dir)
+    return {**info, "reused": True, "engine_started": False, "entry": str(entry.dir)}
 
 
 def _check_sample_counts(where: Path, k_max: int) -> None:

@@ -32,7 +32,6 @@ import shutil
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -158,10 +157,9 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     for label, model in models.items():
         shared = _shared_base(cfg, Path(run_dir)) if label == BASE and not cfg.eval.models \
             else None
-        with shared.locked("evaluate: base") if shared is not None else nullcontext():
-            took = _score_label(cfg, label, model, tasks, tasks_dir, out / label)
-            if shared is not None:
-                shared.finish()
+        score = functools.partial(_score_label, cfg, label, model, tasks, tasks_dir)
+        took = score(out / label) if shared is None else shared.reuse_or_build(
+            "evaluate: base", score, current=functools.partial(_scored, tasks=tasks, model=model))
         if took is None:
             reused[label] = str((out / label).resolve())
         else:
@@ -256,8 +254,6 @@ def _shared_base(cfg: DictConfig, run_dir: Path) -> cache.Entry | None:
     here = run_dir / STAGE.name / BASE
     if shared is None or (here.is_dir() and not here.is_symlink()):  # scored here before
         return None
-    if shared.done:
-        cache.check_intact("evaluate: base", shared.dir)
     cache.link(here, shared.open().dir)
     return shared
 

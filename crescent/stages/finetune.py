@@ -184,15 +184,12 @@ def _initial_model(cfg: DictConfig, run_dir: Path) -> str:
         where = run_dir / STAGE.name / f"init_{cfg.finetune.init}"
         train(first, run_dir, where, first.student.name)
         return str(where / MODEL_DIR)
-    with entry.open().locked(f"finetune: init={cfg.finetune.init}"):
-        if entry.done:
-            cache.check_intact(STAGE.name, entry.dir)
-            logger.info("crescent: finetune: starting from %s", entry.dir / MODEL_DIR)
-        else:
-            train(first, run_dir, entry.dir, first.student.name)
-            stats = read_json(entry.dir / STATS)
-            write_json(entry.dir / STATS, {**stats, "stage_version": STAGE.version})
-            cache.mark_done(entry.dir)
+    def build(where: Path) -> Path:
+        train(first, run_dir, where, first.student.name)
+        return cache.stamp(where, first, STAGE)
+
+    if entry.reuse_or_build(f"finetune: init={cfg.finetune.init}", build) is None:
+        logger.info("crescent: finetune: starting from %s", entry.dir / MODEL_DIR)
     return str(entry.dir / MODEL_DIR)
 
 
