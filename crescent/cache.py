@@ -1,6 +1,7 @@
 """The stage table and the artefact cache: keys, entries, links, locks, the DONE marker.
 
-A stage is a module with `run(cfg, run_dir) -> Path` and a `STAGE` declaration (`Stage`): the
+A stage is a module with `run(cfg, run_dir)`, which writes its outputs and stats.json into
+`run_dir/<name>/` (the runner reads no return value), and a `STAGE` declaration (`Stage`): the
 config keys that determine its output, what it reads (`upstream`) and writes (`outputs`), its
 version and the cache entries it keeps beside its own (`entries`: the answers stage's samples,
 the evaluate stage's base-model scores). Stages are registered in `crescent.registry.STAGES`.
