@@ -54,6 +54,8 @@ def test_gsm8k_twins_are_the_stock_tasks_on_local_files(ours, stock):
     # The departures, each said in the task file: answers up to 512 tokens (not lm-eval's
     # 256), and the CoT task's strict match reads "The answer is: N" too.
     assert mine["generation_kwargs"].pop("max_gen_toks") == 512
+    # The report's headline metric, declared (lm-eval reads no `headline`).
+    assert mine["metadata"].pop("headline") == "exact_match,flexible-extract"
     assert "max_gen_toks" not in theirs["generation_kwargs"]
     if ours == "crescent_gsm8k_cot_zeroshot":
         strict = mine["filter_list"][0]["filter"][0]

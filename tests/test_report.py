@@ -284,7 +284,7 @@ def test_base_scored_twice_gives_the_flip_rate_and_lengths_are_shown(tmp_path):
            "0.6000 / 0.6000 | 0.4000 |" in md or \
            "| gsm exact_match | engine.batch_size=64 vs engine.batch_size=256 | 5 | " \
            "0.6000 / 0.6000 | 0.4000 |" in md
-    assert "| engine.batch_size=256 | base | gsm | 512 | 301.5 | 0.200 |" in md
+    assert "| engine.batch_size=256 | base | gsm | 512 | 301.5 | 0.2000 |" in md
 
 
 def test_a_second_scoring_pass_adds_its_columns_to_the_same_rows(tmp_path):
@@ -451,3 +451,30 @@ def test_volume_curves_follow_each_arm_and_name_the_steps_behind_each_point(tmp_
     gold = [line for line in summary if line["gold_labels"]]
     assert plots._floor_label(gold, []) == "gold labels (right 100%)"
     assert sorted(line["steps"] for line in gold) == [25, 98]
+
+
+def test_a_task_declares_its_headline_metric():
+    from crescent.errors import CrescentError
+    from crescent.methods.metrics import declared_headline, headline
+
+    metrics = {"exact_match,flexible-extract": 0.3, "exact_match,strict-match": 0.2,
+               "exact_match,strict-match_stderr": 0.01}
+    assert headline(metrics) == ("exact_match,flexible-extract", 0.3)  # undeclared: by name
+    results = {"configs": {"gsm": {"metadata": {"version": 3.0,
+                                                "headline": "exact_match,strict-match"}}}}
+    assert headline(metrics, declared_headline(results, "gsm")) == ("exact_match,strict-match",
+                                                                     0.2)
+    with pytest.raises(CrescentError, match="headline 'pass_at_1': not among the task's metrics"):
+        headline(metrics, "pass_at_1")
+    # Every shipped task declares one of the metrics it computes.
+    import re
+
+    from crescent.stages.evaluate import TASKS_SRC
+
+    for task in TASKS_SRC.glob("*.yaml"):
+        text = task.read_text()
+        if "metric_list" not in text:
+            continue  # an include of another task's definition
+        declared = re.search(r'^  headline: "([^"]+)"$', text, re.MULTILINE)
+        assert declared, task.name
+        assert f"- metric: {declared[1].split(',')[0]}" in text, task.name

@@ -7,7 +7,12 @@ from pathlib import Path
 
 BASE, FINETUNED = "base", "finetuned"  # the default labels: the student and this run's model
 LM_EVAL_MAX_GEN_TOKS = 256  # what lm-eval's generation tasks stop at unless they say otherwise
+SCORE = ".4f"  # a score, a difference of scores, an interval's end, a share of documents
 
+
+def fmt(value, form: str = SCORE) -> str:
+    """A number as every table prints it (`form`, a format spec); "-" for none."""
+    return "-" if value is None else format(value, form)
 
 
 def metrics_of(results: dict) -> dict[str, dict[str, float]]:
@@ -25,6 +30,31 @@ def metrics_of(results: dict) -> dict[str, dict[str, float]]:
         if metrics:
             out[task] = metrics
     return out
+
+
+def declared_headline(results: dict, task: str) -> str | None:
+    """The metric a task declares as its headline (`metadata: headline:` in its YAML, as
+    lm-eval's results record the task's config), named as `metrics_of` names it."""
+    metadata = (results.get("configs", {}).get(task) or {}).get("metadata") or {}
+    return str(metadata["headline"]).removesuffix(",none") if metadata.get("headline") else None
+
+
+def headline(metrics: dict, declared: str | None = None) -> tuple[str, float] | None:
+    """The metric a table shows for a task: the one it declares, else the first non-stderr
+    number by name; None when it has none."""
+    from crescent.errors import CrescentError
+
+    numbers = {k: v for k, v in metrics.items()
+               if isinstance(v, (int, float)) and "stderr" not in k}
+    if declared is not None:
+        if declared not in numbers:
+            raise CrescentError(f"headline {declared!r}: not among the task's metrics "
+                                f"({', '.join(sorted(numbers)) or 'none'})")
+        return declared, float(numbers[declared])
+    if not numbers:
+        return None
+    name = min(numbers)
+    return name, float(numbers[name])
 
 
 def lower_is_better(raw: dict[str, dict]) -> set[tuple[str, str]]:
@@ -84,16 +114,10 @@ def delta_table(metrics: dict, tasks: list[str], lower: set[tuple[str, str]] = f
     for task, name in headline_pairs(metrics, tasks):
         arrow = "↓" if (task, _base_metric(name)) in lower else "↑"
         cells = [task, f"{name} {arrow}"]
-        cells += [_fmt(metrics[label].get(task, {}).get(name)) for label in labels]
-        cells += [_fmt(diff[label].get(task, {}).get(name), signed=True) for label in others]
+        cells += [fmt(metrics[label].get(task, {}).get(name)) for label in labels]
+        cells += [fmt(diff[label].get(task, {}).get(name), f"+{SCORE}") for label in others]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
-
-
-def _fmt(value, signed: bool = False) -> str:
-    if value is None:
-        return "-"
-    return f"{value:+.4f}" if signed else f"{value:.4f}"
 
 
 def headline_stats(metrics, tasks, raw, models, seconds) -> dict:

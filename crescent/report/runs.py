@@ -13,6 +13,7 @@ from pathlib import Path
 from crescent.cache import STATS, is_done
 from crescent.config import DEFAULT_STAGES, changes_no_output
 from crescent.infra.io import read_json, read_jsonl
+from crescent.methods.metrics import declared_headline, headline
 from crescent.methods.metrics import lower_is_better as metrics_lower_is_better
 from crescent.registry import STAGES
 
@@ -72,16 +73,6 @@ def not_crescent(run: Path) -> str | None:
 
 def _read(path: Path):
     return read_json(path) if path.is_file() else None
-
-
-def headline(metrics: dict) -> tuple[str, float] | None:
-    """The metric a table shows for a task: the first non-stderr number, by name."""
-    numbers = {k: v for k, v in metrics.items()
-               if isinstance(v, (int, float)) and "stderr" not in k}
-    if not numbers:
-        return None
-    name = min(numbers)
-    return name, float(numbers[name])
 
 
 def lower_is_better(score: dict) -> bool:
@@ -209,7 +200,7 @@ def _scores(run: Path, eval_stats: dict) -> dict:
     scores = {}
     for label, tasks in scored.items():
         for task, metrics in tasks.items():
-            picked = headline(metrics)
+            picked = headline(metrics, declared_headline(results[label], task))
             if picked:
                 entry = scores.setdefault(task, {
                     "metric": picked[0], "per_doc": {},

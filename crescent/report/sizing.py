@@ -28,8 +28,8 @@ from pathlib import Path
 
 from crescent.errors import CrescentError
 from crescent.infra.io import read_json
-from crescent.methods.metrics import metrics_of
-from crescent.report.runs import headline, per_document
+from crescent.methods.metrics import declared_headline, headline, metrics_of
+from crescent.report.runs import per_document
 
 
 def scored(label_dir: Path, task: str | None) -> tuple[str, str, list]:
@@ -38,11 +38,12 @@ def scored(label_dir: Path, task: str | None) -> tuple[str, str, list]:
     if not results.is_file():
         raise CrescentError(f"crescent-size: {results} not found: give an evaluate label dir "
                             f"(<run>/evaluate/<label>) that finished scoring")
-    metrics = metrics_of(read_json(results))
+    raw = read_json(results)
+    metrics = metrics_of(raw)
     task = task or next(iter(metrics), None)
     if task not in metrics:
         raise CrescentError(f"crescent-size: {label_dir} has no scores on {task}")
-    metric = headline(metrics[task])[0]
+    metric = headline(metrics[task], declared_headline(raw, task))[0]
     return task, metric, per_document(label_dir / f"samples_{task}.jsonl", metric)
 
 

@@ -12,12 +12,9 @@ from collections import defaultdict
 from pathlib import Path
 
 from crescent.errors import CrescentError
+from crescent.methods.metrics import SCORE, fmt
 from crescent.registry import STAGES
 from crescent.report.runs import REPLICA_KEYS, lower_is_better
-
-
-def _fmt(value) -> str:
-    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _cell(values: list[float], per_doc: list, metric: str, paired: list | None = None) -> dict:
@@ -112,11 +109,11 @@ def _mean_of(runs: list[dict], key: str):
 def _show(cell: dict | None, signed: bool = False) -> str:
     if cell is None:
         return "-"
-    value = f"{cell['mean']:+.4f}" if signed else f"{cell['mean']:.4f}"
+    value = fmt(cell["mean"], f"+{SCORE}" if signed else SCORE)
     if cell["half"] is not None:
-        return f"{value} ± {cell['half']:.4f}"
+        return f"{value} ± {fmt(cell['half'])}"
     if cell["ci"] is not None:
-        return f"{value} [{cell['ci'][0]:.4f}, {cell['ci'][1]:.4f}]"
+        return f"{value} [{fmt(cell['ci'][0])}, {fmt(cell['ci'][1])}]"
     return value
 
 
@@ -138,7 +135,7 @@ def table(rows: list[dict]) -> tuple[list[str], list[list[str]], list[str]]:
             best[task] = min(means) if lower[task] else max(means)
     cells = []
     for line in summary:
-        row = [row_label(line, summary), str(line["n"]), _fmt(line["examples"] or None)]
+        row = [row_label(line, summary), str(line["n"]), fmt(line["examples"] or None, ".4g")]
         for task in tasks:
             text = _show(line["cells"].get(task))
             if not line.get("base") and task in best and \
@@ -270,14 +267,12 @@ def _named(name: str, docs: dict) -> str:
 
 
 def paired_markdown(lines: list[dict]) -> str:
-    def number(value, form: str) -> str:
-        return "-" if value is None else format(value, form)
-
+    signed = f"+{SCORE}"
     rows = [[f"{p['task']} {p['metric']}", f"{p['setting']} - {p['against']}", str(p["replicas"]),
-             str(p["documents"]), f"{p['difference']:+.4f}",
-             f"[{p['ci'][0]:+.4f}, {p['ci'][1]:+.4f}]" if p["ci"] else "-",
-             number(p["p_holm"], ".3f"), number(p["discordant"], ".3f"),
-             number(p["detectable"], ".4f")] for p in lines]
+             str(p["documents"]), fmt(p["difference"], signed),
+             f"[{fmt(p['ci'][0], signed)}, {fmt(p['ci'][1], signed)}]" if p["ci"] else "-",
+             fmt(p["p_holm"], ".3f"), fmt(p["discordant"]), fmt(p["detectable"])]
+            for p in lines]
     return markdown(["task", "difference", "replicas", "documents", "value",
                      "95% paired bootstrap over documents", "p (Holm)", "discordant",
                      "detectable at 80% power"], rows)
@@ -306,14 +301,14 @@ def retest(rows: list[dict]) -> list[dict]:
 
 def retest_markdown(lines: list[dict]) -> str:
     rows = [[f"{r['task']} {r['metric']}", " vs ".join(r["runs"]), str(r["documents"]),
-             " / ".join(f"{v:.4f}" for v in r["scores"]), f"{r['flipped']:.4f}"] for r in lines]
+             " / ".join(map(fmt, r["scores"])), fmt(r["flipped"])] for r in lines]
     return markdown(["task", "base scored twice", "documents", "scores", "flip rate"], rows)
 
 
 def lengths_markdown(rows: list[dict]) -> str:
     """Each model's answers per generation task: mean tokens and the share cut at the cap."""
-    cells = [[r["setting"], label, task, str(v["cap"]), f"{v['mean_tokens']:.1f}",
-              f"{v['cut_at_cap']:.3f}"]
+    cells = [[r["setting"], label, task, str(v["cap"]), fmt(v["mean_tokens"], ".1f"),
+              fmt(v["cut_at_cap"])]
              for r in rows for label, tasks in sorted(r.get("lengths", {}).items())
              for task, v in sorted(tasks.items())]
     return markdown(["setting", "model", "task", "cap", "mean answer tokens", "cut at the cap"],
