@@ -98,3 +98,28 @@ def training_response(answers, response: str, answer: str, domain) -> str:
 def answer_format(name: str):
     """The registered answer format `name` (one line naming the known ones when there is none)."""
     return ANSWER_FORMATS.get(name)
+
+
+def gold_answers(cfg) -> dict:
+    """id -> gold answer (extracted as the domain reads answers) of `answers.input`'s questions,
+    read as the answers stage reads them (same ids, same limit)."""
+    from pathlib import Path
+
+    from crescent.artefacts import load_questions
+    from crescent.errors import CrescentError
+
+    if not cfg.answers.input:
+        raise CrescentError("audit: needs questions with known answers: set answers.input to a "
+                            "JSON Lines file with a `gold` field per row, or GSM8K's "
+                            "'${data:gsm8k/train.jsonl}'")
+    path, reader = Path(cfg.answers.input), answer_format(cfg.domain.answer_type)
+    fields = getattr(reader, "GOLD_FIELDS", ("gold", "answer"))
+    golds = {}
+    for row in load_questions(path, cfg.answers.limit, keep=fields):
+        gold = gold_of(reader, row)
+        if not gold:
+            what = ("a `gold` field, or an `answer` ending in '#### <answer>'"
+                    if fields == ("gold", "answer") else f"the fields {', '.join(fields)}")
+            raise CrescentError(f"{path}: question id {row['id']!r} has no gold answer ({what})")
+        golds[row["id"]] = gold
+    return golds

@@ -18,6 +18,7 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from crescent.errors import CrescentError
 from crescent.registry import VOTE_RULES
 
 
@@ -93,3 +94,16 @@ def representative(winners: list[int], answers: Sequence[str | None],
     if rule == "canonical":
         return min(winners, key=lambda i: answer_format.canonicality(answers[i]))
     return winners[0]
+
+
+def counted_answers(record: dict, k: int, drop_truncated: bool, who: str,
+                    key: str) -> tuple[list, list[bool]]:
+    """A question's first k extracted answers as the vote counts them (with `drop_truncated`,
+    a sample cut at max_tokens abstains: its final answer was never written), and which of
+    them were cut; fewer than k samples is an error naming `who` and the `key` that asked."""
+    extracted = record["extracted"][:k]
+    if len(extracted) < k:
+        raise CrescentError(f"{who} has {len(extracted)} samples, fewer than {key}={k}")
+    truncated = list(record.get("truncated") or [False] * len(extracted))[:k]
+    return [None if cut and drop_truncated else a for a, cut in zip(extracted, truncated)], \
+        truncated

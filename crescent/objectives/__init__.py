@@ -69,8 +69,8 @@ class ObjectiveContext:
         """The answers stage's samples of this run: per question its samples, their extracted
         answers and whether each was cut (samples.jsonl)."""
         from crescent import cache
+        from crescent.artefacts import NOT_SAMPLED, SAMPLES
         from crescent.infra.io import read_jsonl
-        from crescent.stages.answers import NOT_SAMPLED, SAMPLES
 
         path = cache.input_path(self.cfg, self.run_dir, "finetune", SAMPLES)
         return [r for r in read_jsonl(path) if r.get("reason") not in NOT_SAMPLED]

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from crescent.artefacts import PREFS
 from crescent.errors import CrescentError
 from crescent.infra.io import numbered_jsonl, read_json, write_json
 from crescent.methods.fused_loss import fusable_head, linear_cross_entropy
@@ -32,7 +33,6 @@ from crescent.methods.training import CausalLMModule
 from crescent.objectives import DPOOptions
 from crescent.objectives.sft import SFTDataModule
 from crescent.registry import OBJECTIVES
-from crescent.stages.answers import PREFS
 
 REFERENCE = "reference_logps.json"
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader
 
+from crescent.artefacts import SFT
 from crescent.errors import CrescentError
 from crescent.methods.fused_loss import linear_cross_entropy
 from crescent.methods.sft_data import (
@@ -29,7 +30,6 @@ from crescent.methods.sft_data import (
 )
 from crescent.methods.training import CausalLMModule, ResumableLoader, TrainData
 from crescent.registry import OBJECTIVES
-from crescent.stages.answers import SFT
 
 
 class SFTDataModule(TrainData):

@@ -18,6 +18,16 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from crescent import cache
+from crescent.artefacts import (
+    NOT_SAMPLED,
+    PREFS,
+    QA,
+    QUESTIONS,
+    SAMPLES,
+    SFT,
+    VOTES,
+    load_questions,
+)
 from crescent.cache import STATS, Stage
 from crescent.config import samples_per_question
 from crescent.errors import CrescentError
@@ -50,13 +60,7 @@ STAGE = Stage("answers", ("domain", "voting"), upstream="samples", version=2,
                                                "voting.gold_control", "domain.train_prompt",
                                                "voting.rft"),
               generates=True)
-SAMPLES = "samples.jsonl"  # every question once: its samples (or why it was not sampled)
-VOTES = "votes.jsonl"  # every question once: the vote over its first voting.k samples
 SAMPLING = "sampling.json"  # in a samples cache entry: what drawing them cost
-NOT_SAMPLED = ("contaminated", "too_long")  # why a question in samples.jsonl has no samples
-QA = "qa.jsonl"  # the kept questions: answer, chosen response, votes, agreement
-SFT = "sft.jsonl"  # the kept questions as chat conversations, ready for fine-tuning
-PREFS = "prefs.jsonl"  # preference pairs from the same votes: a winner chosen, a loser rejected
 
 
 def preflight(cfg: DictConfig) -> None:
@@ -67,7 +71,7 @@ def preflight(cfg: DictConfig) -> None:
     if cfg.voting.gold_control and not Path(cfg.voting.gold_control).is_file():
         raise CrescentError(f"voting.gold_control: {cfg.voting.gold_control}: no such file")
     if cfg.voting.rft:
-        from crescent.stages.audit import gold_answers
+        from crescent.domains import gold_answers
 
         try:
             gold_answers(cfg)
@@ -92,7 +96,6 @@ def benchmark_files(cfg: DictConfig) -> list[Path]:
 def run(cfg: DictConfig, run_dir: Path) -> Path:
     from crescent.domains import answer_format, for_question
     from crescent.engines import derive_seed
-    from crescent.stages.questions import QUESTIONS
 
     out = Path(run_dir) / STAGE.name
     k_max = samples_per_question(cfg)  # also: voting.k <= answers.samples, or a clear error
@@ -277,7 +280,7 @@ def revote(cfg: DictConfig, record: dict, answers=None) -> dict:
     questions pass."""
     from crescent.domains import answer_format, for_question
     from crescent.engines import derive_seed
-    from crescent.methods.voting import vote
+    from crescent.methods.voting import counted_answers, vote
 
     if record.get("reason") in NOT_SAMPLED:
         return record
@@ -294,19 +297,6 @@ def revote(cfg: DictConfig, record: dict, answers=None) -> dict:
             "winners": result.winners, "n_samples": k, "n_truncated": sum(truncated),
             "truncated": truncated, "samples": samples, "extracted": extracted,
             **({"details": result.details} if result.details else {})}
-
-
-def counted_answers(record: dict, k: int, drop_truncated: bool, who: str,
-                    key: str) -> tuple[list, list[bool]]:
-    """A question's first k extracted answers as the vote counts them (with `drop_truncated`,
-    a sample cut at max_tokens abstains: its final answer was never written), and which of
-    them were cut; fewer than k samples is an error naming `who` and the `key` that asked."""
-    extracted = record["extracted"][:k]
-    if len(extracted) < k:
-        raise CrescentError(f"{who} has {len(extracted)} samples, fewer than {key}={k}")
-    truncated = list(record.get("truncated") or [False] * len(extracted))[:k]
-    return [None if cut and drop_truncated else a for a, cut in zip(extracted, truncated)], \
-        truncated
 
 
 def cap_to_match(cfg: DictConfig, records: list[dict], voted: list[dict],
@@ -368,31 +358,6 @@ def _stats(cfg: DictConfig, questions: list[dict], records: list[dict], kept: li
         "sampling": {k: v for k, v in sampling.items()
                      if k not in ("tokens", "resumed_with", "answers_per_s")},
     }
-
-
-def load_questions(path: Path, limit: int | None = None, keep: tuple[str, ...] = ()) -> list[dict]:
-    """The first `limit` (None: all) questions, with unique ids; rows without an `id` take
-    their line number - 1. The fields named in `keep` are copied where a row has them."""
-    if not path.exists():
-        raise CrescentError(f"answers.input: {path} does not exist (run the questions stage "
-                            f"or point answers.input at a questions.jsonl)")
-    questions, seen = [], set()
-    for line, row in numbered_jsonl(path):
-        if not isinstance(row.get("question"), str) or not row["question"].strip():
-            raise CrescentError(f"{path}:{line}: no 'question' text")
-        qid = row.get("id", line - 1)
-        if isinstance(qid, bool) or not isinstance(qid, (str, int)):
-            raise CrescentError(f"{path}:{line}: id {qid!r} is not a string or an integer")
-        if qid in seen:
-            raise CrescentError(f"{path}:{line}: duplicate id {qid!r}")
-        seen.add(qid)
-        questions.append({"id": qid, "question": row["question"],
-                          **{field: row[field] for field in keep if field in row}})
-        if len(questions) == limit:
-            break
-    if not questions:
-        raise CrescentError(f"{path}: no questions to answer (the file is empty)")
-    return questions
 
 
 def kept_rows(records: list[dict], domain: DictConfig, answers) -> list[dict]:
@@ -485,8 +450,8 @@ def rft_rows(cfg: DictConfig, voted: list[dict], answers) -> list[dict]:
     the first of its first `voting.k` samples whose answer is the gold one (a truncated sample
     never: its answer was not written), as the vote's pairs are written; questions with no
     right sample are left out."""
-    from crescent.domains import for_question, is_correct, training_response
-    from crescent.stages.audit import gold_answers
+    from crescent.domains import for_question, gold_answers, is_correct, training_response
+    from crescent.methods.voting import counted_answers
 
     golds, rows = gold_answers(cfg), []
     for r in voted:

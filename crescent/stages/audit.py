@@ -23,6 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from crescent import cache
 from crescent.cache import STATS, Stage
+from crescent.domains import gold_answers
 from crescent.errors import CrescentError
 from crescent.infra.io import atomic_write_text, read_jsonl, write_json
 
@@ -42,33 +43,10 @@ def preflight(cfg: DictConfig) -> None:
     gold_answers(cfg)
 
 
-def gold_answers(cfg: DictConfig) -> dict:
-    """id -> gold answer (extracted as the domain reads answers) of `answers.input`'s questions,
-    read as the answers stage reads them (same ids, same limit)."""
-    from crescent.domains import answer_format, gold_of
-    from crescent.stages.answers import load_questions
-
-    if not cfg.answers.input:
-        raise CrescentError("audit: needs questions with known answers: set answers.input to a "
-                            "JSON Lines file with a `gold` field per row, or GSM8K's "
-                            "'${data:gsm8k/train.jsonl}'")
-    path, reader = Path(cfg.answers.input), answer_format(cfg.domain.answer_type)
-    fields = getattr(reader, "GOLD_FIELDS", ("gold", "answer"))
-    golds = {}
-    for row in load_questions(path, cfg.answers.limit, keep=fields):
-        gold = gold_of(reader, row)
-        if not gold:
-            what = ("a `gold` field, or an `answer` ending in '#### <answer>'"
-                    if fields == ("gold", "answer") else f"the fields {', '.join(fields)}")
-            raise CrescentError(f"{path}: question id {row['id']!r} has no gold answer ({what})")
-        golds[row["id"]] = gold
-    return golds
-
-
 def run(cfg: DictConfig, run_dir: Path) -> Path:
+    from crescent.artefacts import NOT_SAMPLED, SAMPLES
     from crescent.config import samples_per_question
     from crescent.domains import answer_format
-    from crescent.stages.answers import NOT_SAMPLED, SAMPLES
 
     out = Path(run_dir) / STAGE.name
     samples = cache.input_path(cfg, run_dir, STAGE.name, SAMPLES)
@@ -101,8 +79,7 @@ def measure(cfg: DictConfig, records: list[dict], golds: dict, k_max: int, reade
     from crescent.domains import for_question, is_correct
     from crescent.engines import derive_seed
     from crescent.intervals import ratio_interval
-    from crescent.methods.voting import vote
-    from crescent.stages.answers import counted_answers
+    from crescent.methods.voting import counted_answers, vote
 
     counted = [counted_answers(r, k_max, cfg.voting.drop_truncated,
                                f"audit: question {r['id']!r}", "answers.samples")[0]

@@ -37,6 +37,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from crescent import cache
+from crescent.artefacts import MODEL_DIR, MODEL_RECORD
 from crescent.cache import STATS, Stage
 from crescent.errors import CrescentError
 from crescent.infra.io import atomic_write_text, read_json, write_json
@@ -59,7 +60,6 @@ from crescent.methods.scoring import (
     one_limit,
     run_of,
 )
-from crescent.stages import finetune
 
 logger = logging.getLogger(__name__)
 
@@ -357,7 +357,7 @@ def models_to_score(cfg: DictConfig, run_dir: Path) -> dict[str, str]:
     if cfg.eval.models:
         return _named_models(cfg, resolve_model)
     models = {BASE: resolve_model(cfg.student.name)}
-    finetuned = cache.input_path(cfg, run_dir, STAGE.name, finetune.MODEL_DIR)
+    finetuned = cache.input_path(cfg, run_dir, STAGE.name, MODEL_DIR)
     if (finetuned / "config.json").is_file():
         models[FINETUNED] = str(finetuned.resolve())
     else:
@@ -477,9 +477,9 @@ def _scored(label_dir: Path, tasks: list[str], model: str) -> bool:
 
 def model_identity(model: str) -> str:
     """What a scored model is: the sha256 of the file record its fine-tune saved beside it
-    (finetune.MODEL_RECORD: every weight file's hash), else its path (a built-in or a local
+    (MODEL_RECORD: every weight file's hash), else its path (a built-in or a local
     model, which Crescent does not rewrite)."""
-    record = Path(model).parent / finetune.MODEL_RECORD
+    record = Path(model).parent / MODEL_RECORD
     return cache.content_hash(record, "evaluate") if record.is_file() else str(model)
 
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from crescent import cache
+from crescent.artefacts import MODEL_DIR, MODEL_RECORD
 from crescent.cache import STATS, Stage
 from crescent.errors import CrescentError
 from crescent.infra.io import read_json, read_jsonl, write_json
@@ -61,11 +62,9 @@ STAGE = Stage("finetune", ("seed", "student", "finetune"), upstream="answers",
               added=("finetune.objective", "finetune.init", "finetune.beta", "finetune.margin_weight",
                      "finetune.sft_weight", "finetune.padding_free", "finetune.lora_base_dtype",
                      "finetune.subset", "finetune.reads"))
-MODEL_DIR = "model"  # the trained student, a Hugging Face save_pretrained dir
 CHECKPOINT_DIR = "checkpoints"
 LAST_CKPT = "last.ckpt"
 METRICS = "metrics.jsonl"
-MODEL_RECORD = "model_files.json"  # size and sha256 of each saved model file, before DONE
 
 
 def preflight(cfg: DictConfig) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 from omegaconf import DictConfig
 
+from crescent.artefacts import QUESTIONS, REJECTED
 from crescent.cache import STATS, Stage
 from crescent.errors import CrescentError
 from crescent.infra.io import JsonlAppender, numbered_jsonl, resume_jsonl, write_json
@@ -38,8 +39,6 @@ logger = logging.getLogger(__name__)
 STAGE = Stage("questions", ("seed", "model", "engine", "domain", "dedup", "questions"),
               outputs=("questions.jsonl", "rejected.jsonl"), version=2, generates=True,
               added=("domain.train_prompt",))
-QUESTIONS = "questions.jsonl"  # accepted, numbered by id
-REJECTED = "rejected.jsonl"  # every rejected candidate, with its reason
 
 
 @dataclass
