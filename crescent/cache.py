@@ -224,6 +224,8 @@ def stage_key(cfg: DictConfig, name: str) -> tuple[str, dict]:
         node, last = _parent(parts, key)
         if node is not None and node.get(last) == plain(OmegaConf.select(_schema(), key)):
             _drop(parts, key)
+        if parts.get(key.split(".")[0]) == {}:  # a group of added keys, all at their defaults
+            del parts[key.split(".")[0]]
     parts["version"] = stage.version
     digest = hashlib.blake2b(json.dumps(parts, sort_keys=True, default=str).encode(),
                              digest_size=8)

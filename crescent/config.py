@@ -213,10 +213,23 @@ class VotingConfig:
     representative: Representative = Representative.first  # which response of the winning group becomes the training target: first, shortest, canonical
     drop_truncated: bool = True  # a sample cut at answers.sampling.max_tokens abstains (its answer was never written)
     pairs: int = 1  # preference pairs per kept question (prefs.jsonl): a winning sample chosen, a losing one rejected; 0: none
-    gold_control: str | None = None  # control: train on as many of this file's questions (GSM8K style: question, gold solution ending in `#### n`) as the vote keeps, with their gold solutions, in place of the kept pairs
-    rft: bool = False  # control (rejection-sampling fine-tuning): every question of answers.input with a gold answer trains on the first of its first k samples whose answer is right, in place of the kept pairs; questions with none are dropped (the ceiling the vote could reach: the model's own style, right labels)
-    shuffle_labels: bool = False  # control: each kept question trains on another kept question's response (seeded), so the data keep the vote's format and lose its answers
     options: dict[str, Any] = field(default_factory=dict)  # a plug-in vote rule's own settings
+    # renamed (RENAMED): the study controls are the `control` group's now
+    gold_control: Any = None
+    rft: Any = None
+    shuffle_labels: Any = None
+    match_kept_of_k: Any = None
+
+
+@dataclass
+class ControlConfig:
+    """A study's controls: what the answers stage trains on in place of the vote's kept pairs,
+    to tell what the vote adds (conf/setting/: gold, rft, shuffled, no_vote). The samples are
+    the same for every control: like the vote, they are out of the samples' key."""
+
+    gold: str | None = None  # train on as many of this file's questions (GSM8K style: question, gold solution ending in `#### n`) as the vote keeps, with their gold solutions
+    rft: bool = False  # rejection-sampling fine-tuning: every question of answers.input with a gold answer trains on the first of its first k samples whose answer is right; questions with none are dropped (the ceiling the vote could reach: the model's own style, right labels)
+    shuffle_labels: bool = False  # each kept question trains on another kept question's response (seeded), so the data keep the vote's format and lose its answers
     match_kept_of_k: int | None = None  # keep at most as many questions as voting with this k (other settings as here) keeps from the same samples: the no-vote control at the consensus set's size
 
 
@@ -355,6 +368,7 @@ class Config:
     domain: DomainConfig = field(default_factory=DomainConfig)
     dedup: DedupConfig = field(default_factory=DedupConfig)
     voting: VotingConfig = field(default_factory=VotingConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
     questions: QuestionsConfig = field(default_factory=QuestionsConfig)
     answers: AnswersConfig = field(default_factory=AnswersConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
@@ -382,7 +396,7 @@ RANGES = [
     ("answers.samples", *_OPTIONAL_POSITIVE), ("answers.limit", *_OPTIONAL_POSITIVE),
     ("answers.ngram", *_POSITIVE), ("answers.max_overlap", *_SHARE),
     *[(f"answers.sampling.{key}", test, what) for key, test, what in _SAMPLING],
-    ("voting.match_kept_of_k", *_OPTIONAL_POSITIVE), ("voting.pairs", *_COUNT),
+    ("control.match_kept_of_k", *_OPTIONAL_POSITIVE), ("voting.pairs", *_COUNT),
     ("finetune.max_examples", *_OPTIONAL_POSITIVE),
     ("finetune.fraction", lambda v: 0 < v <= 1, "a share in (0, 1]"),
     ("finetune.max_steps", lambda v: v == -1 or v >= 1, "-1 or an integer >= 1"),
@@ -424,18 +438,23 @@ RENAMED = {"finetune.beta": "finetune.options.beta",
                *(f.name for f in dataclasses.fields(OpenAIOptions)))},
            **{f"dedup.{name}": f"dedup.options.{name}" for name in (
                *(f.name for f in dataclasses.fields(MinHashOptions)),
-               *(f.name for f in dataclasses.fields(SelfOptions)))}}
+               *(f.name for f in dataclasses.fields(SelfOptions)))},
+           "voting.gold_control": "control.gold", "voting.rft": "control.rft",
+           "voting.shuffle_labels": "control.shuffle_labels",
+           "voting.match_kept_of_k": "control.match_kept_of_k"}
 
 
 def rename(cfg: DictConfig) -> None:
-    """Move every old key that is set (RENAMED) to its new place, unless that is set too."""
+    """Move every old key that is set (RENAMED) to its new place, unless that is set too
+    (given, or other than its default)."""
     import logging
 
+    defaults = OmegaConf.structured(Config)
     for old, new in RENAMED.items():
         value = OmegaConf.select(cfg, old)
         if value is None:
             continue
-        if OmegaConf.select(cfg, new) is None:
+        if OmegaConf.select(cfg, new) == OmegaConf.select(defaults, new, default=None):
             OmegaConf.update(cfg, new, value, force_add=True)
         OmegaConf.update(cfg, old, None)
         logging.getLogger(__name__).warning(
@@ -476,9 +495,9 @@ def validate(cfg: DictConfig) -> None:
         raise CrescentError(f"voting.min_votes={voting.min_votes} is more than voting.k="
                             f"{voting.k}: no question could be kept")
     k_max = samples_per_question(cfg)
-    match = voting.match_kept_of_k
+    match = cfg.control.match_kept_of_k
     if match is not None and match > k_max:
-        raise CrescentError(f"voting.match_kept_of_k={match} is more than the samples drawn "
+        raise CrescentError(f"control.match_kept_of_k={match} is more than the samples drawn "
                             f"per question (answers.samples={k_max})")
     for task, limit in cfg.eval.limits.items():
         if not _OPTIONAL_POSITIVE[0](limit):

@@ -8,7 +8,7 @@ import json
 import datasets
 import pytest
 
-from crescent import engines
+from crescent import cache, engines
 from crescent.domains.math import MathAnswers
 from crescent.engines import Generation
 from crescent.errors import CrescentError
@@ -309,7 +309,7 @@ def test_no_vote_control_keeps_as_many_as_the_consensus_vote(tmp_path, monkeypat
     consensus = answers.run(_cfg(*common), tmp_path / "crescent")
     control_cfg = _cfg(*common, "setting=no_vote")
     control_cfg.voting.merge_with({"k": 1})  # _cfg pins voting.k=4 after the setting
-    assert (control_cfg.voting.min_votes, control_cfg.voting.match_kept_of_k) == (1, 4)
+    assert (control_cfg.voting.min_votes, control_cfg.control.match_kept_of_k) == (1, 4)
     control = answers.run(control_cfg, tmp_path / "control")
     kept = [q["id"] for q in read_jsonl(consensus / "qa.jsonl")]
     assert kept == [0, 1]
@@ -317,7 +317,7 @@ def test_no_vote_control_keeps_as_many_as_the_consensus_vote(tmp_path, monkeypat
     assert [q["id"] for q in read_jsonl(control / "qa.jsonl")] == [0, 1]
     stats = read_json(control / "stats.json")
     assert stats["kept"] == 2 and stats["dropped"]["over_match"] == 2
-    assert "voting.match_kept_of_k) | 2 |" in (control / "DATASET.md").read_text()
+    assert "control.match_kept_of_k) | 2 |" in (control / "DATASET.md").read_text()
 
 
 def test_shuffled_and_gold_controls_keep_the_votes_size(tmp_path, monkeypatch):
@@ -343,6 +343,20 @@ def test_shuffled_and_gold_controls_keep_the_votes_size(tmp_path, monkeypatch):
     assert read_json(gold_dir / "stats.json")["kept"] == 2
     sft = [json.loads(line) for line in (gold_dir / "sft.jsonl").open()]
     assert sft[1]["messages"][1]["content"] == gold[1]["response"]
+
+
+def test_controls_have_a_group_and_their_old_names_still_work():
+    from crescent.config import validate
+
+    old = _cfg("voting.shuffle_labels=true", "voting.match_kept_of_k=4")
+    validate(old)  # moved to control.*, with a warning
+    assert (old.control.shuffle_labels, old.control.match_kept_of_k) == (True, 4)
+    assert old.voting.shuffle_labels is None and old.voting.match_kept_of_k is None
+    new = _cfg("control.shuffle_labels=true", "control.match_kept_of_k=4")
+    validate(new)
+    assert cache.stage_key(old, "answers") == cache.stage_key(new, "answers")
+    # The samples are the same for every control: out of their key, as the vote is.
+    assert cache.stage_key(new, "samples") == cache.stage_key(_cfg(), "samples")
 
 
 def test_shuffled_labels_is_a_seeded_cycle():
@@ -386,5 +400,5 @@ def test_rft_control_trains_on_each_questions_first_right_sample(tmp_path, monke
     assert [(r["id"], r["rft_sample"]) for r in rows] == [(0, 0), (1, 0), (3, 2), (4, 2)]
     assert rows[2]["response"] == "The answer is: 3" and rows[3]["answer"] == "2"
     assert read_json(out / "stats.json")["kept"] == 4
-    with pytest.raises(CrescentError, match="voting.rft: .* has no gold answer"):
+    with pytest.raises(CrescentError, match="control.rft: .* has no gold answer"):
         answers.preflight(_cfg(f"answers.input={_questions(tmp_path)}", "setting=rft"))

@@ -46,7 +46,7 @@ then `push_to_hub` to share it).
 | dropped: every sample abstained | {stats['dropped'].get('abstained', 0)} |
 | dropped: no consensus | {stats['dropped'].get('no_consensus', 0)} |
 | dropped: tie | {stats['dropped'].get('tie', 0)} |
-| dropped: beyond the size consensus keeps (voting.match_kept_of_k) | {stats['dropped'].get('over_match', 0)} |
+| dropped: beyond the size consensus keeps (control.match_kept_of_k) | {stats['dropped'].get('over_match', 0)} |
 | kept | {stats['kept']} |
 
 ## Agreement (samples agreeing with the plurality answer, answered questions)

@@ -123,8 +123,9 @@ def collect(run: Path) -> dict:
         "input": Path(str(OmegaConf.select(config, "answers.input", default=None) or "")).name
                  or None,
         # trained on gold labels (a control): their precision is 1 by construction
-        "gold_labels": bool(OmegaConf.select(config, "voting.gold_control", default=None)
-                            or OmegaConf.select(config, "voting.rft", default=False)),
+        # the controls, as `control` (or `voting`, before they had a group) recorded them
+        "gold_labels": any(OmegaConf.select(config, key, default=None) for key in (
+            "control.gold", "control.rft", "voting.gold_control", "voting.rft")),
         "scores": _scores(run, stats["evaluate"]),
         "lengths": _lengths(run, stats["evaluate"]),
         "reused": {k: v.get("reused") for k, v in (_read(run / "pipeline.json") or {}).items()},

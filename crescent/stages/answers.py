@@ -53,12 +53,14 @@ SAMPLES_ENTRY = Stage("samples", ("seed", "model", "engine", "domain", "answers"
                       resolved={"answers.samples": samples_per_question},  # None: voting.k
                       added=("answers.limit", "domain.train_prompt"))
 # Version 2: preference pairs (prefs.jsonl, the dataset's `prefs` split) beside the SFT data.
-STAGE = Stage("answers", ("domain", "voting"), upstream="samples", version=2,
+STAGE = Stage("answers", ("domain", "voting", "control"), upstream="samples", version=2,
               outputs=("qa.jsonl", "sft.jsonl", "prefs.jsonl", "votes.jsonl", "samples.jsonl",
                        "dataset"),
-              entries=(SAMPLES_ENTRY,), added=("voting.rule", "voting.shuffle_labels",
-                                               "voting.gold_control", "domain.train_prompt",
-                                               "voting.rft"),
+              entries=(SAMPLES_ENTRY,),
+              # the controls were voting.* (at their defaults, out of the key) until `control`
+              added=("voting.rule", "voting.shuffle_labels", "voting.gold_control",
+                     "domain.train_prompt", "voting.rft", "control.gold", "control.rft",
+                     "control.shuffle_labels", "control.match_kept_of_k"),
               generates=True)
 SAMPLING = "sampling.json"  # in a samples cache entry: what drawing them cost
 
@@ -68,15 +70,15 @@ def preflight(cfg: DictConfig) -> None:
     benchmark_files(cfg)
     if cfg.answers.input and cache.provider(cfg, SAMPLES_ENTRY.name) is None:  # a file
         load_questions(Path(cfg.answers.input), cfg.answers.limit)
-    if cfg.voting.gold_control and not Path(cfg.voting.gold_control).is_file():
-        raise CrescentError(f"voting.gold_control: {cfg.voting.gold_control}: no such file")
-    if cfg.voting.rft:
+    if cfg.control.gold and not Path(cfg.control.gold).is_file():
+        raise CrescentError(f"control.gold: {cfg.control.gold}: no such file")
+    if cfg.control.rft:
         from crescent.domains import gold_answers
 
         try:
             gold_answers(cfg)
         except CrescentError as e:
-            raise CrescentError(f"voting.rft: {e}") from None
+            raise CrescentError(f"control.rft: {e}") from None
 
 
 def benchmark_files(cfg: DictConfig) -> list[Path]:
@@ -112,7 +114,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     sampling = draw_samples(cfg, questions, out, k_max, answers, samples)
     records = _in_input_order(read_jsonl(out / SAMPLES), questions, out / SAMPLES)
     voted = [revote(cfg, r, answers) for r in records]
-    if cfg.voting.match_kept_of_k is not None:
+    if cfg.control.match_kept_of_k is not None:
         voted = cap_to_match(cfg, records, voted, answers)
     write_jsonl(out / VOTES, [{k: v for k, v in r.items() if k not in ("samples", "extracted")}
                                for r in voted])
@@ -120,11 +122,11 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         r, cfg.voting.pairs, cfg.voting.drop_truncated, for_question(answers, r),
         cfg.domain.train_prompt)]
     kept = kept_rows(voted, cfg.domain, answers)
-    if cfg.voting.shuffle_labels:
+    if cfg.control.shuffle_labels:
         kept = shuffle_labels(kept, derive_seed(cfg.seed, "shuffle_labels"))
-    if cfg.voting.gold_control:
-        kept = gold_rows(Path(cfg.voting.gold_control), len(kept), cfg.domain)
-    if cfg.voting.rft:
+    if cfg.control.gold:
+        kept = gold_rows(Path(cfg.control.gold), len(kept), cfg.domain)
+    if cfg.control.rft:
         kept = rft_rows(cfg, voted, answers)
     write_datasets(out, kept, pairs, cfg.domain.train_prompt)
     stats = _stats(cfg, questions, voted, kept, sampling)
@@ -302,10 +304,10 @@ def revote(cfg: DictConfig, record: dict, answers=None) -> dict:
 def cap_to_match(cfg: DictConfig, records: list[dict], voted: list[dict],
                  answers=None) -> list[dict]:
     """Keep only the first N kept questions, N being how many the vote with
-    k = voting.match_kept_of_k keeps from the same samples; the rest are dropped as
+    k = control.match_kept_of_k keeps from the same samples; the rest are dropped as
     `over_match`. The no-vote control then trains on as many examples as consensus does, so
     that only the filter differs."""
-    match_cfg = OmegaConf.merge(cfg, {"voting": {"k": cfg.voting.match_kept_of_k}})
+    match_cfg = OmegaConf.merge(cfg, {"voting": {"k": cfg.control.match_kept_of_k}})
     limit = sum(revote(match_cfg, r, answers).get("reason", "") is None for r in records)
     capped, kept = [], 0
     for r in voted:
@@ -432,7 +434,7 @@ def gold_rows(path: Path, n: int, domain: DictConfig) -> list[dict]:
             break
         body, _, answer = row["answer"].rpartition("####")
         if not body:
-            raise CrescentError(f"voting.gold_control: {path}:{lineno}: the gold solution has "
+            raise CrescentError(f"control.gold: {path}:{lineno}: the gold solution has "
                                 f"no '#### <answer>' line")
         answer = answer.strip().replace(",", "")
         body = re.sub(r"<<[^>]*>>", "", body).rstrip()
@@ -440,7 +442,7 @@ def gold_rows(path: Path, n: int, domain: DictConfig) -> list[dict]:
                      "response": f"{body}\n{domain.final_answer_line.format(answer=answer)}",
                      "votes": {}, "agreement": None, "n_samples": 0})
     if len(rows) < n:
-        raise CrescentError(f"voting.gold_control: {path} has {len(rows)} questions, fewer "
+        raise CrescentError(f"control.gold: {path} has {len(rows)} questions, fewer "
                             f"than the {n} the vote keeps")
     return rows
 
@@ -458,7 +460,7 @@ def rft_rows(cfg: DictConfig, voted: list[dict], answers) -> list[dict]:
         if r.get("reason") in NOT_SAMPLED:
             continue
         reader = for_question(answers, r)
-        counted, _ = counted_answers(r, cfg.voting.k, True, f"voting.rft: question {r['id']!r}",
+        counted, _ = counted_answers(r, cfg.voting.k, True, f"control.rft: question {r['id']!r}",
                                      "voting.k")
         right = next((i for i, a in enumerate(counted)
                       if is_correct(reader, a, golds[r["id"]])), None)
