@@ -123,8 +123,8 @@ class VLLMOptions:
     cpu_kvcache_gib: int = field(default=4, metadata=OPERATIONAL)  # on CPU: KV-cache GiB (VLLM_CPU_KVCACHE_SPACE), unless set in env
 
     def __post_init__(self):
-        _check(self.tensor_parallel_size, lambda v: v >= 1, "tensor_parallel_size", "an integer >= 1")
-        _check(self.data_parallel_size, lambda v: v >= 1, "data_parallel_size", "an integer >= 1")
+        for key in ("tensor_parallel_size", "data_parallel_size"):
+            _check(getattr(self, key), lambda v: v >= 1, key, "an integer >= 1")
         _check(self.gpu_memory_utilization, lambda v: 0 < v <= 1, "gpu_memory_utilization",
                "a share in (0, 1]")
 
@@ -143,8 +143,10 @@ class OpenAIOptions:
     def __post_init__(self):
         _check(self.concurrency, lambda v: v >= 1, "concurrency", "an integer >= 1")
         _check(self.max_retries, lambda v: v >= 0, "max_retries", "an integer >= 0")
-        _check(self.retry_backoff_s, lambda v: v >= 0, "retry_backoff_s", "a number of seconds >= 0")
-        _check(self.request_timeout_s, lambda v: v > 0, "request_timeout_s", "a number of seconds > 0")
+        _check(self.retry_backoff_s, lambda v: v >= 0, "retry_backoff_s",
+               "a number of seconds >= 0")
+        _check(self.request_timeout_s, lambda v: v > 0, "request_timeout_s",
+               "a number of seconds > 0")
 
 
 @dataclass
@@ -429,7 +431,8 @@ def samples_per_question(cfg: DictConfig) -> int:
 
 
 # Settings that moved, old key -> where they live now. An old key still works: its value moves
-# to the new place, with a one-line warning (crescent/objectives/dpo.py has DPO's options).
+# to the new place, with a one-line warning (the options' dataclasses: above for engines and
+# embedders, crescent/objectives for DPO; the study controls: ControlConfig).
 RENAMED = {"finetune.beta": "finetune.options.beta",
            "finetune.margin_weight": "finetune.options.margin_weight",
            "finetune.sft_weight": "finetune.options.sft_weight",

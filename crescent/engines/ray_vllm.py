@@ -1,4 +1,5 @@
-"""vLLM replicas as Ray actors: `engine.options.data_parallel_size` offline engines, requests dealt out."""
+"""vLLM replicas as Ray actors: `engine.options.data_parallel_size` offline engines, requests
+dealt out."""
 
 from __future__ import annotations
 

@@ -40,16 +40,16 @@ class OpenAIEngine(Engine):
         for url in _options(engine).endpoints:
             parts = urllib.parse.urlsplit(str(url))
             if parts.scheme not in ("http", "https") or not parts.hostname:
-                raise CrescentError(f"engine.options.endpoints: {url!r} is not an http:// or https:// "
-                                    f"URL (e.g. http://127.0.0.1:8000/v1)")
+                raise CrescentError(f"engine.options.endpoints: {url!r} is not an http:// or "
+                                    f"https:// URL (e.g. http://127.0.0.1:8000/v1)")
             try:
                 urllib.request.urlopen(f"{str(url).rstrip('/')}/models", timeout=5).close()
             except urllib.error.HTTPError:
                 pass  # a server answered
             except (OSError, ValueError) as e:
                 reason = getattr(e, "reason", e)
-                raise CrescentError(f"engine.options.endpoints: no server answers at {url} ({reason})"
-                                    ) from None
+                raise CrescentError(f"engine.options.endpoints: no server answers at {url} "
+                                    f"({reason})") from None
 
     def session(self, sampling, n):
         return OpenAISession(self, sampling, n)
