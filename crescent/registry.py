@@ -200,14 +200,8 @@ class StageRegistry(Registry):
 
     def get(self, name: str) -> Any:
         self.check(name)
-        if name not in self._entries:
-            path = self._builtins[name]
-            try:
-                self._entries[name] = importlib.import_module(path)
-            except ModuleNotFoundError as e:
-                if e.name != path:  # a missing dependency inside the stage: not ours to hide
-                    raise
-                raise CrescentError(f"stage {name!r} is not implemented yet") from None
+        if name not in self._entries:  # a built-in stage is its module
+            self._entries[name] = importlib.import_module(self._builtins[name])
         return self._entries[name]
 
     def in_order(self) -> list[str]:

@@ -89,14 +89,6 @@ def test_unknown_stage_fails_before_any_stage_runs(counting, tmp_path):
     assert not (tmp_path / "counting").exists()
 
 
-def test_unimplemented_stage_says_so(monkeypatch, tmp_path):
-    from crescent.registry import STAGES
-
-    monkeypatch.setitem(STAGES._builtins, "later", "crescent.not_written_yet")
-    with pytest.raises(CrescentError, match="stage 'later' is not implemented yet"):
-        pipeline.run_pipeline(OmegaConf.create({"stages": ["later"]}), tmp_path, Tracker())
-
-
 def test_cli_error_is_one_line_and_nonzero(cli):
     result = cli("stages=[questoins]", "logger=none")
     assert result.returncode == 1
