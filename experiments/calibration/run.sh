@@ -18,7 +18,13 @@ crescent experiment=calibration "$(gold 1000)" finetune.max_epochs=2 hydra.run.d
 #    flip rate between the two scorings is the measurement floor.
 crescent experiment=calibration stages=[evaluate] engine.batch_size=64 \
   hydra.run.dir=$out/base_retest "$@"
-# 3. Fewer pairs, then more epochs on them.
+# 3. No-go on LoRA (gold 1,000 x 2: +1.7 points, its interval across zero, 2026-12-06), so the
+#    protocol's next step: one full fine-tune of gold 400 x 2 (100 steps). lr 1e-5, the usual
+#    full-SFT peak for a 0.5B instruct model (every weight moves: 20x below LoRA's 2e-4), with
+#    the LoRA recipe's 5% warm-up and cosine decay to 0.
+crescent experiment=calibration "$(gold 400)" finetune=full finetune.lr=1e-5 \
+  finetune.max_epochs=2 hydra.run.dir=$out/gold_400x2_full "$@"
+# 4. Fewer pairs, then more epochs on them (LoRA).
 crescent experiment=calibration "$(gold 400)" finetune.max_epochs=2 hydra.run.dir=$out/gold_400x2 "$@"
 crescent experiment=calibration "$(gold 400)" finetune.max_epochs=4 hydra.run.dir=$out/gold_400x4 "$@"
-crescent-report $out --contrast gold_1000 base   # the go/no-go, Holm over the family listed
+crescent-report $out --contrast gold_1000 base --contrast finetune=full base  # Holm over the family
