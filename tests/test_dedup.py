@@ -205,11 +205,11 @@ def test_signature_index_matches_brute_force_and_grows():
 def test_questions_stage_runs_on_minhash(tmp_path, monkeypatch):
     from crescent import engines
     from crescent.stages import questions
-    from tests.test_questions import SAME, ScriptedEngine, _cfg
+    from tests.test_questions import SAME, ScriptedEngine
 
     monkeypatch.setattr(engines, "make_engine", lambda *a: ScriptedEngine())
-    cfg = _cfg("dedup=minhash", "questions.target=3", "questions.max_candidates=8",
-               "questions.batch_size=4")
+    cfg = compose("dedup=minhash", "questions.target=3", "questions.max_candidates=8",
+                  "questions.batch_size=4")
     out = questions.run(cfg, tmp_path)
     assert [q["question"] for q in read_jsonl(out / "questions.jsonl")] == [SAME]
     rejected = list(read_jsonl(out / "rejected.jsonl"))
