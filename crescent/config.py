@@ -520,12 +520,14 @@ def changes_no_output(key: str, cfg: DictConfig | None = None) -> bool:
     return key in (operational_defaults(cfg) if cfg is not None else dict(_schema_operational()))
 
 
-def _not_in_run_dir(overrides, *, _root_: DictConfig) -> list[str]:
+def _not_in_run_dir(*, _root_: DictConfig) -> list[str]:
     """The keys of this command's overrides that its run dir's name leaves out (Hydra's
     `override_dirname.exclude_keys`): those that change no output, and INPUT_PATHS."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(list(overrides))]
+    # As typed: an override's value (`answers.input=${data:...}`) is not resolved here.
+    overrides = OmegaConf.to_container(_root_.hydra.overrides.task, resolve=False)
+    keys = [o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)]
     return [key for key in keys if key in INPUT_PATHS or changes_no_output(key, _root_)]
 
 
