@@ -45,7 +45,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from crescent.config import operational_defaults
 from crescent.errors import CrescentError
-from crescent.infra.io import atomic_write_text, hash_file, write_json
+from crescent.infra.io import atomic_write_text, hash_file, read_json, write_json
 from crescent.registry import COMPONENTS, EMBEDDERS, ENGINES, STAGES
 
 logger = logging.getLogger(__name__)
@@ -331,7 +331,7 @@ def is_done(where: Path) -> bool:
 def stamp(where: Path, cfg: DictConfig, stage: Stage, **more) -> dict:
     """Record in a stage dir's stats what made it (its version and key: what reuse checks)
     and `more`; the stats as written."""
-    stats = json.loads((Path(where) / STATS).read_text(encoding="utf-8"))
+    stats = read_json(Path(where) / STATS)
     stats.update(stage_version=stage.version, key=stage_key(cfg, stage.name)[0], **more)
     write_json(Path(where) / STATS, stats)
     return stats

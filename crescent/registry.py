@@ -166,7 +166,8 @@ ENGINES = Registry("engine", "engine.name", {
     "vllm": "crescent.engines.vllm_offline", "ray_vllm": "crescent.engines.ray_vllm",
     "hf": "crescent.engines.hf", "openai": "crescent.engines.served"},
     requires=("open", "chat", "lm_eval_model"),
-    builtin_options={"vllm": "crescent.config:VLLMOptions", "ray_vllm": "crescent.config:VLLMOptions",
+    builtin_options={"vllm": "crescent.config:VLLMOptions",
+                     "ray_vllm": "crescent.config:VLLMOptions",
                      "openai": "crescent.config:OpenAIOptions"})
 VOTE_RULES = Registry("vote rule", "voting.rule", {"majority": "crescent.methods.voting",
                                                    "execution": "crescent.methods.execution"})

@@ -183,7 +183,7 @@ def _initial_model(cfg: DictConfig, run_dir: Path) -> str:
         where = run_dir / STAGE.name / f"init_{cfg.finetune.init}"
         train(first, run_dir, where, first.student.name)
         return str(where / MODEL_DIR)
-    def build(where: Path) -> Path:
+    def build(where: Path) -> dict:
         train(first, run_dir, where, first.student.name)
         return cache.stamp(where, first, STAGE)
 
