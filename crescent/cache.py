@@ -233,7 +233,7 @@ def stage_key(cfg: DictConfig, name: str) -> tuple[str, dict]:
 
 
 # Until engines and embedders had options (VLLMOptions, OpenAIOptions, MinHashOptions,
-# SelfOptions in crescent/config.py), their settings were flat fields of `engine` and `dedup`,
+# SelfOptions in crescent/options.py), their settings were flat fields of `engine` and `dedup`,
 # each hashed, at these defaults where not set. Keys still hash that layout, so every entry made
 # then stays valid: a built-in's options in place of those fields, the others at these values.
 FLAT_BEFORE_OPTIONS = {

@@ -25,8 +25,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from crescent.options import OPERATIONAL, MinHashOptions, OpenAIOptions, SelfOptions, VLLMOptions
+
 DEFAULT_STAGES = ["questions", "answers", "finetune", "evaluate"]
-OPERATIONAL = {"operational": True}  # field metadata: not part of any cache key
 # Keys that never change what a run writes, each with every key under it. They and the
 # settings marked operational are left out of run-dir names (`not_in_run_dir`, conf/config.yaml)
 # and of the settings a report tells runs apart by (crescent/report/runs.py); no stage keys them.
@@ -105,50 +106,6 @@ class EngineConfig:
     request_timeout_s: Any = None
 
 
-def _check(value, test, key: str, expected: str) -> None:
-    """An option's range, checked when its dataclass is made (before any stage runs)."""
-    if not test(value):
-        raise ValueError(f"{key}={value}: expected {expected}")
-
-
-@dataclass
-class VLLMOptions:
-    """`engine=vllm` and `engine=ray_vllm`: engine.options.<name>."""
-
-    enforce_eager: bool = True  # skip graph capture; starts far faster on CPU
-    tensor_parallel_size: int = 1  # GPUs one model is split over
-    data_parallel_size: int = field(default=1, metadata=OPERATIONAL)  # model replicas (Ray actors), each on tensor_parallel_size GPUs
-    ray_address: str | None = field(default=None, metadata=OPERATIONAL)  # None starts Ray on this node; "auto" joins a running cluster
-    gpu_memory_utilization: float = field(default=0.9, metadata=OPERATIONAL)  # share of accelerator memory vLLM may reserve
-    cpu_kvcache_gib: int = field(default=4, metadata=OPERATIONAL)  # on CPU: KV-cache GiB (VLLM_CPU_KVCACHE_SPACE), unless set in env
-
-    def __post_init__(self):
-        for key in ("tensor_parallel_size", "data_parallel_size"):
-            _check(getattr(self, key), lambda v: v >= 1, key, "an integer >= 1")
-        _check(self.gpu_memory_utilization, lambda v: 0 < v <= 1, "gpu_memory_utilization",
-               "a share in (0, 1]")
-
-
-@dataclass
-class OpenAIOptions:
-    """`engine=openai`: engine.options.<name>; where the servers are changes no output."""
-
-    endpoints: list[str] = field(default_factory=list, metadata=OPERATIONAL)  # base URLs, e.g. http://host:8000/v1
-    served_model: str | None = field(default=None, metadata=OPERATIONAL)  # model name on the servers; default: the model path
-    concurrency: int = field(default=32, metadata=OPERATIONAL)  # requests in flight at once, over all endpoints
-    max_retries: int = field(default=5, metadata=OPERATIONAL)  # retries of a failed request (each on the next endpoint)
-    retry_backoff_s: float = field(default=2.0, metadata=OPERATIONAL)  # first retry wait, doubled per retry (at most 60 s)
-    request_timeout_s: float = field(default=600.0, metadata=OPERATIONAL)  # seconds before a request counts as failed
-
-    def __post_init__(self):
-        _check(self.concurrency, lambda v: v >= 1, "concurrency", "an integer >= 1")
-        _check(self.max_retries, lambda v: v >= 0, "max_retries", "an integer >= 0")
-        _check(self.retry_backoff_s, lambda v: v >= 0, "retry_backoff_s",
-               "a number of seconds >= 0")
-        _check(self.request_timeout_s, lambda v: v > 0, "request_timeout_s",
-               "a number of seconds > 0")
-
-
 @dataclass
 class SamplingConfig:
     temperature: float = 1.0  # 0 means greedy
@@ -176,33 +133,11 @@ class DedupConfig:
     method: str = "minilm"  # embedder (crescent/methods/dedup.py): minilm, self, minhash, none, or a plug-in's
     threshold: float = 0.85  # similarity at or above which a candidate is a duplicate
     batch_size: int = 64  # texts embedded per forward pass
-    options: dict[str, Any] = field(default_factory=dict)  # the embedder's own settings: MinHashOptions (minhash), SelfOptions (self), or a plug-in's
+    options: dict[str, Any] = field(default_factory=dict)  # the embedder's own settings: MinHashOptions (minhash), SelfOptions (self) in crescent/options.py, or a plug-in's
     # renamed (RENAMED): each embedder's settings are its options, dedup.options.<name>
     num_perm: Any = None
     shingle: Any = None
     depth: Any = None
-
-
-@dataclass
-class MinHashOptions:
-    """`dedup=minhash`: dedup.options.<name>."""
-
-    num_perm: int = 128  # permutations per signature (Jaccard resolution 1/num_perm)
-    shingle: int = 1  # words per shingle (every number is the same word, `#`)
-
-    def __post_init__(self):
-        _check(self.num_perm, lambda v: v >= 1, "num_perm", "an integer >= 1")
-        _check(self.shingle, lambda v: v >= 1, "shingle", "an integer >= 1")
-
-
-@dataclass
-class SelfOptions:
-    """`dedup=self`: dedup.options.<name>."""
-
-    depth: float = 0.5  # share of the generator's layers run before pooling (the rest are not loaded)
-
-    def __post_init__(self):
-        _check(self.depth, lambda v: 0 < v <= 1, "depth", "a share in (0, 1]")
 
 
 @dataclass

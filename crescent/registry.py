@@ -166,9 +166,9 @@ ENGINES = Registry("engine", "engine.name", {
     "vllm": "crescent.engines.vllm_offline", "ray_vllm": "crescent.engines.ray_vllm",
     "hf": "crescent.engines.hf", "openai": "crescent.engines.served"},
     requires=("open", "chat", "lm_eval_model"),
-    builtin_options={"vllm": "crescent.config:VLLMOptions",
-                     "ray_vllm": "crescent.config:VLLMOptions",
-                     "openai": "crescent.config:OpenAIOptions"})
+    builtin_options={"vllm": "crescent.options:VLLMOptions",
+                     "ray_vllm": "crescent.options:VLLMOptions",
+                     "openai": "crescent.options:OpenAIOptions"})
 VOTE_RULES = Registry("vote rule", "voting.rule", {"majority": "crescent.methods.voting",
                                                    "execution": "crescent.methods.execution"})
 ANSWER_FORMATS = Registry("answer format", "domain.answer_type", {
@@ -177,11 +177,11 @@ ANSWER_FORMATS = Registry("answer format", "domain.answer_type", {
 OBJECTIVES = Registry("objective", "finetune.objective", {"sft": "crescent.objectives.sft",
                                                           "dpo": "crescent.objectives.dpo"},
                       requires=("load_examples", "data_module", "compute_loss"),
-                      builtin_options={"dpo": "crescent.objectives:DPOOptions"})
+                      builtin_options={"dpo": "crescent.options:DPOOptions"})
 EMBEDDERS = Registry("dedup method", "dedup.method", {
     name: "crescent.methods.dedup" for name in ("minilm", "self", "minhash", "none")},
-    builtin_options={"minhash": "crescent.config:MinHashOptions",
-                     "self": "crescent.config:SelfOptions"})
+    builtin_options={"minhash": "crescent.options:MinHashOptions",
+                     "self": "crescent.options:SelfOptions"})
 # Components whose own settings sit in their group's `options` node, checked with the config.
 COMPONENTS = (ENGINES, VOTE_RULES, ANSWER_FORMATS, OBJECTIVES, EMBEDDERS)
 

@@ -135,8 +135,9 @@ def floor(path: str, pairs: list[tuple[str, str]], batch: int = 16) -> dict:
 
 def raw_vllm(path: str, rows: list[dict]) -> dict:
     """The stage's chain-of-thought prompts through vllm.LLM.generate, as the engine starts it."""
-    from crescent.config import EngineConfig, VLLMOptions
+    from crescent.config import EngineConfig
     from crescent.engines.vllm_offline import CPU_EXECUTOR, cpu_environment, on_cpu
+    from crescent.options import VLLMOptions
 
     engine = EngineConfig()
     if on_cpu():

@@ -1,7 +1,7 @@
 """Benchmark: where a fine-tuning step's time goes, how fast the finetune stage trains, and what
 its precision does to the loss, on this CPU, one run.
 
-    python experiments/bench_training.py --quick
+    python experiments/bench_training.py --quick [--isa avx2]
     python experiments/bench_training.py [speed] [--models qwen smollm2] [--steps 12] [--trl]
     python experiments/bench_training.py profile [--models qwen smollm2]
     python experiments/bench_training.py loss-gap [--steps 8]
@@ -27,6 +27,8 @@ with `finetune=lora` as paper_05b trains it (micro-batches of 2, 4 accumulated, 
             left out; achieved FLOP/s against the CPU's peak (below).
   --quick   speed on the 0.5B LoRA recipe alone, `default` against `today` (about 4
             minutes on 2 cores); its last two lines are the verdict.
+  --isa avx2  speed and --quick as an AVX2-only CPU runs them (ISA's comment): every kernel
+            library held to AVX2 and `auto`'s dtype there (float32), for both configurations.
   profile   one optimiser step (after a warm-up step) under torch.profiler, every op's
             own time charged to what ran it: the base's matmuls, the LoRA branches,
             attention (the rest of each attention block), the LM head and loss, the
@@ -74,6 +76,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_engines import cpu_flags, write_result
 from calibration.gold_pairs import write_pairs
 
+from crescent.infra.precision import cpu_dtype
+
 ROOT = Path(__file__).resolve().parent.parent
 QWEN, SMOL = "qwen2.5-coder-0.5b-instruct", "smollm2-135m-instruct"
 MODELS = {"qwen": QWEN, "smollm2": SMOL}
@@ -98,6 +102,14 @@ COMMON = ["stages=[finetune]", "logger=none", "cache_dir=null", "seed=0", "finet
           "finetune.val_fraction=0", "finetune.checkpoint_every_n_steps=0",
           "finetune.progress_bar=false", "finetune.log_every_n_steps=1", "finetune.max_epochs=-1",
           "finetune.warmup_steps=1"]
+# --isa avx2: this CPU held to AVX2 in every kernel library torch calls (ATen's own kernels,
+# oneDNN, MKL), and the dtype `auto` resolves to on an AVX2-only CPU (float32: it has no
+# bfloat16 units), so an AVX-512 machine measures what an AVX2-only one runs. An emulation:
+# the cores, caches and clock stay this machine's.
+AVX2 = {"env": {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2",
+                "MKL_ENABLE_INSTRUCTIONS": "AVX2"},
+        "overrides": [f"model.dtype={cpu_dtype(frozenset({'avx2'}))}"]}
+ISA = {"native": {"env": {}, "overrides": []}, "avx2": AVX2}
 
 
 def compose(overrides: list[str]):
@@ -153,15 +165,17 @@ def today_root(work: Path) -> Path:
 
 
 def run_stage(model: str, config: str, pairs: Path, steps: int, work: Path,
-              extra: list[str] = ()) -> dict:
+              extra: list[str] = (), isa: str = "native") -> dict:
     """`crescent stages=[finetune]` in its own process (`today`: at TODAY's commit, its
-    defaults); its stats and per-step metrics."""
+    defaults; `isa`: ISA's emulation); its stats and per-step metrics."""
     run_dir = work / f"{model}-{config}"
     root = today_root(work) if config == "today" else ROOT
     own = [] if config == "today" else {**CONFIGS, **FULL_ONLY}[config]
     overrides = [*COMMON, *RECIPES[model], *own, f"finetune.input={pairs}",
-                 f"finetune.max_steps={steps}", f"hydra.run.dir={run_dir}", *extra]
-    env = dict(os.environ, PYTHONPATH=str(root), WANDB_MODE="disabled", HF_HUB_OFFLINE="1")
+                 f"finetune.max_steps={steps}", f"hydra.run.dir={run_dir}", *extra,
+                 *ISA[isa]["overrides"]]
+    env = dict(os.environ, PYTHONPATH=str(root), WANDB_MODE="disabled", HF_HUB_OFFLINE="1",
+               **ISA[isa]["env"])
     started = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "crescent", *overrides], capture_output=True,
                          text=True, env=env, check=False, cwd=root)
@@ -298,7 +312,7 @@ def speed(args, models: list[str], configs: list[str]) -> dict:
             extra = list(FULL_ONLY) if mode == "full" and args.mode == "speed" else []
             for config in configs + extra + (list(TRL_DTYPES) if args.trl else []):
                 run = (in_child(args, config, model, pairs) if config in TRL_DTYPES
-                       else run_stage(model, config, pairs, args.steps, work, SPEED))
+                       else run_stage(model, config, pairs, args.steps, work, SPEED, args.isa))
                 run.update(rates(run, model, mode), mode=mode)
                 runs.append(run)
                 print(f"{model} {config}: {run['trained_tokens_per_s']} trained tokens/s, "
@@ -315,7 +329,8 @@ def speed(args, models: list[str], configs: list[str]) -> dict:
         print(f"{run['model']:<30}{run['config']:<10}{run['trained_tokens_per_s']:>14}"
               f"{run['tokens_per_s']:>9}{run['gflops']:>9}{run['of_float32_peak']:>10.1%}"
               f"{run['of_bfloat16_peak']:>10.1%}{run['over_today']:>10.2f}x")
-    return {"runs": runs, "peak": peak(), "pairs": args.pairs, "steps": args.steps}
+    return {"runs": runs, "peak": peak(), "pairs": args.pairs, "steps": args.steps,
+            "isa": args.isa, **({"emulated": ISA[args.isa]} if args.isa != "native" else {})}
 
 
 def quick_lines(result: dict) -> None:
@@ -325,8 +340,9 @@ def quick_lines(result: dict) -> None:
     default, today = (statistics.mean(by[c]["losses"][-last:]) for c in ("default", "today"))
     print(f"loss: default {default:.4f}, float32 {today:.4f} (mean of the last {last} steps; "
           f"float32: today's training, commit {TODAY})")
+    where = "this machine" if result["isa"] == "native" else f"this machine as {result['isa']} only"
     print(f"speedup: {by['default']['over_today']:.2f}x (trained tokens/s, default over "
-          f"float32 unpacked, same data, this machine)")
+          f"float32 unpacked, same data, {where})")
 
 
 # ---------------------------------------------------------------------------------- in-process
@@ -677,6 +693,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--trl", action="store_true", help="speed: TRL's SFTTrainer too")
+    parser.add_argument("--isa", choices=list(ISA), default="native",
+                        help="speed, --quick: emulate an AVX2-only CPU (ISA's comment)")
     parser.add_argument("--out", default=None)
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--child-model", help=argparse.SUPPRESS)
@@ -689,9 +707,12 @@ def main() -> None:
     mode = "quick" if args.quick else args.mode
     args.steps = args.steps or {"quick": 12, "speed": 10, "loss-gap": 8, "curves": 30,
                                 "profile": 1, "gold": -1}[mode]
-    args.out = args.out or f"outputs/bench_training_{mode}.json"
+    if args.isa != "native" and (mode not in ("quick", "speed") or args.trl):
+        parser.error("--isa applies to speed and --quick without --trl")
+    args.out = args.out or f"outputs/bench_training_{mode}{'' if args.isa == 'native' else '_' + args.isa}.json"
     models = [MODELS[m] for m in args.models]
-    print(f"CPU flags: {' '.join(cpu_flags())}, {os.cpu_count()} cores")
+    print(f"CPU flags: {' '.join(cpu_flags())}, {os.cpu_count()} cores"
+          + (f"; emulating {args.isa} only: {ISA[args.isa]}" if args.isa != "native" else ""))
     if mode == "quick":
         result = speed(args, [QWEN], ["default", "today"])
     elif mode == "speed":

@@ -167,7 +167,7 @@ def is_default(config: dict | None) -> bool:
     """Whether conf/dedup/<method>.yaml is this variant (its threshold aside)."""
     if config is None:
         return False
-    from crescent.config import MinHashOptions, SelfOptions
+    from crescent.options import MinHashOptions, SelfOptions
 
     shipped = _yaml(config["method"])
     # the embedders' own settings at their options' defaults (dedup.options.<name>)

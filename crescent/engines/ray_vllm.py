@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 
-from crescent.config import EngineConfig, ModelConfig, VLLMOptions
+from crescent.config import EngineConfig, ModelConfig
 from crescent.engines.base import Engine, Generation
 from crescent.engines.streaming import through_session
 from crescent.engines.vllm_offline import VLLMEngine
 from crescent.errors import CrescentError
 from crescent.infra.models import resolve_model
+from crescent.options import VLLMOptions
 from crescent.registry import ENGINES
 
 

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 
-from crescent.config import EngineConfig, ModelConfig, OpenAIOptions
+from crescent.config import EngineConfig, ModelConfig
 from crescent.engines.base import Engine, Generation
 from crescent.engines.streaming import through_session
 from crescent.errors import CrescentError
 from crescent.infra.models import resolve_model
+from crescent.options import OpenAIOptions
 from crescent.registry import ENGINES
 
 

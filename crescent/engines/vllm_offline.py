@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import os
 
-from crescent.config import EngineConfig, ModelConfig, VLLMOptions
+from crescent.config import EngineConfig, ModelConfig
 from crescent.engines.base import Engine, Generation, LmEvalModel, derive_seed
 from crescent.engines.hf import hf_lm_eval_model
 from crescent.errors import CrescentError
 from crescent.infra.logs import verbose
 from crescent.infra.models import resolve_model
 from crescent.infra.precision import resolve_dtype
+from crescent.options import VLLMOptions
 from crescent.registry import ENGINES
 
 

@@ -18,9 +18,10 @@ from typing import Protocol
 
 import numpy as np
 
-from crescent.config import DedupConfig, MinHashOptions, ModelConfig, SelfOptions
+from crescent.config import DedupConfig, ModelConfig
 from crescent.errors import CrescentError
 from crescent.methods.minhash import MinHashEmbedder, SignatureIndex, shingles  # noqa: F401
+from crescent.options import MinHashOptions, SelfOptions
 from crescent.registry import EMBEDDERS
 
 logger = logging.getLogger(__name__)

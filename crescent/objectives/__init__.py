@@ -24,22 +24,6 @@ from typing import Any
 
 
 @dataclass
-class DPOOptions:
-    """The `dpo` objective's settings (`finetune.options.*`), here where checking a config
-    reads them without importing torch."""
-
-    beta: float = 0.1  # strength of the pull towards the reference (the student before training)
-    margin_weight: bool = False  # weight each pair's loss by its vote-share margin (as ScPO)
-    sft_weight: float = 0.0  # add this times the chosen responses' cross-entropy (as RPO, ScPO)
-
-    def __post_init__(self):
-        if not self.beta > 0:
-            raise ValueError(f"beta={self.beta}: expected a number > 0")
-        if not self.sft_weight >= 0:
-            raise ValueError(f"sft_weight={self.sft_weight}: expected a number >= 0")
-
-
-@dataclass
 class ObjectiveContext:
     """What an objective sees besides `finetune.*`. It reads only the keys its `reads`
     declares (they are in finetune's cache key; others may change without a retrain)."""

@@ -30,8 +30,8 @@ from crescent.infra.io import numbered_jsonl, read_json, write_json
 from crescent.methods.fused_loss import fusable_head, linear_cross_entropy
 from crescent.methods.sft_data import IGNORE_INDEX, collate
 from crescent.methods.training import CausalLMModule
-from crescent.objectives import DPOOptions
 from crescent.objectives.sft import SFTDataModule
+from crescent.options import DPOOptions
 from crescent.registry import OBJECTIVES
 
 REFERENCE = "reference_logps.json"

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from crescent.config import OPERATIONAL, SamplingConfig
+from crescent.config import SamplingConfig
 from crescent.engines.hf import HFEngine
+from crescent.options import OPERATIONAL
 from crescent.registry import ENGINES
 
 
