@@ -21,7 +21,7 @@ with `finetune=lora` as paper_05b trains it (micro-batches of 2, 4 accumulated, 
             `today` (the stage as it was before this benchmark's changes, commit TODAY, from a
             worktree of it: float32, padded, torch's dropout draws), for full fine-tuning
             `bf16-mixed` too, and with --trl TRL's SFTTrainer (+PEFT for LoRA) on the same
-            tokens, batches and schedule, the model in float32 (`trl`) and in bfloat16 with
+            tokens, batch sizes and schedule, the model in float32 (`trl`) and in bfloat16 with
             bf16 autocast (`trl-bf16`). Steps of one micro-batch (accumulation 1). Trained
             (assistant) tokens/s and all tokens/s over the training loop, the first step
             left out; achieved FLOP/s against the CPU's peak (below).
@@ -212,7 +212,8 @@ TRL_DTYPES = {"trl": "float32", "trl-bf16": "bfloat16"}
 
 def run_trl(model: str, pairs: Path, steps: int, dtype: str) -> dict:
     """TRL's SFTTrainer (+PEFT under LoRA) on the stage's recipe: the same token ids and
-    assistant masks, micro-batches, accumulation, learning rate, schedule, clipping, adapters;
+    assistant masks, micro-batch size, accumulation, learning rate, schedule, clipping, adapters
+    (its batches in file order, the stage's shuffled: their losses are of other batches);
     the model loaded in `dtype` (bfloat16: with bf16 autocast, as a user of this CPU would
     run it; PEFT keeps the adapters float32)."""
     import resource
