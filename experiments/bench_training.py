@@ -714,6 +714,12 @@ def main() -> None:
     models = [MODELS[m] for m in args.models]
     print(f"CPU flags: {' '.join(cpu_flags())}, {os.cpu_count()} cores"
           + (f"; emulating {args.isa} only: {ISA[args.isa]}" if args.isa != "native" else ""))
+    # Two heavy jobs on 2 cores run several times slower each, and a run beside another job
+    # looks like any other: say so before the figures (the 1-minute load average lags).
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"warning: load average {load:.2f} before any run: other jobs share these "
+              f"{os.cpu_count()} cores, and the figures below measure them too", flush=True)
     if mode == "quick":
         result = speed(args, [QWEN], ["default", "today"])
     elif mode == "speed":
@@ -726,7 +732,7 @@ def main() -> None:
         result = loss_gap(args)
     else:
         result = curves(args)
-    write_result(args.out, {"mode": mode, **result})
+    write_result(args.out, {"mode": mode, "load_at_start": load, **result})
     if mode == "quick":
         quick_lines(result)
 
