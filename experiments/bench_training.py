@@ -55,7 +55,8 @@ FLOP/s counts the linear layers' multiply-adds: per token 2P forward and 2P for 
 gradients, plus 2P for the weight gradients of full fine-tuning (P: the decoder's linear
 weights), and the LM head (2V.d forward, the same for its input gradient, again for its weight
 gradient in full) on trained tokens only; attention's own products are left out. Every JSON
-records the CPU flags.
+records the CPU flags and the load average at the start; above 0.5 a warning says that other
+jobs share the cores (the figures then measure them too).
 """
 
 from __future__ import annotations
