@@ -1,12 +1,13 @@
-"""The base's GSM8K score at a shorter answer cap, derived from its answers at 512 tokens.
+"""A model's GSM8K score at a shorter answer cap, derived from its answers at the scoring's cap.
 
     python experiments/calibration/at_cap.py multirun/calibration/base/evaluate/base [--cap 256]
 
 Greedy decoding writes the same first N tokens whatever the cap beyond N, so cutting each
-512-token answer to its first `--cap` tokens gives what a scoring at that cap writes (up to the
+answer (up to 512 tokens in the calibration protocol) to its first `--cap` tokens gives what a scoring at that cap writes (up to the
 scoring floor: 0.6% of problems flip between two scorings of one model). The cut answers are
-scored with the task's own lm-eval filters and metric (crescent_gsm8k_cot_zeroshot), and the
-uncut ones too, which must reproduce the stage's score: the check that this scores as it does.
+scored with the task's own filters and metric as the scoring recorded them (results.json), by
+lm-eval's code, and the uncut ones too, which must reproduce the stage's score: the check that
+this scores as it does.
 """
 
 from __future__ import annotations
@@ -16,22 +17,23 @@ import json
 from pathlib import Path
 
 TASK = "crescent_gsm8k_cot_zeroshot"
-FILTERS = {"strict-match": ("The answer is:? (\\-?[0-9\\.\\,]+)", 0),
-           "flexible-extract": ("(-?[$0-9.,]{2,})|(-?[0-9]+)", -1)}
-IGNORE = [",", "\\$", "(?s).*#### ", "\\.$"]
 
 
-def score(answers: list[str], targets: list[str], name: str) -> float:
-    """The task's filter `name` then exact_match (ignore_case, its regexes_to_ignore), as lm-eval."""
+def score(answers: list[str], targets: list[str], config: dict, name: str) -> float:
+    """exact_match after the task's filter `name`, both as the scoring's results.json records
+    the task (its filter_list and metric_list), run through lm-eval's own filters and metric."""
     from lm_eval.api.metrics import exact_match_hf_evaluate
-    from lm_eval.filters.extraction import RegexFilter
+    from lm_eval.filters import get_filter
 
-    pattern, group = FILTERS[name]
-    picked = [r[0] for r in RegexFilter(regex_pattern=pattern, group_select=group).apply(
-        [[a] for a in answers], [{}] * len(answers))]
-    hits = exact_match_hf_evaluate(picked, targets, regexes_to_ignore=IGNORE, ignore_case=True,
-                                   ignore_punctuation=False)["exact_match"]
-    return float(hits)
+    steps = next(f["filter"] for f in config["filter_list"] if f["name"] == name)
+    picked = [[a] for a in answers]
+    for step in steps:
+        kwargs = {k: v for k, v in step.items() if k != "function"}
+        picked = get_filter(step["function"])(**kwargs).apply(picked, [{}] * len(answers))
+    metric = next(m for m in config["metric_list"] if m["metric"] == "exact_match")
+    kwargs = {k: v for k, v in metric.items() if k not in ("metric", "aggregation",
+                                                           "higher_is_better")}
+    return float(exact_match_hf_evaluate(list(picked), targets, **kwargs)["exact_match"])
 
 
 def main() -> None:
@@ -43,6 +45,8 @@ def main() -> None:
 
     spec = json.loads((args.label_dir / "spec.json").read_text())
     model = spec["runs"][0]["model_args"]["pretrained"]
+    config = json.loads((args.label_dir / "results.json").read_text())["configs"][TASK]
+    scored_cap = config["generation_kwargs"]["max_gen_toks"]
     tokenizer = AutoTokenizer.from_pretrained(model)
     rows = {}  # lm-eval writes a row per document and filter: the answer is the same in each
     for line in (args.label_dir / f"samples_{TASK}.jsonl").open():
@@ -56,9 +60,9 @@ def main() -> None:
     reached = sum(len(t) >= args.cap for t in ids)
     print(f"{len(rows)} answers of {model}; {reached} ({reached / len(rows):.3f}) reach "
           f"{args.cap} tokens")
-    for name in FILTERS:
-        print(f"{name}: at 512 {score(full, targets, name):.4f} (the stage's, recomputed), "
-              f"at {args.cap} {score(cut, targets, name):.4f}")
+    for name in [f["name"] for f in config["filter_list"]]:
+        print(f"{name}: at {scored_cap} {score(full, targets, config, name):.4f} (the stage's, "
+              f"recomputed), at {args.cap} {score(cut, targets, config, name):.4f}")
 
 
 if __name__ == "__main__":
