@@ -709,12 +709,13 @@ def main() -> None:
     mode = "quick" if args.quick else args.mode
     args.steps = args.steps or {"quick": 12, "speed": 10, "loss-gap": 8, "curves": 30,
                                 "profile": 1, "gold": -1}[mode]
-    if args.isa != "native" and (mode not in ("quick", "speed") or args.trl):
+    emulated = args.isa != "native"
+    if emulated and (mode not in ("quick", "speed") or args.trl):
         parser.error("--isa applies to speed and --quick without --trl")
-    args.out = args.out or f"outputs/bench_training_{mode}{'' if args.isa == 'native' else '_' + args.isa}.json"
+    args.out = args.out or f"outputs/bench_training_{mode}{'_' + args.isa if emulated else ''}.json"
     models = [MODELS[m] for m in args.models]
     print(f"CPU flags: {' '.join(cpu_flags())}, {os.cpu_count()} cores"
-          + (f"; emulating {args.isa} only: {ISA[args.isa]}" if args.isa != "native" else ""))
+          + (f"; emulating {args.isa} only: {ISA[args.isa]}" if emulated else ""))
     # Two heavy jobs on 2 cores run several times slower each, and a run beside another job
     # looks like any other: say so before the figures (the 1-minute load average lags).
     load = os.getloadavg()[0]
