@@ -424,20 +424,18 @@ def gold_rows(path: Path, n: int, domain: DictConfig) -> list[dict]:
     solutions, calculator annotations (`<<48/2=24>>`) removed and the `#### n` line written
     as the domain's final-answer line, so only the labels' correctness differs from the
     vote's pairs."""
-    import re
-
     from crescent.infra.io import numbered_jsonl
+    from crescent.tasks.utils import split_gsm8k
 
     rows = []
     for i, (lineno, row) in enumerate(numbered_jsonl(path)):
         if len(rows) == n:
             break
-        body, _, answer = row["answer"].rpartition("####")
+        body, answer = split_gsm8k(row["answer"]) or ("", "")
         if not body:
             raise CrescentError(f"control.gold: {path}:{lineno}: the gold solution has "
                                 f"no '#### <answer>' line")
-        answer = answer.strip().replace(",", "")
-        body = re.sub(r"<<[^>]*>>", "", body).rstrip()
+        answer = answer.replace(",", "")
         rows.append({"id": row.get("id", i), "question": row["question"], "answer": answer,
                      "response": f"{body}\n{domain.final_answer_line.format(answer=answer)}",
                      "votes": {}, "agreement": None, "n_samples": 0})

@@ -12,13 +12,22 @@ FINAL_LINE = "The answer is:"  # how MATH-500 answers end, and Crescent's traini
 _CALCULATOR = re.compile(r"<<[^<>]*>>")
 
 
+def split_gsm8k(answer: str) -> tuple[str, str] | None:
+    """A GSM8K reference solution -> (its steps with the calculator annotations (`<<3*4=12>>`)
+    dropped, its final answer after `####`); None when it has no `####` line. Crescent's one
+    reading of GSM8K's gold: the gold-solution task below and the gold ceiling's pairs."""
+    steps, sep, final = _CALCULATOR.sub("", answer).rpartition("####")
+    return (steps.rstrip(), final.strip()) if sep else None
+
+
 def gold_solution(answer: str) -> str:
-    """A GSM8K reference solution in the form Crescent trains on: the calculator annotations
-    (`<<3*4=12>>`) are dropped and the closing `#### N` becomes `The answer is: N`."""
-    steps, _, final = _CALCULATOR.sub("", answer).rpartition("####")
-    if not _:
+    """A GSM8K reference solution in the form Crescent trains on: the closing `#### N` becomes
+    `The answer is: N`."""
+    split = split_gsm8k(answer)
+    if split is None:
         return answer.strip()
-    return f"{steps.rstrip()}\n{FINAL_LINE} {final.strip()}"
+    steps, final = split
+    return f"{steps}\n{FINAL_LINE} {final}"
 
 
 def gsm8k_gold_docs(dataset):
