@@ -15,6 +15,7 @@ REJECTED = "rejected.jsonl"  # every rejected candidate, with its reason
 # answers stage
 SAMPLES = "samples.jsonl"  # every question once: its samples (or why it was not sampled)
 NOT_SAMPLED = ("contaminated", "too_long")  # why a question in samples.jsonl has no samples
+INPUTS = "inputs.jsonl"  # every sampled question once: the test inputs the model wrote for it
 VOTES = "votes.jsonl"  # every question once: the vote over its first voting.k samples
 QA = "qa.jsonl"  # the kept questions: answer, chosen response, votes, agreement
 SFT = "sft.jsonl"  # the kept questions as chat conversations, ready for fine-tuning

@@ -125,6 +125,7 @@ class DomainConfig:
     max_question_chars: int = 1000  # cleaned questions longer than this are rejected
     seed_prompt: str | None = None  # questions.source=seed_aug: user turn; {seed} is filled in
     magpie_system: str | None = None  # questions.source=magpie: system turn; None: the template's own
+    input_prompt: str | None = None  # user turn asking for test inputs of a question ({question}), answered once, greedy, before the vote; None: none (an answer format that runs answers reads them: code)
     options: dict[str, Any] = field(default_factory=dict)  # a plug-in answer format's own settings
 
 

@@ -122,6 +122,68 @@ def test_execution_consensus_groups_programs_by_what_they_return():
     assert split.reason == "no_consensus"
 
 
+# Right on the docstring's examples (none longer than 3), wrong on a longer list: agreement
+# there is not agreement beyond them.
+ONLY_THE_EXAMPLES = '''```python
+def running_max(values):
+    return [max(values[: i + 1]) for i in range(min(len(values), 3))]
+```'''
+WRITTEN = '''```python
+running_max([4, 1, 5, 2])
+running_max([0])
+print(running_max([3, 3, 1, 9]))
+assert running_max([1, 2]) == [1, 2]
+other_function([1])
+```'''
+
+
+def test_written_inputs_are_calls_of_the_questions_function():
+    inputs = CodeAnswers.read_inputs(QUESTION, WRITTEN)
+    assert inputs == ["running_max([4, 1, 5, 2])", "running_max([0])",
+                      "running_max([3, 3, 1, 9])", "running_max([1, 2])"]
+    assert CodeAnswers.read_inputs("no function here", WRITTEN) == []
+    # the docstring's calls first, then the written ones not among them, MAX_CALLS in all
+    question, _ = parse_question(QUESTION, ("running_max([])", *inputs, "running_max([7])"))
+    assert question.calls[:3] == parse_question(QUESTION)[0].calls
+    assert question.calls[3:] == tuple(inputs) + ("running_max([7])",)
+    assert len(parse_question(QUESTION, tuple(f"running_max([{i}])" for i in range(9)))[0]
+               .calls) == 8
+    # a documented function without examples is a question once the model wrote inputs for it
+    bare = 'def f(x):\n    """Double x."""\n'
+    assert parse_question(bare, ("f(2)",))[0].calls == ("f(2)",)
+
+
+def test_written_inputs_part_programs_that_agree_only_on_the_examples():
+    # The same two programs: one group on the docstring's calls, two on the written inputs too
+    # (run in the real sandbox).
+    question = parse_question(QUESTION)[0].source
+    responses = [CORRECT, ONLY_THE_EXAMPLES]
+    for inputs, kept in (((), True), (CodeAnswers.read_inputs(QUESTION, WRITTEN), False)):
+        reader = for_question(CodeAnswers, {"id": 0, "question": question, "inputs": inputs})
+        programs = [reader.extract(r) for r in responses]
+        vote = execution(programs, responses, VOTING, seed=0, answer_format=reader)
+        assert vote.kept is kept, inputs
+
+
+def test_the_test_inputs_key_the_vote_not_the_questions_or_samples():
+    # Setting domain.input_prompt re-keys the answers (the vote) and the audit, never the
+    # questions or the programs drawn: those are reused. Off, every key is as it was.
+    from hydra import compose, initialize_config_dir
+
+    from crescent import cache
+    from crescent.__main__ import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        on = compose(config_name="config", overrides=["domain=code", "logger=none"])
+        off = compose(config_name="config", overrides=["domain=code", "logger=none",
+                                                       "domain.input_prompt=null"])
+    assert on.domain.input_prompt and "{question}" in on.domain.input_prompt
+    for name, same in (("questions", True), ("samples", True), ("answers", False),
+                       ("audit", False)):
+        assert (cache.stage_key(on, name)[0] == cache.stage_key(off, name)[0]) is same, name
+    assert "input_prompt" not in json.dumps(cache.stage_key(off, "answers")[1])
+
+
 def test_execution_needs_programs():
     from crescent.domains.math import MathAnswers
     from crescent.errors import CrescentError
@@ -167,8 +229,9 @@ def test_a_copied_humaneval_problem_is_contaminated():
 @pytest.mark.slow
 @pytest.mark.long
 def test_domain_code_runs_questions_and_execution_consensus(tmp_path):
-    # The whole loop on the code model: it writes functions, answers them k times, and the
-    # vote runs the programs; every question is accounted for and kept pairs are programs.
+    # The whole loop on the code model: it writes functions, answers them k times, writes test
+    # inputs for them, and the vote runs the programs; every question is accounted for and kept
+    # pairs are programs.
     result = subprocess.run(
         [sys.executable, "-m", "crescent", "domain=code", "model=qwen_coder_05b",
          "stages=[questions,answers]", "questions.target=3", "questions.max_candidates=12",
@@ -184,6 +247,11 @@ def test_domain_code_runs_questions_and_execution_consensus(tmp_path):
     assert stats["answered"] + stats["contaminated"] == len(questions)
     votes = [json.loads(x) for x in (run / "answers/votes.jsonl").read_text().splitlines()]
     assert len(votes) == len(questions)
+    # the model wrote test inputs for every answered question, and the vote ran them
+    written = [json.loads(x) for x in (run / "answers/inputs.jsonl").read_text().splitlines()]
+    assert len(written) == stats["answered"] and any(w["inputs"] for w in written)
+    assert {v["id"]: v["inputs"] for v in votes if "inputs" in v} == {
+        w["id"]: w["inputs"] for w in written}
     for row in (json.loads(x) for x in (run / "answers/qa.jsonl").read_text().splitlines()):
         assert f"def {parse_question(row['question'])[0].entry_point}(" in row["answer"]
         assert row["response"].startswith(RESPONSE_PREFIX)

@@ -6,10 +6,12 @@ as conf/domain/code.yaml's bait prompt asks for it: `clean_question` keeps the i
 signature and the docstring of the first documented function, and refuses a question with no
 example call. An answer is a program: the function as a sample completed it (its first
 ```python block that defines the function), the question's imports in front. Two programs are
-the same answer when they give the same results on the question's example calls, run in the
-sandbox (crescent/methods/sandbox.py): the vote rule `execution` (crescent/methods/execution.py)
-groups a question's programs so. The training response is the program in the form the scored
-HumanEval prompt continues (crescent/tasks/crescent_humaneval.yaml).
+the same answer when they give the same results on the question's calls, run in the sandbox
+(crescent/methods/sandbox.py): its docstring's examples, then, with `domain.input_prompt`, test
+inputs the model wrote for it (as CodeT has the model write tests), MAX_CALLS in all. The vote
+rule `execution` (crescent/methods/execution.py) groups a question's programs so. The training
+response is the program in the form the scored HumanEval prompt continues
+(crescent/tasks/crescent_humaneval.yaml).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from crescent.registry import ANSWER_FORMATS
 _BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 # What the scored prompt (crescent_humaneval's gen_prefix) has the model continue.
 RESPONSE_PREFIX = "Here is the completed function:\n```python\n"
-MAX_CALLS = 8  # example calls a question's programs are run on
+MAX_CALLS = 8  # calls a question's programs are run on: the docstring's first
 CALL_S = 2.0  # seconds one call may run before it counts as a timeout
 REPR_CHARS = 200  # of a result's repr kept for reading; equality compares its full hash
 
@@ -66,9 +68,29 @@ def code_blocks(text: str) -> list[str]:
     return blocks if blocks else [text]
 
 
-def parse_question(text: str) -> tuple[CodeQuestion | None, str | None]:
-    """The question in `text` (its first code block that holds a documented function), or
+def parse_question(text: str, inputs: tuple[str, ...] = ()) -> tuple[CodeQuestion | None,
+                                                                     str | None]:
+    """The question in `text` (its first code block that holds a documented function), its
+    calls the docstring's examples and then `inputs` (calls the model wrote to test it), or
     None and why not."""
+    found, reason = _documented_function(text)
+    if found is None:
+        return None, reason
+    tree, lines, function = found
+    imports = "\n".join(_segment(lines, node) for node in tree.body
+                        if isinstance(node, (ast.Import, ast.ImportFrom)))
+    signature = _segment(lines, function, end=function.body[0].end_lineno)
+    examples = example_calls(ast.get_docstring(function), function.name)
+    calls = tuple(dict.fromkeys(examples + tuple(inputs)))[:MAX_CALLS]
+    if not calls:
+        return None, "no_examples"
+    source = f"{imports}\n\n\n{signature}\n" if imports else f"{signature}\n"
+    return CodeQuestion(source, function.name, calls, imports), None
+
+
+def _documented_function(text: str):
+    """(module tree, lines, function) of the first code block in `text` that parses and holds
+    a documented function; else None and why not."""
     reason = "no_function"
     for block in code_blocks(text):
         try:
@@ -78,17 +100,8 @@ def parse_question(text: str) -> tuple[CodeQuestion | None, str | None]:
             continue
         function = next((node for node in tree.body if isinstance(node, ast.FunctionDef)
                          and ast.get_docstring(node)), None)
-        if function is None:
-            continue
-        lines = block.splitlines()
-        imports = "\n".join(_segment(lines, node) for node in tree.body
-                            if isinstance(node, (ast.Import, ast.ImportFrom)))
-        signature = _segment(lines, function, end=function.body[0].end_lineno)
-        calls = example_calls(ast.get_docstring(function), function.name)
-        if not calls:
-            return None, "no_examples"
-        source = f"{imports}\n\n\n{signature}\n" if imports else f"{signature}\n"
-        return CodeQuestion(source, function.name, calls, imports), None
+        if function is not None:
+            return (tree, block.splitlines(), function), None
     return None, reason
 
 
@@ -163,9 +176,18 @@ class CodeAnswers(AnswerFormat):
 
     @classmethod
     def for_question(cls, record: dict) -> CodeAnswers:
+        """Bound to the question of `record`: its docstring's calls, then the calls the model
+        wrote for it (`inputs`, when `domain.input_prompt` is set)."""
         bound = cls()
-        bound.question, _ = parse_question(record["question"])
+        bound.question, _ = parse_question(record["question"], tuple(record.get("inputs", ())))
         return bound
+
+    @staticmethod
+    def read_inputs(question: str, reply: str) -> list[str]:
+        """The test inputs in the model's reply to `domain.input_prompt`: the calls of the
+        question's function in it, read as a docstring's examples are."""
+        found, _ = _documented_function(question)
+        return list(example_calls(reply, found[2].name)) if found else []
 
     def extract(self, text: str) -> str | None:
         """The program: the definitions of the first code block that parses and defines the
@@ -192,8 +214,8 @@ class CodeAnswers(AnswerFormat):
         return a == b
 
     def behaviour(self, program: str) -> Behaviour | None:
-        """What the program does on the question's example calls; None when the question has
-        none to run (not a documented function with examples)."""
+        """What the program does on the question's calls; None when the question has none to
+        run (not a documented function with examples or written inputs)."""
         return behaviour(program, self.question.calls) if self.question else None
 
     @staticmethod

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from crescent import cache
 from crescent.artefacts import (
+    INPUTS,
     NOT_SAMPLED,
     PREFS,
     QA,
@@ -51,16 +52,21 @@ SAMPLES_ENTRY = Stage("samples", ("seed", "model", "engine", "domain", "answers"
                       upstream="questions", input_key="answers.input", version=2,
                       data="answers.decontaminate",
                       resolved={"answers.samples": samples_per_question},  # None: voting.k
-                      added=("answers.limit", "domain.train_prompt"))
+                      added=("answers.limit", "domain.train_prompt"),
+                      exclude=("domain.input_prompt",))  # drawn apart: the inputs entry
+# The test inputs the model writes for each sampled question (domain.input_prompt), an entry
+# of their own: the samples' key (model, engine, seed, questions) and the prompt decide them.
+INPUTS_ENTRY = Stage("inputs", ("domain.input_prompt",), upstream="samples")
 # Version 2: preference pairs (prefs.jsonl, the dataset's `prefs` split) beside the SFT data.
 STAGE = Stage("answers", ("domain", "voting", "control"), upstream="samples", version=2,
               outputs=("qa.jsonl", "sft.jsonl", "prefs.jsonl", "votes.jsonl", "samples.jsonl",
                        "dataset"),
-              entries=(SAMPLES_ENTRY,),
+              entries=(SAMPLES_ENTRY, INPUTS_ENTRY),
               # the controls were voting.* (at their defaults, out of the key) until `control`
               added=("voting.rule", "voting.shuffle_labels", "voting.gold_control",
                      "domain.train_prompt", "voting.rft", "control.gold", "control.rft",
-                     "control.shuffle_labels", "control.match_kept_of_k"),
+                     "control.shuffle_labels", "control.match_kept_of_k",
+                     "domain.input_prompt"),
               generates=True)
 SAMPLING = "sampling.json"  # in a samples cache entry: what drawing them cost
 
@@ -79,6 +85,13 @@ def preflight(cfg: DictConfig) -> None:
             gold_answers(cfg)
         except CrescentError as e:
             raise CrescentError(f"control.rft: {e}") from None
+    if cfg.domain.input_prompt:
+        from crescent.domains import answer_format
+
+        if not hasattr(answer_format(cfg.domain.answer_type), "read_inputs"):
+            raise CrescentError(f"domain.input_prompt: answers of type "
+                                f"{cfg.domain.answer_type!r} are not run on inputs; set it "
+                                f"to null")
 
 
 def benchmark_files(cfg: DictConfig) -> list[Path]:
@@ -113,6 +126,9 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
         cache.link(out / SAMPLES, samples.open().dir / SAMPLES)
     sampling = draw_samples(cfg, questions, out, k_max, answers, samples)
     records = _in_input_order(read_jsonl(out / SAMPLES), questions, out / SAMPLES)
+    if cfg.domain.input_prompt:
+        draw_inputs(cfg, records, out, answers, cache.entry(cfg, run_dir, INPUTS_ENTRY.name))
+        records = with_inputs(records, out / INPUTS)
     voted = [revote(cfg, r, answers) for r in records]
     if cfg.control.match_kept_of_k is not None:
         voted = cap_to_match(cfg, records, voted, answers)
@@ -163,6 +179,57 @@ def draw_samples(cfg: DictConfig, questions: list[dict], out: Path, k_max: int, 
     return {**info, "reused": True, "engine_started": False, "entry": str(entry.dir)}
 
 
+def draw_inputs(cfg: DictConfig, records: list[dict], out: Path, answers,
+                entry: cache.Entry | None) -> None:
+    """The model's test inputs for every sampled question (its reply to `domain.input_prompt`,
+    greedy, and the inputs the answer format reads in it) into `out/inputs.jsonl`, resuming
+    it, unless they lie in a finished inputs `entry` (then linked there)."""
+    if entry is None:
+        _write_inputs(cfg, records, out, answers)
+        return
+    entry.reuse_or_build("answers: inputs",
+                         lambda where: _write_inputs(cfg, records, where, answers))
+    cache.link(out / INPUTS, entry.dir / INPUTS)
+
+
+def _write_inputs(cfg: DictConfig, records: list[dict], where: Path, answers) -> None:
+    from crescent.engines import Request, derive_seed, generate_in_order, make_engine
+
+    sampled = [r for r in records if r.get("reason") not in NOT_SAMPLED]
+    done = {r["id"] for r in resume_jsonl(where / INPUTS)}
+    todo = [r for r in sampled if r["id"] not in done]
+
+    def request(i: int):
+        return None if i == len(todo) else Request(
+            [{"role": "user", "content": cfg.domain.input_prompt.format(
+                question=todo[i]["question"])}], derive_seed(cfg.seed, "inputs", todo[i]["id"]))
+
+    def take(i: int, gen) -> bool:
+        reply = gen.texts[0]
+        log.write({"id": todo[i]["id"], "reply": reply,
+                   "inputs": answers.read_inputs(todo[i]["question"], reply)})
+        bar.update(1)
+        return True
+
+    with JsonlAppender(where / INPUTS) as log, _progress(sampled, todo, "inputs") as bar:
+        if todo:  # no engine started when nothing is left
+            greedy = OmegaConf.merge(cfg.answers.sampling, {"temperature": 0.0})
+            generate_in_order(make_engine(cfg.engine, cfg.model), greedy, 1,
+                              cfg.engine.batch_size, request, take)
+
+
+def with_inputs(records: list[dict], path: Path) -> list[dict]:
+    """`records` with the test inputs `path` (inputs.jsonl) holds for each sampled question."""
+    written = {r["id"]: r["inputs"] for r in read_jsonl(path)}
+    missing = [r["id"] for r in records
+               if r.get("reason") not in NOT_SAMPLED and r["id"] not in written]
+    if missing:
+        raise CrescentError(f"answers: {path} holds no test inputs for {len(missing)} sampled "
+                            f"questions (first: id {missing[0]!r}); delete it and run the "
+                            f"answers stage again")
+    return [{**r, "inputs": written[r["id"]]} if r["id"] in written else r for r in records]
+
+
 def _check_sample_counts(where: Path, k_max: int) -> None:
     """A finished samples entry holds k_max samples for every sampled question, as its key
     says (entries sealed before engines were held to `n` may not)."""
@@ -181,7 +248,7 @@ def _sample_missing(cfg: DictConfig, questions: list[dict], where: Path, k_max: 
     todo = _unanswered(where, questions)
     benchmarks = Benchmarks(benchmark_files(cfg), acfg.ngram)
     started = time.time()
-    with JsonlAppender(where / SAMPLES) as log, _progress(questions, todo) as bar:
+    with JsonlAppender(where / SAMPLES) as log, _progress(questions, todo, "answers") as bar:
         clean = _screen(todo, benchmarks, acfg.max_overlap, cfg.domain.max_question_chars, log,
                         bar)
         tokens, truncated = _sample(cfg, clean, log, bar, k_max, answers)
@@ -203,10 +270,10 @@ def _unanswered(out: Path, questions: list[dict]) -> list[dict]:
     return [q for q in questions if q["id"] not in done]
 
 
-def _progress(questions: list[dict], todo: list[dict]):
+def _progress(questions: list[dict], todo: list[dict], desc: str):
     from tqdm import tqdm
 
-    return tqdm(total=len(questions), initial=len(questions) - len(todo), desc="answers",
+    return tqdm(total=len(questions), initial=len(questions) - len(todo), desc=desc,
                 unit="q", dynamic_ncols=True)
 
 
@@ -298,6 +365,7 @@ def revote(cfg: DictConfig, record: dict, answers=None) -> dict:
             "agreement": round(result.agreement, 4), "representative": result.representative,
             "winners": result.winners, "n_samples": k, "n_truncated": sum(truncated),
             "truncated": truncated, "samples": samples, "extracted": extracted,
+            **({"inputs": record["inputs"]} if "inputs" in record else {}),
             **({"details": result.details} if result.details else {})}
 
 
@@ -353,6 +421,9 @@ def _stats(cfg: DictConfig, questions: list[dict], records: list[dict], kept: li
         "agreement_histogram": agreement_histogram(answered, cfg.voting.k),
         # a vote rule's own counts over all questions (execution: programs that crashed, ...)
         "vote_details": dict(sum((Counter(r.get("details", {})) for r in answered), Counter())),
+        # domain.input_prompt: the test inputs the model wrote that the vote ran, per question
+        **({"inputs_per_question": _mean([len(r["inputs"]) for r in answered])}
+           if answered and "inputs" in answered[0] else {}),
         "tokens": sampling["tokens"],
         "resumed_with": sampling["resumed_with"],
         "answers_per_s": sampling["answers_per_s"],

@@ -8,7 +8,8 @@ configured). Per cell: the share of questions kept and the accuracy of the kept 
 (precision); per k: majority@k (the plurality label, ties broken by the seeded rule, over every
 question: no label counts as wrong) and pass@k (any of the first k samples right); overall,
 the accuracy of a single sample (all k_max of them, averaged). Every number has a 95%
-bootstrap interval over the questions. No engine starts: this is arithmetic on the cache.
+bootstrap interval over the questions. No engine starts: this is arithmetic on the cache (with
+`domain.input_prompt`, on the test inputs the answers stage had the model write, too).
 
 Writes `audit.json` (every number), `audit.md` (the table), `audit.png` (precision against
 kept share, one line per k) and `stats.json`.
@@ -30,9 +31,10 @@ from crescent.infra.io import atomic_write_text, read_jsonl, write_json
 logger = logging.getLogger(__name__)
 
 # Re-votes the samples entry: the floors and k are swept here, so they stay out of the key.
-STAGE = Stage("audit", ("domain.answer_type", "domain.options", "voting.rule",
-                        "voting.options", "voting.tie_break", "voting.drop_truncated"),
-              upstream="samples")
+STAGE = Stage("audit", ("domain.answer_type", "domain.options", "domain.input_prompt",
+                        "voting.rule", "voting.options", "voting.tie_break",
+                        "voting.drop_truncated"),
+              upstream="samples", added=("domain.input_prompt",))
 AUDIT = "audit.json"
 TABLE = "audit.md"
 PLOT = "audit.png"
@@ -44,9 +46,10 @@ def preflight(cfg: DictConfig) -> None:
 
 
 def run(cfg: DictConfig, run_dir: Path) -> Path:
-    from crescent.artefacts import NOT_SAMPLED, SAMPLES
+    from crescent.artefacts import INPUTS, NOT_SAMPLED, SAMPLES
     from crescent.config import samples_per_question
     from crescent.domains import answer_format
+    from crescent.stages.answers import with_inputs
 
     out = Path(run_dir) / STAGE.name
     samples = cache.input_path(cfg, run_dir, STAGE.name, SAMPLES)
@@ -60,6 +63,12 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
                             f"{cfg.answers.input} (first: id {missing[0]!r})")
     if not records:
         raise CrescentError(f"audit: {samples} holds no sampled question")
+    if cfg.domain.input_prompt:  # programs are run on the test inputs the model wrote too
+        written = cache.input_path(cfg, run_dir, STAGE.name, INPUTS)
+        if not written.is_file():
+            raise CrescentError(f"audit: {written} not found: run the answers stage first "
+                                f"(domain.input_prompt is set)")
+        records = with_inputs(records, written)
     k_max = samples_per_question(cfg)
     audit = measure(cfg, records, golds, k_max, reader)
     audit["not_sampled"] = len(golds) - len(records)

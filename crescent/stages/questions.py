@@ -38,7 +38,8 @@ logger = logging.getLogger(__name__)
 
 STAGE = Stage("questions", ("seed", "model", "engine", "domain", "dedup", "questions"),
               outputs=("questions.jsonl", "rejected.jsonl"), version=2, generates=True,
-              added=("domain.train_prompt",))
+              added=("domain.train_prompt",),
+              exclude=("domain.input_prompt",))  # read by the answers stage only
 
 
 @dataclass
