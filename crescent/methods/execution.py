@@ -1,7 +1,8 @@
 """The vote rule `execution`: consensus among programs is agreement of behaviour.
 
 Each of a question's k programs (the `code` answer format's answers) runs in the sandbox on the
-question's example calls (crescent/domains/code.py); programs that returned the same results on
+question's calls: its docstring's examples and the test inputs the model wrote for it
+(crescent/domains/code.py); programs that returned the same results on
 every call form a group, as AlphaCode clusters samples and MBR-exec picks among them. A sample
 without a program, and a program that failed on every call (an exception, a timeout) or did not
 load, abstains. The largest group wins under `majority`'s floors and tie rule (min_agreement of

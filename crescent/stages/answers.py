@@ -2,9 +2,11 @@
 
 Every question ends in `samples.jsonl` exactly once (dropped as too long or contaminated, or
 with its samples), appended and flushed as its samples come back, in input order, while
-`engine.batch_size` samples stay in flight, so a re-run answers only the rest. `qa.jsonl`,
-`sft.jsonl`, the `datasets` copy in `dataset/` and the card `DATASET.md` are rebuilt from that
-log at the end, each written atomically.
+`engine.batch_size` samples stay in flight, so a re-run answers only the rest. With
+`domain.input_prompt` (code), the test inputs the model writes for each sampled question then go
+to `inputs.jsonl` the same way, and the vote runs the programs on them too. `qa.jsonl`,
+`sft.jsonl`, the `datasets` copy in `dataset/` and the card `DATASET.md` are rebuilt from those
+logs at the end, each written atomically.
 """
 
 from __future__ import annotations
