@@ -165,6 +165,32 @@ def test_written_inputs_part_programs_that_agree_only_on_the_examples():
         assert vote.kept is kept, inputs
 
 
+def test_an_objective_votes_on_the_test_inputs_the_stage_voted_on(tmp_path):
+    # An objective's context reads the samples with the model's test inputs, so its vote runs
+    # the calls the answers stage's vote ran: here they part two programs the examples join.
+    from hydra import compose, initialize_config_dir
+
+    from crescent.__main__ import CONF_DIR
+    from crescent.objectives import ObjectiveContext
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=["domain=code", "logger=none",
+                                                       "stages=[answers,finetune]"])
+    question = parse_question(QUESTION)[0].source
+    responses = [CORRECT, ONLY_THE_EXAMPLES]
+    answers = tmp_path / "answers"
+    answers.mkdir()
+    (answers / "samples.jsonl").write_text(json.dumps(
+        {"id": 0, "question": question, "samples": responses}) + "\n")
+    (answers / "inputs.jsonl").write_text(json.dumps(
+        {"id": 0, "reply": WRITTEN, "inputs": CodeAnswers.read_inputs(QUESTION, WRITTEN)}) + "\n")
+    context = ObjectiveContext(cfg, tmp_path, CodeAnswers)
+    [record] = context.samples()
+    assert record["inputs"][0] == "running_max([4, 1, 5, 2])"
+    assert not context.vote(record, responses, min_votes=2).kept
+    assert context.vote({"id": 0, "question": question}, responses, min_votes=2).kept
+
+
 def test_the_test_inputs_key_the_vote_not_the_questions_or_samples():
     # Setting domain.input_prompt re-keys the answers (the vote) and the audit, never the
     # questions or the programs drawn: those are reused. Off, every key is as it was.

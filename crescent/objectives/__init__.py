@@ -51,13 +51,21 @@ class ObjectiveContext:
 
     def samples(self) -> list[dict]:
         """The answers stage's samples of this run: per question its samples, their extracted
-        answers and whether each was cut (samples.jsonl)."""
+        answers and whether each was cut (samples.jsonl), and with `domain.input_prompt` the
+        test inputs the vote ran the programs on (inputs.jsonl): `vote` on such a record runs
+        what the stage's vote ran."""
         from crescent import cache
-        from crescent.artefacts import NOT_SAMPLED, SAMPLES
+        from crescent.artefacts import INPUTS, NOT_SAMPLED, SAMPLES
         from crescent.infra.io import read_jsonl
 
         path = cache.input_path(self.cfg, self.run_dir, "finetune", SAMPLES)
-        return [r for r in read_jsonl(path) if r.get("reason") not in NOT_SAMPLED]
+        records = [r for r in read_jsonl(path) if r.get("reason") not in NOT_SAMPLED]
+        if self.cfg.domain.input_prompt:
+            from crescent.stages.answers import with_inputs
+
+            records = with_inputs(records, cache.input_path(self.cfg, self.run_dir, "finetune",
+                                                            INPUTS))
+        return records
 
     def engine(self):
         """The run's generation engine (`engine.*`, `model.*`), for objectives that sample."""

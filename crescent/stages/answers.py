@@ -62,7 +62,7 @@ INPUTS_ENTRY = Stage("inputs", ("domain.input_prompt",), upstream="samples")
 # Version 2: preference pairs (prefs.jsonl, the dataset's `prefs` split) beside the SFT data.
 STAGE = Stage("answers", ("domain", "voting", "control"), upstream="samples", version=2,
               outputs=("qa.jsonl", "sft.jsonl", "prefs.jsonl", "votes.jsonl", "samples.jsonl",
-                       "dataset"),
+                       "inputs.jsonl", "dataset"),
               entries=(SAMPLES_ENTRY, INPUTS_ENTRY),
               # the controls were voting.* (at their defaults, out of the key) until `control`
               added=("voting.rule", "voting.shuffle_labels", "voting.gold_control",
