@@ -176,8 +176,9 @@ def draw_samples(cfg: DictConfig, questions: list[dict], out: Path, k_max: int, 
         return {**info, "reused": False, "entry": str(entry.dir)}
     _check_sample_counts(entry.dir, k_max)
     info = read_json(entry.dir / SAMPLING)
-    logger.info("crescent: answers: reusing %s samples per question from %s; voting only",
-                info["samples_per_question"], entry.dir)
+    logger.info("crescent: answers: reusing %s samples per question from %s%s",
+                info["samples_per_question"], entry.dir,
+                "" if cfg.domain.input_prompt else "; voting only")
     return {**info, "reused": True, "engine_started": False, "entry": str(entry.dir)}
 
 
