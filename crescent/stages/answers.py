@@ -222,7 +222,11 @@ def _write_inputs(cfg: DictConfig, records: list[dict], where: Path, answers) ->
 
 
 def with_inputs(records: list[dict], path: Path) -> list[dict]:
-    """`records` with the test inputs `path` (inputs.jsonl) holds for each sampled question."""
+    """`records` with the test inputs `path` (inputs.jsonl) holds for each sampled question;
+    a missing file is an error that says which stage writes it."""
+    if not Path(path).is_file():
+        raise CrescentError(f"{path} not found: the answers stage writes it when "
+                            f"domain.input_prompt is set; run it first")
     written = {r["id"]: r["inputs"] for r in read_jsonl(path)}
     missing = [r["id"] for r in records
                if r.get("reason") not in NOT_SAMPLED and r["id"] not in written]

@@ -64,11 +64,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     if not records:
         raise CrescentError(f"audit: {samples} holds no sampled question")
     if cfg.domain.input_prompt:  # programs are run on the test inputs the model wrote too
-        written = cache.input_path(cfg, run_dir, STAGE.name, INPUTS)
-        if not written.is_file():
-            raise CrescentError(f"audit: {written} not found: run the answers stage first "
-                                f"(domain.input_prompt is set)")
-        records = with_inputs(records, written)
+        records = with_inputs(records, cache.input_path(cfg, run_dir, STAGE.name, INPUTS))
     k_max = samples_per_question(cfg)
     audit = measure(cfg, records, golds, k_max, reader)
     audit["not_sampled"] = len(golds) - len(records)
