@@ -16,9 +16,9 @@ from omegaconf import OmegaConf
 from crescent.domains import for_question, training_response
 from crescent.domains.code import RESPONSE_PREFIX, CodeAnswers, parse_question
 from crescent.methods.execution import execution
-from crescent.stages.answers import write_datasets
+from crescent.stages.answers import read_samples, write_datasets
 from crescent.tasks.code import humaneval_file
-from tests.conftest import DATA, ROOT
+from tests.conftest import DATA, ROOT, compose
 
 QUESTION = '''Sure! Here is a problem:
 ```python
@@ -102,6 +102,11 @@ def test_humaneval_prompts_read_as_questions():
     with_calls = [q for q, _ in parsed if q is not None]
     assert len(with_calls) >= 140
     assert all(q.entry_point == p["entry_point"] for (q, _), p in zip(parsed, problems) if q)
+    # with written inputs every one with a documented function is a question, and its function
+    # is the one to write, never a helper the prompt gives before it (HumanEval/10, 32, 38, 50)
+    bound = [parse_question(p["prompt"], (f"{p['entry_point']}(0)",))[0] for p in problems]
+    assert sum(q is not None for q in bound) == 163
+    assert all(q.entry_point == p["entry_point"] for q, p in zip(bound, problems) if q)
 
 
 def test_execution_consensus_groups_programs_by_what_they_return():
@@ -191,6 +196,24 @@ def test_an_objective_votes_on_the_test_inputs_the_stage_voted_on(tmp_path):
     assert context.vote({"id": 0, "question": question}, responses, min_votes=2).kept
 
 
+def test_samples_are_read_again_once_a_question_without_examples_has_inputs(tmp_path):
+    # Drawn before its inputs were written, an example-less question's programs were read
+    # unbound (no imports in front: `List` undefined, the program never loads); with its
+    # inputs they are read again, bound, and they run.
+    bare = 'from typing import List\n\n\ndef total(xs: List[int]) -> int:\n    """Sum xs."""\n'
+    reply = "```python\ndef total(xs: List[int]) -> int:\n    return sum(xs)\n```"
+    unbound = for_question(CodeAnswers, {"id": 0, "question": bare}).extract(reply)
+    path = tmp_path / "inputs.jsonl"
+    path.write_text(json.dumps({"id": 0, "reply": ">>> total([1, 2])", "inputs": []}) + "\n")
+    [record] = read_samples([{"id": 0, "question": bare, "samples": [reply],
+                              "extracted": [unbound]}], CodeAnswers, path)
+    assert record["inputs"] == ["total([1, 2])"]  # read again from the reply
+    reader = for_question(CodeAnswers, record)
+    assert not reader.behaviour(unbound).loaded
+    assert record["extracted"][0].startswith("from typing import List")
+    assert reader.behaviour(record["extracted"][0]).results[0][::2] == ("ok", "3")
+
+
 def test_the_test_inputs_key_the_vote_not_the_questions_or_samples():
     # Setting domain.input_prompt re-keys the answers (the vote) and the audit, never the
     # questions or the programs drawn: those are reused. Off, every key is as it was.
@@ -208,6 +231,20 @@ def test_the_test_inputs_key_the_vote_not_the_questions_or_samples():
                        ("audit", False)):
         assert (cache.stage_key(on, name)[0] == cache.stage_key(off, name)[0]) is same, name
     assert "input_prompt" not in json.dumps(cache.stage_key(off, "answers")[1])
+
+
+def test_the_formats_revision_keys_what_reads_with_it_not_what_was_drawn():
+    # Code's format was revised (a question is its last documented function): the questions,
+    # the vote and the audit are keyed by it; the samples and inputs hold generated text, read
+    # again by every vote, so they are reused. Math's format is at revision 1: its name alone.
+    from crescent import cache
+
+    cfg = compose("domain=code")
+    for name, revised in (("questions", True), ("samples", False), ("inputs", False),
+                          ("answers", True), ("audit", True)):
+        hashed = json.dumps(cache.stage_key(cfg, name)[1])
+        assert ('["code", 2]' in hashed) is revised, name
+    assert '"answer_type": "math"' in json.dumps(cache.stage_key(compose(), "answers")[1])
 
 
 def test_execution_needs_programs():

@@ -23,6 +23,9 @@ An answer format is any object (a class with static methods will do) with
                                    optional: in place of crescent/methods/cleaning.py's (which
                                    cuts at a line starting "Answer", say, where a multiple-choice
                                    question lists its "Answer choices:")
+  revision: int                    optional: raised when the same text would now be read
+                                   otherwise (default 1); in the key of every stage that reads
+                                   with the format, so no entry read the old way is reused
 and, registered with `options=` a dataclass, settings of its own in `domain.options`.
 """
 
@@ -98,6 +101,13 @@ def training_response(answers, response: str, answer: str, domain) -> str:
 def answer_format(name: str):
     """The registered answer format `name` (one line naming the known ones when there is none)."""
     return ANSWER_FORMATS.get(name)
+
+
+def answer_type_key(cfg):
+    """`domain.answer_type` as the keys of the stages that read with it hold it: the name, and
+    the format's revision once it was raised."""
+    revision = getattr(answer_format(cfg.domain.answer_type), "revision", 1)
+    return cfg.domain.answer_type if revision == 1 else [cfg.domain.answer_type, revision]
 
 
 def gold_answers(cfg) -> dict:

@@ -50,22 +50,21 @@ class ObjectiveContext:
         return vote(answers, responses, OmegaConf.merge(self.cfg.voting, voting), seed, reader)
 
     def samples(self) -> list[dict]:
-        """The answers stage's samples of this run: per question its samples, their extracted
-        answers and whether each was cut (samples.jsonl), and with `domain.input_prompt` the
-        test inputs the vote ran the programs on (inputs.jsonl): `vote` on such a record runs
-        what the stage's vote ran."""
+        """The answers stage's samples of this run as its vote read them: per question its
+        samples, their extracted answers and whether each was cut (samples.jsonl), and with
+        `domain.input_prompt` the test inputs the vote ran the programs on (inputs.jsonl):
+        `vote` on such a record runs what the stage's vote ran."""
         from crescent import cache
         from crescent.artefacts import INPUTS, NOT_SAMPLED, SAMPLES
         from crescent.infra.io import read_jsonl
+        from crescent.stages.answers import read_samples
 
-        path = cache.input_path(self.cfg, self.run_dir, "finetune", SAMPLES)
-        records = [r for r in read_jsonl(path) if r.get("reason") not in NOT_SAMPLED]
-        if self.cfg.domain.input_prompt:
-            from crescent.stages.answers import with_inputs
+        def path(name: str):
+            return cache.input_path(self.cfg, self.run_dir, "finetune", name)
 
-            records = with_inputs(records, cache.input_path(self.cfg, self.run_dir, "finetune",
-                                                            INPUTS))
-        return records
+        records = [r for r in read_jsonl(path(SAMPLES)) if r.get("reason") not in NOT_SAMPLED]
+        return read_samples(records, self.answer_format,
+                            path(INPUTS) if self.cfg.domain.input_prompt else None)
 
     def engine(self):
         """The run's generation engine (`engine.*`, `model.*`), for objectives that sample."""

@@ -33,6 +33,7 @@ from crescent.artefacts import (
 )
 from crescent.cache import STATS, Stage
 from crescent.config import samples_per_question
+from crescent.domains import answer_type_key
 from crescent.errors import CrescentError
 from crescent.infra.io import (
     JsonlAppender,
@@ -59,11 +60,13 @@ SAMPLES_ENTRY = Stage("samples", ("seed", "model", "engine", "domain", "answers"
 # The test inputs the model writes for each sampled question (domain.input_prompt), an entry
 # of their own: the samples' key (model, engine, seed, questions) and the prompt decide them.
 INPUTS_ENTRY = Stage("inputs", ("domain.input_prompt",), upstream="samples")
+
 # Version 2: preference pairs (prefs.jsonl, the dataset's `prefs` split) beside the SFT data.
 STAGE = Stage("answers", ("domain", "voting", "control"), upstream="samples", version=2,
               outputs=("qa.jsonl", "sft.jsonl", "prefs.jsonl", "votes.jsonl", "samples.jsonl",
                        "inputs.jsonl", "dataset"),
               entries=(SAMPLES_ENTRY, INPUTS_ENTRY),
+              resolved={"domain.answer_type": answer_type_key},
               # the controls were voting.* (at their defaults, out of the key) until `control`
               added=("voting.rule", "voting.shuffle_labels", "voting.gold_control",
                      "domain.train_prompt", "voting.rft", "control.gold", "control.rft",
@@ -130,7 +133,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     records = _in_input_order(read_jsonl(out / SAMPLES), questions, out / SAMPLES)
     if cfg.domain.input_prompt:
         draw_inputs(cfg, records, out, answers, cache.entry(cfg, run_dir, INPUTS_ENTRY.name))
-        records = with_inputs(records, out / INPUTS)
+    records = read_samples(records, answers, out / INPUTS if cfg.domain.input_prompt else None)
     voted = [revote(cfg, r, answers) for r in records]
     if cfg.control.match_kept_of_k is not None:
         voted = cap_to_match(cfg, records, voted, answers)
@@ -221,20 +224,35 @@ def _write_inputs(cfg: DictConfig, records: list[dict], where: Path, answers) ->
                               cfg.engine.batch_size, request, take)
 
 
-def with_inputs(records: list[dict], path: Path) -> list[dict]:
-    """`records` with the test inputs `path` (inputs.jsonl) holds for each sampled question;
-    a missing file is an error that says which stage writes it."""
-    if not Path(path).is_file():
-        raise CrescentError(f"{path} not found: the answers stage writes it when "
-                            f"domain.input_prompt is set; run it first")
-    written = {r["id"]: r["inputs"] for r in read_jsonl(path)}
-    missing = [r["id"] for r in records
-               if r.get("reason") not in NOT_SAMPLED and r["id"] not in written]
-    if missing:
-        raise CrescentError(f"answers: {path} holds no test inputs for {len(missing)} sampled "
-                            f"questions (first: id {missing[0]!r}); delete it and run the "
-                            f"answers stage again")
-    return [{**r, "inputs": written[r["id"]]} if r["id"] in written else r for r in records]
+def read_samples(records: list[dict], answers, inputs: Path | None = None) -> list[dict]:
+    """`records` (samples.jsonl's) as a vote reads them: each sampled question's samples read
+    again by `answers` bound to the question and, with `inputs` (inputs.jsonl, when
+    `domain.input_prompt` is set), to the test inputs read again from the model's reply there.
+    The cache entries hold what was generated; what is read from it follows the code that reads
+    it, keyed by the format's `revision` in the vote's key, never in the drawing's."""
+    from crescent.domains import for_question
+
+    written = {}
+    if inputs is not None:
+        if not Path(inputs).is_file():
+            raise CrescentError(f"{inputs} not found: the answers stage writes it when "
+                                f"domain.input_prompt is set; run it first")
+        written = {r["id"]: r["reply"] for r in read_jsonl(inputs)}
+        missing = [r["id"] for r in records
+                   if r.get("reason") not in NOT_SAMPLED and r["id"] not in written]
+        if missing:
+            raise CrescentError(f"answers: {inputs} holds no test inputs for {len(missing)} "
+                                f"sampled questions (first: id {missing[0]!r}); delete it and "
+                                f"run the answers stage again")
+
+    def read(record: dict) -> dict:
+        if record["id"] in written:
+            record = {**record, "inputs": answers.read_inputs(record["question"],
+                                                              written[record["id"]])}
+        reader = for_question(answers, record)
+        return {**record, "extracted": [reader.extract(t) for t in record["samples"]]}
+
+    return [r if r.get("reason") in NOT_SAMPLED else read(r) for r in records]
 
 
 def _check_sample_counts(where: Path, k_max: int) -> None:

@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from crescent import cache
 from crescent.cache import STATS, Stage
-from crescent.domains import gold_answers
+from crescent.domains import answer_type_key, gold_answers
 from crescent.errors import CrescentError
 from crescent.infra.io import atomic_write_text, read_jsonl, write_json
 
@@ -34,7 +34,8 @@ logger = logging.getLogger(__name__)
 STAGE = Stage("audit", ("domain.answer_type", "domain.options", "domain.input_prompt",
                         "voting.rule", "voting.options", "voting.tie_break",
                         "voting.drop_truncated"),
-              upstream="samples", added=("domain.input_prompt",))
+              upstream="samples", added=("domain.input_prompt",),
+              resolved={"domain.answer_type": answer_type_key})
 AUDIT = "audit.json"
 TABLE = "audit.md"
 PLOT = "audit.png"
@@ -49,7 +50,7 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
     from crescent.artefacts import INPUTS, NOT_SAMPLED, SAMPLES
     from crescent.config import samples_per_question
     from crescent.domains import answer_format
-    from crescent.stages.answers import with_inputs
+    from crescent.stages.answers import read_samples
 
     out = Path(run_dir) / STAGE.name
     samples = cache.input_path(cfg, run_dir, STAGE.name, SAMPLES)
@@ -63,8 +64,9 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
                             f"{cfg.answers.input} (first: id {missing[0]!r})")
     if not records:
         raise CrescentError(f"audit: {samples} holds no sampled question")
-    if cfg.domain.input_prompt:  # programs are run on the test inputs the model wrote too
-        records = with_inputs(records, cache.input_path(cfg, run_dir, STAGE.name, INPUTS))
+    # with domain.input_prompt, programs are run on the test inputs the model wrote too
+    records = read_samples(records, reader, cache.input_path(cfg, run_dir, STAGE.name, INPUTS)
+                           if cfg.domain.input_prompt else None)
     k_max = samples_per_question(cfg)
     audit = measure(cfg, records, golds, k_max, reader)
     audit["not_sampled"] = len(golds) - len(records)

@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 
 from crescent.artefacts import QUESTIONS, REJECTED
 from crescent.cache import STATS, Stage
+from crescent.domains import answer_type_key
 from crescent.errors import CrescentError
 from crescent.infra.io import JsonlAppender, numbered_jsonl, resume_jsonl, write_json
 from crescent.methods.cleaning import clean_question
@@ -39,7 +40,8 @@ logger = logging.getLogger(__name__)
 STAGE = Stage("questions", ("seed", "model", "engine", "domain", "dedup", "questions"),
               outputs=("questions.jsonl", "rejected.jsonl"), version=2, generates=True,
               added=("domain.train_prompt",),
-              exclude=("domain.input_prompt",))  # read by the answers stage only
+              exclude=("domain.input_prompt",),  # read by the answers stage only
+              resolved={"domain.answer_type": answer_type_key})
 
 
 @dataclass
