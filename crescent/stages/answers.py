@@ -60,7 +60,6 @@ SAMPLES_ENTRY = Stage("samples", ("seed", "model", "engine", "domain", "answers"
 # The test inputs the model writes for each sampled question (domain.input_prompt), an entry
 # of their own: the samples' key (model, engine, seed, questions) and the prompt decide them.
 INPUTS_ENTRY = Stage("inputs", ("domain.input_prompt",), upstream="samples")
-
 # Version 2: preference pairs (prefs.jsonl, the dataset's `prefs` split) beside the SFT data.
 STAGE = Stage("answers", ("domain", "voting", "control"), upstream="samples", version=2,
               outputs=("qa.jsonl", "sft.jsonl", "prefs.jsonl", "votes.jsonl", "samples.jsonl",
