@@ -90,6 +90,11 @@ def test_a_question_is_a_documented_function_with_example_calls():
     assert parse_question("def f(x):\n    return x\n") == (None, "no_function")
     assert parse_question('def f(x):\n    """Double x."""\n') == (None, "no_examples")
     assert parse_question("```python\ndef f(:\n```")[1] == "syntax"
+    # a signature that names what nothing defines would not run: no question
+    typed = 'def f(xs: List[int], n=LIMIT) -> int:\n    """Sum.\n    >>> f([1])\n    1\n    """\n'
+    assert parse_question(typed) == (None, "undefined_name")
+    for defines in ("from typing import List\nLIMIT = 3\n", "from typing import *\n"):
+        assert parse_question(defines + typed)[0].entry_point == "f", defines
     _, reason = CodeAnswers.clean_question(QUESTION, 100)
     assert reason == "too_long"
 
@@ -234,7 +239,8 @@ def test_the_test_inputs_key_the_vote_not_the_questions_or_samples():
 
 
 def test_the_formats_revision_keys_what_reads_with_it_not_what_was_drawn():
-    # Code's format was revised (a question is its last documented function): the questions,
+    # Code's format was revised (a question is its last documented function, its signature
+    # runs): the questions,
     # the vote and the audit are keyed by it; the samples and inputs hold generated text, read
     # again by every vote, so they are reused. Math's format is at revision 1: its name alone.
     from crescent import cache
@@ -243,7 +249,7 @@ def test_the_formats_revision_keys_what_reads_with_it_not_what_was_drawn():
     for name, revised in (("questions", True), ("samples", False), ("inputs", False),
                           ("answers", True), ("audit", True)):
         hashed = json.dumps(cache.stage_key(cfg, name)[1])
-        assert ('["code", 2]' in hashed) is revised, name
+        assert ('["code", 3]' in hashed) is revised, name
     assert '"answer_type": "math"' in json.dumps(cache.stage_key(compose(), "answers")[1])
 
 

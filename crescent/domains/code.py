@@ -3,8 +3,9 @@ behave the same.
 
 A code question is a function's signature and docstring with example calls (HumanEval's form),
 as conf/domain/code.yaml's bait prompt asks for it: `clean_question` keeps the imports, the
-signature and the docstring of the first documented function, and refuses a question with no
-example call. An answer is a program: the function as a sample completed it (its first
+signature and the docstring of the last documented function (helpers come first), and refuses a
+question with no example call, or whose signature names what nothing defines (`List` with no
+import: the question itself would not run). An answer is a program: the function as a sample completed it (its first
 ```python block that defines the function), the question's imports in front. Two programs are
 the same answer when they give the same results on the question's calls, run in the sandbox
 (crescent/methods/sandbox.py): its docstring's examples, then, with `domain.input_prompt`, test
@@ -17,6 +18,7 @@ response is the program in the form the scored HumanEval prompt continues
 from __future__ import annotations
 
 import ast
+import builtins
 import functools
 import hashlib
 import json
@@ -77,6 +79,8 @@ def parse_question(text: str, inputs: tuple[str, ...] = ()) -> tuple[CodeQuestio
     if found is None:
         return None, reason
     tree, lines, function = found
+    if _undefined_in_signature(tree, function):
+        return None, "undefined_name"
     imports = "\n".join(_segment(lines, node) for node in tree.body
                         if isinstance(node, (ast.Import, ast.ImportFrom)))
     signature = _segment(lines, function, end=function.body[0].end_lineno)
@@ -105,6 +109,28 @@ def _documented_function(text: str):
         if documented:
             return (tree, block.splitlines(), documented[-1]), None
     return None, reason
+
+
+def _undefined_in_signature(tree: ast.Module, function: ast.FunctionDef) -> set[str]:
+    """Names the function's signature (annotations, defaults, decorators) uses that neither
+    the builtins nor the block's imports and top-level definitions bind; none after a
+    `from x import *`, which may bind anything."""
+    bound = set(dir(builtins))
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names):
+            return set()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            bound |= {(a.asname or a.name).split(".")[0] for a in node.names}
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            bound.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            bound |= {n.id for n in ast.walk(node) if isinstance(n, ast.Name)}
+    args = function.args
+    parts = [*function.decorator_list, function.returns, *args.defaults, *args.kw_defaults,
+             *(a.annotation for a in [*args.posonlyargs, *args.args, *args.kwonlyargs,
+                                      args.vararg, args.kwarg] if a is not None)]
+    return {n.id for part in parts if part is not None for n in ast.walk(part)
+            if isinstance(n, ast.Name)} - bound
 
 
 def _segment(lines: list[str], node: ast.stmt, end: int | None = None) -> str:
@@ -167,8 +193,9 @@ class CodeAnswers(AnswerFormat):
 
     question: CodeQuestion | None = None
     # 2: a question is its last documented function, no longer its first (HumanEval/10, 32,
-    # 38 and 50 were voted on the helper their prompt gives)
-    revision = 2
+    # 38 and 50 were voted on the helper their prompt gives); 3: a signature that names what
+    # nothing defines is no question (19 of the code study's 600 used `List` unimported)
+    revision = 3
 
     @staticmethod
     def clean_question(text: str, max_chars: int) -> tuple[str, str | None]:
