@@ -4,13 +4,14 @@ secrets, the sandbox's own folder gone afterwards."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
 
 import pytest
 
-from crescent.methods.sandbox import Limits, network_namespace, run_python
+from crescent.methods.sandbox import Limits, network_namespace, run_calls, run_python
 
 QUICK = Limits(wall_s=3, cpu_s=3)
 HOSTILE = {
@@ -65,6 +66,22 @@ def test_sandbox_environment_holds_no_secrets(monkeypatch):
                          "print(open('/proc/self/environ', 'rb').read())\n", limits=QUICK)
     assert "do-not-leak" not in outcome.stdout + outcome.stderr
     assert "sk-do-not-leak" == os.environ["OPENAI_API_KEY"]  # the caller's own is untouched
+
+
+def test_sandbox_runs_repeat_what_a_program_returns(monkeypatch, tmp_path):
+    # A set of strings iterates in the order of the run's string hashes, and `random` draws
+    # from the run's seed: both are fixed, so a vote run again groups programs the same way.
+    program = "import random\ndef f(xs):\n    return list(set(xs)), random.random()\n"
+    calls = ["f(['john.doe@example.com', 'jane.smith@workplace.com', 'doe@example.com'])"]
+    runs = {json.dumps(run_calls(program, calls, 2.0, 200, QUICK)[1]) for _ in range(4)}
+    assert len(runs) == 1 and '"ok"' in runs.pop()
+    # nothing on its import path that the caller's environment or the program itself put there
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    code = ("import sys\nopen('shadow.py', 'w').write('')\nprint(repr(sys.path))\n"
+            "import shadow\n")
+    outcome = run_python(code, limits=QUICK)
+    assert outcome.status == "error" and "ModuleNotFoundError" in outcome.stderr
+    assert str(tmp_path) not in outcome.stdout and "''" not in outcome.stdout
 
 
 def test_sandbox_program_may_use_its_own_folder_and_the_standard_library():

@@ -194,8 +194,10 @@ class CodeAnswers(AnswerFormat):
     # 38 and 50 were voted on the helper their prompt gives); 3: a signature that names what
     # nothing defines is no question (28 of the code study's 600 did, `List` unimported in 15);
     # 4: what the block defines beside the function no longer counts as defined, as the
-    # question drops it (4 of 1,765 parsed candidates of the study: decorators defined there)
-    revision = 4
+    # question drops it (4 of 1,765 parsed candidates of the study: decorators defined there);
+    # 5: programs run with the hash seed and `random` fixed (the sandbox's `-I` had ignored
+    # PYTHONHASHSEED: a vote run twice on the same programs kept 461 and then 462 questions)
+    revision = 5
 
     @staticmethod
     def clean_question(text: str, max_chars: int) -> tuple[str, str | None]:

@@ -1,9 +1,11 @@
 """The sandbox: the only way Crescent runs model-written code.
 
-Each program runs in a child Python process (`python -I -B`: no user site, no PYTHONPATH, no
-bytecode written) with
+Each program runs in a child Python process (`python -s -B`: no user site, no bytecode written;
+not `-I`, which would ignore the environment's PYTHONHASHSEED, and with it the order of a set of
+strings would change from run to run) with
 - its own fresh working directory, removed afterwards;
-- an environment of its own (PATH, LANG, HOME = that directory): no API keys, no tokens;
+- an environment of its own (PATH, LANG, HOME = that directory, PYTHONHASHSEED=0): no API
+  keys, no tokens, no PYTHONPATH; the working directory is not on its import path;
 - resource limits: CPU seconds, address space, file size, no core files;
 - a wall-clock timeout, after which its whole process group is killed;
 - its output written to files capped by the file-size limit, and read back up to a bound;
@@ -59,6 +61,8 @@ class Outcome:
 # hook cannot be removed once added (PEP 578), so the program runs under it whatever it does.
 _PREAMBLE = r"""
 import json, os, resource, sys
+if sys.path and sys.path[0] == "":  # `-c` puts the working directory first: a program's own
+    del sys.path[0]                  # files shadow no module it imports
 root, readable, limits = sys.argv[1], json.loads(sys.argv[2]), json.loads(sys.argv[3])
 for name, value in limits.items():
     resource.setrlimit(getattr(resource, name), (value, value))
@@ -112,7 +116,7 @@ def run_python(code: str, stdin: str = "", limits: Limits = Limits()) -> Outcome
         (root / "program.py").write_text(code, encoding="utf-8")
         out, err = Path(tmp) / "stdout", Path(tmp) / "stderr"
         isolated = network_namespace() is not None
-        command = [*(network_namespace() or []), _interpreter(), "-I", "-B", "-c", _PREAMBLE,
+        command = [*(network_namespace() or []), _interpreter(), "-s", "-B", "-c", _PREAMBLE,
                    str(root.resolve()), json.dumps(_readable()), json.dumps(_rlimits(limits))]
         with out.open("wb") as stdout, err.open("wb") as stderr:
             proc = subprocess.Popen(command, cwd=root, env=_environment(root), stdout=stdout,
@@ -135,7 +139,8 @@ def run_python(code: str, stdin: str = "", limits: Limits = Limits()) -> Outcome
 # What `run_calls` runs: the program, then each call under a timer, its prints swallowed; one
 # JSON line of results on stdout.
 _CALLS = r"""
-import contextlib, hashlib, io, json, signal
+import contextlib, hashlib, io, json, random, signal
+random.seed(0)  # a program that draws at random returns the same in every run
 PROGRAM, CALLS, CALL_S, REPR_CHARS = {program!r}, {calls!r}, {call_s!r}, {repr_chars!r}
 
 def expired(signum, frame):
@@ -210,7 +215,8 @@ def _head(path: Path, limit: int) -> str:
 
 
 def _environment(root: Path) -> dict[str, str]:
-    """Nothing of the parent's environment but a PATH and a locale: no keys, no tokens."""
+    """Nothing of the parent's environment but a PATH and a locale: no keys, no tokens; the
+    hash seed fixed, so what a program returns does not hang on the run's string hashes."""
     return {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "HOME": str(root),
             "PYTHONHASHSEED": "0", "PYTHONIOENCODING": "utf-8"}
 
