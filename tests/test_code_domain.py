@@ -138,6 +138,11 @@ def test_execution_consensus_groups_programs_by_what_they_return():
     split = execution([programs[0], programs[1]], responses[:2], VOTING, seed=0,
                       answer_format=reader)
     assert split.reason == "no_consensus"
+    # two programs that return a function: shown by its address, nothing to agree on
+    lazy = [reader.extract(f"```python\ndef running_max(values):\n    return {body}\n```")
+            for body in ("lambda: values", "iter(values).__next__")]
+    opaque = execution(lazy, ["", ""], VOTING, seed=0, answer_format=reader)
+    assert opaque.reason == "abstained" and opaque.details["opaque"] == 6
 
 
 # Right on the docstring's examples (none longer than 3), wrong on a longer list: agreement

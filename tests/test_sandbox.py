@@ -75,6 +75,10 @@ def test_sandbox_runs_repeat_what_a_program_returns(monkeypatch, tmp_path):
     calls = ["f(['john.doe@example.com', 'jane.smith@workplace.com', 'doe@example.com'])"]
     runs = {json.dumps(run_calls(program, calls, 2.0, 200, QUICK)[1]) for _ in range(4)}
     assert len(runs) == 1 and '"ok"' in runs.pop()
+    # a value shown by its address would differ in every run: opaque, with nothing to compare
+    _, ran = run_calls("def g():\n    return lambda: 1\n", ["g()", "g()()"], 2.0, 200, QUICK)
+    assert [r[0] for r in ran["results"]] == ["opaque", "ok"]
+    assert ran["results"][0][1] == "" and "<function g.<locals>.<lambda> at 0x" in ran["results"][0][2]
     # nothing on its import path that the caller's environment or the program itself put there
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     code = ("import sys\nopen('shadow.py', 'w').write('')\nprint(repr(sys.path))\n"

@@ -48,8 +48,9 @@ class CodeQuestion:
 @dataclass(frozen=True)
 class Behaviour:
     """What a program did on a question's calls: per call ("ok", repr hash, repr head),
-    ("error", exception name, ""), or ("timeout", "", ""); `loaded` False when the program
-    itself did not run (a syntax error, an import that failed)."""
+    ("opaque", "", repr head) for a function or object shown by its address, ("error",
+    exception name, ""), or ("timeout", "", ""); `loaded` False when the program itself did not
+    run (a syntax error, an import that failed)."""
 
     loaded: bool
     results: tuple[tuple[str, str, str], ...]
@@ -196,8 +197,10 @@ class CodeAnswers(AnswerFormat):
     # 4: what the block defines beside the function no longer counts as defined, as the
     # question drops it (4 of 1,765 parsed candidates of the study: decorators defined there);
     # 5: programs run with the hash seed and `random` fixed (the sandbox's `-I` had ignored
-    # PYTHONHASHSEED: a vote run twice on the same programs kept 461 and then 462 questions)
-    revision = 5
+    # PYTHONHASHSEED: a vote run twice on the same programs kept 461 and then 462 questions);
+    # 6: a result shown by its memory address (`<function f at 0x7f..>`) is "opaque", not a
+    # value: it differs in every run, and only chance could make two programs agree on it
+    revision = 6
 
     @staticmethod
     def clean_question(text: str, max_chars: int) -> tuple[str, str | None]:

@@ -4,11 +4,12 @@ Each of a question's k programs (the `code` answer format's answers) runs in the
 question's calls: its docstring's examples and the test inputs the model wrote for it
 (crescent/domains/code.py); programs that returned the same results on
 every call form a group, as AlphaCode clusters samples and MBR-exec picks among them. A sample
-without a program, and a program that failed on every call (an exception, a timeout) or did not
-load, abstains. The largest group wins under `majority`'s floors and tie rule (min_agreement of
-all k, min_votes); the label is its representative's program. The vote's `details` count what
-happened: no program, not loaded, failed on every call, no call to run (a question without
-examples), and the calls that timed out or raised.
+without a program, and a program that returned no value on any call (an exception, a timeout,
+a function or object shown only by its address) or did not load, abstains. The largest group
+wins under `majority`'s floors and tie rule (min_agreement of all k, min_votes); the label is its
+representative's program. The vote's `details` count what happened: no program, not loaded,
+failed on every call, no call to run (a question without examples), and the calls that timed
+out, raised or returned an opaque value.
 """
 
 from __future__ import annotations

@@ -139,7 +139,7 @@ def run_python(code: str, stdin: str = "", limits: Limits = Limits()) -> Outcome
 # What `run_calls` runs: the program, then each call under a timer, its prints swallowed; one
 # JSON line of results on stdout.
 _CALLS = r"""
-import contextlib, hashlib, io, json, random, signal
+import contextlib, hashlib, io, json, random, re, signal
 random.seed(0)  # a program that draws at random returns the same in every run
 PROGRAM, CALLS, CALL_S, REPR_CHARS = {program!r}, {calls!r}, {call_s!r}, {repr_chars!r}
 
@@ -157,7 +157,11 @@ with contextlib.redirect_stdout(io.StringIO()):
         signal.setitimer(signal.ITIMER_REAL, CALL_S)
         try:
             shown = repr(eval(call, space))
-            results.append(("ok", hashlib.sha256(shown.encode()).hexdigest(), shown[:REPR_CHARS]))
+            if re.search(" at 0x[0-9a-fA-F]+", shown):  # a function's or an object's repr says
+                results.append(("opaque", "", shown[:REPR_CHARS]))  # where it lies, not what
+            else:                                                    # it is: nothing to compare
+                results.append(("ok", hashlib.sha256(shown.encode()).hexdigest(),
+                                shown[:REPR_CHARS]))
         except TimeoutError:
             results.append(("timeout", "", ""))
         except BaseException as e:
@@ -172,8 +176,10 @@ def run_calls(program: str, calls, call_s: float, repr_chars: int, limits: Limit
               ) -> tuple[Outcome, dict | None]:
     """Run `program`, then evaluate each of `calls` (Python expressions) in its namespace,
     each under a `call_s` timer: the outcome, and {"loaded": whether the program ran,
-    "results": per call ["ok", sha256 of its repr, the repr's first `repr_chars`], ["error",
-    exception name, ""] or ["timeout", "", ""]}, or None when the run itself died."""
+    "results": per call ["ok", sha256 of its repr, the repr's first `repr_chars`], ["opaque",
+    "", the repr's head] (a value whose repr shows only its memory address: another run, or
+    another program, would show another), ["error", exception name, ""] or ["timeout", "",
+    ""]}, or None when the run itself died."""
     outcome = run_python(_CALLS.format(program=program, calls=list(calls), call_s=call_s,
                                        repr_chars=repr_chars), limits=limits)
     last = outcome.stdout.strip().splitlines()[-1:] if outcome.ok else []
