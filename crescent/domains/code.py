@@ -5,10 +5,10 @@ A code question is a function's signature and docstring with example calls (Huma
 as conf/domain/code.yaml's bait prompt asks for it: `clean_question` keeps the imports, the
 signature and the docstring of the last documented function (helpers come first), and refuses a
 question with no example call, or whose signature names what neither its imports nor the
-builtins define (`List` with no import: the question itself would not run). An answer is a program: the function as a sample
-completed it (its first ```python block that defines the function), the question's imports in
-front. Two programs are
-the same answer when they give the same results on the question's calls, run in the sandbox
+builtins define (`List` with no import: the question itself would not run). An answer is a
+program: the function as a sample completed it (its first ```python block that defines the
+function), the question's imports in front. Two programs are the same answer when they give the
+same results on the question's calls, run in the sandbox
 (crescent/methods/sandbox.py): its docstring's examples, then, with `domain.input_prompt`, test
 inputs the model wrote for it (as CodeT has the model write tests), MAX_CALLS in all. The vote
 rule `execution` (crescent/methods/execution.py) groups a question's programs so. The training

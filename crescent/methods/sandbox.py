@@ -157,11 +157,10 @@ with contextlib.redirect_stdout(io.StringIO()):
         signal.setitimer(signal.ITIMER_REAL, CALL_S)
         try:
             shown = repr(eval(call, space))
-            if re.search(" at 0x[0-9a-fA-F]+", shown):  # a function's or an object's repr says
-                results.append(("opaque", "", shown[:REPR_CHARS]))  # where it lies, not what
-            else:                                                    # it is: nothing to compare
-                results.append(("ok", hashlib.sha256(shown.encode()).hexdigest(),
-                                shown[:REPR_CHARS]))
+            # a function's or an object's repr says where it lies, not what it is: no value
+            status, digest = (("opaque", "") if re.search(" at 0x[0-9a-fA-F]+", shown)
+                              else ("ok", hashlib.sha256(shown.encode()).hexdigest()))
+            results.append((status, digest, shown[:REPR_CHARS]))
         except TimeoutError:
             results.append(("timeout", "", ""))
         except BaseException as e:
