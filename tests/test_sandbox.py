@@ -79,6 +79,13 @@ def test_sandbox_runs_repeat_what_a_program_returns(monkeypatch, tmp_path):
     _, ran = run_calls("def g():\n    return lambda: 1\n", ["g()", "g()()"], 2.0, 200, QUICK)
     assert [r[0] for r in ran["results"]] == ["opaque", "ok"]
     assert ran["results"][0][1] == "" and "<function g.<locals>.<lambda> at 0x" in ran["results"][0][2]
+    # a call's limit is CPU time: waiting counts for nothing (the run's wall clock bounds it),
+    # so how busy the machine is decides no timeout; computing past it does
+    waits = "import time\ndef f():\n    time.sleep(1.5)\n    return 1\n"
+    status, _, shown = run_calls(waits, ["f()"], 1.0, 200, QUICK)[1]["results"][0]
+    assert (status, shown) == ("ok", "1")
+    spins = "def f():\n    while True:\n        pass\n"
+    assert run_calls(spins, ["f()", "1"], 1.0, 200, QUICK)[1]["results"][0][0] == "timeout"
     # nothing on its import path that the caller's environment or the program itself put there
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     code = ("import sys\nopen('shadow.py', 'w').write('')\nprint(repr(sys.path))\n"

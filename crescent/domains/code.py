@@ -33,7 +33,7 @@ _BLOCK = re.compile(r"```(?:python|py)?[ \t]*\n(.*?)(?:```|\Z)", re.DOTALL)
 # What the scored prompt (crescent_humaneval's gen_prefix) has the model continue.
 RESPONSE_PREFIX = "Here is the completed function:\n```python\n"
 MAX_CALLS = 8  # calls a question's programs are run on: the docstring's first
-CALL_S = 2.0  # seconds one call may run before it counts as a timeout
+CALL_S = 2.0  # CPU seconds one call may take before it counts as a timeout
 REPR_CHARS = 200  # of a result's repr kept for reading; equality compares its full hash
 
 
@@ -176,9 +176,10 @@ def behaviour(program: str, calls: tuple[str, ...]) -> Behaviour:
     timed out)."""
     from crescent.methods.sandbox import Limits, run_calls
 
-    wall = 5.0 + CALL_S * len(calls)
+    cpu = 5.0 + CALL_S * len(calls)
+    # the wall clock bounds a program that waits (sleeps), with room for a machine that is busy
     outcome, ran = run_calls(program, calls, CALL_S, REPR_CHARS,
-                             Limits(wall_s=wall, cpu_s=int(wall) + 1))
+                             Limits(wall_s=4 * cpu, cpu_s=int(cpu) + 1))
     if ran is None:
         status = "timeout" if outcome.status == "timeout" else "error"
         return Behaviour(True, tuple((status, outcome.status, "") for _ in calls))
@@ -202,8 +203,9 @@ class CodeAnswers(AnswerFormat):
     # value: it differs in every run, and only chance could make two programs agree on it;
     # 7: a question's imports are each written once, and go in front of a program only where
     # it does not make them itself (634 of the study's 2,265 programs, 119 of its 461 training
-    # programs, repeated an import)
-    revision = 7
+    # programs, repeated an import); 8: a call's time limit is CPU time, not the wall clock's
+    # (what else the machine runs no longer decides whether a slow call times out)
+    revision = 8
 
     @staticmethod
     def clean_question(text: str, max_chars: int) -> tuple[str, str | None]:

@@ -136,8 +136,8 @@ def run_python(code: str, stdin: str = "", limits: Limits = Limits()) -> Outcome
                        round(time.time() - started, 3), isolated)
 
 
-# What `run_calls` runs: the program, then each call under a timer, its prints swallowed; one
-# JSON line of results on stdout.
+# What `run_calls` runs: the program, then each call under a timer of CPU time, its prints
+# swallowed; one JSON line of results on stdout.
 _CALLS = r"""
 import contextlib, hashlib, io, json, random, re, signal
 random.seed(0)  # a program that draws at random returns the same in every run
@@ -146,7 +146,7 @@ PROGRAM, CALLS, CALL_S, REPR_CHARS = {program!r}, {calls!r}, {call_s!r}, {repr_c
 def expired(signum, frame):
     raise TimeoutError
 
-signal.signal(signal.SIGALRM, expired)
+signal.signal(signal.SIGPROF, expired)
 space, results, loaded = {{"__name__": "solution"}}, [], True
 with contextlib.redirect_stdout(io.StringIO()):
     try:
@@ -154,7 +154,7 @@ with contextlib.redirect_stdout(io.StringIO()):
     except BaseException:
         loaded = False
     for call in CALLS if loaded else ():
-        signal.setitimer(signal.ITIMER_REAL, CALL_S)
+        signal.setitimer(signal.ITIMER_PROF, CALL_S)  # CPU time: a busy machine delays, not fails
         try:
             shown = repr(eval(call, space))
             # a function's or an object's repr says where it lies, not what it is: no value
@@ -166,7 +166,7 @@ with contextlib.redirect_stdout(io.StringIO()):
         except BaseException as e:
             results.append(("error", type(e).__name__, ""))
         finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.setitimer(signal.ITIMER_PROF, 0)
 print(json.dumps({{"loaded": loaded, "results": results}}))
 """
 
@@ -174,7 +174,8 @@ print(json.dumps({{"loaded": loaded, "results": results}}))
 def run_calls(program: str, calls, call_s: float, repr_chars: int, limits: Limits
               ) -> tuple[Outcome, dict | None]:
     """Run `program`, then evaluate each of `calls` (Python expressions) in its namespace,
-    each under a `call_s` timer: the outcome, and {"loaded": whether the program ran,
+    each under a timer of `call_s` CPU seconds (so a loaded machine times out no call; one that
+    waits is bounded by `limits.wall_s`): the outcome, and {"loaded": whether the program ran,
     "results": per call ["ok", sha256 of its repr, the repr's first `repr_chars`], ["opaque",
     "", the repr's head] (a value whose repr shows only its memory address: another run, or
     another program, would show another), ["error", exception name, ""] or ["timeout", "",
