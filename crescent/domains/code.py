@@ -245,7 +245,7 @@ class CodeAnswers(AnswerFormat):
             if any(isinstance(node, ast.FunctionDef) and name in (None, node.name)
                    for node in tree.body):
                 made: set[str] = set()  # the imports the program has, as ast.dump
-                program = [*self._statements(block, tree, made)]
+                program = self._statements(block, tree, made)
                 if self.question and self.question.imports:
                     imports = self.question.imports
                     program[:0] = self._statements(imports, ast.parse(imports), made)
