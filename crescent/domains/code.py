@@ -259,9 +259,10 @@ class CodeAnswers(AnswerFormat):
         lines, kept = source.splitlines(), []
         for node in tree.body:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
-                if ast.dump(node) in made:
+                dumped = ast.dump(node)
+                if dumped in made:
                     continue
-                made.add(ast.dump(node))
+                made.add(dumped)
             if isinstance(node, _DEFINITIONS):
                 kept.append(_segment(lines, node))
         return kept
