@@ -12,6 +12,8 @@ cache on, the stage dir is a link to the stage's cache entry, locked while the s
 A stage dir kept inside the run dir (`cache_dir=null`) records its version in `stats.json`; one
 made by another version stops the run with a one-line message naming `accept_stale=true`, the
 override that reuses it anyway. (Cache entries never get there: the version is in their key.)
+Nor is a finished stage reused that drew or trained in another precision than `model.dtype` /
+`student.dtype` resolve to here (`auto` differs between machines; its key holds `auto`).
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ def _run_stage(module: ModuleType, cfg: DictConfig, run_dir: Path, tracker: Trac
         stats = read_json(out / cache.STATS)
         _check_version(cfg, stage, out, stats)
         _check_key(cfg, stage, out, stats)
+        _check_precision(cfg, stage, out, stats, info)
         reason = module.outdated(cfg, run_dir) if hasattr(module, "outdated") else None
         if reason is None:
             logger.info("crescent: %s: already done in %s, skipped", stage.name, out)
@@ -179,6 +182,30 @@ def _check_key(cfg: DictConfig, stage: cache.Stage, out: Path, stats: dict) -> N
             f"to keep both, or reuse it as it is with accept_stale=true")
     logger.warning("crescent: %s: reusing %s made by another config (key %s, now %s): "
                    "accept_stale=true", stage.name, out, made, now)
+
+
+def _check_precision(cfg: DictConfig, stage: cache.Stage, out: Path, stats: dict,
+                     info: dict) -> None:
+    """A done stage that drew (a generating stage: `model.dtype`) or trained (`student.dtype`)
+    in another precision than the one this config resolves to here is not reused unless the
+    user says so: its key holds the setting, `auto`, not what a machine made of it (bfloat16
+    where the CPU has bfloat16 units, float32 elsewhere). The evaluate stage re-scores such
+    scores itself (its `outdated`)."""
+    made = (stats.get("provenance") or {}).get("precision") or {}
+    here = info.get("precision") or {}
+    for key in [k for k, applies in (("model.dtype", stage.generates),
+                                     ("student.dtype", "student" in stage.keys)) if applies]:
+        was, now = (made.get(key) or {}).get("resolved"), (here.get(key) or {}).get("resolved")
+        if was is None or now is None or was == now:
+            continue
+        if not OmegaConf.select(cfg, "accept_stale", default=False):
+            raise CrescentError(
+                f"{stage.name}: {out} was made in {was} and {key}={made[key]['configured']} is "
+                f"{now} here ({here[key]['why']}): delete it to recompute, reuse it as it is "
+                f"with accept_stale=true, or set {key} to keep a study in one precision "
+                f"across machines")
+        logger.warning("crescent: %s: reusing %s made in %s (now %s): accept_stale=true",
+                       stage.name, out, was, now)
 
 
 def _metrics(stats: dict) -> dict:

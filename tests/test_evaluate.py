@@ -549,6 +549,40 @@ def test_base_is_scored_once_for_every_point_of_a_sweep(tmp_path, monkeypatch):
         read_json(tmp_path / "lr1/evaluate/metrics.json")["base"]
 
 
+def test_base_scores_loaded_in_another_precision_are_scored_again(tmp_path, monkeypatch):
+    # The base's entry is keyed by student.dtype=auto: bfloat16 on a CPU with bfloat16 units,
+    # float32 here. Scores made there are not this machine's base: a contrast of a float32
+    # fine-tune against them would mix precisions.
+    from crescent import pipeline
+    from crescent.infra.tracking import Tracker
+
+    monkeypatch.setattr("crescent.infra.models.resolve_model", lambda name: f"/resolved/{name}")
+    monkeypatch.setattr(pipeline, "provenance", lambda cfg: {})
+    monkeypatch.setattr(evaluate, "resolve_dtype", lambda dtype: "float32")
+    scored = []
+
+    def fake_score(label, label_dir):  # the scoring itself runs lm-eval in the slow tests
+        scored.append(label)
+        write_json(label_dir / evaluate.RESULTS, _raw(0.9 if label == "base" else 0.7, 0.5))
+
+    monkeypatch.setattr(evaluate, "_score_in_subprocess", fake_score)
+    cfg = compose("engine=hf", f"eval.data_dir={DATA}", "stages=[evaluate]",
+                  f"cache_dir={tmp_path / 'cache'}")
+    write_json(tmp_path / "a/finetune/model/config.json", {})
+    pipeline.run_pipeline(cfg, tmp_path / "a", Tracker())
+    base = tmp_path / "a/evaluate/base"
+    spec = read_json(base / evaluate.SPEC)
+    assert [run["model_args"]["dtype"] for run in spec["runs"]] == ["float32"]
+    pipeline.run_pipeline(cfg, tmp_path / "a", Tracker())
+    assert scored == ["base", "finetuned"]  # the same precision: reused
+    spec["runs"][0]["model_args"]["dtype"] = "bfloat16"  # as a machine with bf16 units made it
+    write_json(base / evaluate.SPEC, spec)
+    cache.mark_done(base.resolve())  # sealed there, intact
+    pipeline.run_pipeline(cfg, tmp_path / "a", Tracker())
+    assert scored == ["base", "finetuned", "base"]
+    assert read_json(base / evaluate.SPEC)["runs"][0]["model_args"]["dtype"] == "float32"
+
+
 @pytest.mark.slow
 @pytest.mark.long  # two lm-eval runs
 def test_forward_pass_bits_per_byte_agree_with_vllm_prompt_logprobs(cli, tmp_path):

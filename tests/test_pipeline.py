@@ -359,3 +359,28 @@ def test_a_run_dir_stage_made_by_another_config_is_refused_unless_accepted(count
     tracker = RecordingTracker()
     pipeline.run_pipeline(OmegaConf.merge(other, {"accept_stale": True}), tmp_path, tracker)
     assert [(stage, stats["reused"]) for stage, stats in tracker.logged] == [("counting", 1)]
+
+
+def _made_in(resolved: str, why: str) -> dict:
+    """A stage's recorded precision (crescent/infra/provenance.py) under dtype auto."""
+    made = {"configured": "auto", "resolved": resolved, "why": why}
+    return {"precision": {"model.dtype": made, "student.dtype": made}}
+
+
+def test_a_stage_made_in_another_precision_under_auto_is_refused_unless_accepted(tmp_path):
+    # `auto` is bfloat16 on a CPU with bfloat16 units and float32 elsewhere: the key holds
+    # `auto`, so an entry drawn on one machine would pass for the other's.
+    elsewhere = {"provenance": _made_in("bfloat16", "CPU has avx512_bf16")}
+    here = _made_in("float32", "CPU has none of amx_bf16, avx512_bf16")
+    cfg = OmegaConf.create({"accept_stale": False})
+    for name, key in (("questions", "model.dtype"), ("finetune", "student.dtype")):
+        with pytest.raises(CrescentError, match=rf"^{name}: .* was made in bfloat16 and "
+                                                rf"{key}=auto is float32 here \(CPU has none "
+                                                r".*\): delete it to recompute, .*accept_stale"):
+            pipeline._check_precision(cfg, cache.spec(name), tmp_path, elsewhere, here)
+        pipeline._check_precision(cfg, cache.spec(name), tmp_path, {"provenance": here}, here)
+        pipeline._check_precision(OmegaConf.create({"accept_stale": True}), cache.spec(name),
+                                  tmp_path, elsewhere, here)
+    # The evaluate stage re-scores such scores itself; a stage from before provenance passes.
+    pipeline._check_precision(cfg, cache.spec("evaluate"), tmp_path, elsewhere, here)
+    pipeline._check_precision(cfg, cache.spec("questions"), tmp_path, {}, here)

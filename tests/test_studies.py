@@ -71,3 +71,51 @@ def test_slurm_launcher_config_asks_for_one_gpu_node_per_point(cli):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "hydra_plugins.hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in result.stdout
     assert "gpus_per_node: 8" in result.stdout and "partition: gpu" in result.stdout
+
+
+def _record(*args, cwd: Path) -> str:
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, str(ROOT / "experiments" / "study_record.py"), *args],
+                          cwd=cwd, capture_output=True, text=True, check=True)
+    return done.stdout
+
+
+def test_a_study_record_restores_its_entries_and_keeps_scored_runs_without_weights(tmp_path):
+    from crescent import cache
+
+    store = tmp_path / "cache"
+    for name, key, files in (("questions", "q1", {"questions.jsonl": "{}\n"}),
+                             ("samples", "s1", {"samples.jsonl": "{}\n"}),
+                             ("answers", "a1", {"sft.jsonl": "{}\n"}),
+                             ("finetune", "f1", {"model/weights.bin": "w" * 1000}),
+                             ("evaluate", "e1", {"metrics.json": "{}", "base/requests_rank0.db": "x"}),
+                             ("questions", "other", {"questions.jsonl": "{}\n"})):
+        for rel, text in {**files, "stats.json": "{}", "DONE": "{}"}.items():
+            (store / name / key / rel).parent.mkdir(parents=True, exist_ok=True)
+            (store / name / key / rel).write_text(text)
+    cache.link(store / "answers" / "a1" / "samples.jsonl", store / "samples" / "s1" / "samples.jsonl")
+    run = tmp_path / "runs" / "vote" / "seed1"
+    (run / ".hydra").mkdir(parents=True)
+    (run / ".hydra" / "config.yaml").write_text("name: study\n")
+    for name, key in (("questions", "q1"), ("answers", "a1"), ("finetune", "f1"), ("evaluate", "e1")):
+        cache.link(run / name, store / name / key)
+
+    said = _record("save", "runs", "record", "--cache", "cache", cwd=tmp_path)
+    assert "4 cache entries" in said and "runs newly recorded: vote/seed1" in said
+    kept = tmp_path / "record" / "runs" / "vote" / "seed1"
+    assert (kept / "evaluate" / "metrics.json").is_file() and (kept / "finetune" / "DONE").is_file()
+    assert not (kept / "finetune" / "model").exists()  # weights stay out
+    assert not (kept / "evaluate" / "base" / "requests_rank0.db").exists()
+    assert not (kept / "answers" / "sft.jsonl").exists()  # the generation lives in the archive
+
+    fresh = tmp_path / "fresh"
+    (fresh / "questions" / "q1").mkdir(parents=True)  # further along here: left as it is
+    said = _record("restore", "record", "--cache", "fresh", cwd=tmp_path)
+    assert "3 of 4 cache entries restored" in said
+    assert (fresh / "samples" / "s1" / "samples.jsonl").read_text() == "{}\n"
+    assert (fresh / "answers" / "a1" / "samples.jsonl").resolve() == \
+        (fresh / "samples" / "s1" / "samples.jsonl").resolve()
+    assert not (fresh / "questions" / "q1" / "DONE").exists()
+    assert not (fresh / "finetune").exists() and not (fresh / "questions" / "other").exists()

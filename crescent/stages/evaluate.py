@@ -41,6 +41,7 @@ from crescent.artefacts import MODEL_DIR, MODEL_RECORD
 from crescent.cache import STATS, Stage
 from crescent.errors import CrescentError
 from crescent.infra.io import atomic_write_text, read_json, write_json
+from crescent.infra.precision import resolve_dtype
 from crescent.methods.metrics import (
     BASE,
     FINETUNED,
@@ -159,7 +160,8 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
             else None
         score = functools.partial(_score_label, cfg, label, model, tasks, tasks_dir)
         took = score(out / label) if shared is None else shared.reuse_or_build(
-            "evaluate: base", score, current=functools.partial(_scored, tasks=tasks, model=model))
+            "evaluate: base", score, current=functools.partial(
+                _scored, tasks=tasks, model=model, dtype=resolve_dtype(cfg.student.dtype)))
         if took is None:
             reused[label] = str((out / label).resolve())
         else:
@@ -186,11 +188,13 @@ def run(cfg: DictConfig, run_dir: Path) -> Path:
 def outdated(cfg: DictConfig, run_dir: Path) -> str | None:
     """Why a finished evaluate dir no longer holds this config's scores (the runner then runs
     it again, and only what is missing is scored), or None: a fine-tune that did not exist
-    when it scored base alone, or a fine-tune trained anew since."""
+    when it scored base alone, a fine-tune trained anew since, or scores loaded in another
+    precision (`auto` made on another machine)."""
     out = Path(run_dir) / STAGE.name
     for label, model in models_to_score(cfg, Path(run_dir)).items():
-        if not _scored(out / label, list(cfg.eval.tasks), model):
-            return f"{label} ({model}) is not what it scored"
+        dtype = resolve_dtype(cfg.student.dtype)
+        if not _scored(out / label, list(cfg.eval.tasks), model, dtype):
+            return f"{label} ({model}) in {dtype} is not what it scored"
     return None
 
 
@@ -198,7 +202,7 @@ def _score_label(cfg: DictConfig, label: str, model: str, tasks: list[str], task
                  label_dir: Path) -> float | None:
     """Score one model in a child process unless `label_dir` holds its scores; the seconds
     it took, or None when they were there."""
-    if _scored(label_dir, tasks, model):
+    if _scored(label_dir, tasks, model, resolve_dtype(cfg.student.dtype)):
         logger.info("crescent: evaluate: %s already scored in %s, skipped", label,
                     label_dir.resolve())
         return None
@@ -387,7 +391,6 @@ def lm_eval_spec(
     score given text go to the engine's `lm_eval_likelihood_model`, the others (and lm-eval's
     own tasks, whose types are not read here) to its `lm_eval_model`; one run when both are
     the same. Likelihood runs come first: vLLM keeps its memory until the process ends."""
-    from crescent.infra.precision import resolve_dtype
     from crescent.registry import ENGINES
 
     engine, dtype = ENGINES.get(cfg.engine.name), resolve_dtype(cfg.student.dtype)
@@ -464,12 +467,18 @@ def _run_command(spec: dict, run: dict) -> str:
     return " ".join(shlex.quote(p) for p in parts)
 
 
-def _scored(label_dir: Path, tasks: list[str], model: str) -> bool:
-    """Whether `label_dir` holds scores of `model` (the same files) on every task."""
+def _scored(label_dir: Path, tasks: list[str], model: str, dtype: str) -> bool:
+    """Whether `label_dir` holds scores of `model` (the same files), loaded in `dtype` (the
+    student's, resolved here: `auto` is another precision on another machine, and a base
+    scored in one against a fine-tune in the other is no contrast), on every task."""
     path, spec = label_dir / RESULTS, label_dir / SPEC
     if not (path.is_file() and spec.is_file()):
         return False
-    if read_json(spec).get("model_identity") != model_identity(model):
+    asked = read_json(spec)
+    if asked.get("model_identity") != model_identity(model):
+        return False
+    # A run loaded without a dtype (a served model) is the server's business.
+    if any(run["model_args"].get("dtype", dtype) != dtype for run in asked.get("runs", [])):
         return False
     results = read_json(path)
     return set(tasks) <= set(results.get("results", {})) | set(results.get("groups", {}))
