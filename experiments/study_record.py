@@ -4,16 +4,19 @@ A study can span sessions, and a session may start on a new machine whose cache 
 hours of generation and the scored runs would be lost with it. A study's run.sh therefore
 restores its record before its first step and saves it after each:
 
-  RECORD/cache.tar.xz          the study's cache entries but the fine-tunes' (its questions,
-                               the programs drawn, the votes, the scorings), finished or not:
-                               each stage resumes from them as from its own cache;
+  RECORD/cache/<stage>/<key>.tar.xz   each of the study's cache entries but the fine-tunes'
+                               (its questions, the programs drawn, the votes, the scorings),
+                               written once it is finished (an unfinished one as
+                               <key>.partial.tar.xz, rewritten at each save until then): each
+                               stage resumes from them as from its own cache;
   RECORD/runs/<run>/           each scored run (its evaluate entry is done), links followed,
                                without the fine-tune's weights and checkpoints: what
                                crescent-report reads, and the sign for run.sh that the run is
                                done (its fine-tune, which the record does not keep, is not
                                trained again).
 
-Restoring never replaces an entry the cache already has (it may be further along).
+Restoring never replaces an entry the cache already has (it may be further along). Each
+archive is written once finished, so the repository holds each entry once.
 
     python experiments/study_record.py save    RUNS_DIR RECORD_DIR [--cache outputs/cache]
     python experiments/study_record.py restore RECORD_DIR [--cache outputs/cache]
@@ -27,7 +30,8 @@ import shutil
 import tarfile
 from pathlib import Path
 
-ARCHIVE = "cache.tar.xz"
+ARCHIVES = "cache"
+FINISHED, PARTIAL = ".tar.xz", ".partial.tar.xz"
 NOT_KEPT = ("finetune",)  # its weights are large, and a scored run no longer needs them
 # A scored run's copy: of most stages what the report reads (their stats) and the markers; of
 # the scorings their results and sample logs too, without lm-eval's request cache.
@@ -80,15 +84,28 @@ def _left_out(run: Path, at: str, names: list[str]) -> list[str]:
     return [n for n in names if n not in STAGE_FILES]
 
 
+def _archive(entry: Path, cache: Path, record: Path) -> str | None:
+    """Write `entry`'s archive unless its finished one is there; what was written, or None."""
+    base = record / ARCHIVES / entry
+    finished, partial = base.with_name(base.name + FINISHED), base.with_name(base.name + PARTIAL)
+    if finished.is_file():
+        return None
+    done = (cache / entry / "DONE").is_file()
+    target = finished if done else partial
+    target.parent.mkdir(parents=True, exist_ok=True)
+    writing = target.with_name(target.name + ".writing")
+    with tarfile.open(writing, "w:xz") as archive:
+        archive.add(cache / entry, arcname=str(entry),
+                    filter=lambda info: None if info.name.endswith(".lock") else info)
+    writing.replace(target)
+    if done:
+        partial.unlink(missing_ok=True)
+    return f"{entry}{'' if done else ' (unfinished)'}"
+
+
 def save(runs: Path, record: Path, cache: Path) -> None:
-    record.mkdir(parents=True, exist_ok=True)
-    entries = sorted(study_entries(runs, cache))
-    partial = record / (ARCHIVE + ".partial")
-    with tarfile.open(partial, "w:xz") as archive:
-        for entry in entries:
-            archive.add(cache / entry, arcname=str(entry),
-                        filter=lambda info: None if info.name.endswith(".lock") else info)
-    partial.replace(record / ARCHIVE)
+    written = [w for entry in sorted(study_entries(runs, cache))
+               if (w := _archive(entry, cache, record)) is not None]
     copied = []
     for run in run_dirs(runs):
         dest = record / "runs" / run.relative_to(runs)
@@ -96,28 +113,28 @@ def save(runs: Path, record: Path, cache: Path) -> None:
             shutil.rmtree(dest, ignore_errors=True)
             shutil.copytree(run, dest, symlinks=False, ignore=functools.partial(_left_out, run))
             copied.append(str(run.relative_to(runs)))
-    size = (record / ARCHIVE).stat().st_size
-    print(f"record: {len(entries)} cache entries in {record / ARCHIVE} ({size / 1e6:.1f} MB); "
-          f"runs newly recorded: {', '.join(copied) or 'none'}")
+    size = sum(p.stat().st_size for p in (record / ARCHIVES).rglob("*.tar.xz"))
+    print(f"record: cache entries written: {', '.join(written) or 'none'} "
+          f"({size / 1e6:.1f} MB in all); runs newly recorded: {', '.join(copied) or 'none'}")
 
 
 def restore(record: Path, cache: Path) -> None:
-    archive_path = record / ARCHIVE
-    if not archive_path.is_file():
-        print(f"record: nothing to restore ({archive_path} does not exist)")
-        return
+    archives = sorted((record / ARCHIVES).glob(f"*/*{FINISHED}"))
+    found = {}  # entry -> its archive, a finished one before an unfinished one
+    for path in archives:
+        name = path.name.removesuffix(PARTIAL).removesuffix(FINISHED)
+        entry = Path(path.parent.name, name)
+        if path.name.endswith(PARTIAL) and entry in found:
+            continue
+        found[entry] = path
     restored = []
-    with tarfile.open(archive_path) as archive:
-        members = archive.getmembers()
-        tops = sorted({Path(*Path(m.name).parts[:2]) for m in members if len(Path(m.name).parts) >= 2})
-        for top in tops:
-            if (cache / top).exists():
-                continue  # the cache's own copy may be further along
-            archive.extractall(cache, members=[m for m in members
-                                               if Path(*Path(m.name).parts[:2]) == top],
-                               filter="tar")
-            restored.append(str(top))
-    print(f"record: {len(restored)} of {len(tops)} cache entries restored into {cache}")
+    for entry, path in sorted(found.items()):
+        if (cache / entry).exists():
+            continue  # the cache's own copy may be further along
+        with tarfile.open(path) as archive:
+            archive.extractall(cache, filter="tar")
+        restored.append(str(entry))
+    print(f"record: {len(restored)} of {len(found)} cache entries restored into {cache}")
 
 
 def main() -> None:

@@ -102,8 +102,15 @@ def test_a_study_record_restores_its_entries_and_keeps_scored_runs_without_weigh
     for name, key in (("questions", "q1"), ("answers", "a1"), ("finetune", "f1"), ("evaluate", "e1")):
         cache.link(run / name, store / name / key)
 
+    (store / "answers" / "a1" / "DONE").unlink()  # still running
     said = _record("save", "runs", "record", "--cache", "cache", cwd=tmp_path)
-    assert "4 cache entries" in said and "runs newly recorded: vote/seed1" in said
+    assert "written: answers/a1 (unfinished), evaluate/e1, questions/q1, samples/s1 " in said
+    assert "runs newly recorded: vote/seed1" in said
+    (store / "answers" / "a1" / "DONE").write_text("{}")
+    said = _record("save", "runs", "record", "--cache", "cache", cwd=tmp_path)
+    assert "written: answers/a1 (" in said and "runs newly recorded: none" in said
+    assert sorted(p.name for p in (tmp_path / "record" / "cache" / "answers").iterdir()) == \
+        ["a1.tar.xz"]  # the unfinished archive gave way to the finished one
     kept = tmp_path / "record" / "runs" / "vote" / "seed1"
     assert (kept / "evaluate" / "metrics.json").is_file() and (kept / "finetune" / "DONE").is_file()
     assert not (kept / "finetune" / "model").exists()  # weights stay out
