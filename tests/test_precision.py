@@ -36,6 +36,10 @@ def test_auto_dtype_per_cpu_flag_set(flags, dtype, monkeypatch):
     described = precision.describe("auto")
     assert described["resolved"] == dtype
     assert ("CPU has none of" in described["why"]) == (dtype == "float32")
+    # bfloat16 set on a CPU without its units runs, and says what it costs.
+    assert ("several times slower" in precision.describe("bfloat16")["why"]) == \
+        (dtype == "float32")
+    assert precision.describe("float32")["why"] == "set explicitly"
 
 
 def test_this_machines_flags_are_read():
