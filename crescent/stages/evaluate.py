@@ -190,9 +190,8 @@ def outdated(cfg: DictConfig, run_dir: Path) -> str | None:
     it again, and only what is missing is scored), or None: a fine-tune that did not exist
     when it scored base alone, a fine-tune trained anew since, or scores loaded in another
     precision (`auto` made on another machine)."""
-    out = Path(run_dir) / STAGE.name
+    out, dtype = Path(run_dir) / STAGE.name, resolve_dtype(cfg.student.dtype)
     for label, model in models_to_score(cfg, Path(run_dir)).items():
-        dtype = resolve_dtype(cfg.student.dtype)
         if not _scored(out / label, list(cfg.eval.tasks), model, dtype):
             return f"{label} ({model}) in {dtype} is not what it scored"
     return None
