@@ -517,20 +517,30 @@ def test_finetuning_on_gold_solutions_lowers_bits_per_byte(cli, tmp_path):
           f"fine-tuned {tuned:.4f}")
 
 
-def test_base_is_scored_once_for_every_point_of_a_sweep(tmp_path, monkeypatch):
-    # Two learning rates: two evaluate cache entries (their fine-tunes differ), one base entry.
+@pytest.fixture
+def pipeline_scoring(monkeypatch) -> list[str]:
+    """The evaluate stage run by the runner, its lm-eval child replaced (the scoring itself
+    runs lm-eval in the slow tests): the labels it scored, in order."""
     from crescent import pipeline
-    from crescent.infra.tracking import Tracker
 
     monkeypatch.setattr("crescent.infra.models.resolve_model", lambda name: f"/resolved/{name}")
     monkeypatch.setattr(pipeline, "provenance", lambda cfg: {})
     scored = []
 
-    def fake_score(label, label_dir):  # the scoring itself runs lm-eval in the slow tests
+    def fake_score(label, label_dir):
         scored.append(label)
         write_json(label_dir / evaluate.RESULTS, _raw(0.9 if label == "base" else 0.7, 0.5))
 
     monkeypatch.setattr(evaluate, "_score_in_subprocess", fake_score)
+    return scored
+
+
+def test_base_is_scored_once_for_every_point_of_a_sweep(tmp_path, pipeline_scoring):
+    # Two learning rates: two evaluate cache entries (their fine-tunes differ), one base entry.
+    from crescent import pipeline
+    from crescent.infra.tracking import Tracker
+
+    scored = pipeline_scoring
     for run, lr in (("lr1", "1e-5"), ("lr2", "1e-4")):
         write_json(tmp_path / run / "finetune/model/config.json", {})
         cfg = compose("engine=hf", f"eval.data_dir={DATA}", "stages=[evaluate]",
@@ -549,23 +559,16 @@ def test_base_is_scored_once_for_every_point_of_a_sweep(tmp_path, monkeypatch):
         read_json(tmp_path / "lr1/evaluate/metrics.json")["base"]
 
 
-def test_base_scores_loaded_in_another_precision_are_scored_again(tmp_path, monkeypatch):
+def test_base_scores_loaded_in_another_precision_are_scored_again(tmp_path, monkeypatch,
+                                                                  pipeline_scoring):
     # The base's entry is keyed by student.dtype=auto: bfloat16 on a CPU with bfloat16 units,
     # float32 here. Scores made there are not this machine's base: a contrast of a float32
     # fine-tune against them would mix precisions.
     from crescent import pipeline
     from crescent.infra.tracking import Tracker
 
-    monkeypatch.setattr("crescent.infra.models.resolve_model", lambda name: f"/resolved/{name}")
-    monkeypatch.setattr(pipeline, "provenance", lambda cfg: {})
     monkeypatch.setattr(evaluate, "resolve_dtype", lambda dtype: "float32")
-    scored = []
-
-    def fake_score(label, label_dir):  # the scoring itself runs lm-eval in the slow tests
-        scored.append(label)
-        write_json(label_dir / evaluate.RESULTS, _raw(0.9 if label == "base" else 0.7, 0.5))
-
-    monkeypatch.setattr(evaluate, "_score_in_subprocess", fake_score)
+    scored = pipeline_scoring
     cfg = compose("engine=hf", f"eval.data_dir={DATA}", "stages=[evaluate]",
                   f"cache_dir={tmp_path / 'cache'}")
     write_json(tmp_path / "a/finetune/model/config.json", {})

@@ -74,13 +74,12 @@ def describe(dtype: str) -> dict:
     """What `dtype` resolves to here and why: printed in a run's first lines and kept in every
     stage's stats.json."""
     resolved = resolve_dtype(dtype)
-    gpu = _gpu()
     has = [flag for flag in BF16_FLAGS if flag in cpu_flags()]
     if dtype != "auto":
         why = "set explicitly"
-        if resolved == "bfloat16" and not gpu and not has:
+        if resolved == "bfloat16" and not has and not _gpu():
             why += f"; this CPU has none of {', '.join(BF16_FLAGS)}: several times slower than float32"
-    elif gpu:
+    elif _gpu():
         why = "GPU"
     else:
         why = f"CPU has {', '.join(has)}" if has else f"CPU has none of {', '.join(BF16_FLAGS)}"
