@@ -47,16 +47,22 @@ run: install
 
 # The fast CPU set, then the slow end-to-end set with one of its `long` tests (chosen by date;
 # CRESCENT_CI_SAMPLE=<seed> picks another): what CI runs. `make test-all` runs every test.
+# Two pytest-xdist workers, each on its own cores (tests/conftest.py), a test file to a worker
+# (its module fixtures, such as one vLLM engine, are built once): CI's 2 cores, and no more
+# engines at once than 24 GiB holds. PYTEST_WORKERS=1 runs them one after the other.
+PYTEST_WORKERS ?= 2
+PYTEST := CRESCENT_DATA=$${CRESCENT_DATA:-$(SHARED_DATA)} $(BIN)/pytest -n $(PYTEST_WORKERS) --dist loadfile
+
 test: install install-qwen install-slurm
-	CRESCENT_DATA=$${CRESCENT_DATA:-$(SHARED_DATA)} $(BIN)/pytest
-	CRESCENT_DATA=$${CRESCENT_DATA:-$(SHARED_DATA)} $(BIN)/pytest -m slow --sample-long=1 --durations=8
+	$(PYTEST)
+	$(PYTEST) -m slow --sample-long=1 --durations=8
 
 test-all: install install-qwen install-slurm
-	CRESCENT_DATA=$${CRESCENT_DATA:-$(SHARED_DATA)} $(BIN)/pytest
-	CRESCENT_DATA=$${CRESCENT_DATA:-$(SHARED_DATA)} $(BIN)/pytest -m slow
+	$(PYTEST)
+	$(PYTEST) -m slow
 
 test-fast: install
-	CRESCENT_DATA=$${CRESCENT_DATA:-$(SHARED_DATA)} $(BIN)/pytest
+	$(PYTEST)
 
 clean:
 	rm -rf $(VENV) outputs multirun

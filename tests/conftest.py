@@ -17,6 +17,21 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def _own_cores(worker: str, workers: int) -> None:
+    """Under pytest-xdist (`make test` runs `-n 2`) each worker, and all it starts, keeps to its
+    own share of the cores: two workers whose thread pools (torch, vLLM) both spin on every
+    core run several times slower than one after the other (docs/benchmarks.md, contention)."""
+    cores = sorted(os.sched_getaffinity(0))
+    mine = cores[int(worker.removeprefix("gw")) % len(cores)::workers] or cores
+    os.sched_setaffinity(0, mine)
+    os.environ["OMP_NUM_THREADS"] = str(len(mine))
+    os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, mine))
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    _own_cores(os.environ["PYTEST_XDIST_WORKER"], int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
 DATA = Path(os.environ.get("CRESCENT_DATA") or ROOT.parent / "shared" / "data").absolute()
 if DATA.is_dir():
     os.environ["CRESCENT_DATA"] = str(DATA)
@@ -64,24 +79,35 @@ def pytest_addoption(parser):
                           "over a few builds and stays short")
 
 
+def _long_seed() -> str:
+    return os.environ.get("CRESCENT_CI_SAMPLE") or date.today().isoformat()
+
+
 def pytest_collection_modifyitems(config, items):
     n = config.getoption("--sample-long")
     if n is None:
         return
     long = [item for item in items if item.get_closest_marker("long")]
-    seed = os.environ.get("CRESCENT_CI_SAMPLE") or date.today().isoformat()
-    keep = {item.nodeid for item in random.Random(seed).sample(long, min(n, len(long)))}
+    keep = {item.nodeid for item in random.Random(_long_seed()).sample(long, min(n, len(long)))}
     dropped = [item for item in long if item.nodeid not in keep]
     config.hook.pytest_deselected(items=dropped)
     items[:] = [item for item in items if item not in dropped]
-    config.crescent_sampled = (seed, sorted(keep), len(long))
+
+
+# The long tests that ran, as the reports show them: under pytest-xdist the process that
+# prints the summary collects nothing itself.
+LONG_RAN: list[str] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call" and "long" in report.keywords:
+        LONG_RAN.append(report.nodeid)
 
 
 def pytest_terminal_summary(terminalreporter, config):
-    if hasattr(config, "crescent_sampled"):
-        seed, keep, total = config.crescent_sampled
-        terminalreporter.write_line(f"long tests: ran {len(keep)} of {total} (seed {seed}): "
-                                    + ", ".join(keep))
+    if config.getoption("--sample-long") is not None:
+        terminalreporter.write_line(f"long tests: ran {len(LONG_RAN)} (seed {_long_seed()}): "
+                                    + ", ".join(sorted(LONG_RAN)))
 
 
 # The smoke experiment in miniature on the hf engine (8 questions x 3 samples, 3 steps), for

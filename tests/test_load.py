@@ -22,19 +22,25 @@ def test_a_process_spinning_beside_this_one_is_seen():
 
 
 def test_this_process_own_work_is_left_out():
-    stop = threading.Event()
+    def rise() -> float:
+        stop = threading.Event()
 
-    def spin():
-        while not stop.is_set():
-            pass
+        def spin():
+            while not stop.is_set():
+                pass
 
-    before = load.others_busy_cores(1.0)  # whatever else this machine runs now
-    thread = threading.Thread(target=spin)
-    thread.start()
-    try:
-        during = load.others_busy_cores(1.0)
-    finally:
-        stop.set()
-        thread.join()
-    # One core of spinning in this process moves the figure by far less than a core.
-    assert during - before < 0.5, (before, during)
+        before = load.others_busy_cores(1.0)  # whatever else this machine runs now
+        thread = threading.Thread(target=spin)
+        thread.start()
+        try:
+            return load.others_busy_cores(1.0) - before
+        finally:
+            stop.set()
+            thread.join()
+
+    # One core of spinning in this process moves the figure by far less than a core. What else
+    # runs (the other test worker) may change between the two samples: up to three tries.
+    rises = []
+    while len(rises) < 3 and (not rises or rises[-1] >= 0.5):
+        rises.append(rise())
+    assert rises[-1] < 0.5, rises
