@@ -19,7 +19,10 @@ from crescent.infra.io import read_json
 # float32: in bfloat16 a request's samples also depend on what shares its batch.
 COMMON = ["stages=[questions]", "questions.target=8", "questions.batch_size=12",
           "questions.max_candidates=48", "questions.sampling.max_tokens=64", "cache_dir=null",
-          "logger=none", "model.dtype=float32"]
+          "logger=none", "model.dtype=float32",
+          # 1 GiB of KV cache an engine holds these 12 prompts many times over; the default 4
+          # made two replicas about 11 GB, and Ray kills a replica past 95% of memory in use
+          "+engine.options.cpu_kvcache_gib=1"]
 RAY = str(Path(sys.executable).parent / "ray")
 
 
