@@ -32,6 +32,7 @@ def _own_cores(worker: str, workers: int) -> None:
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     _own_cores(os.environ["PYTEST_XDIST_WORKER"], int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))
+
 DATA = Path(os.environ.get("CRESCENT_DATA") or ROOT.parent / "shared" / "data").absolute()
 if DATA.is_dir():
     os.environ["CRESCENT_DATA"] = str(DATA)
