@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from crescent.infra.load import core_share
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -23,8 +25,7 @@ def _own_cores(worker: str, workers: int) -> None:
     """Under pytest-xdist (`make test` runs `-n 2`) each worker, and all it starts, keeps to its
     own share of the cores: two workers whose thread pools (torch, vLLM) both spin on every
     core run several times slower than one after the other (docs/benchmarks.md, contention)."""
-    cores = sorted(os.sched_getaffinity(0))
-    mine = cores[int(worker.removeprefix("gw")) % len(cores)::workers] or cores
+    mine = core_share(int(worker.removeprefix("gw")), workers)
     os.sched_setaffinity(0, mine)
     os.environ["OMP_NUM_THREADS"] = str(len(mine))
     os.environ["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, mine))

@@ -44,3 +44,9 @@ def test_this_process_own_work_is_left_out():
     while len(rises) < 3 and (not rises or rises[-1] >= 0.5):
         rises.append(rise())
     assert rises[-1] < 0.5, rises
+
+
+def test_core_share_gives_each_its_own_cores_and_shares_them_when_outnumbered(monkeypatch):
+    monkeypatch.setattr(load.os, "sched_getaffinity", lambda pid: {3, 1, 2, 0})
+    assert [load.core_share(i, 2) for i in range(2)] == [[0, 2], [1, 3]]
+    assert [load.core_share(i, 6) for i in range(6)] == [[0], [1], [2], [3], [0], [1]]

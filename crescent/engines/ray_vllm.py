@@ -3,13 +3,12 @@ dealt out."""
 
 from __future__ import annotations
 
-import os
-
 from crescent.config import EngineConfig, ModelConfig
 from crescent.engines.base import Engine, Generation
 from crescent.engines.streaming import through_session
 from crescent.engines.vllm_offline import VLLMEngine
 from crescent.errors import CrescentError
+from crescent.infra.load import core_share
 from crescent.infra.models import resolve_model
 from crescent.options import VLLMOptions
 from crescent.registry import ENGINES
@@ -115,15 +114,13 @@ class RayVLLMEngine(Engine):
         replica = ray.remote(num_cpus=1, num_gpus=gpus)(_Replica)
         executor = "mp" if gpus > 1 else None
         count = options.data_parallel_size
-        cores = sorted(os.sched_getaffinity(0))
         self.replicas = []
         for r in range(count):
             env = {}
             if not gpus:
                 # Each CPU replica binds its threads to its own cores: bound to all of them,
                 # two replicas spin against each other many times slower than one.
-                mine = cores[r::count] or [cores[r % len(cores)]]
-                env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, mine))
+                env["VLLM_CPU_OMP_THREADS_BIND"] = ",".join(map(str, core_share(r, count)))
             self.replicas.append(replica.options(runtime_env={"env_vars": env})
                                  .remote(engine, model, executor))
 

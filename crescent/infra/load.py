@@ -5,7 +5,8 @@ on one small machine do not share it evenly: on a 2-core AMX CPU, vLLM generated
 alone and 7.9 and 8.0 when two generations ran at once, 6.9x slower each where a fair share
 is 2x, because the threads of both wait on each other (experiments/bench_contention.py,
 2026-12-06, docs/benchmarks.md). A run that starts beside another one says so in one line, so
-that its hours are not a mystery.
+that its hours are not a mystery; processes meant to work side by side each keep to their own
+cores (`core_share`: Ray's CPU replicas, the test workers).
 """
 
 from __future__ import annotations
@@ -35,6 +36,14 @@ def others_busy_cores(seconds: float = 0.5) -> float | None:
     total_after, idle_after = _ticks()
     busy_s = ((total_after - total) - (idle_after - idle)) / os.sysconf("SC_CLK_TCK")
     return max(0.0, (busy_s - (sum(os.times()[:2]) - own)) / seconds)
+
+
+def core_share(index: int, count: int) -> list[int]:
+    """The cores of this process's own that the `index`-th of `count` processes working side by
+    side keeps to: every `count`-th, or one (shared) where they outnumber the cores. Each binds
+    its threads there: bound to all of them, two spin against each other (above)."""
+    cores = sorted(os.sched_getaffinity(0))
+    return cores[index::count] or [cores[index % len(cores)]]
 
 
 def busy_warning() -> str | None:
