@@ -130,8 +130,9 @@ def test_execution_consensus_groups_programs_by_what_they_return():
     # a program that makes the question's imports itself gets them once
     repeats = reader.extract(CORRECT.replace("def ", "from typing import List\n\n\ndef ", 1))
     assert repeats.count("from typing import List") == 1 and "def running_max" in repeats
+    # a question that writes an import twice (its comment or spacing aside) keeps it once
     twice = parse_question(QUESTION.replace("from typing import List\n", "from typing import "
-                                            "List\nfrom typing import List\n"))[0]
+                                            "List\nfrom typing import  List  # again\n"))[0]
     assert twice.imports == "from typing import List"
     assert "assert" not in programs[3] and "__main__" not in programs[3]
     vote = execution(programs, responses, OmegaConf.merge(VOTING, {"min_agreement": 0.3}),

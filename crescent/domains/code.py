@@ -83,8 +83,9 @@ def parse_question(text: str, inputs: tuple[str, ...] = ()) -> tuple[CodeQuestio
     tree, lines, function = found
     if _undefined_in_signature(tree, function):
         return None, "undefined_name"
-    imports = "\n".join(dict.fromkeys(_segment(lines, node) for node in tree.body  # each once
-                                      if isinstance(node, (ast.Import, ast.ImportFrom))))
+    made: set[str] = set()
+    imports = "\n".join(_segment(lines, node) for node in tree.body
+                        if isinstance(node, _IMPORTS) and _first_time(node, made))
     signature = _segment(lines, function, end=function.body[0].end_lineno)
     examples = example_calls(ast.get_docstring(function), function.name)
     calls = tuple(dict.fromkeys(examples + tuple(inputs)))[:MAX_CALLS]
@@ -122,7 +123,7 @@ def _undefined_in_signature(tree: ast.Module, function: ast.FunctionDef) -> set[
     for node in tree.body:
         if isinstance(node, ast.ImportFrom) and any(a.name == "*" for a in node.names):
             return set()
-        if isinstance(node, (ast.Import, ast.ImportFrom)):
+        if isinstance(node, _IMPORTS):
             bound |= {(a.asname or a.name).split(".")[0] for a in node.names}
     args = function.args
     parts = [*function.decorator_list, function.returns, *args.defaults, *args.kw_defaults,
@@ -130,6 +131,21 @@ def _undefined_in_signature(tree: ast.Module, function: ast.FunctionDef) -> set[
                                       args.vararg, args.kwarg] if a is not None)]
     return {n.id for part in parts if part is not None for n in ast.walk(part)
             if isinstance(n, ast.Name)} - bound
+
+
+_IMPORTS = (ast.Import, ast.ImportFrom)
+
+
+def _first_time(node: ast.stmt, made: set[str]) -> bool:
+    """False for an import that `made` (the imports so far, as `ast.dump`: spacing, comments
+    and line breaks aside) holds already, which it then adds; True for any other statement."""
+    if not isinstance(node, _IMPORTS):
+        return True
+    dumped = ast.dump(node)
+    if dumped in made:
+        return False
+    made.add(dumped)
+    return True
 
 
 def _segment(lines: list[str], node: ast.stmt, end: int | None = None) -> str:
@@ -142,7 +158,7 @@ def _segment(lines: list[str], node: ast.stmt, end: int | None = None) -> str:
 # What a program keeps of a reply's code block: definitions and the imports and constants they
 # use; calls, prints, asserts and `if __name__ == "__main__":` blocks (the model's own tests)
 # are left out, as HumanEval's stop strings leave them out of a scored completion.
-_DEFINITIONS = (ast.Import, ast.ImportFrom, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef,
+_DEFINITIONS = (*_IMPORTS, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef,
                 ast.Assign, ast.AnnAssign)
 
 
@@ -204,8 +220,10 @@ class CodeAnswers(AnswerFormat):
     # 7: a question's imports are each written once, and go in front of a program only where
     # it does not make them itself (634 of the study's 2,265 programs, 119 of its 461 training
     # programs, repeated an import); 8: a call's time limit is CPU time, not the wall clock's
-    # (what else the machine runs no longer decides whether a slow call times out)
-    revision = 8
+    # (what else the machine runs no longer decides whether a slow call times out); 9: a
+    # question's imports are told apart as a program's are, by their syntax tree, not their
+    # text (`import os` and `import os  # paths` are one import)
+    revision = 9
 
     @staticmethod
     def clean_question(text: str, max_chars: int) -> tuple[str, str | None]:
@@ -244,7 +262,7 @@ class CodeAnswers(AnswerFormat):
                 continue
             if any(isinstance(node, ast.FunctionDef) and name in (None, node.name)
                    for node in tree.body):
-                made: set[str] = set()  # the imports the program has, as ast.dump
+                made: set[str] = set()
                 program = self._statements(block, tree, made)
                 if self.question and self.question.imports:
                     imports = self.question.imports
@@ -254,18 +272,11 @@ class CodeAnswers(AnswerFormat):
 
     @staticmethod
     def _statements(source: str, tree: ast.Module, made: set[str]) -> list[str]:
-        """The definitions of `tree` as `source` writes them, an import left out when `made`
-        holds it already (and added to it otherwise)."""
-        lines, kept = source.splitlines(), []
-        for node in tree.body:
-            if isinstance(node, (ast.Import, ast.ImportFrom)):
-                dumped = ast.dump(node)
-                if dumped in made:
-                    continue
-                made.add(dumped)
-            if isinstance(node, _DEFINITIONS):
-                kept.append(_segment(lines, node))
-        return kept
+        """The definitions of `tree` as `source` writes them, each import that `made` lacks
+        once (see `_first_time`)."""
+        lines = source.splitlines()
+        return [_segment(lines, node) for node in tree.body
+                if isinstance(node, _DEFINITIONS) and _first_time(node, made)]
 
     @staticmethod
     def equal(a: str, b: str) -> bool:
